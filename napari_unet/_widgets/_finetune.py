@@ -1,0 +1,475 @@
+"""Fine-tune widget: train the UNet on corrected labels in the background and save a new model version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet._widgets._common import (
+    JobPanel,
+    LayerCombo,
+    ModelCombo,
+    bus,
+    check_image_layer,
+    check_labels_layer,
+    get_layer,
+    image_axes_hint,
+    info,
+    layer_meta,
+    load_settings,
+    notify_exception,
+    save_settings,
+    set_layer_data,
+    snapshot,
+)
+from napari_unet._widgets._correct import reviewed_layer_name
+from napari_unet._widgets._plot import MiniPlot
+from napari_unet.core.config import InferenceConfig, TrainingConfig
+from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.normalize import infer_axes
+from napari_unet.core.progress import Progress
+
+SETTINGS = "finetune"
+MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", "Changed areas": "changed"}
+RESEGMENTED_SUFFIX = " re-segmented"
+PLOT_EVERY = 5  # redraw the live plot every this many steps (and on every validation)
+
+
+@dataclass
+class TrainingData:
+    """Snapshots taken when fine-tuning starts: per 2D plane an image, its labels and optional ROIs/prediction."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    rois: list[list[np.ndarray] | None] = field(default_factory=list)
+    previous: list[np.ndarray | None] = field(default_factory=list)
+    sources: list[tuple[np.ndarray, str, str]] = field(default_factory=list)  # (image, axes, image layer name)
+
+
+@dataclass
+class FineTuneOutcome:
+    """What the worker hands back: the training result and any re-segmentations."""
+
+    result: Any  # napari_unet.core.training.TrainResult
+    resegmented: list[tuple[str, Any]]  # (image layer name, Prediction)
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune a model on (image, corrected labels) pairs with a live loss / validation plot."""
+
+    running: ClassVar[JobPanel | None] = None  # one fine-tuning at a time per napari session
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = LayerCombo(napari_viewer, (Image,))
+        self.labels = LayerCombo(napari_viewer, (Labels,))
+        self.pairs = QListWidget()
+        self.pairs.setMaximumHeight(80)
+        self.mode = QComboBox()
+        self.mode.addItems(list(MODES))
+        self.budget_unit = QComboBox()
+        self.budget_unit.addItems(["seconds", "steps"])
+        self.budget = QSpinBox()
+        self.budget.setRange(1, 10**6)
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(5)
+        self.learning_rate.setRange(1e-5, 0.1)
+        self.learning_rate.setSingleStep(1e-4)
+        self.augment = QCheckBox("Augmentation (flips, rotations, elastic, intensity)")
+        self.start_model = ModelCombo()
+        self.save_name = QLineEdit()
+        self.resegment = QCheckBox("Re-segment the images with the new model")
+        self.jobs = JobPanel("Fine-tuning")
+        self.plot = MiniPlot()
+        self.history = QListWidget()
+        self.history.setMaximumHeight(100)
+        self.last_outcome: FineTuneOutcome | None = None
+        self._curves: dict[str, tuple[list[float], list[float]]] = {}
+        self._build_layout()
+        self._restore_settings()
+        self.jobs.progressed.connect(self._on_progress)
+        self.save_name.editingFinished.connect(self.refresh_history)
+        self.refresh_history()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_layout(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._data_box())
+        form = QFormLayout()
+        form.addRow("Annotation", self.mode)
+        budget = QHBoxLayout()
+        budget.addWidget(self.budget, 1)
+        budget.addWidget(self.budget_unit)
+        form.addRow("Budget", budget)
+        form.addRow("Learning rate", self.learning_rate)
+        form.addRow("", self.augment)
+        form.addRow("Start from", self.start_model)
+        form.addRow("Save as", self.save_name)
+        form.addRow("", self.resegment)
+        layout.addLayout(form)
+        start = QPushButton("Fine-tune")
+        start.clicked.connect(self.start)
+        layout.addWidget(start)
+        layout.addWidget(self.jobs)
+        layout.addWidget(self.plot)
+        layout.addWidget(self._history_box())
+        layout.addStretch(1)
+
+    def _data_box(self) -> QGroupBox:
+        box = QGroupBox("Training data")
+        form = QFormLayout(box)
+        form.addRow("Image", self.image)
+        form.addRow("Corrected labels", self.labels)
+        buttons = QHBoxLayout()
+        add, remove = QPushButton("Add pair"), QPushButton("Remove pair")
+        add.clicked.connect(lambda: self.add_pair(self.image.layer(), self.labels.layer()))
+        remove.clicked.connect(self._remove_selected_pair)
+        buttons.addWidget(add)
+        buttons.addWidget(remove)
+        form.addRow("", buttons)
+        form.addRow("Pairs", self.pairs)
+        form.addRow("", QLabel("With no pair listed, the image and labels chosen above are used."))
+        return box
+
+    def _history_box(self) -> QGroupBox:
+        box = QGroupBox("Model history (versions of 'Save as')")
+        rows = QVBoxLayout(box)
+        rows.addWidget(self.history)
+        buttons = QHBoxLayout()
+        refresh, revert = QPushButton("Refresh"), QPushButton("Revert to selected")
+        refresh.clicked.connect(self.refresh_history)
+        revert.clicked.connect(self.revert_selected)
+        buttons.addWidget(refresh)
+        buttons.addWidget(revert)
+        rows.addLayout(buttons)
+        return box
+
+    def _restore_settings(self) -> None:
+        saved = load_settings(SETTINGS)
+        self.mode.setCurrentText(str(saved.get("mode", "Whole image")))
+        self.budget_unit.setCurrentText(str(saved.get("budget_unit", "seconds")))
+        self.budget.setValue(int(saved.get("budget", 60)))
+        self.learning_rate.setValue(float(saved.get("learning_rate", 1e-3)))
+        self.augment.setChecked(bool(saved.get("augment", True)))
+        self.save_name.setText(str(saved.get("save_name", "my-nuclei")))
+        self.resegment.setChecked(bool(saved.get("resegment", True)))
+        if saved.get("start_model"):
+            self.start_model.select(str(saved["start_model"]))
+
+    def _save_settings(self) -> None:
+        save_settings(
+            SETTINGS,
+            {
+                "mode": self.mode.currentText(),
+                "budget_unit": self.budget_unit.currentText(),
+                "budget": self.budget.value(),
+                "learning_rate": self.learning_rate.value(),
+                "augment": self.augment.isChecked(),
+                "save_name": self.save_name.text(),
+                "resegment": self.resegment.isChecked(),
+                "start_model": self.start_model.currentText(),
+            },
+        )
+
+    # ------------------------------------------------------------------ pairs
+
+    def add_pair(self, image: Any, labels: Any) -> bool:
+        """Add an (image layer, labels layer) pair after checking it; return True when added."""
+        try:
+            _check_pair(check_image_layer(image), check_labels_layer(labels, "corrected labels"))
+        except UserInputError as exc:
+            notify_exception(exc, "Add pair")
+            return False
+        text = _pair_text(image.name, labels.name)
+        if not self.pairs.findItems(text, _exact()):
+            self.pairs.addItem(text)
+        return True
+
+    def _remove_selected_pair(self) -> None:
+        for item in self.pairs.selectedItems():
+            self.pairs.takeItem(self.pairs.row(item))
+
+    def chosen_pairs(self) -> list[tuple[Image, Labels]]:
+        """Return the listed pairs as layers (or the pair chosen in the combos when none is listed)."""
+        if self.pairs.count() == 0:
+            return [
+                (check_image_layer(self.image.layer()), check_labels_layer(self.labels.layer(), "corrected labels"))
+            ]
+        pairs = []
+        for row in range(self.pairs.count()):
+            image_name, labels_name = self.pairs.item(row).text().split(" → ")
+            if image_name not in self.viewer.layers or labels_name not in self.viewer.layers:
+                raise UserInputError(f"the pair '{self.pairs.item(row).text()}' names a deleted layer; remove it")
+            pairs.append((self.viewer.layers[image_name], self.viewer.layers[labels_name]))
+        return pairs
+
+    # ------------------------------------------------------------------ run
+
+    def training_config(self) -> TrainingConfig:
+        """Training settings from the form."""
+        seconds = self.budget_unit.currentText() == "seconds"
+        return TrainingConfig(
+            max_seconds=float(self.budget.value()) if seconds else None,
+            max_steps=None if seconds else self.budget.value(),
+            learning_rate=self.learning_rate.value(),
+            augment=self.augment.isChecked(),
+            annotation_mode=MODES[self.mode.currentText()],
+        )
+
+    def start(self) -> Any:
+        """Snapshot the data and fine-tune in a worker; return the worker (None if nothing started)."""
+        try:
+            if FineTuneWidget.running is not None and FineTuneWidget.running.busy:
+                raise UserInputError("a fine-tuning is already running; wait for it to finish or press its Cancel")
+            cfg = self.training_config()
+            data = self._snapshot_data(cfg.annotation_mode)
+            name, start = self.save_name.text().strip(), self.start_model.reference()
+            if not name:
+                raise UserInputError("type a name under 'Save as' for the fine-tuned model")
+            self._save_settings()
+            self._reset_plot()
+            job = _finetune_job(data, cfg, start, name, self.resegment.isChecked())
+            worker = self.jobs.start(job, self._on_trained, self._on_failed)
+        except Exception as exc:
+            notify_exception(exc, "Fine-tuning")
+            return None
+        FineTuneWidget.running = self.jobs
+        info(f"Fine-tuning {start} on {len(data.images)} plane(s); you can keep editing meanwhile.")
+        return worker
+
+    def _snapshot_data(self, mode: str) -> TrainingData:
+        data = TrainingData()
+        for image_layer, labels_layer in self.chosen_pairs():
+            _check_pair(image_layer, labels_layer)
+            image, labels = snapshot(image_layer), snapshot(labels_layer)
+            axes = infer_axes(image.shape, image_axes_hint(image_layer))
+            rois = self._rois_for(labels_layer) if mode == "rois" else None
+            previous = self._previous_for(labels_layer) if mode == "changed" else None
+            _add_planes(data, image, labels, axes, rois, previous)
+            data.sources.append((image, axes, image_layer.name))
+        if not data.images:
+            raise UserInputError("the labels hold no objects in any plane: paint or segment some nuclei first")
+        return data
+
+    def _rois_for(self, labels_layer: Labels) -> list[np.ndarray]:
+        name = layer_meta(labels_layer).get("reviewed_layer", reviewed_layer_name(labels_layer.name))
+        layer = get_layer(self.viewer, name)
+        if not isinstance(layer, Shapes) or len(layer.data) == 0:
+            raise UserInputError(
+                f"'Reviewed regions' mode needs shapes in '{name}': use Correct > 'Mark region as reviewed' first"
+            )
+        return [np.asarray(shape)[:, -2:] for shape in layer.data]
+
+    def _previous_for(self, labels_layer: Labels) -> np.ndarray:
+        previous = layer_meta(labels_layer).get("prediction")
+        if previous is None or np.shape(previous) != np.shape(labels_layer.data):
+            raise UserInputError(
+                f"'Changed areas' mode needs the prediction '{labels_layer.name}' was corrected from; "
+                "segment with the Segment widget into this layer first, or choose 'Whole image'"
+            )
+        return np.asarray(previous).copy()
+
+    # ------------------------------------------------------------------ progress and results
+
+    def _reset_plot(self) -> None:
+        self._curves = {"loss": ([], []), "validation AP@0.5": ([], [])}
+        self.plot.clear()
+
+    def _on_progress(self, event: Progress) -> None:
+        metrics = event.metrics or {}
+        if event.stage != "train" or not metrics:
+            return
+        if metrics.get("loss") is not None and event.done:
+            self._curves["loss"][0].append(event.done)
+            self._curves["loss"][1].append(float(metrics["loss"]))
+        validated = metrics.get("val_ap50") is not None and (
+            not self._curves["validation AP@0.5"][0] or self._curves["validation AP@0.5"][0][-1] != event.done
+        )
+        if validated:
+            self._curves["validation AP@0.5"][0].append(event.done)
+            self._curves["validation AP@0.5"][1].append(float(metrics["val_ap50"]))
+        if validated or event.done % PLOT_EVERY == 0:
+            self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
+        if metrics.get("eta_s") is not None:
+            self.jobs.status.setText(f"{event.message}  (about {float(metrics['eta_s']):.0f} s left)")
+
+    def _on_trained(self, outcome: FineTuneOutcome) -> None:
+        FineTuneWidget.running = None
+        self.last_outcome = outcome
+        result = outcome.result
+        self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
+        for image_name, prediction in outcome.resegmented:
+            self._write_resegmented(image_name, prediction, result.saved.spec)
+        bus.model_saved.emit(result.saved.spec)
+        self.refresh_history()
+        info(_summary(result))
+
+    def _on_failed(self, exc: BaseException) -> None:
+        FineTuneWidget.running = None
+        if isinstance(exc, Cancelled):
+            info("Fine-tuning cancelled: no new version was saved, the previous model is kept.")
+
+    def _write_resegmented(self, image_name: str, prediction: Any, spec: str) -> None:
+        like = get_layer(self.viewer, image_name)
+        layer = set_layer_data(self.viewer, image_name + RESEGMENTED_SUFFIX, prediction.labels, "labels", like=like)
+        layer_meta(layer).update(
+            image=image_name, method="unet", model=spec, axes=prediction.axes, prediction=prediction.labels.copy()
+        )
+
+    # ------------------------------------------------------------------ history
+
+    def refresh_history(self) -> None:
+        """List the saved versions of the 'Save as' model."""
+        from napari_unet.core import store
+
+        self.history.clear()
+        name = self.save_name.text().strip()
+        try:
+            versions = store.list_versions(name) if name else []
+        except UserInputError:
+            versions = []
+        for version in reversed(versions):
+            self.history.addItem(_version_text(version))
+
+    def revert_selected(self) -> Any:
+        """Make the selected version the newest again (a copy; history is kept)."""
+        from napari_unet.core import store
+
+        items = self.history.selectedItems()
+        try:
+            if not items:
+                raise UserInputError("select a version in the model history to revert to")
+            name, _, version = items[0].text().split()[0].partition("@v")
+            saved = store.revert(name, int(version))
+        except Exception as exc:
+            notify_exception(exc, "Revert")
+            return None
+        bus.model_saved.emit(saved.spec)
+        self.refresh_history()
+        info(f"Reverted: {saved.spec} is a copy of {name}@v{version}.")
+        return saved
+
+
+# ---------------------------------------------------------------------- engine calls (worker thread)
+
+
+def _finetune_job(
+    data: TrainingData, cfg: TrainingConfig, start: str, name: str, resegment: bool
+) -> Callable[[Callable[[], bool]], Generator[Progress, None, FineTuneOutcome]]:
+    """Build the generator the worker runs: load, fine-tune and save, then optionally re-segment."""
+
+    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, FineTuneOutcome]:
+        from napari_unet.core.inference import iter_predict
+        from napari_unet.core.store import load_model
+        from napari_unet.core.training import fine_tune_and_save
+
+        yield Progress("load", 0, 0, f"Loading model {start}")
+        bundle = load_model(start)
+        result = yield from fine_tune_and_save(
+            bundle,
+            data.images,
+            data.labels,
+            cfg,
+            name=name,
+            rois=data.rois,
+            previous=data.previous,
+            cancel=cancel,
+        )
+        resegmented = []
+        if resegment:
+            inference = InferenceConfig(device=cfg.device)
+            for image, axes, image_name in data.sources:
+                prediction = yield from iter_predict(image, result.bundle, axes, inference, None, cancel)
+                resegmented.append((image_name, prediction))
+        return FineTuneOutcome(result, resegmented)
+
+    return job
+
+
+def _add_planes(
+    data: TrainingData,
+    image: np.ndarray,
+    labels: np.ndarray,
+    axes: str,
+    rois: list[np.ndarray] | None,
+    previous: np.ndarray | None,
+) -> None:
+    """Append the 2D planes of one pair that hold objects (channels last, as training expects)."""
+    if "C" in axes:
+        image = np.moveaxis(image, axes.index("C"), -1)
+    if axes[0] not in "ZT":  # one plane
+        image, labels = image[None], labels[None]
+        previous = None if previous is None else previous[None]
+    for index in range(labels.shape[0]):
+        if not labels[index].any():
+            continue
+        data.images.append(image[index])
+        data.labels.append(labels[index])
+        data.rois.append(rois)
+        data.previous.append(None if previous is None else previous[index])
+
+
+def _check_pair(image_layer: Image, labels_layer: Labels) -> None:
+    """Refuse pairs whose shapes differ or whose labels are empty, with a message saying what to do."""
+    image_shape = np.shape(image_layer.data)
+    axes = infer_axes(image_shape, image_axes_hint(image_layer))
+    spatial = tuple(size for size, axis in zip(image_shape, axes, strict=True) if axis != "C")
+    labels_shape = tuple(np.shape(labels_layer.data))
+    if labels_shape != spatial:
+        raise UserInputError(
+            f"'{labels_layer.name}' has shape {labels_shape} but '{image_layer.name}' needs labels of shape {spatial}; "
+            "choose the labels made for this image"
+        )
+    if not np.any(np.asarray(labels_layer.data)):
+        raise UserInputError(
+            f"'{labels_layer.name}' is empty (all zero): paint some nuclei or segment the image before fine-tuning"
+        )
+
+
+def _pair_text(image_name: str, labels_name: str) -> str:
+    return f"{image_name} → {labels_name}"
+
+
+def _exact() -> Any:
+    from qtpy.QtCore import Qt
+
+    return Qt.MatchFlag.MatchExactly
+
+
+def _version_text(version: Any) -> str:
+    score = version.metrics.get("val_ap50") if isinstance(version.metrics, dict) else None
+    parts = [version.spec]
+    if score is not None:
+        parts.append(f"AP@0.5 {score:.3f}")
+    if version.created:
+        parts.append(str(version.created)[:16].replace("T", " "))
+    return "   ".join(parts)
+
+
+def _summary(result: Any) -> str:
+    before, after = result.metrics_before or {}, result.metrics_after or {}
+    head = f"Fine-tuned for {result.steps} steps ({result.seconds:.0f} s) and saved {result.saved.spec}."
+    if "val_ap50" in before and "val_ap50" in after:
+        return f"{head} Validation AP@0.5: {before['val_ap50']:.3f} before -> {after['val_ap50']:.3f} after."
+    return f"{head} No validation score: {result.messages[-1] if result.messages else 'too little data'}."

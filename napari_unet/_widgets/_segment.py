@@ -1,0 +1,358 @@
+"""Segment widget: run a UNet on an image layer and write an editable Labels layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet._widgets._common import (
+    JobPanel,
+    LayerCombo,
+    ModelCombo,
+    check_image_layer,
+    image_axes_hint,
+    info,
+    layer_meta,
+    load_settings,
+    notify_exception,
+    save_settings,
+    set_layer_data,
+    snapshot,
+    unique_name,
+)
+from napari_unet.core import postprocess as post
+from napari_unet.core.config import InferenceConfig, PostprocessConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.normalize import SUPPORTED_AXES, infer_axes
+from napari_unet.core.progress import Progress
+
+SETTINGS = "segment"
+AUTO = "auto"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+LABELS_SUFFIX = " labels"
+PROBABILITY_SUFFIX = " probability"
+
+
+@dataclass
+class SegmentResult:
+    """What a segmentation run hands back to the GUI thread."""
+
+    prediction: Any  # napari_unet.core.inference.Prediction
+    model: str
+    model_sha256: str
+    settings: dict[str, Any]
+
+
+def labels_layer_name(image_name: str) -> str:
+    """Name of the Labels layer a segmentation of ``image_name`` writes."""
+    return image_name + LABELS_SUFFIX
+
+
+class SegmentWidget(QWidget):
+    """Segment nuclei: image, axes, model, device, tiling and post-processing -> Labels layer."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = LayerCombo(napari_viewer, (Image,))
+        self.axes = QComboBox()
+        self.axes.addItems([AUTO, *SUPPORTED_AXES])
+        self.axes_info = QLabel("")
+        self.model = ModelCombo()
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device_info = QLabel(describe_devices())
+        self.tile_size = _spin(32, 8192, 512, step=32)
+        self.overlap = _float_spin(0.0, 0.45, 0.125, step=0.025)
+        self.foreground = _float_spin(0.0, 1.0, 0.5)
+        self.seed = _float_spin(0.0, 1.0, 0.6)
+        self.min_size = _spin(0, 10**6, 15)
+        self.fill_holes = QCheckBox("Fill holes")
+        self.keep_probabilities = QCheckBox("Keep probability map as a layer")
+        self.new_layer = QCheckBox("Write a new labels layer (do not update)")
+        self.jobs = JobPanel("Segmentation")
+        self.last_labels_layer: Labels | None = None
+        self._cache: dict[str, Any] | None = None
+        self._build_layout()
+        self._restore_settings()
+        self.image.currentTextChanged.connect(self._show_axes)
+        self.axes.currentTextChanged.connect(self._show_axes)
+        self._show_axes()
+
+    # ------------------------------------------------------------------ layout
+
+    def _build_layout(self) -> None:
+        browse = QPushButton("File...")
+        browse.clicked.connect(self._browse_model)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model, 1)
+        model_row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("Image", self.image)
+        form.addRow("Axes", self.axes)
+        form.addRow("", self.axes_info)
+        form.addRow("Model", model_row)
+        form.addRow("Device", self.device)
+        form.addRow("", self.device_info)
+        form.addRow("Tile size", self.tile_size)
+        form.addRow("Tile overlap", self.overlap)
+        run = QPushButton("Segment")
+        run.clicked.connect(self.run)
+        rerun = QPushButton("Re-run post-processing only")
+        rerun.setToolTip("Re-segment from the cached probabilities with the thresholds below (instant)")
+        rerun.clicked.connect(self.rerun_postprocessing)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self._postprocess_box())
+        layout.addWidget(self.keep_probabilities)
+        layout.addWidget(self.new_layer)
+        layout.addWidget(run)
+        layout.addWidget(rerun)
+        layout.addWidget(self.jobs)
+        layout.addStretch(1)
+
+    def _postprocess_box(self) -> QGroupBox:
+        box = QGroupBox("Post-processing")
+        form = QFormLayout(box)
+        form.addRow("Foreground threshold", self.foreground)
+        form.addRow("Seed threshold", self.seed)
+        form.addRow("Minimum size (px)", self.min_size)
+        form.addRow("", self.fill_holes)
+        return box
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "napari-unet model (model.json *.safetensors)")
+        if path:
+            self.model.select(path)
+
+    def _restore_settings(self) -> None:
+        saved = load_settings(SETTINGS)
+        defaults = PostprocessConfig()
+        self.tile_size.setValue(int(saved.get("tile_size", 512)))
+        self.overlap.setValue(float(saved.get("overlap", 0.125)))
+        self.device.setCurrentText(str(saved.get("device", AUTO)))
+        self.foreground.setValue(float(saved.get("foreground_threshold", defaults.foreground_threshold)))
+        self.seed.setValue(float(saved.get("seed_threshold", defaults.seed_threshold)))
+        self.min_size.setValue(int(saved.get("min_size", defaults.min_size)))
+        self.fill_holes.setChecked(bool(saved.get("fill_holes", defaults.fill_holes)))
+        self.keep_probabilities.setChecked(bool(saved.get("keep_probabilities", False)))
+        if saved.get("model"):
+            self.model.select(str(saved["model"]))
+
+    def _save_settings(self) -> None:
+        values = {**self.postprocess_config().to_dict(), **self.inference_config().to_dict()}
+        values.update(model=self.model.currentText(), keep_probabilities=self.keep_probabilities.isChecked())
+        save_settings(SETTINGS, values)
+
+    def _show_axes(self, *_: Any) -> None:
+        layer = self.image.layer()
+        if layer is None:
+            self.axes_info.setText("no image layer")
+            return
+        try:
+            axes = infer_axes(np.shape(layer.data), self.chosen_axes(layer))
+        except UserInputError as exc:
+            self.axes_info.setText(f"choose the axes: {exc}")
+            return
+        self.axes_info.setText(f"{axes}, shape {tuple(np.shape(layer.data))}")
+
+    # ------------------------------------------------------------------ parameters
+
+    def chosen_axes(self, layer: Image) -> str | None:
+        """Axes picked by the user, else what napari knows (RGB), else None (the engine guesses)."""
+        text = self.axes.currentText()
+        return image_axes_hint(layer) if text == AUTO else text
+
+    def inference_config(self) -> InferenceConfig:
+        """Tiling and device settings from the form."""
+        return InferenceConfig(
+            tile_size=self.tile_size.value(), overlap=self.overlap.value(), device=self.device.currentText()
+        )
+
+    def postprocess_config(self) -> PostprocessConfig:
+        """Post-processing settings from the form."""
+        return PostprocessConfig(
+            foreground_threshold=self.foreground.value(),
+            seed_threshold=self.seed.value(),
+            min_size=self.min_size.value(),
+            fill_holes=self.fill_holes.isChecked(),
+        )
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> Any:
+        """Segment the chosen image in a worker; return the worker (None if nothing started)."""
+        try:
+            layer = check_image_layer(self.image.layer())
+            image = snapshot(layer)
+            axes = infer_axes(image.shape, self.chosen_axes(layer))
+            job = _segment_job(image, axes, self.model.reference(), self.inference_config(), self.postprocess_config())
+            self._save_settings()
+            self._announce_planes(axes, image.shape)
+            return self.jobs.start(job, lambda result: self._on_segmented(layer, result))
+        except Exception as exc:
+            notify_exception(exc, "Segmentation")
+            return None
+
+    def _announce_planes(self, axes: str, shape: tuple[int, ...]) -> None:
+        if axes[0] in "ZT":
+            planes = shape[0]
+            kind = "Z-stack" if axes[0] == "Z" else "time-lapse"
+            linked = " and links objects across Z" if axes[0] == "Z" else ""
+            info(f"The 2D model segments this {planes}-plane {kind} slice by slice{linked}.")
+
+    def _on_segmented(self, image_layer: Image, result: SegmentResult) -> None:
+        prediction = result.prediction
+        meta = {
+            "image": image_layer.name,
+            "method": "unet",
+            "model": result.model,
+            "model_sha256": result.model_sha256,
+            "settings": result.settings,
+            "axes": prediction.axes,
+        }
+        layer = self._write_labels(image_layer, prediction.labels, meta)
+        self._cache = {"probabilities": prediction.probabilities, "axes": prediction.axes, "layer": layer}
+        if self.keep_probabilities.isChecked():
+            self._write_probability(image_layer, prediction.probabilities)
+        n_objects = len(np.unique(prediction.labels)) - 1
+        info(f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'.")
+
+    def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
+        name = labels_layer_name(image_layer.name)
+        if self.new_layer.isChecked():
+            name = unique_name(self.viewer, name)
+        layer = set_layer_data(self.viewer, name, labels, "labels", like=image_layer)
+        layer_meta(layer).update(meta, prediction=labels.copy())
+        self.last_labels_layer = layer
+        return layer
+
+    def _write_probability(self, image_layer: Image, probabilities: np.ndarray) -> None:
+        foreground = 1.0 - probabilities[..., 0, :, :]  # P(interior) + P(boundary), shaped like the labels
+        layer = set_layer_data(
+            self.viewer,
+            image_layer.name + PROBABILITY_SUFFIX,
+            foreground,
+            "image",
+            like=image_layer,
+            colormap="magma",
+            blending="additive",
+            contrast_limits=(0.0, 1.0),
+        )
+        layer_meta(layer)["image"] = image_layer.name
+
+    # ------------------------------------------------------------------ post-processing only
+
+    def rerun_postprocessing(self) -> Labels | None:
+        """Re-segment from the cached probabilities with the current thresholds (no network)."""
+        try:
+            if self._cache is None:
+                raise UserInputError("nothing to re-process: press 'Segment' first (probabilities are kept in memory)")
+            config = self.postprocess_config()
+            labels = labels_from_probabilities(self._cache["probabilities"], self._cache["axes"], config)
+        except Exception as exc:
+            notify_exception(exc, "Post-processing")
+            return None
+        layer = self._cache["layer"]
+        if layer not in self.viewer.layers:
+            notify_exception(UserInputError(f"the layer '{layer.name}' was deleted; press 'Segment' again"), "")
+            return None
+        layer.data = labels
+        meta = layer_meta(layer)
+        meta["prediction"] = labels.copy()
+        meta.setdefault("settings", {})["postprocess"] = config.to_dict()
+        self._save_settings()
+        info(f"Re-processed '{layer.name}': {len(np.unique(labels)) - 1} objects.")
+        return layer
+
+
+# ---------------------------------------------------------------------- engine calls (worker thread)
+
+
+def _segment_job(
+    image: np.ndarray, axes: str, model: str, inference: InferenceConfig, postprocess: PostprocessConfig
+) -> Callable[[Callable[[], bool]], Generator[Progress, None, SegmentResult]]:
+    """Build the generator the worker runs: load the model, then predict."""
+
+    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, SegmentResult]:
+        from napari_unet.core.inference import iter_predict
+        from napari_unet.core.store import load_model
+
+        yield Progress("load", 0, 0, f"Loading model {model}")
+        bundle = load_model(model)
+        prediction = yield from iter_predict(image, bundle, axes, inference, postprocess, cancel)
+        settings = {"axes": axes, "inference": inference.to_dict(), "postprocess": postprocess.to_dict()}
+        used = bundle.spec if bundle.version is not None else model  # "name@vN" pins the exact version
+        return SegmentResult(prediction, used, bundle.sha256, settings)
+
+    return job
+
+
+def labels_from_probabilities(probabilities: np.ndarray, axes: str, config: PostprocessConfig) -> np.ndarray:
+    """Instance labels from cached class probabilities, as :func:`napari_unet.core.inference.iter_predict` makes them.
+
+    Parameters
+    ----------
+    probabilities : ndarray, (3, Y, X) or (P, 3, Y, X)
+        Background / interior / boundary probabilities (``Prediction.probabilities``).
+    axes : str
+        ``YX``, ``ZYX`` (objects linked across Z) or ``TYX``.
+    config : PostprocessConfig
+        Thresholds and sizes.
+
+    """
+    if probabilities.ndim == 3:
+        return post.probabilities_to_labels(probabilities, config).astype(np.uint32)
+    planes = np.stack([post.probabilities_to_labels(plane, config) for plane in probabilities])
+    stack = post.link_slices(planes) if axes.startswith("Z") else post.relabel_stack_unique(planes)
+    return stack.astype(np.uint32, copy=False)
+
+
+def describe_devices() -> str:
+    """One line naming the compute devices PyTorch can see."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "PyTorch is not installed"
+    found = []
+    if torch.cuda.is_available():
+        found += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("Apple MPS")
+    return "found: " + (", ".join(found) if found else "CPU only (no GPU visible to PyTorch)")
+
+
+def _spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _float_spin(low: float, high: float, value: float, step: float = 0.05) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(low, high)
+    box.setDecimals(3)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box

@@ -1,0 +1,496 @@
+"""The ``napari-unet`` command line: a thin layer over :mod:`napari_unet.core`.
+
+Every sub-command parses its arguments, calls one engine function and reports
+progress with a terminal progress bar.  Problems the user can fix are printed
+as ``error: ...`` (exit code 2) without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from napari_unet import __version__
+from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.progress import Progress, run_to_end
+
+R = TypeVar("R")
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".zarr")
+METHOD_CHOICES = ("unet", "otsu", "li", "local", "watershed")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _progress_bar(gen: Generator[Progress, None, R], desc: str, quiet: bool = False) -> R:
+    """Drain ``gen`` while drawing a tqdm bar on stderr; return its result."""
+    if quiet:
+        return run_to_end(gen)
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+
+        def update(event: Progress) -> None:
+            if event.total and bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.done
+            postfix = {k: f"{v:.3g}" for k, v in event.metrics.items() if isinstance(v, float)}
+            if postfix:
+                bar.set_postfix(postfix, refresh=False)
+            bar.refresh()
+
+        return run_to_end(gen, update)
+
+
+def expand_inputs(paths: Sequence[str]) -> list[Path]:
+    """Expand files and folders into a sorted list of image paths.
+
+    Raises
+    ------
+    UserInputError
+        If a path does not exist or a folder holds no image.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise UserInputError(f"input {path} does not exist; check the path")
+        if path.is_dir() and path.suffix != ".zarr":
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise UserInputError(f"folder {path} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            found.extend(images)
+        else:
+            found.append(path)
+    return found
+
+
+def _split_images_and_labels(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Split a folder listing into ``*_image.*`` and ``*_labels.*`` files when both are present."""
+    images = [p for p in paths if not p.stem.endswith(("_labels", "_masks", "_mask"))]
+    labels = [p for p in paths if p.stem.endswith(("_labels", "_masks", "_mask"))]
+    return images, labels
+
+
+def _pair(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
+    """Pair images with labels by order, checking the counts agree."""
+    if len(images) != len(labels):
+        raise UserInputError(
+            f"got {len(images)} image(s) but {len(labels)} label file(s); they are paired by order, "
+            "so give the same number of each"
+        )
+    return list(zip(images, labels, strict=True))
+
+
+def _labels_output_path(outdir: Path, source: Path) -> Path:
+    stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+    return outdir / f"{stem}_labels.tif"
+
+
+def _parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHOD_CHOICES]
+    if bad or not methods:
+        raise UserInputError(f"unknown method(s) {bad}; choose from {', '.join(METHOD_CHOICES)}")
+    return methods
+
+
+def _inference_config(args: argparse.Namespace) -> Any:
+    from napari_unet.core.config import InferenceConfig
+
+    fields = {"device": args.device, "tile_size": args.tile, "overlap": args.overlap, "batch_size": args.batch_size}
+    return InferenceConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | None], Any]:
+    """Return ``f(image, axes) -> labels`` for a method name."""
+    if method == "unet":
+        from napari_unet.core.inference import iter_predict
+        from napari_unet.core.store import load_model
+
+        bundle = load_model(args.model)
+        inference = _inference_config(args)
+
+        def run_unet(image: Any, axes: str | None) -> Any:
+            gen = iter_predict(image, bundle, axes=axes, inference=inference)
+            return _progress_bar(gen, "unet", args.quiet).labels
+
+        run_unet.bundle = bundle  # type: ignore[attr-defined]
+        return run_unet
+
+    from napari_unet.core.baselines import segment_baseline
+
+    def run_baseline(image: Any, axes: str | None) -> Any:
+        return segment_baseline(image, method, axes=axes)
+
+    return run_baseline
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment every input and write ``OUTDIR/<stem>_labels.tif`` plus provenance."""
+    from napari_unet.core.io import export_labels, provenance, read_image
+
+    inputs = expand_inputs(args.inputs)
+    outdir = Path(args.output)
+    _ensure_output_dir(outdir)
+    targets = [_labels_output_path(outdir, path) for path in inputs]
+    if not args.overwrite:
+        existing = [str(t) for t in targets if t.exists()]
+        if existing:
+            raise UserInputError(f"output exists: {existing[0]} (and {len(existing) - 1} more); pass --overwrite")
+    if args.dask_scheduler:
+        return _predict_distributed(args, inputs, outdir)
+    segment = _segmenter(args.method, args)
+    model = getattr(segment, "bundle", None)
+    settings = _settings(args)
+    for source, target in zip(inputs, targets, strict=True):
+        start = time.perf_counter()
+        image = read_image(source)
+        labels = segment(image, args.axes)
+        info = provenance(model=model, settings=settings, inputs=[source], method=args.method)
+        export_labels(labels, target, overwrite=args.overwrite, provenance=info)
+        n_objects = int(labels.max()) if labels.size else 0
+        print(f"{source} -> {target}  ({n_objects} objects, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _predict_distributed(args: argparse.Namespace, inputs: list[Path], outdir: Path) -> int:
+    from napari_unet.core.distributed import predict_folder
+
+    gen = predict_folder(
+        inputs,
+        outdir,
+        model=args.model,
+        scheduler=args.dask_scheduler,
+        inference=_inference_config(args),
+        overwrite=args.overwrite,
+    )
+    summary = _progress_bar(gen, "predict (dask)", args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0 if not summary.get("failed") else 1
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in ("func",) and not callable(v)}
+
+
+def _ensure_output_dir(outdir: Path) -> None:
+    if outdir.exists() and not outdir.is_dir():
+        raise UserInputError(f"output {outdir} is a file, not a folder; choose a folder with -o")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"cannot create output folder {outdir}: {exc.strerror}; choose another -o") from exc
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score every method against ground truth and print the table side by side."""
+    from napari_unet.core.evaluation import evaluate_methods, format_table
+
+    images = expand_inputs(args.images)
+    if args.labels:
+        labels = expand_inputs(args.labels)
+        images = [p for p in images if p not in set(labels)]
+    else:
+        images, labels = _split_images_and_labels(images)
+    pairs = _pair(images, labels)
+    methods = _parse_methods(args.methods)
+    segmenters = {m: _segmenter(m, args) for m in methods}
+    gen = evaluate_methods(pairs, segmenters, axes=args.axes)
+    report = _progress_bar(gen, "evaluate", args.quiet)
+    print(format_table(report))
+    if args.json:
+        from napari_unet.core.io import atomic_write_path
+
+        with atomic_write_path(Path(args.json), overwrite=args.overwrite) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2, default=float))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train or fine-tune a model and save it as a new model version or folder."""
+    from napari_unet.core.io import read_image, read_labels
+    from napari_unet.core.training import iter_train
+
+    pairs = _pair(expand_inputs(args.images), expand_inputs(args.labels))
+    images = [read_image(image) for image, _ in pairs]
+    labels = [read_labels(label) for _, label in pairs]
+    val_images = val_labels = None
+    if args.val_images or args.val_labels:
+        val_pairs = _pair(expand_inputs(args.val_images or []), expand_inputs(args.val_labels or []))
+        val_images = [read_image(image) for image, _ in val_pairs]
+        val_labels = [read_labels(label) for _, label in val_pairs]
+    rois = [_read_rois(Path(p)) for p in args.rois] if args.rois else None
+    if rois is not None and len(rois) != len(images):
+        raise UserInputError(f"got {len(rois)} ROI file(s) for {len(images)} image(s); give one per image")
+    config = _training_config(args)
+    bundle = _starting_bundle(args)
+    _check_train_output(args)
+    gen = iter_train(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
+    result = _progress_bar(gen, "train", args.quiet)
+    saved = _save_trained(result.bundle, args)
+    summary = {
+        "saved": str(saved),
+        "stopped": result.stopped_reason,
+        "best_score": result.best_score,
+        "steps": result.bundle.metadata.get("lineage", {}).get("steps"),
+        "seconds": result.bundle.metadata.get("lineage", {}).get("seconds"),
+    }
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"use it with: napari-unet predict ... --model {saved}")
+    return 0
+
+
+def _read_rois(path: Path) -> list[Any]:
+    """Read a JSON list of ROIs: ``[y0, x0, y1, x1]`` rectangles or ``[[y, x], ...]`` polygons."""
+    import numpy as np
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"cannot read ROI file {path}: {exc}") from exc
+    if not isinstance(data, list) or not data:
+        raise UserInputError(f"ROI file {path} must hold a non-empty JSON list of rectangles or polygons")
+    return [tuple(roi) if np.ndim(roi) == 1 else np.asarray(roi, dtype=float) for roi in data]
+
+
+def _training_config(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from napari_unet.core.config import TrainingConfig
+
+    config = TrainingConfig.from_json(Path(args.config).read_text()) if args.config else TrainingConfig()
+    overrides = {
+        "learning_rate": args.lr,
+        "patch_size": args.patch_size,
+        "batch_size": args.batch_size,
+        "annotation_mode": args.annotation_mode,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    if args.no_augment:
+        overrides["augment"] = False
+    if args.annotation_mode is None and args.rois:
+        overrides["annotation_mode"] = "rois"
+    if args.seconds is not None or args.steps is not None or args.epochs is not None:
+        overrides.update(max_seconds=args.seconds, max_steps=args.steps, max_epochs=args.epochs)
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None or k.startswith("max_")})
+
+
+def _starting_bundle(args: argparse.Namespace) -> Any:
+    from napari_unet.core.config import ModelConfig
+    from napari_unet.core.store import ModelBundle, load_model
+
+    if args.start == "scratch":
+        arch = {"depth": args.depth, "base_channels": args.base_channels}
+        return ModelBundle.new(ModelConfig(**{k: v for k, v in arch.items() if v is not None}))
+    if args.depth is not None or args.base_channels is not None:
+        raise UserInputError("--depth/--base-channels only apply with --from scratch")
+    return load_model(args.start)
+
+
+def _is_folder_output(output: str) -> bool:
+    return "/" in output or "\\" in output or output.startswith(".")
+
+
+def _check_train_output(args: argparse.Namespace) -> None:
+    """Fail before training, not after, when the output folder cannot be written."""
+    if _is_folder_output(args.output):
+        target = Path(args.output)
+        if target.exists() and not args.overwrite:
+            raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
+        if not target.parent.is_dir():
+            raise UserInputError(f"folder {target.parent} does not exist; create it or choose another --output")
+
+
+def _save_trained(bundle: Any, args: argparse.Namespace) -> str:
+    from napari_unet.core.store import save_model, save_version
+
+    if _is_folder_output(args.output):
+        return str(save_model(bundle, Path(args.output), overwrite=args.overwrite))
+    info = save_version(bundle, args.output, lineage=bundle.metadata.get("lineage", {}))
+    return f"{info.name}@v{info.version}"
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Convert label images to other formats (TIFF, PNG, NPY, OME-Zarr, ROI zip, CSV)."""
+    from napari_unet.core.io import export_labels, provenance, read_image, read_labels
+
+    label_paths = expand_inputs(args.labels)
+    image_paths = expand_inputs(args.image) if args.image else [None] * len(label_paths)
+    if len(image_paths) != len(label_paths):
+        raise UserInputError(f"got {len(label_paths)} label file(s) but {len(image_paths)} image(s) for --image")
+    outdir = Path(args.output)
+    _ensure_output_dir(outdir)
+    formats = [f.strip().lstrip(".") for f in args.format.split(",") if f.strip()]
+    for label_path, image_path in zip(label_paths, image_paths, strict=True):
+        labels = read_labels(label_path)
+        image = read_image(image_path) if image_path is not None else None
+        stem = label_path.name[: -len(label_path.suffix)] if label_path.suffix else label_path.name
+        inputs = [label_path] + ([image_path] if image_path is not None else [])
+        info = provenance(model=None, settings=_settings(args), inputs=inputs, method="export")
+        for fmt in formats:
+            suffix = {"roi": ".zip", "zarr": ".zarr", "tiff": ".tif"}.get(fmt, "." + fmt)
+            written = export_labels(
+                labels, outdir / f"{stem}{suffix}", overwrite=args.overwrite, image=image, provenance=info
+            )
+            for path in written:
+                print(f"wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- models / demo
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the bundled and user models with their versions."""
+    from napari_unet.core.store import list_models, user_model_dir
+
+    infos = list_models()
+    if args.json:
+        print(json.dumps([_model_row(i) for i in infos], indent=2, default=str))
+        return 0
+    print(f"user model folder: {user_model_dir()}")
+    for info in infos:
+        row = _model_row(info)
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in (row.get("metrics") or {}).items() if isinstance(v, float))
+        version = f"@v{row['version']}" if row.get("version") is not None else ""
+        print(f"  {row['name']}{version}  {row.get('created') or ''}  {metrics}")
+    return 0
+
+
+def _model_row(info: Any) -> dict[str, Any]:
+    keys = ("name", "version", "path", "created", "metrics", "parent")
+    return {k: getattr(info, k, None) for k in keys}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Open napari with a sample and the widgets, or run the loop headless."""
+    from napari_unet.demo import run_demo
+
+    return run_demo(headless_dir=args.headless, model=args.model, overwrite=args.overwrite)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_inference_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="model name, name@vN, or folder (default: bundled)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None, help="compute device")
+    parser.add_argument("--tile", type=int, default=None, help="tile edge in pixels (default 512)")
+    parser.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default 0.125)")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    parser.add_argument("--axes", default=None, help="axes of the inputs, e.g. YX, YXC, CYX, ZYX, TYX")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``napari-unet`` command."""
+    parser = argparse.ArgumentParser(prog="napari-unet", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="segment images; writes OUTDIR/<stem>_labels.tif")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--method", choices=METHOD_CHOICES, default="unet")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--dask-scheduler", default=None, help="local[:N] or tcp://HOST:PORT to run on a dask cluster")
+    _add_inference_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score methods against ground-truth labels")
+    p.add_argument("--images", nargs="+", required=True, help="image files or a folder (with *_labels.* files)")
+    p.add_argument("--labels", nargs="+", default=None, help="label files/folder, paired with --images by order")
+    p.add_argument("--methods", default="unet,otsu,watershed", help=f"comma list of {', '.join(METHOD_CHOICES)}")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON")
+    p.add_argument("--overwrite", action="store_true")
+    _add_inference_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train or fine-tune a model on images + labels")
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--labels", nargs="+", required=True, help="paired with --images by order")
+    p.add_argument("--rois", nargs="+", default=None, help="JSON files of ROI rectangles/polygons, one per image")
+    p.add_argument("--from", dest="start", default="default", help="model to start from, or 'scratch'")
+    p.add_argument("--output", required=True, help="user model name (saved as a new version) or a folder path")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--seconds", type=float, default=None)
+    budget.add_argument("--steps", type=int, default=None)
+    budget.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--val-images", nargs="+", default=None)
+    p.add_argument("--val-labels", nargs="+", default=None)
+    p.add_argument("--config", default=None, help="TrainingConfig JSON file (flags override it)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--annotation-mode", choices=("full", "rois", "changed"), default=None)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--depth", type=int, default=None, help="architecture when training from scratch")
+    p.add_argument("--base-channels", type=int, default=None, help="architecture when training from scratch")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="convert label images to TIFF/PNG/NPY/OME-Zarr/ROI zip/CSV")
+    p.add_argument("labels", nargs="+", metavar="LABELS", help="label files or folders")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--format", default="tif,csv", help="comma list of tif,png,npy,zarr,roi,csv")
+    p.add_argument("--image", nargs="+", default=None, help="intensity images for CSV measurements (by order)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list bundled and user models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo", help="open napari with a sample and the widgets")
+    p.add_argument("--headless", default=None, metavar="OUTDIR", help="run segment -> compare -> export without a GUI")
+    p.add_argument("--model", default="default")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("cancelled; nothing was written for the unfinished item", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

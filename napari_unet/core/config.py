@@ -1,0 +1,320 @@
+"""Frozen configuration dataclasses with a JSON round trip.
+
+Every model and every export stores the configs that produced it, so any result
+can be replayed headless.  All configs are immutable; use
+``dataclasses.replace(cfg, field=value)`` to derive a variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="JsonConfig")
+
+
+class ConfigError(ValueError):
+    """Raised when a configuration value or a config file is invalid."""
+
+
+class JsonConfig:
+    """Mixin giving a frozen dataclass a strict dict / JSON round trip."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a plain, JSON-serialisable dict."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """Return the config as an indented JSON string."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """Build a config from a dict, rejecting unknown keys.
+
+        Parameters
+        ----------
+        data : dict
+            Field values; missing fields take their defaults.
+
+        Raises
+        ------
+        ConfigError
+            If ``data`` is not a dict or holds keys the config does not know.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        """Build a config from a JSON string (see :meth:`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{cls.__name__}: invalid JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+
+def _check_choice(owner: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+def _check_range(owner: str, name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise ConfigError(f"{owner}.{name} must be in [{low}, {high}], got {value!r}")
+
+
+NORMS = ("batch", "instance", "group", "none")
+HEADS = ("bg_interior_boundary",)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BLEND_MODES = ("gaussian", "constant")
+
+
+@dataclass(frozen=True)
+class ModelConfig(JsonConfig):
+    """Architecture of the UNet.
+
+    Attributes
+    ----------
+    spatial_dims : int
+        2 for images (3 reserved for volumetric models).
+    in_channels : int
+        Channels the network reads (1 for gray; 3 for RGB models).
+    out_channels : int
+        Channels the network writes; 3 for the ``bg_interior_boundary`` head.
+    depth : int
+        Number of down-sampling steps (the network sees ``2**depth`` pixel
+        blocks; inference pads inputs to a multiple of that).
+    base_channels : int
+        Feature channels at full resolution; doubled at every level.
+    norm : str
+        ``batch``, ``instance``, ``group`` or ``none``.
+    dropout : float
+        Dropout probability in the bottleneck.
+    head : str
+        Meaning of the output channels (see :mod:`napari_unet.core.model`).
+    """
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    out_channels: int = 3
+    depth: int = 4
+    base_channels: int = 16
+    norm: str = "batch"
+    dropout: float = 0.0
+    head: str = "bg_interior_boundary"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"{name}.spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        _check_range(name, "in_channels", self.in_channels, 1, 16)
+        _check_range(name, "out_channels", self.out_channels, 1, 16)
+        _check_range(name, "depth", self.depth, 1, 7)
+        _check_range(name, "base_channels", self.base_channels, 2, 256)
+        _check_range(name, "dropout", self.dropout, 0.0, 0.9)
+        _check_choice(name, "norm", self.norm, NORMS)
+        _check_choice(name, "head", self.head, HEADS)
+
+    @property
+    def size_multiple(self) -> int:
+        """Spatial sizes the network accepts must be multiples of this."""
+        return 2**self.depth
+
+
+@dataclass(frozen=True)
+class NormalizeConfig(JsonConfig):
+    """Percentile normalisation applied before the network.
+
+    Attributes
+    ----------
+    low_percentile, high_percentile : float
+        Intensities at these percentiles map to 0 and 1 (not clipped).
+    invert : str
+        ``auto`` inverts images whose background is bright (brightfield,
+        H&E: dark nuclei on a light background) so nuclei are always bright;
+        ``never`` / ``always`` force it.
+    """
+
+    low_percentile: float = 1.0
+    high_percentile: float = 99.8
+    invert: str = "auto"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_range(name, "low_percentile", self.low_percentile, 0.0, 100.0)
+        _check_range(name, "high_percentile", self.high_percentile, 0.0, 100.0)
+        if self.low_percentile >= self.high_percentile:
+            raise ConfigError(f"{name}: low_percentile must be below high_percentile")
+        _check_choice(name, "invert", self.invert, ("auto", "never", "always"))
+
+
+@dataclass(frozen=True)
+class InferenceConfig(JsonConfig):
+    """How the network is applied to an image.
+
+    Attributes
+    ----------
+    tile_size : int
+        Edge of the square tiles (pixels); images no larger run in one piece.
+    overlap : float
+        Fraction of a tile shared with its neighbour, in [0, 0.5).
+    batch_size : int
+        Tiles per forward pass.
+    device : str
+        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
+    blend : str
+        ``gaussian`` (weights fall off toward tile edges) or ``constant``.
+    amp : bool
+        Mixed precision on CUDA (ignored on CPU).
+    """
+
+    tile_size: int = 512
+    overlap: float = 0.125
+    batch_size: int = 4
+    device: str = "auto"
+    blend: str = "gaussian"
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_range(name, "tile_size", self.tile_size, 32, 8192)
+        _check_range(name, "overlap", self.overlap, 0.0, 0.49)
+        _check_range(name, "batch_size", self.batch_size, 1, 256)
+        _check_choice(name, "device", self.device, DEVICES)
+        _check_choice(name, "blend", self.blend, BLEND_MODES)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig(JsonConfig):
+    """Turning class probabilities into instance labels.
+
+    Attributes
+    ----------
+    foreground_threshold : float
+        A pixel is an object if P(interior) + P(boundary) exceeds this.
+    seed_threshold : float
+        Connected regions with P(interior) above this seed the watershed.
+    min_seed_size : int
+        Seeds smaller than this many pixels are dropped (avoids over-splits).
+    min_size : int
+        Objects smaller than this many pixels are removed.
+    fill_holes : bool
+        Fill holes inside each object.
+    """
+
+    foreground_threshold: float = 0.5
+    seed_threshold: float = 0.6
+    min_seed_size: int = 4
+    min_size: int = 15
+    fill_holes: bool = True
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_range(name, "foreground_threshold", self.foreground_threshold, 0.0, 1.0)
+        _check_range(name, "seed_threshold", self.seed_threshold, 0.0, 1.0)
+        _check_range(name, "min_seed_size", self.min_seed_size, 0, 10**6)
+        _check_range(name, "min_size", self.min_size, 0, 10**9)
+
+
+ANNOTATION_MODES = ("full", "rois", "changed")
+SCHEDULES = ("cosine", "plateau", "constant")
+LOSSES = ("ce_dice", "focal_dice")
+
+
+@dataclass(frozen=True)
+class TrainingConfig(JsonConfig):
+    """Settings of a (fine-)tuning run.
+
+    Attributes
+    ----------
+    patch_size : int
+        Edge of the square training patches (pixels).
+    batch_size : int
+        Patches per optimisation step.
+    learning_rate : float
+        Peak AdamW learning rate.
+    weight_decay : float
+        AdamW weight decay.
+    warmup_steps : int
+        Linear warm-up steps before the schedule.
+    schedule : str
+        ``cosine``, ``plateau`` or ``constant``.
+    max_steps, max_epochs : int or None
+        Stop after this many steps / passes over the annotated patches.
+    max_seconds : float or None
+        Stop after this wall-clock budget (the first limit reached wins).
+    val_every : int
+        Steps between validations.
+    early_stop_patience : int
+        Validations without improvement before stopping (0 disables).
+    annotation_mode : str
+        ``full`` (all pixels reviewed), ``rois`` (only inside given ROIs) or
+        ``changed`` (only where the user edited the prediction, plus a margin).
+    changed_margin : int
+        Margin in pixels around edited areas in ``changed`` mode.
+    corrected_weight : float
+        Loss weight of pixels the user corrected (1 = no up-weighting).
+    loss : str
+        ``ce_dice`` (class-weighted cross-entropy + soft Dice) or
+        ``focal_dice``.
+    augment : bool
+        Random flips, rot90, affine/elastic and intensity changes.
+    val_fraction : float
+        Fraction of annotated images (or image area) held out for validation
+        when no validation set is given.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps``.
+    amp : bool
+        Mixed precision on CUDA.
+    seed : int
+        Seed for sampling and augmentation.
+    num_threads : int
+        CPU threads torch may use while training (0 = all cores).
+    """
+
+    patch_size: int = 128
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    max_seconds: float | None = 60.0
+    val_every: int = 25
+    early_stop_patience: int = 0
+    annotation_mode: str = "full"
+    changed_margin: int = 8
+    corrected_weight: float = 2.0
+    loss: str = "ce_dice"
+    augment: bool = True
+    val_fraction: float = 0.2
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        _check_range(name, "num_threads", self.num_threads, 0, 1024)
+        _check_range(name, "patch_size", self.patch_size, 16, 4096)
+        _check_range(name, "batch_size", self.batch_size, 1, 1024)
+        _check_range(name, "learning_rate", self.learning_rate, 1e-8, 1.0)
+        _check_range(name, "val_fraction", self.val_fraction, 0.0, 0.9)
+        _check_range(name, "corrected_weight", self.corrected_weight, 0.0, 100.0)
+        _check_choice(name, "schedule", self.schedule, SCHEDULES)
+        _check_choice(name, "annotation_mode", self.annotation_mode, ANNOTATION_MODES)
+        _check_choice(name, "loss", self.loss, LOSSES)
+        _check_choice(name, "device", self.device, DEVICES)
+        if self.max_steps is None and self.max_epochs is None and self.max_seconds is None:
+            raise ConfigError(f"{name}: set at least one of max_steps, max_epochs or max_seconds")

@@ -1,0 +1,958 @@
+"""Huge images and batches: chunked prediction to zarr, and folders over dask.distributed.
+
+Large images
+------------
+:func:`predict_large` segments a 2D image (``YX``, ``YXC`` or ``CYX``) that
+need not fit in memory - a zarr array, an OME-Zarr image, a dask array, a
+NumPy memory map or a TIFF read lazily (``tifffile.imread(..., aszarr=True)``)
+- chunk by chunk into an OME-Zarr labels store (uint32).  Each chunk is read
+with a halo of context, normalised with **global** percentiles (taken once on
+a strided subsample of the whole image, the same sub-grid the in-memory path
+uses, so both paths see the same intensities), run through the UNet, turned
+into labels and cropped to its core; :mod:`napari_unet.core.stitching` joins
+objects across chunk borders and makes ids globally unique.  Memory is
+bounded by the chunk size (plus one halo band per chunk column), never by the
+image size.  Out-of-memory errors shrink the tiles, then fall back to the CPU
+(:mod:`napari_unet.core.memory`).  With a ``scheduler`` the chunks run as
+dask tasks; stitching stays on the client.
+
+Folders
+-------
+:func:`predict_folder` segments many images, in this process or as one dask
+task per file on a local or remote ``dask.distributed`` cluster.  Every
+worker loads the model once (a per-process cache keyed by model spec and
+weights hash) and limits torch to one thread; failed files are retried twice
+and then reported with their reason in the returned :class:`FolderSummary` -
+never dropped.
+
+Schedulers (:func:`parse_scheduler`): ``None`` (this process), ``"local"``
+(a local cluster with one single-threaded worker process per core, at most
+8), ``"local:N"`` (N workers), ``"tcp://host:port"`` (an existing
+scheduler), or a ``distributed.Client``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.config import InferenceConfig, NormalizeConfig, PostprocessConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.memory import OomGuard, as_torch_device
+from napari_unet.core.progress import CancelFlag, Progress, check_cancel
+from napari_unet.core.stitching import ChunkPlan, Stitcher, iter_relabel, plan_chunks
+
+PathLike = str | os.PathLike
+
+LABEL_NAME = "labels"
+"""Name of the label image inside the OME-Zarr store :func:`predict_large` writes."""
+
+NGFF_VERSION = "0.4"
+PERCENTILE_SAMPLE_PIXELS = 2**22
+"""Global percentiles are taken on a regular sub-grid of about this many pixels (as the in-memory path does)."""
+
+MAX_LOCAL_WORKERS = 8
+_LARGE_AXES = ("YX", "YXC", "CYX")
+_ADDRESS_RE = re.compile(r"^(tcp|tls|ucx|inproc)://[^\s/:]+(:\d+)?$")
+_ZARR_MARKERS = (".zarray", ".zgroup", "zarr.json")
+
+
+# =========================================================================== lazy large images
+
+
+class LargeImage:
+    """A lazily read 2D image seen as ``(Y, X)`` or ``(Y, X, C)``.
+
+    Slicing with a ``(y, x)`` pair of slices reads only that region and returns
+    a NumPy array; nothing else is ever loaded.
+
+    Parameters
+    ----------
+    array : array-like
+        NumPy (or memory map), zarr, dask or any sliceable array.
+    axes : str
+        Axis letters of ``array`` (``Y``, ``X``, ``C``; other letters must have
+        length 1 and are dropped).
+
+    """
+
+    def __init__(self, array: Any, axes: str) -> None:
+        self.array = array
+        self.source_axes = axes
+        kept = [a for a, n in zip(axes, array.shape, strict=True) if a in "YXC" or n != 1]
+        self.axes = "".join(kept)
+        if self.axes not in _LARGE_AXES:
+            raise UserInputError(
+                f"large-image prediction handles 2D images (YX, YXC or CYX), got axes {axes} with shape "
+                f"{tuple(array.shape)}; predict stacks plane by plane or select one plane first"
+            )
+        self._fixed = {i: 0 for i, a in enumerate(axes) if a not in "YXC"}
+        sizes = dict(zip(axes, array.shape, strict=True))
+        self.shape: tuple[int, ...] = (int(sizes["Y"]), int(sizes["X"]))
+        if "C" in self.axes:
+            self.shape = (*self.shape, int(sizes["C"]))
+        self.dtype = np.dtype(array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        """2 for gray, 3 for channels-last."""
+        return len(self.shape)
+
+    def __getitem__(self, region: tuple[slice, slice]) -> np.ndarray:
+        """Read ``region`` (a ``(y, x)`` pair of slices, steps allowed) as ``(y, x[, C])``."""
+        wanted = {"Y": region[0], "X": region[1], "C": slice(None)}
+        index = tuple(self._fixed[i] if i in self._fixed else wanted[a] for i, a in enumerate(self.source_axes))
+        block = np.asarray(self.array[index])
+        kept = "".join(a for i, a in enumerate(self.source_axes) if i not in self._fixed)
+        if kept == "CYX":
+            block = np.moveaxis(block, 0, -1)
+        return block
+
+
+def open_large_image(source: Any, axes: str | None = None) -> LargeImage:
+    """Open ``source`` lazily as a :class:`LargeImage`.
+
+    Parameters
+    ----------
+    source : path or array-like
+        A zarr array or OME-Zarr group (first multiscale level), a TIFF (read
+        through ``tifffile``'s zarr store), a ``.npy`` (memory-mapped), another
+        image file (read into memory), or a NumPy / zarr / dask array.
+    axes : str, optional
+        Axis letters of the stored array (e.g. ``"CYX"``); read from OME-Zarr
+        or TIFF metadata, else guessed (2D: ``YX``; 3D with 3-4 entries last:
+        ``YXC``; 3D with at most 4 entries first: ``CYX``).
+
+    Raises
+    ------
+    UserInputError
+        Missing files, unsupported axes or non-numeric data.
+
+    """
+    if isinstance(source, LargeImage):
+        return source
+    found_axes = None
+    if isinstance(source, (str, os.PathLike)):
+        source, found_axes = _open_path(Path(source))
+    if not hasattr(source, "shape") or not hasattr(source, "__getitem__"):
+        raise UserInputError(f"cannot read an image from {type(source).__name__}; pass a path or an array")
+    kind = np.dtype(source.dtype).kind
+    if kind not in "iuf":
+        raise UserInputError(f"the image has dtype {source.dtype}; pass an integer or float image")
+    axes = (axes or found_axes or _guess_axes(tuple(source.shape))).upper().replace("S", "C")
+    if len(axes) != len(source.shape):
+        raise UserInputError(f"axes {axes!r} do not match the image's {len(source.shape)} dimensions {source.shape}")
+    return LargeImage(source, axes)
+
+
+def _guess_axes(shape: tuple[int, ...]) -> str:
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        return "YXC"
+    if len(shape) == 3 and shape[0] <= 4:
+        return "CYX"
+    raise UserInputError(
+        f"cannot tell the axes of an image of shape {shape}; pass them explicitly (YX, YXC or CYX) "
+        "or select one plane of a stack"
+    )
+
+
+def _open_path(path: Path) -> tuple[Any, str | None]:
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file or folder; check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".zarr" or (path.is_dir() and any((path / m).exists() for m in _ZARR_MARKERS)):
+        return _open_zarr(path)
+    if suffix in (".tif", ".tiff"):
+        return _open_tiff(path)
+    if suffix == ".npy":
+        return np.load(path, mmap_mode="r"), None
+    from napari_unet.core.io import read_image
+
+    return read_image(path), None
+
+
+def _open_zarr(path: Path) -> tuple[Any, str | None]:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if not isinstance(node, zarr.Group):
+        return node, None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        first = multiscales[0]
+        axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].upper() for a in first.get("axes", [])) or None
+        return node[first["datasets"][0]["path"]], axes
+    arrays = sorted(node.array_keys())
+    if len(arrays) == 1:
+        return node[arrays[0]], None
+    raise UserInputError(
+        f"{path}: zarr group without OME-Zarr multiscales and with arrays {arrays}; "
+        "pass the path of one array inside it (e.g. store.zarr/0)"
+    )
+
+
+def _open_tiff(path: Path) -> tuple[Any, str | None]:
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if isinstance(node, zarr.Group):  # a pyramid: level 0 is full resolution
+        node = node["0"]
+    return node, axes
+
+
+# =========================================================================== global normalisation
+
+
+@dataclass(frozen=True)
+class GlobalNormalizer:
+    """Percentile normalisation with one intensity range for the whole image.
+
+    Built by :meth:`from_image`; calling it on a window applies the same
+    channel mapping and scaling as
+    :func:`napari_unet.core.normalize.normalize_plane`, but with the global
+    ``low``/``high``/``invert`` instead of the window's own.
+
+    Attributes
+    ----------
+    low, high : float
+        Intensities mapped to 0 and 1.
+    invert : bool
+        Whether bright maps to 0 (bright-background images).
+    in_channels : int
+        Channels the model reads.
+
+    """
+
+    low: float
+    high: float
+    invert: bool
+    in_channels: int
+
+    @classmethod
+    def from_image(
+        cls, image: LargeImage, cfg: NormalizeConfig, in_channels: int, band: int = 2048
+    ) -> GlobalNormalizer:
+        """Measure the percentiles on a regular sub-grid of ``image``, reading one band of rows at a time."""
+        from napari_unet.core import normalize
+
+        sample = strided_sample(image, band=band)
+        channels = normalize._match_channels(_with_channels(sample), in_channels)
+        low, high, invert = normalize._intensity_range(channels, cfg)
+        return cls(low, high, bool(invert), in_channels)
+
+    def __call__(self, window: np.ndarray) -> np.ndarray:
+        """Normalise a ``(y, x)`` or ``(y, x, C)`` window into ``(in_channels, y, x)`` float32."""
+        from napari_unet.core import normalize
+
+        channels = normalize._match_channels(_with_channels(window), self.in_channels)
+        return normalize._scale(channels, self.low, self.high, self.invert)
+
+
+def sample_step(shape_yx: tuple[int, int], max_pixels: int = PERCENTILE_SAMPLE_PIXELS) -> int:
+    """Stride of the regular sub-grid of at most about ``max_pixels`` pixels (1 for small images)."""
+    size = int(shape_yx[0]) * int(shape_yx[1])
+    return max(1, math.ceil(math.sqrt(size / max_pixels)))
+
+
+def strided_sample(image: LargeImage, max_pixels: int = PERCENTILE_SAMPLE_PIXELS, band: int = 2048) -> np.ndarray:
+    """Every ``step``-th row and column of the image, read in bands of about ``band`` rows.
+
+    Returns
+    -------
+    np.ndarray
+        ``(ceil(Y / step), ceil(X / step)[, C])`` in the image's dtype.
+
+    """
+    step = sample_step(image.shape[:2], max_pixels)
+    rows_per_band = max(step, band // step * step)
+    parts = [
+        image[(slice(start, min(start + rows_per_band, image.shape[0]), step), slice(None, None, step))]
+        for start in range(0, image.shape[0], rows_per_band)
+    ]
+    return np.concatenate(parts, axis=0)
+
+
+def _with_channels(block: np.ndarray) -> np.ndarray:
+    return block[..., np.newaxis] if block.ndim == 2 else block
+
+
+# =========================================================================== large-image prediction
+
+
+def unet_segmenter(
+    bundle: Any,
+    normalizer: GlobalNormalizer,
+    inference: InferenceConfig,
+    postprocess: PostprocessConfig,
+    guard: OomGuard | None = None,
+    cancel: CancelFlag = None,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Build the per-window segmenter of :func:`predict_large`: normalise, UNet probabilities, labels.
+
+    Returns
+    -------
+    callable
+        ``segment(window (y, x[, C])) -> (y, x)`` int32 labels.
+
+    """
+    from napari_unet.core.inference import predict_probabilities
+    from napari_unet.core.postprocess import probabilities_to_labels
+
+    guard = guard or oom_guard_for(bundle, inference)
+
+    def segment(window: np.ndarray) -> np.ndarray:
+        plane = normalizer(window)
+
+        def run(tile: int, device: Any) -> np.ndarray:
+            cfg = replace(inference, tile_size=tile, device=device.type)
+            return predict_probabilities(bundle, plane, cfg, cancel=cancel)
+
+        return probabilities_to_labels(guard.run(run), postprocess)
+
+    return segment
+
+
+def oom_guard_for(bundle: Any, inference: InferenceConfig, on_message: Callable[[str], None] | None = None) -> OomGuard:
+    """Make an :class:`OomGuard` starting from the inference tile size and device, tiles kept network-compatible."""
+    multiple = bundle.config.size_multiple
+    minimum = max(32, multiple)
+    return OomGuard(
+        inference.tile_size,
+        as_torch_device(inference.device),
+        min_tile_size=minimum,
+        multiple=multiple,
+        on_message=on_message,
+    )
+
+
+def predict_large(
+    source: Any,
+    bundle: Any,
+    output_zarr_path: PathLike,
+    *,
+    chunk: int = 2048,
+    halo: int = 64,
+    inference: InferenceConfig | None = None,
+    postprocess: PostprocessConfig | None = None,
+    axes: str | None = None,
+    overwrite: bool = False,
+    scheduler: Any = None,
+    bundle_spec: str | None = None,
+    cancel: CancelFlag = None,
+) -> Generator[Progress, None, Path]:
+    """Segment a large 2D image chunk by chunk into an OME-Zarr labels store.
+
+    Parameters
+    ----------
+    source : path or array-like
+        ``YX``, ``YXC`` or ``CYX`` image (see :func:`open_large_image`).
+    bundle : ModelBundle
+        The model.
+    output_zarr_path : str or Path
+        Store to create (``.zarr``); labels land in ``labels/labels/0``
+        (OME-Zarr 0.4, uint32, chunked like the cores) and
+        :func:`napari_unet.core.io.read_labels` reads them back.
+    chunk : int
+        Core edge in pixels; memory scales with ``(chunk + 2 * halo) ** 2``.
+    halo : int
+        Context on every side of a chunk; at least the largest nucleus diameter.
+    inference, postprocess : optional
+        Settings (defaults / the bundle's post-processing when omitted).
+    axes : str, optional
+        Axes of ``source`` when they cannot be read or guessed.
+    overwrite : bool
+        Replace an existing store.
+    scheduler : optional
+        ``None`` runs here; otherwise a spec for :func:`parse_scheduler` - the
+        chunks then run as dask tasks (``source`` must be a path and the model
+        given by ``bundle_spec`` or a saved ``bundle.path``).
+    bundle_spec : str, optional
+        Model name or path the dask workers load (once per worker).
+    cancel : callable, optional
+        Checked before every chunk.
+
+    Yields
+    ------
+    Progress
+        ``stage="predict"``: one event for the statistics, one per chunk
+        segmented and one per chunk relabelled.
+
+    Returns
+    -------
+    Path
+        ``output_zarr_path``.
+
+    """
+    from napari_unet.core.io import atomic_write_dir
+
+    inference = inference or InferenceConfig()
+    postprocess = postprocess or bundle.postprocess
+    image = open_large_image(source, axes)
+    plans = plan_chunks(image.shape[:2], chunk, halo)
+    total = 1 + 2 * len(plans)
+    yield Progress("predict", 0, total, f"Measuring intensities of a {image.shape[0]}x{image.shape[1]} image")
+    normalizer = GlobalNormalizer.from_image(image, bundle.normalize, bundle.config.in_channels)
+    yield Progress("predict", 1, total, f"Segmenting {len(plans)} chunk(s) of {chunk} px", _stats(normalizer))
+    stitcher = Stitcher(image.shape[:2], chunk, halo)
+    with atomic_write_dir(output_zarr_path, overwrite=overwrite) as temp:
+        labels = create_label_store(temp, image.shape[:2], chunk)
+        if scheduler is None:
+            windows = _segment_here(image, plans, bundle, normalizer, inference, postprocess, cancel)
+        else:
+            job = _LargeJob(
+                _source_ref(source), axes, _bundle_ref(bundle, bundle_spec), normalizer, inference, postprocess
+            )
+            windows = _segment_on_cluster(scheduler, job, plans, cancel)
+        for done, (plan, window_labels) in enumerate(windows, start=2):
+            labels[plan.core] = stitcher.add_chunk(plan, window_labels)
+            yield Progress("predict", done, total, f"Segmented chunk {done - 1}/{len(plans)}")
+        yield from iter_relabel(labels, stitcher, plans, cancel=cancel, done=1 + len(plans), total=total)
+    return Path(output_zarr_path)
+
+
+def _stats(normalizer: GlobalNormalizer) -> dict[str, Any]:
+    return {"low": normalizer.low, "high": normalizer.high, "invert": normalizer.invert}
+
+
+def _segment_here(
+    image: LargeImage,
+    plans: list[ChunkPlan],
+    bundle: Any,
+    normalizer: GlobalNormalizer,
+    inference: InferenceConfig,
+    postprocess: PostprocessConfig,
+    cancel: CancelFlag,
+) -> Iterator[tuple[ChunkPlan, np.ndarray]]:
+    segment = unet_segmenter(bundle, normalizer, inference, postprocess, cancel=cancel)
+    for plan in plans:
+        check_cancel(cancel)
+        yield plan, segment(image[plan.window])
+
+
+def create_label_store(path: PathLike, shape_yx: tuple[int, ...], chunk: int) -> Any:
+    """Create an OME-Zarr 0.4 labels store at ``path`` and return its writable uint32 ``(Y, X)`` array.
+
+    The store holds a ``labels`` group listing one label image, ``labels``,
+    whose single resolution level ``0`` is chunked ``(chunk, chunk)`` so each
+    core is written whole.
+    """
+    import zarr
+
+    major = int(zarr.__version__.split(".")[0])
+    root = zarr.open_group(str(path), mode="w", **({"zarr_format": 2} if major >= 3 else {}))
+    group = root.require_group("labels").require_group(LABEL_NAME)
+    root["labels"].attrs.update({"labels": [LABEL_NAME]})
+    chunks = (min(chunk, int(shape_yx[0])), min(chunk, int(shape_yx[1])))
+    shape = (int(shape_yx[0]), int(shape_yx[1]))
+    if major >= 3:
+        encoding = {"name": "v2", "separator": "/"}
+        array = group.create_array("0", shape=shape, chunks=chunks, dtype="u4", chunk_key_encoding=encoding)
+    else:  # pragma: no cover - zarr 2
+        array = group.create_dataset("0", shape=shape, chunks=chunks, dtype="u4", dimension_separator="/")
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    scale = [{"type": "scale", "scale": [1.0, 1.0]}]
+    multiscales = [
+        {
+            "version": NGFF_VERSION,
+            "name": LABEL_NAME,
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": scale}],
+        }
+    ]
+    group.attrs.update({"multiscales": multiscales, "image-label": {"version": NGFF_VERSION}})
+    return array
+
+
+# ---------------------------------------------------------------------------- chunks as dask tasks
+
+
+@dataclass(frozen=True)
+class _LargeJob:
+    """Everything a worker needs to segment one window (all picklable)."""
+
+    source: str
+    axes: str | None
+    bundle_ref: tuple[str, str]
+    normalizer: GlobalNormalizer
+    inference: InferenceConfig
+    postprocess: PostprocessConfig
+
+
+def _source_ref(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source).resolve())
+    raise UserInputError("predicting a large image on a dask cluster needs the image as a path (zarr or TIFF)")
+
+
+def _bundle_ref(bundle: Any, spec: str | None) -> tuple[str, str]:
+    if spec is None and getattr(bundle, "path", None) is None:
+        raise UserInputError("predicting on a dask cluster needs a saved model: pass its name or folder as bundle_spec")
+    return (str(spec if spec is not None else bundle.path), bundle.sha256)
+
+
+def _segment_window_task(job: _LargeJob, window: tuple[slice, slice]) -> np.ndarray:
+    """Worker side: read one window, segment it, return ``(y, x)`` uint32 local labels."""
+    bundle = cached_bundle(*job.bundle_ref)
+    image = open_large_image(job.source, job.axes)
+    segment = unet_segmenter(bundle, job.normalizer, job.inference, job.postprocess)
+    return segment(image[window]).astype(np.uint32)
+
+
+def _segment_on_cluster(
+    scheduler: Any, job: _LargeJob, plans: list[ChunkPlan], cancel: CancelFlag
+) -> Iterator[tuple[ChunkPlan, np.ndarray]]:
+    from distributed import as_completed
+
+    with connect(scheduler) as client:
+        in_flight = max(2, 2 * _worker_count(client))
+        remaining = list(plans)
+        futures = {}
+
+        def submit_next(queue: as_completed) -> None:
+            plan = remaining.pop(0)
+            future = client.submit(_segment_window_task, job, plan.window, retries=2, pure=False)
+            futures[future.key] = plan
+            queue.add(future)
+
+        queue = as_completed()
+        for _ in range(min(in_flight, len(remaining))):
+            submit_next(queue)
+        for future in queue:
+            check_cancel(cancel)
+            plan = futures.pop(future.key)
+            result = future.result()
+            future.release()
+            if remaining:
+                submit_next(queue)
+            yield plan, result
+
+
+# =========================================================================== schedulers
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A parsed ``--dask-scheduler`` value.
+
+    Attributes
+    ----------
+    kind : str
+        ``"inprocess"``, ``"local"``, ``"address"`` or ``"client"``.
+    n_workers : int
+        Workers of a local cluster (0 otherwise).
+    address : str
+        Scheduler address for ``"address"``.
+    client : object
+        The given ``distributed.Client`` for ``"client"``.
+
+    """
+
+    kind: str
+    n_workers: int = 0
+    address: str = ""
+    client: Any = field(default=None, compare=False)
+
+
+def parse_scheduler(spec: Any) -> SchedulerSpec:
+    """Parse a scheduler spec: ``None``, ``"local"``, ``"local:N"``, ``"tcp://host:port"`` or a Client.
+
+    Raises
+    ------
+    UserInputError
+        For anything else (the message lists the accepted forms).
+
+    """
+    if spec is None:
+        return SchedulerSpec("inprocess")
+    if isinstance(spec, SchedulerSpec):
+        return spec
+    if not isinstance(spec, str):
+        if hasattr(spec, "submit") and hasattr(spec, "scheduler_info"):
+            return SchedulerSpec("client", client=spec)
+        raise UserInputError(f"unknown dask scheduler {spec!r}; {_SCHEDULER_HELP}")
+    text = spec.strip()
+    if text.lower() == "local":
+        return SchedulerSpec("local", n_workers=max(1, min(os.cpu_count() or 1, MAX_LOCAL_WORKERS)))
+    if text.lower().startswith("local:"):
+        count = text.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise UserInputError(f"bad worker count in dask scheduler {spec!r}; {_SCHEDULER_HELP}")
+        return SchedulerSpec("local", n_workers=int(count))
+    if _ADDRESS_RE.match(text):
+        port = text.rsplit(":", 1)[-1]
+        if port.isdigit() and not 0 < int(port) < 65536:
+            raise UserInputError(f"bad port in dask scheduler {spec!r}; ports are 1-65535")
+        return SchedulerSpec("address", address=text)
+    raise UserInputError(f"unknown dask scheduler {spec!r}; {_SCHEDULER_HELP}")
+
+
+_SCHEDULER_HELP = "use 'local', 'local:N' (N worker processes) or a scheduler address such as 'tcp://host:8786'"
+
+
+@contextlib.contextmanager
+def connect(spec: Any) -> Iterator[Any]:
+    """Yield a ``distributed.Client`` for ``spec``; clusters and clients made here are closed on exit.
+
+    ``None`` yields ``None`` (run in this process).
+    """
+    parsed = parse_scheduler(spec)
+    if parsed.kind == "inprocess":
+        yield None
+        return
+    if parsed.kind == "client":
+        yield parsed.client
+        return
+    from distributed import Client, LocalCluster
+
+    if parsed.kind == "local":
+        with (
+            LocalCluster(
+                n_workers=parsed.n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            yield client
+        return
+    try:
+        client = Client(parsed.address, timeout="20s")
+    except OSError as exc:
+        raise UserInputError(f"cannot reach the dask scheduler at {parsed.address} ({exc}); is it running?") from exc
+    with client:
+        yield client
+
+
+def _worker_count(client: Any) -> int:
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+# =========================================================================== per-worker model cache
+
+_BUNDLE_CACHE: dict[tuple[str, str], Any] = {}
+_BUNDLE_CACHE_SIZE = 3
+
+
+def cached_bundle(spec: str, sha256: str | None = None, torch_threads: int | None = 1) -> Any:
+    """Load a model once per process (keyed by spec and weights hash) and cap torch's threads.
+
+    Parameters
+    ----------
+    spec : str
+        Model name or folder for :func:`napari_unet.core.store.load_model`.
+    sha256 : str, optional
+        Expected weights hash; a different model on disk raises (the model
+        changed while the job ran).
+    torch_threads : int, optional
+        Threads torch may use in this process (1 on dask workers, so workers
+        do not fight over cores); ``None`` leaves it.
+
+    """
+    key = (spec, sha256 or "")
+    if key not in _BUNDLE_CACHE:
+        from napari_unet.core.store import load_model
+
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        bundle = load_model(spec)
+        if sha256 is not None and bundle.sha256 != sha256:
+            raise UserInputError(f"model {spec!r} changed on disk while predicting; start the job again")
+        _remember_bundle(key, bundle)
+    return _BUNDLE_CACHE[key]
+
+
+# =========================================================================== folders
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One segmented file: input, written outputs, object count, seconds."""
+
+    input: str
+    outputs: tuple[str, ...]
+    n_objects: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """One file that could not be segmented, with the reason."""
+
+    input: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FolderSummary:
+    """Outcome of :func:`predict_folder`.
+
+    Attributes
+    ----------
+    done : tuple of FileResult
+        Files written, in input order.
+    failed : tuple of FileFailure
+        Files that failed (after retries on a cluster), in input order.
+    seconds : float
+        Wall-clock time of the whole job.
+
+    """
+
+    done: tuple[FileResult, ...]
+    failed: tuple[FileFailure, ...]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed."""
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "done": [vars(r) | {"outputs": list(r.outputs)} for r in self.done],
+            "failed": [vars(f) for f in self.failed],
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class _FileJob:
+    """A picklable description of one file to segment."""
+
+    input: str
+    output: str
+    bundle_ref: tuple[str, str]
+    inference: InferenceConfig
+    postprocess: PostprocessConfig | None
+    axes: str | None
+    overwrite: bool
+
+
+def output_path_for(input_path: PathLike, output_dir: PathLike, fmt: str = "tif") -> Path:
+    """Where :func:`predict_folder` writes the labels of ``input_path``: ``<output_dir>/<stem>_labels.<fmt>``."""
+    from napari_unet.core.io import EXPORT_FORMATS
+
+    if fmt not in EXPORT_FORMATS or fmt == "csv":
+        choices = ", ".join(f for f in EXPORT_FORMATS if f != "csv")
+        raise UserInputError(f"unknown label format {fmt!r}; use one of {choices}")
+    stem = Path(input_path).name
+    for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = Path(stem).stem
+    return Path(output_dir) / f"{stem}_labels{EXPORT_FORMATS[fmt]}"
+
+
+def predict_file(job: _FileJob) -> dict[str, Any]:
+    """Segment one file and export its labels (runs in this process or on a dask worker).
+
+    Returns a dict: ``input``, ``outputs``, ``n_objects``, ``seconds`` - or
+    ``input`` and ``error`` for problems with the file itself (unreadable,
+    unsupported), which retrying cannot fix.  Other exceptions propagate so a
+    cluster retries the task.
+    """
+    from napari_unet.core.inference import predict
+    from napari_unet.core.io import export_labels, provenance, read_image
+
+    start = time.perf_counter()
+    bundle = cached_bundle(*job.bundle_ref, torch_threads=None if _in_main_process() else 1)
+    try:
+        image = read_image(job.input)
+        result = predict(image, bundle, axes=job.axes, inference=job.inference, postprocess=job.postprocess)
+        settings = {"inference": job.inference, "postprocess": job.postprocess or bundle.postprocess}
+        record = provenance(model=bundle, settings=settings, inputs=[job.input])
+        outputs = export_labels(result.labels, job.output, overwrite=job.overwrite, provenance=record)
+    except UserInputError as exc:
+        return {"input": job.input, "error": str(exc)}
+    seconds = time.perf_counter() - start
+    n_objects = len(np.unique(result.labels)) - int((result.labels == 0).any())
+    return {"input": job.input, "outputs": [str(p) for p in outputs], "n_objects": n_objects, "seconds": seconds}
+
+
+def _in_main_process() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return True
+    return False
+
+
+def predict_folder(
+    inputs: Sequence[PathLike],
+    output_dir: PathLike,
+    bundle_spec: Any,
+    *,
+    scheduler: Any = None,
+    inference: InferenceConfig | None = None,
+    postprocess: PostprocessConfig | None = None,
+    axes: str | None = None,
+    fmt: str = "tif",
+    overwrite: bool = False,
+    retries: int = 2,
+    cancel: CancelFlag = None,
+) -> Generator[Progress, None, FolderSummary]:
+    """Segment many images, here or as one dask task per file.
+
+    Parameters
+    ----------
+    inputs : sequence of path
+        Image files (anything :func:`napari_unet.core.io.read_image` reads).
+    output_dir : str or Path
+        Existing folder; each result goes to :func:`output_path_for` (plus a
+        ``.provenance.json`` beside it).
+    bundle_spec : str, Path or ModelBundle
+        Model name or folder (each worker loads it once); a bundle works in
+        this process, and on a cluster when it was loaded from / saved to a folder.
+    scheduler : optional
+        See :func:`parse_scheduler`; ``None`` runs in this process.
+    inference, postprocess : optional
+        Settings (``InferenceConfig()`` / the model's post-processing when omitted).
+        On a cluster, ``inference.device="auto"`` lets each worker pick.
+    axes : str, optional
+        Axes of every image when they cannot be guessed.
+    fmt : str
+        Label format: ``tif``, ``png``, ``npy``, ``zarr`` or ``roi``.
+    overwrite : bool
+        Replace existing outputs (otherwise such files fail with that reason).
+    retries : int
+        Extra attempts for a task that crashed on a cluster.
+    cancel : callable, optional
+        Checked between files; pending tasks are cancelled.
+
+    Yields
+    ------
+    Progress
+        ``stage="predict"``, one event per finished file (``metrics`` has
+        ``input`` and ``ok``).
+
+    Returns
+    -------
+    FolderSummary
+        Done and failed files, in input order.
+
+    """
+    start = time.perf_counter()
+    paths = [str(Path(p)) for p in inputs]
+    outputs = _check_outputs(paths, output_dir, fmt)
+    inference = inference or InferenceConfig()
+    bundle_ref = _folder_bundle_ref(bundle_spec)
+    jobs = [
+        _FileJob(p, str(o), bundle_ref, inference, postprocess, axes, overwrite)
+        for p, o in zip(paths, outputs, strict=True)
+    ]
+    results: dict[str, dict[str, Any]] = {}
+    yield Progress("predict", 0, len(jobs), f"Segmenting {len(jobs)} image(s)")
+    runner = (
+        _run_here(jobs, cancel)
+        if parse_scheduler(scheduler).kind == "inprocess"
+        else _run_on_cluster(scheduler, jobs, retries, cancel)
+    )
+    for outcome in runner:
+        results[outcome["input"]] = outcome
+        ok = "error" not in outcome
+        message = f"{Path(outcome['input']).name}: " + (f"{outcome['n_objects']} objects" if ok else outcome["error"])
+        yield Progress("predict", len(results), len(jobs), message, {"input": outcome["input"], "ok": ok})
+    return _summarise(paths, results, time.perf_counter() - start)
+
+
+def _remember_bundle(key: tuple[str, str], bundle: Any) -> None:
+    """Cache ``bundle``, keeping the newest few (a retrained model gets a new weights hash)."""
+    while len(_BUNDLE_CACHE) >= _BUNDLE_CACHE_SIZE:
+        _BUNDLE_CACHE.pop(next(iter(_BUNDLE_CACHE)))
+    _BUNDLE_CACHE[key] = bundle
+
+
+def _folder_bundle_ref(bundle_spec: Any) -> tuple[str, str]:
+    """Load (or take) the model here once, cache it, and return the ``(spec, sha256)`` workers load."""
+    if isinstance(bundle_spec, (str, os.PathLike)):
+        from napari_unet.core.store import load_model
+
+        spec = os.fspath(bundle_spec)
+        bundle = load_model(spec)
+    else:
+        bundle = bundle_spec
+        path = getattr(bundle, "path", None)
+        spec = str(path) if path is not None else f"<in-memory model {id(bundle)}>"
+    ref = (spec, bundle.sha256)
+    _remember_bundle(ref, bundle)
+    return ref
+
+
+def _check_outputs(paths: list[str], output_dir: PathLike, fmt: str) -> list[Path]:
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        raise UserInputError(f"output folder {folder} does not exist; create it first")
+    if not paths:
+        raise UserInputError("no input images given; pass image files or a folder holding some")
+    outputs = [output_path_for(p, folder, fmt) for p in paths]
+    seen: dict[Path, str] = {}
+    for path, out in zip(paths, outputs, strict=True):
+        if out in seen:
+            raise UserInputError(f"{seen[out]} and {path} would both be written to {out}; rename one of them")
+        seen[out] = path
+    return outputs
+
+
+def _run_here(jobs: list[_FileJob], cancel: CancelFlag) -> Iterator[dict[str, Any]]:
+    for job in jobs:
+        check_cancel(cancel)
+        try:
+            yield predict_file(job)
+        except Exception as exc:
+            yield {"input": job.input, "error": _reason(exc)}
+
+
+def _run_on_cluster(scheduler: Any, jobs: list[_FileJob], retries: int, cancel: CancelFlag) -> Iterator[dict[str, Any]]:
+    from distributed import as_completed
+
+    with connect(scheduler) as client:
+        futures = [
+            client.submit(predict_file, job, retries=retries, pure=False, key=f"predict-file-{i}-{time.time_ns()}")
+            for i, job in enumerate(jobs)
+        ]
+        inputs = {f.key: job.input for f, job in zip(futures, jobs, strict=True)}
+        try:
+            for future in as_completed(futures):
+                check_cancel(cancel)
+                try:
+                    yield future.result()
+                except Exception as exc:
+                    yield {"input": inputs[future.key], "error": _reason(exc)}
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _summarise(paths: list[str], results: dict[str, dict[str, Any]], seconds: float) -> FolderSummary:
+    done, failed = [], []
+    for path in paths:
+        outcome = results.get(path, {"input": path, "error": "not run (cancelled)"})
+        if "error" in outcome:
+            failed.append(FileFailure(path, outcome["error"]))
+        else:
+            done.append(
+                FileResult(path, tuple(outcome["outputs"]), int(outcome["n_objects"]), float(outcome["seconds"]))
+            )
+    return FolderSummary(tuple(done), tuple(failed), seconds)

@@ -1,0 +1,413 @@
+"""Apply a UNet bundle to an image: tiles, batches, device, progress.
+
+``iter_predict`` is the engine's one inference path (the widgets wrap it in a
+thread worker, the CLI in a progress bar); ``predict`` drains it.  Each plane
+(the image itself, or each z-slice / time frame of a stack) is normalised,
+reflect-padded to a size the network accepts, cut into overlapping tiles that
+run through the network in batches, blended back with Gaussian weights,
+cropped and post-processed into instance labels.
+
+The bundle's network is moved to the compute device on first use and stays
+there (later calls on the same device move nothing); it is put in eval mode
+while predicting and its previous mode is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.normalize import infer_axes, normalize_plane, to_planes, validate_image
+from napari_unet.core.postprocess import link_slices, probabilities_to_labels, relabel_stack_unique
+from napari_unet.core.progress import Progress, check_cancel, run_to_end
+from napari_unet.core.tiling import gaussian_weights, pad_to_multiple, padded_size, tile_grid
+
+MIN_INPUT_SIZE = 64
+"""Planes smaller than this (pixels per axis) are reflect-padded up to it, giving the network some context."""
+
+DEVICE_ACCUMULATE_MAX_BYTES = 2 * 1024**3
+"""On a GPU, planes whose padded input + blended output fit in this stay on the GPU; larger ones blend on the CPU."""
+
+LINK_MIN_IOU = 0.3
+"""IoU above which objects of consecutive z-slices are linked into one 3D object."""
+
+
+class BundleLike(Protocol):
+    """What inference needs of :class:`napari_unet.core.store.ModelBundle`."""
+
+    network: nn.Module
+    config: ModelConfig
+    normalize: NormalizeConfig
+    postprocess: PostprocessConfig
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result of :func:`predict`.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        uint32 instance labels with the input's spatial shape: ``(Y, X)`` for
+        ``YX``, ``YXC`` and ``CYX`` inputs, ``(P, Y, X)`` for ``ZYX(C)`` and
+        ``TYX(C)`` stacks.  Ids are unique across a stack; z-stacks are linked
+        across slices (one id per 3D object), time-lapses are not.
+    probabilities : numpy.ndarray
+        float32 class probabilities (background, interior, boundary):
+        ``(3, Y, X)`` for a single plane, ``(P, 3, Y, X)`` for a stack.
+    axes : str
+        Axes of ``labels``: ``"YX"``, ``"ZYX"`` or ``"TYX"``.
+    image_axes : str
+        Axes the input image was read with (e.g. ``"YXC"``).
+
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    axes: str
+    image_axes: str = ""
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn a device name into a :class:`torch.device`.
+
+    Parameters
+    ----------
+    name : str
+        ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``.
+
+    Raises
+    ------
+    UserInputError
+        If the name is unknown or the requested accelerator is not available.
+
+    """
+    text = str(name).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps", 0) if _mps_available() else torch.device("cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "mps":
+        if not _mps_available():
+            raise UserInputError("Device 'mps' was requested but Apple MPS is not available; choose 'auto' or 'cpu'.")
+        return torch.device("mps", 0)
+    if text == "cuda" or text.startswith("cuda:"):
+        return _cuda_device(text)
+    raise UserInputError(f"Unknown device {name!r}; choose 'auto', 'cpu', 'cuda' or 'mps'.")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _cuda_device(text: str) -> torch.device:
+    if not torch.cuda.is_available():
+        raise UserInputError(
+            f"Device {text!r} was requested but PyTorch sees no CUDA GPU (CPU-only build or no driver); "
+            "choose 'auto' or 'cpu'."
+        )
+    index_text = text.partition(":")[2] or str(torch.cuda.current_device())
+    count = torch.cuda.device_count()
+    if not index_text.isdigit() or int(index_text) >= count:
+        raise UserInputError(f"Device {text!r} does not exist; this machine has CUDA devices 0..{count - 1}.")
+    return torch.device("cuda", int(index_text))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def _network_on(network: nn.Module, device: torch.device) -> nn.Module:
+    """Move ``network`` to ``device`` unless it already lives there (then nothing is copied)."""
+    parameter = next(network.parameters(), None)
+    if parameter is not None and not _same_device(parameter.device, device):
+        network.to(device)
+    return network
+
+
+@contextlib.contextmanager
+def _eval_mode(network: nn.Module) -> Iterator[None]:
+    was_training = network.training
+    network.eval()
+    try:
+        yield
+    finally:
+        network.train(was_training)
+
+
+def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """fp16 autocast on CUDA when ``amp`` (norm layers and the softmax stay float32); nothing elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- one plane
+
+
+@dataclass(frozen=True)
+class _TilePlan:
+    """How every plane of one image is padded, tiled and blended."""
+
+    multiple: int
+    min_size: int
+    padded_shape: tuple[int, int]
+    tiles: list[tuple[slice, slice]]
+    weights: np.ndarray | None  # (ty, tx) blending weights; None for a single tile
+    inverse_weight_sum: np.ndarray | None  # (Yp, Xp)
+
+    @property
+    def batches_per_plane(self) -> int:
+        return len(self.tiles)
+
+
+def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceConfig) -> _TilePlan:
+    """Pad sizes, tiles and weights for planes of ``shape_yx`` (identical for every plane)."""
+    multiple = model.size_multiple
+    min_size = max(MIN_INPUT_SIZE, multiple)
+    padded = (padded_size(shape_yx[0], multiple, min_size), padded_size(shape_yx[1], multiple, min_size))
+    tile = max(multiple, cfg.tile_size // multiple * multiple)
+    tiles = tile_grid(padded, tile, cfg.overlap, align=multiple)
+    if len(tiles) == 1:
+        return _TilePlan(multiple, min_size, padded, tiles, None, None)
+    tile_shape = (tiles[0][0].stop - tiles[0][0].start, tiles[0][1].stop - tiles[0][1].start)
+    if cfg.blend == "gaussian":
+        weights = gaussian_weights(tile_shape)
+    else:
+        weights = np.ones(tile_shape, dtype=np.float32)
+    weight_sum = np.zeros(padded, dtype=np.float32)
+    for sy, sx in tiles:
+        weight_sum[sy, sx] += weights
+    return _TilePlan(multiple, min_size, padded, tiles, weights, 1.0 / weight_sum)
+
+
+def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_channels: int) -> torch.device:
+    if device.type == "cpu":
+        return device
+    needed = math.prod(plan.padded_shape) * (in_channels + out_channels + 1) * 4
+    return device if needed <= DEVICE_ACCUMULATE_MAX_BYTES else torch.device("cpu")
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _iter_plane_probabilities(
+    network: nn.Module,
+    plane: np.ndarray,
+    plan: _TilePlan,
+    cfg: InferenceConfig,
+    device: torch.device,
+    cancel: Callable[[], bool] | None,
+) -> Generator[int, None, np.ndarray]:
+    """Run one normalised plane ``(C, Y, X)`` float32 through ``network`` tile batch by tile batch.
+
+    Yields the number of tiles finished by each batch and returns ``(K, Y, X)``
+    float32 softmax probabilities (``K`` = the network's output channels).
+    Grad and autocast modes are entered per batch, never across a ``yield``.
+    """
+    padded, crop = pad_to_multiple(plane, plan.multiple, plan.min_size)
+    out_channels = _output_channels(network)
+    store = _accumulate_on(device, plan, plane.shape[0], out_channels)
+    with torch.inference_mode():
+        source = torch.from_numpy(np.ascontiguousarray(padded)).to(store)
+        total = torch.zeros((out_channels, *plan.padded_shape), dtype=torch.float32, device=store)
+        weights = None if plan.weights is None else torch.from_numpy(plan.weights).to(store)
+    for batch in _batches(plan.tiles, cfg.batch_size):
+        check_cancel(cancel)
+        with torch.inference_mode():
+            inputs = torch.stack([source[:, sy, sx] for sy, sx in batch]).to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                logits = network(inputs)
+            probabilities = torch.softmax(logits.float(), dim=1).to(store)
+            for (sy, sx), tile_probabilities in zip(batch, probabilities, strict=True):
+                if weights is None:
+                    total[:, sy, sx] = tile_probabilities
+                else:
+                    total[:, sy, sx].addcmul_(tile_probabilities, weights)
+        yield len(batch)
+    with torch.inference_mode():
+        if plan.inverse_weight_sum is not None:
+            total *= torch.from_numpy(plan.inverse_weight_sum).to(store)
+        cropped = total[(slice(None), *crop[-2:])]
+        return np.ascontiguousarray(cropped.cpu().numpy())
+
+
+def _output_channels(network: nn.Module) -> int:
+    config = getattr(network, "config", None)
+    return int(config.out_channels) if config is not None else 3
+
+
+def predict_probabilities(
+    bundle: BundleLike,
+    plane: np.ndarray,
+    cfg: InferenceConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Class probabilities of one normalised plane.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The model (``bundle.network``, ``bundle.config``).
+    plane : numpy.ndarray
+        ``(C, Y, X)`` float32 network input (see
+        :func:`napari_unet.core.normalize.normalize_plane`), ``C`` =
+        ``bundle.config.in_channels``.
+    cfg : InferenceConfig, optional
+        Tiles, batch size, device, blending, mixed precision.
+    cancel : callable, optional
+        Checked between batches; raises :class:`~napari_unet.core.errors.Cancelled`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3, Y, X)`` float32 probabilities (background, interior, boundary).
+
+    """
+    cfg = cfg or InferenceConfig()
+    if plane.ndim != 3 or plane.shape[0] != bundle.config.in_channels:
+        raise ValueError(f"plane must be (C={bundle.config.in_channels}, Y, X), got shape {plane.shape}")
+    device = resolve_device(cfg.device)
+    network = _network_on(bundle.network, device)
+    plan = _plan_tiles(plane.shape[-2:], bundle.config, cfg)
+    with _eval_mode(network):
+        return _drain(
+            _iter_plane_probabilities(network, plane.astype(np.float32, copy=False), plan, cfg, device, cancel)
+        )
+
+
+def _drain(gen: Generator[int, None, np.ndarray]) -> np.ndarray:
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+# --------------------------------------------------------------------------- whole images
+
+
+def iter_predict(
+    image: Any,
+    bundle: BundleLike,
+    axes: str | None = None,
+    inference: InferenceConfig | None = None,
+    postprocess: PostprocessConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, Prediction]:
+    """Segment an image, yielding progress after every batch of tiles.
+
+    Parameters
+    ----------
+    image : array-like
+        ``YX``, ``YXC``, ``CYX``, ``ZYX``, ``TYX``, ``ZYXC`` or ``TYXC`` data of
+        any integer or float dtype (see :mod:`napari_unet.core.normalize`).
+    bundle : ModelBundle
+        Network, model config and its normalisation / post-processing configs.
+    axes : str, optional
+        Axis order of ``image``; guessed by
+        :func:`~napari_unet.core.normalize.infer_axes` when omitted.
+    inference : InferenceConfig, optional
+        Tiling, batching, device and precision (defaults when omitted).
+    postprocess : PostprocessConfig, optional
+        Label extraction settings; ``None`` uses ``bundle.postprocess``.
+    cancel : callable, optional
+        Checked between batches; when it returns True the generator raises
+        :class:`~napari_unet.core.errors.Cancelled`.
+
+    Yields
+    ------
+    Progress
+        ``stage="predict"``, ``done``/``total`` counting tiles over all
+        planes (a first event with ``done=0``).
+
+    Returns
+    -------
+    Prediction
+        Labels, probabilities and axes (via ``StopIteration.value``; use
+        :func:`predict` or :func:`~napari_unet.core.progress.run_to_end`).
+
+    Raises
+    ------
+    UserInputError
+        For images the engine cannot read (see
+        :func:`~napari_unet.core.normalize.validate_image`) or an unavailable device.
+
+    """
+    inference = inference or InferenceConfig()
+    postprocess = postprocess or bundle.postprocess
+    image = validate_image(image)
+    image_axes = infer_axes(image.shape, axes)
+    planes, plane_axis = to_planes(image, image_axes, dtype=None)
+    device = resolve_device(inference.device)
+    network = _network_on(bundle.network, device)
+    plan = _plan_tiles(planes.shape[1:3], bundle.config, inference)
+    total = len(planes) * plan.batches_per_plane
+    yield Progress("predict", 0, total, f"Predicting {total} tile(s) on {device}", {"device": str(device)})
+    probabilities: np.ndarray | None = None
+    labels = np.zeros(planes.shape[:3], dtype=np.int32)
+    done = 0
+    with _eval_mode(network):
+        for index, plane in enumerate(planes):
+            check_cancel(cancel)
+            network_input = normalize_plane(plane, bundle.normalize, bundle.config.in_channels)
+            plane_gen = _iter_plane_probabilities(network, network_input, plan, inference, device, cancel)
+            while True:
+                try:
+                    done += next(plane_gen)
+                except StopIteration as stop:
+                    plane_probabilities = stop.value
+                    break
+                yield Progress("predict", done, total, _message(index, len(planes), done, total), {"plane": index})
+            if probabilities is None:
+                probabilities = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
+            probabilities[index] = plane_probabilities
+            labels[index] = probabilities_to_labels(plane_probabilities, postprocess)
+    assert probabilities is not None  # validate_image guarantees at least one plane
+    return _assemble(labels, probabilities, plane_axis, image_axes)
+
+
+def _message(index: int, planes: int, done: int, total: int) -> str:
+    prefix = f"plane {index + 1}/{planes}, " if planes > 1 else ""
+    return f"Predicting: {prefix}tile {done}/{total}"
+
+
+def _assemble(labels: np.ndarray, probabilities: np.ndarray, plane_axis: str | None, image_axes: str) -> Prediction:
+    """Shape the per-plane results ``(P, Y, X)`` / ``(P, K, Y, X)`` like the input."""
+    if plane_axis is None:
+        return Prediction(labels[0].astype(np.uint32), probabilities[0], "YX", image_axes)
+    if plane_axis == "Z":
+        stack = link_slices(labels, min_iou=LINK_MIN_IOU)
+    else:
+        stack = relabel_stack_unique(labels)
+    return Prediction(stack.astype(np.uint32, copy=False), probabilities, f"{plane_axis}YX", image_axes)
+
+
+def predict(
+    image: Any,
+    bundle: BundleLike,
+    axes: str | None = None,
+    inference: InferenceConfig | None = None,
+    postprocess: PostprocessConfig | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Prediction:
+    """Segment an image (see :func:`iter_predict`, whose progress this discards)."""
+    return run_to_end(iter_predict(image, bundle, axes, inference, postprocess, cancel))

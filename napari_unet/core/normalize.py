@@ -1,0 +1,341 @@
+"""Input checks, axis handling and percentile normalisation.
+
+The engine accepts napari layer data with these axes (napari letters):
+
+========  =====================================================
+``YX``    one gray image
+``YXC``   one colour / multi-channel image (channels last, as napari RGB)
+``CYX``   one multi-channel image, channels first (needs explicit axes)
+``ZYX``   a z-stack, segmented slice by slice
+``TYX``   a time-lapse, segmented frame by frame (needs explicit axes)
+``ZYXC``  a colour z-stack
+``TYXC``  a colour time-lapse (needs explicit axes)
+========  =====================================================
+
+Dtypes: every integer type (``uint8`` ... ``uint64``, signed or not) and
+``float16/32/64`` are accepted; they are converted to ``float32`` while
+normalising (wide integers and ``float64`` are shifted by the low percentile
+in ``float64`` first, so no precision is lost to large offsets).  ``bool``,
+complex, object and string arrays are rejected, as are NaN/inf values, empty
+and constant images.  RGBA images (4 channels) are accepted: the alpha
+channel is dropped and the RGB channels are used, unless the model itself
+reads 4 channels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.config import NormalizeConfig
+from napari_unet.core.errors import UserInputError
+
+SUPPORTED_AXES = ("YX", "YXC", "CYX", "ZYX", "TYX", "ZYXC", "TYXC")
+"""Axis orders the engine understands."""
+
+LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
+"""ITU-R BT.709 weights used to turn RGB into gray (as ``skimage.color.rgb2gray``)."""
+
+_PERCENTILE_SAMPLE_PIXELS = 2**22
+"""Planes with more pixels estimate percentiles on a regular sub-grid of about this many pixels."""
+
+_INVERT_DECISION_FRACTION = 0.5
+"""``auto`` inverts when the median sits above this fraction of the [p2, p98] intensity range."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_image(array: Any) -> np.ndarray:
+    """Check that ``array`` is an image the engine can segment.
+
+    Parameters
+    ----------
+    array : array-like
+        Layer data with 2 to 4 axes (see the module docstring for the axis
+        orders); any integer or float dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``array`` as a NumPy array, unchanged in dtype and shape (no copy when
+        ``array`` already is one).
+
+    Raises
+    ------
+    UserInputError
+        For a wrong number of axes, an empty, constant, boolean, complex or
+        non-numeric image, or one holding NaN / inf values.
+
+    """
+    image = np.asarray(array)
+    _check_dtype(image.dtype)
+    _check_ndim(image.shape)
+    if image.size == 0:
+        raise UserInputError(f"The image is empty (shape {image.shape}); open an image with pixels in it.")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise UserInputError(
+            "The image contains NaN or infinite values; replace them (e.g. numpy.nan_to_num) before segmenting."
+        )
+    low, high = image.min(), image.max()
+    if low == high:
+        raise UserInputError(
+            f"The image is constant (every pixel is {low}); there is nothing to segment. Check the layer or the channel."
+        )
+    return image
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind == "b":
+        raise UserInputError(
+            "The image is boolean (a mask?); segmentation needs intensities. "
+            "Select the intensity image, or convert the mask with mask.astype('uint8')."
+        )
+    if dtype.kind == "c":
+        raise UserInputError(
+            "The image has complex values; pass a real image (e.g. numpy.abs(image) for a magnitude image)."
+        )
+    if dtype.kind not in "iuf":
+        raise UserInputError(f"The image has dtype {dtype}, which is not numeric; pass an integer or float image.")
+
+
+def _check_ndim(shape: tuple[int, ...]) -> None:
+    if len(shape) < 2:
+        raise UserInputError(
+            f"The image has {len(shape)} axis (shape {shape}); a 2D image (YX) or a stack is needed. "
+            "Reshape the data to (Y, X)."
+        )
+    if len(shape) > 4:
+        raise UserInputError(
+            f"The image has {len(shape)} axes (shape {shape}); at most 4 are supported ({', '.join(SUPPORTED_AXES)}). "
+            "Select one channel, time point or z-slice range first (e.g. image[0])."
+        )
+
+
+# --------------------------------------------------------------------------- axes
+
+
+def infer_axes(shape: tuple[int, ...], axes: str | None = None) -> str:
+    """Return the axis order of an image of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the image.
+    axes : str, optional
+        Explicit axis order (e.g. ``"CYX"``, case-insensitive); it wins over
+        guessing and is checked against ``shape``.
+
+    Returns
+    -------
+    str
+        One of :data:`SUPPORTED_AXES`.
+
+    Notes
+    -----
+    Without ``axes``: 2D -> ``YX``; 3D whose last axis has 3 or 4 entries ->
+    ``YXC`` (RGB/RGBA); any other 3D -> ``ZYX``; 4D whose last axis has 3 or
+    4 entries -> ``ZYXC``.  Channels-first (``CYX``), time-lapses (``TYX``,
+    ``TYXC``) and anything else need explicit ``axes``.
+
+    Raises
+    ------
+    UserInputError
+        If ``axes`` is not supported or does not match ``shape``, or if the
+        axes of a 4D image cannot be guessed.
+
+    """
+    shape = tuple(int(s) for s in shape)
+    _check_ndim(shape)
+    if axes is not None:
+        return _check_explicit_axes(shape, axes)
+    ndim, last = len(shape), shape[-1]
+    if ndim == 2:
+        return "YX"
+    if ndim == 3:
+        return "YXC" if last in (3, 4) else "ZYX"
+    if last in (3, 4):
+        return "ZYXC"
+    raise UserInputError(
+        f"Cannot tell the axes of a 4D image of shape {shape}; pass them explicitly, "
+        f"e.g. axes='ZYXC' or 'TYXC' (supported: {', '.join(SUPPORTED_AXES)})."
+    )
+
+
+def _check_explicit_axes(shape: tuple[int, ...], axes: str) -> str:
+    normalized = str(axes).strip().upper()
+    if normalized not in SUPPORTED_AXES:
+        raise UserInputError(f"Axes {axes!r} are not supported; use one of {', '.join(SUPPORTED_AXES)}.")
+    if len(normalized) != len(shape):
+        raise UserInputError(
+            f"Axes {axes!r} name {len(normalized)} axes but the image has {len(shape)} (shape {shape}); "
+            "give one letter per axis."
+        )
+    return normalized
+
+
+# --------------------------------------------------------------------------- planes
+
+
+def to_planes(
+    image: np.ndarray, axes: str, dtype: np.dtype | type | None = np.float32
+) -> tuple[np.ndarray, str | None]:
+    """Arrange an image as a stack of channels-last planes.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Image with axes ``axes``.
+    axes : str
+        One of :data:`SUPPORTED_AXES` (see :func:`infer_axes`).
+    dtype : numpy dtype or None
+        Output dtype (``float32`` by default); ``None`` keeps the input dtype
+        and returns a view (no copy), which is what inference uses.
+
+    Returns
+    -------
+    planes : numpy.ndarray
+        ``(P, Y, X, C)``; ``P`` is 1 for single images, ``C`` is 1 for gray.
+    plane_axis : str or None
+        ``"Z"`` or ``"T"`` for stacks, ``None`` for single images.
+
+    """
+    axes = _check_explicit_axes(image.shape, axes)
+    plane_axis = axes[0] if axes[0] in "ZT" else None
+    view = image
+    if "C" not in axes:
+        view = view[..., np.newaxis]
+    elif axes == "CYX":
+        view = np.moveaxis(view, 0, -1)
+    if plane_axis is None:
+        view = view[np.newaxis]
+    if dtype is not None:
+        view = view.astype(dtype, copy=False)
+    return view, plane_axis
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> np.ndarray:
+    """Convert one plane into the network's input.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray
+        ``(Y, X, C)`` or ``(Y, X)`` intensities of any accepted dtype.
+    cfg : NormalizeConfig
+        Percentiles and inversion policy.
+    in_channels : int
+        Channels the model reads.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(in_channels, Y, X)`` float32, C-contiguous.  The ``low_percentile``
+        maps to 0 and the ``high_percentile`` to 1 (values beyond are not
+        clipped); with inversion, bright maps to 0 and dark to 1.
+
+    Notes
+    -----
+    Channels: RGB(A) -> gray (BT.709 luminance) when the model reads 1
+    channel; gray is repeated when the model reads 3; RGBA loses its alpha
+    channel unless the model reads 4.  The percentiles are taken jointly over
+    all channels, which keeps colour ratios.  ``invert="auto"`` inverts when
+    the background is bright: the median (most pixels are background) lies in
+    the upper half of the 2nd-98th percentile range.  A plane with no
+    intensity range (a blank slice of a stack) becomes all zeros.
+
+    Raises
+    ------
+    UserInputError
+        If the channel count cannot be mapped onto ``in_channels``.
+
+    """
+    if plane.ndim == 2:
+        plane = plane[..., np.newaxis]
+    channels = _match_channels(plane, in_channels)
+    low, high, invert = _intensity_range(channels, cfg)
+    return _scale(channels, low, high, invert)
+
+
+def _match_channels(plane: np.ndarray, in_channels: int) -> list[np.ndarray]:
+    """Return ``in_channels`` (Y, X) arrays (views where possible) from a (Y, X, C) plane."""
+    n = plane.shape[-1]
+    if n == 4 and in_channels != 4:
+        plane, n = plane[..., :3], 3
+    if n == in_channels:
+        return [plane[..., c] for c in range(n)]
+    if n == 3 and in_channels == 1:
+        return [_luminance(plane)]
+    if n == 1:
+        return [plane[..., 0]] * in_channels
+    raise UserInputError(
+        f"The image has {plane.shape[-1]} channels but the model reads {in_channels}; "
+        "select the nuclear channel (e.g. image[..., k]) or use a model trained for this channel count."
+    )
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """BT.709 luminance ``(Y, X)`` of an RGB ``(Y, X, 3)`` plane (float32, float64 for wide dtypes)."""
+    work = np.float64 if _needs_float64(rgb.dtype) else np.float32
+    return rgb @ np.asarray(LUMINANCE_WEIGHTS, dtype=work)
+
+
+def _needs_float64(dtype: np.dtype) -> bool:
+    return dtype.itemsize > 4 or (dtype.kind in "iu" and dtype.itemsize > 2)
+
+
+def _sample(channel: np.ndarray) -> np.ndarray:
+    """A regular sub-grid view of ``channel`` small enough for fast percentiles."""
+    step = math.ceil(math.sqrt(channel.size / _PERCENTILE_SAMPLE_PIXELS)) if channel.size else 1
+    return channel[::step, ::step] if step > 1 else channel
+
+
+def _intensity_range(channels: list[np.ndarray], cfg: NormalizeConfig) -> tuple[float, float, bool]:
+    """Return ``(low, high, invert)`` for the channels of one plane."""
+    unique = list({id(c): c for c in channels}.values())
+    pooled = np.concatenate([_sample(c).ravel() for c in unique]) if len(unique) > 1 else _sample(unique[0])
+    q = (cfg.low_percentile, cfg.high_percentile, 2.0, 50.0, 98.0)
+    low, high, p2, median, p98 = (float(v) for v in np.percentile(pooled, q))
+    if high <= low:
+        low, high = float(pooled.min()), float(pooled.max())
+    if cfg.invert == "auto":
+        invert = p98 > p2 and (median - p2) / (p98 - p2) > _INVERT_DECISION_FRACTION
+    else:
+        invert = cfg.invert == "always"
+    return low, high, invert
+
+
+def _scale(channels: list[np.ndarray], low: float, high: float, invert: bool) -> np.ndarray:
+    """Map ``low`` -> 0 and ``high`` -> 1 (swapped when ``invert``) into a new (C, Y, X) float32 array."""
+    out = np.empty((len(channels), *channels[0].shape), dtype=np.float32)
+    if high <= low:
+        out.fill(0.0)
+        return out
+    work = np.float64 if _needs_float64(channels[0].dtype) else np.float32
+    low_w, high_w = work(low), work(high)  # numpy scalars fix the arithmetic precision (NEP 50)
+    for index, channel in enumerate(channels):
+        if invert:
+            np.subtract(high_w, channel, out=out[index], casting="same_kind")
+        else:
+            np.subtract(channel, low_w, out=out[index], casting="same_kind")
+    out *= np.float32(1.0 / (high - low))
+    return out
+
+
+def is_bright_background(plane: np.ndarray) -> bool:
+    """Whether ``normalize_plane`` with ``invert="auto"`` would invert ``plane``.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray
+        ``(Y, X)`` or ``(Y, X, C)`` intensities (RGB(A) is judged on its luminance).
+
+    """
+    if plane.ndim == 2:
+        plane = plane[..., np.newaxis]
+    channels = _match_channels(plane, 1 if plane.shape[-1] in (1, 3, 4) else plane.shape[-1])
+    return _intensity_range(channels, NormalizeConfig(invert="auto"))[2]

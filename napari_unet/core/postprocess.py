@@ -1,0 +1,288 @@
+"""Network probabilities -> instance labels, and label clean-up helpers.
+
+The network's 3 classes are background, interior and boundary (see
+:mod:`napari_unet.core.model`).  Touching nuclei are separated by a boundary
+band, so connected regions of confident interior are one seed per nucleus;
+a seeded watershed on the interior probability grows the seeds over the
+foreground (interior + boundary).  All helpers work with lookup tables,
+``numpy.bincount`` and ``scipy.ndimage`` rather than Python loops over
+pixels or objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from napari_unet.core.config import PostprocessConfig
+
+_CROSS = ndi.generate_binary_structure(2, 1)
+_FOUR_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = None) -> np.ndarray:
+    """Turn class probabilities into instance labels.
+
+    Parameters
+    ----------
+    probs : numpy.ndarray
+        ``(3, Y, X)`` probabilities of background, interior, boundary.
+    cfg : PostprocessConfig, optional
+        Thresholds and sizes (defaults when omitted).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Y, X)`` int32 labels, 0 background, objects numbered 1..N.
+
+    Notes
+    -----
+    1. foreground = P(interior) + P(boundary) > ``foreground_threshold``;
+    2. seeds = 4-connected regions of foreground with P(interior) >
+       ``seed_threshold`` and at least ``min_seed_size`` pixels;
+    3. watershed on ``-P(interior)`` from the seeds, inside the foreground;
+    4. foreground components that hold no seed become objects of their own;
+    5. objects smaller than ``min_size`` are removed, holes filled
+       (``fill_holes``), and labels renumbered 1..N.
+
+    """
+    cfg = cfg or PostprocessConfig()
+    if probs.ndim != 3 or probs.shape[0] < 3:
+        raise ValueError(f"probs must have shape (3, Y, X), got {probs.shape}")
+    interior = probs[1]
+    foreground = (interior + probs[2]) > cfg.foreground_threshold
+    seeds = _seeds(interior, foreground, cfg.seed_threshold, cfg.min_seed_size)
+    if seeds.any():
+        labels = watershed(-interior, markers=seeds, mask=foreground).astype(np.int32, copy=False)
+    else:
+        labels = np.zeros(foreground.shape, dtype=np.int32)
+    labels = _label_unseeded(labels, foreground)
+    labels = remove_small_objects(labels, cfg.min_size)
+    if cfg.fill_holes:
+        labels = fill_label_holes(labels)
+    return sequential_labels(labels).astype(np.int32, copy=False)
+
+
+def _seeds(interior: np.ndarray, foreground: np.ndarray, threshold: float, min_seed_size: int) -> np.ndarray:
+    """Connected seed regions ``(Y, X)`` int32 with small ones dropped."""
+    seeds, _ = ndi.label((interior > threshold) & foreground, structure=_CROSS)
+    return remove_small_objects(seeds.astype(np.int32, copy=False), min_seed_size)
+
+
+def _label_unseeded(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Give every foreground component the watershed did not reach a new label."""
+    leftover = foreground & (labels == 0)
+    if not leftover.any():
+        return labels
+    extra, count = ndi.label(leftover, structure=_CROSS)
+    if count:
+        offset = int(labels.max())
+        labels = labels.copy()
+        labels[extra > 0] = extra[extra > 0] + offset
+    return labels
+
+
+def sequential_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber the objects of ``labels`` 1..N keeping 0 as background (any shape, same dtype)."""
+    present = _present_ids(labels)
+    if present.size == 0 or (present[0] == 1 and present[-1] == present.size):
+        return labels
+    lut = np.zeros(int(present[-1]) + 1, dtype=labels.dtype)
+    lut[present] = np.arange(1, present.size + 1, dtype=labels.dtype)
+    return lut[labels]
+
+
+def _present_ids(labels: np.ndarray) -> np.ndarray:
+    """Sorted non-zero ids occurring in non-negative integer ``labels``."""
+    if labels.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    largest = int(labels.max())
+    if largest <= 2 * labels.size + 1024:  # dense ids: a histogram beats sorting
+        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=largest + 1))
+    else:
+        present = np.unique(labels)
+    return present[present != 0]
+
+
+def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Set objects with fewer than ``min_size`` pixels to background.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Non-negative integer labels, any shape.
+    min_size : int
+        Minimum object size in pixels (0 or 1 keeps everything).
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of the same shape and dtype (``labels`` itself when nothing is
+        removed; never modified in place).  Ids are not renumbered.
+
+    """
+    if min_size <= 1 or labels.size == 0:
+        return labels
+    counts = np.bincount(labels.ravel())
+    small = counts < min_size
+    small[0] = False
+    if not small.any():
+        return labels
+    lut = np.arange(counts.size, dtype=labels.dtype)
+    lut[small] = 0
+    return lut[labels]
+
+
+def fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill background holes that lie inside a single object.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(Y, X)`` non-negative integer labels.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape and dtype.  A background region (4-connected) not
+        touching the image border whose neighbours all belong to one object
+        takes that object's id.  Gaps enclosed by several touching objects
+        stay background.
+
+    """
+    if labels.ndim != 2:
+        raise ValueError(f"fill_label_holes expects (Y, X) labels, got shape {labels.shape}")
+    hole_ids, count = _enclosed_background(labels == 0)
+    if count == 0:
+        return labels
+    owner = _single_neighbour_label(labels, hole_ids, count)
+    holes = hole_ids > 0
+    filled = labels.copy()
+    filled[holes] = owner[hole_ids[holes]]
+    return filled
+
+
+def _enclosed_background(background: np.ndarray) -> tuple[np.ndarray, int]:
+    """Label the 4-connected background regions that do not touch the image border.
+
+    Returns ``(hole_ids (Y, X) int32, count)``; ids run 1..count.
+    """
+    regions, count = ndi.label(background, structure=_CROSS)
+    if count == 0:
+        return regions, 0
+    border = np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]])
+    is_hole = np.ones(count + 1, dtype=bool)
+    is_hole[border] = False
+    is_hole[0] = False
+    lut = np.zeros(count + 1, dtype=regions.dtype)
+    lut[is_hole] = np.arange(1, int(is_hole.sum()) + 1, dtype=regions.dtype)
+    return lut[regions], int(is_hole.sum())
+
+
+def _single_neighbour_label(labels: np.ndarray, hole_ids: np.ndarray, count: int) -> np.ndarray:
+    """For holes 1..count: the one object id around each hole, or 0 if several (index 0 is 0)."""
+    ys, xs = np.nonzero(hole_ids)
+    ids = hole_ids[ys, xs]
+    pairs_hole, pairs_label = [], []
+    for dy, dx in _FOUR_NEIGHBOURS:
+        neighbour = labels[ys + dy, xs + dx]  # holes never touch the border, so indices stay inside
+        touching = neighbour > 0
+        pairs_hole.append(ids[touching])
+        pairs_label.append(neighbour[touching])
+    hole, label = _unique_pairs(np.concatenate(pairs_hole), np.concatenate(pairs_label))[:2]
+    distinct = np.bincount(hole, minlength=count + 1)
+    owner = np.zeros(count + 1, dtype=labels.dtype)
+    owner[hole] = label
+    owner[distinct != 1] = 0
+    return owner
+
+
+def _unique_pairs(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ``(first, second)`` pairs of non-negative ints, sorted, with their counts."""
+    first, second = first.astype(np.int64), second.astype(np.int64)
+    base = int(second.max()) + 1 if second.size else 1
+    keys, counts = np.unique(first * base + second, return_counts=True)
+    return keys // base, keys % base, counts
+
+
+def relabel_stack_unique(labels: np.ndarray) -> np.ndarray:
+    """Make ids unique across the planes of a stack.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(P, Y, X)`` labels, numbered independently per plane.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P, Y, X)`` uint32; plane ``p``'s objects are numbered after those
+        of planes ``0..p-1`` (ids run 1..N over the stack, in plane order).
+
+    """
+    out = np.zeros(labels.shape, dtype=np.uint32)
+    offset = 0
+    for index, plane in enumerate(labels):
+        relabelled = sequential_labels(plane)
+        np.add(relabelled, offset, out=out[index], where=relabelled > 0, casting="unsafe")
+        offset += int(relabelled.max()) if relabelled.size else 0
+    return out
+
+
+def link_slices(labels: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+    """Link 2D instances of consecutive z-slices into 3D objects.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(Z, Y, X)`` labels segmented slice by slice (ids may repeat between
+        slices).
+    min_iou : float
+        Objects of consecutive slices with an intersection over union of at
+        least this are the same object.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Z, Y, X)`` uint32; linked objects share an id, ids run 1..N.
+
+    Notes
+    -----
+    Matching is one-to-one and greedy by decreasing IoU, so a nucleus that
+    splits into two in the next slice continues as the better-overlapping
+    part and the other part starts a new object.
+
+    """
+    stacked = relabel_stack_unique(labels)
+    if stacked.shape[0] < 2:
+        return stacked
+    lut = np.arange(int(stacked.max()) + 1, dtype=np.uint32)
+    for z in range(1, stacked.shape[0]):
+        previous = lut[stacked[z - 1]]
+        for old, new in _iou_matches(previous, stacked[z], min_iou):
+            lut[new] = old
+    return sequential_labels(lut[stacked])
+
+
+def _iou_matches(previous: np.ndarray, current: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """One-to-one ``(previous_id, current_id)`` pairs with IoU >= ``min_iou``, greedy by IoU."""
+    both = (previous > 0) & (current > 0)
+    if not both.any():
+        return []
+    prev_ids, curr_ids, intersection = _unique_pairs(previous[both], current[both])
+    prev_area = np.bincount(previous.ravel())[prev_ids]
+    curr_area = np.bincount(current.ravel())[curr_ids]
+    iou = intersection / (prev_area + curr_area - intersection)
+    order = np.argsort(-iou, kind="stable")
+    order = order[iou[order] >= min_iou]
+    used_prev: set[int] = set()
+    used_curr: set[int] = set()
+    matches = []
+    for k in order:
+        old, new = int(prev_ids[k]), int(curr_ids[k])
+        if old not in used_prev and new not in used_curr:
+            used_prev.add(old)
+            used_curr.add(new)
+            matches.append((old, new))
+    return matches

@@ -1,0 +1,226 @@
+"""End-to-end tests of the ``napari-unet`` command line on small synthetic images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.core.config import ModelConfig
+from napari_unet.core.synthetic import synthetic_nuclei
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv("NAPARI_UNET_MODEL_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A small untrained model saved as a folder (the CLI only needs it to load and run)."""
+    from napari_unet.core.store import ModelBundle, save_model
+
+    bundle = ModelBundle.new(ModelConfig(depth=2, base_channels=4))
+    return save_model(bundle, tmp_path / "tiny-model")
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """Two synthetic images with ground truth, named like the DSB folders."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for seed in (1, 2):
+        image, labels = synthetic_nuclei(shape=(96, 112), n_nuclei=10, seed=seed)
+        tifffile.imwrite(folder / f"s{seed}_image.tif", image)
+        tifffile.imwrite(folder / f"s{seed}_labels.tif", labels.astype(np.uint16))
+    return folder
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["--quiet", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_via_console_script() -> None:
+    exe = Path(sys.executable).with_name("napari-unet")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "napari_unet.cli"]
+    out = subprocess.run([*command, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("napari-unet ")
+
+
+@pytest.mark.parametrize("method", ["otsu", "li", "local", "watershed"])
+def test_predict_baselines_write_labels_and_provenance(method, dataset, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code, stdout, _ = run(["predict", str(dataset / "s1_image.tif"), "-o", str(out), "--method", method], capsys)
+    assert code == 0, stdout
+    labels = tifffile.imread(out / "s1_image_labels.tif")
+    assert labels.shape == (96, 112)
+    assert labels.max() > 0
+    provenance = list(out.glob("*provenance*.json"))
+    assert provenance, "no provenance JSON beside the labels"
+    assert json.loads(provenance[0].read_text())["method"] == method
+
+
+def test_predict_unet_then_refuse_overwrite(dataset, tiny_model, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["predict", str(dataset), "-o", str(out), "--model", str(tiny_model), "--tile", "64"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    written = sorted(p.name for p in out.glob("*_labels.tif"))
+    assert written == ["s1_image_labels.tif", "s2_image_labels.tif"]
+    before = (out / "s1_image_labels.tif").read_bytes()
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert "exists" in err and "--overwrite" in err
+    assert (out / "s1_image_labels.tif").read_bytes() == before
+    code, _, err = run([*args, "--overwrite"], capsys)
+    assert code == 0, err
+
+
+def test_evaluate_prints_every_method_and_writes_json(dataset, tiny_model, tmp_path, capsys) -> None:
+    report = tmp_path / "scores.json"
+    args = ["evaluate", "--images", str(dataset), "--methods", "unet,otsu,watershed", "--model", str(tiny_model)]
+    code, stdout, err = run([*args, "--json", str(report)], capsys)
+    assert code == 0, err
+    for method in ("unet", "otsu", "watershed"):
+        assert method in stdout
+    assert "AP@0.5" in stdout
+    data = json.loads(report.read_text())
+    assert set(data["methods"]) == {"unet", "otsu", "watershed"}
+    assert 0.0 <= data["methods"]["otsu"]["summary"]["AP@0.5"] <= 1.0
+    assert len(data["methods"]["otsu"]["per_image"]) == 2
+
+
+def test_train_from_scratch_then_predict_with_it(dataset, model_dir, tmp_path, capsys) -> None:
+    images = [str(dataset / "s1_image.tif"), str(dataset / "s2_image.tif")]
+    labels = [str(dataset / "s1_labels.tif"), str(dataset / "s2_labels.tif")]
+    args = ["train", "--images", *images, "--labels", *labels, "--from", "scratch", "--output", "cli-test"]
+    args += ["--steps", "3", "--patch-size", "64", "--batch-size", "2", "--depth", "2", "--base-channels", "4"]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    assert "cli-test@v1" in stdout
+    code, stdout, _ = run(["models"], capsys)
+    assert "cli-test" in stdout
+    out = tmp_path / "pred"
+    code, _, err = run(["predict", images[0], "-o", str(out), "--model", "cli-test@v1"], capsys)
+    assert code == 0, err
+    assert tifffile.imread(out / "s1_image_labels.tif").shape == (96, 112)
+
+
+@pytest.mark.parametrize("fmt", ["tif", "png", "npy", "zarr", "roi", "csv"])
+def test_export_formats(fmt, dataset, tmp_path, capsys) -> None:
+    out = tmp_path / "export"
+    labels = dataset / "s1_labels.tif"
+    code, stdout, err = run(["export", str(labels), "-o", str(out), "--format", fmt,
+                             "--image", str(dataset / "s1_image.tif")], capsys)
+    assert code == 0, err
+    assert "wrote" in stdout
+    assert any(p.name.startswith("s1_labels") and "provenance" not in p.name for p in out.iterdir())
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_image(tmp_path: Path, name: str, array: np.ndarray) -> Path:
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("array", "fragment"),
+    [
+        (np.zeros(10), "dimension"),
+        (np.zeros((2, 2, 2, 2, 2)), "dimension"),
+        (np.zeros((0, 5)), "empty"),
+        (np.full((32, 32), 7.0), "constant"),
+        (np.where(np.eye(32) > 0, np.nan, 1.0), "NaN"),
+    ],
+)
+def test_predict_bad_images_give_clear_errors(array, fragment, tmp_path, capsys) -> None:
+    path = _bad_image(tmp_path, "bad.npy", array)
+    code, _, err = run(["predict", str(path), "-o", str(tmp_path / "o"), "--method", "otsu"], capsys)
+    assert code == 2
+    assert err.startswith("error: ")
+    assert fragment.lower() in err.lower()
+    assert "Traceback" not in err
+
+
+def test_unknown_model_name_lists_available(dataset, model_dir, tmp_path, capsys) -> None:
+    code, _, err = run(["predict", str(dataset / "s1_image.tif"), "-o", str(tmp_path / "o"), "--model", "nope"], capsys)
+    assert code == 2
+    assert "nope" in err and "default" in err
+
+
+def test_corrupt_model_file(dataset, tmp_path, capsys) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"not a model at all")
+    (folder / "model.json").write_text("{}")
+    code, _, err = run(["predict", str(dataset / "s1_image.tif"), "-o", str(tmp_path / "o"), "--model", str(folder)],
+                       capsys)
+    assert code == 2
+    assert "broken" in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_but_absent(dataset, tiny_model, tmp_path, capsys) -> None:
+    args = ["predict", str(dataset / "s1_image.tif"), "-o", str(tmp_path / "o"), "--model", str(tiny_model)]
+    code, _, err = run([*args, "--device", "cuda"], capsys)
+    assert code == 2
+    assert "cuda" in err.lower()
+
+
+def test_output_is_a_file(dataset, tmp_path, capsys) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code, _, err = run(["predict", str(dataset / "s1_image.tif"), "-o", str(blocker), "--method", "otsu"], capsys)
+    assert code == 2
+    assert "file" in err
+
+
+def test_unwritable_output_dir(dataset, tmp_path, capsys) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code, _, err = run(["predict", str(dataset / "s1_image.tif"), "-o", str(blocker / "sub"), "--method", "otsu"],
+                       capsys)
+    assert code == 2
+    assert "cannot create" in err
+
+
+def test_labels_shape_mismatch_in_evaluate(dataset, tmp_path, capsys) -> None:
+    shutil.copy(dataset / "s1_image.tif", tmp_path / "a_image.tif")
+    tifffile.imwrite(tmp_path / "a_labels.tif", np.zeros((50, 50), np.uint16))
+    code, _, err = run(["evaluate", "--images", str(tmp_path / "a_image.tif"), "--labels",
+                        str(tmp_path / "a_labels.tif"), "--methods", "otsu"], capsys)
+    assert code == 2
+    assert "shape" in err
+
+
+def test_missing_input(tmp_path, capsys) -> None:
+    code, _, err = run(["predict", str(tmp_path / "nothing.tif"), "-o", str(tmp_path / "o")], capsys)
+    assert code == 2
+    assert "does not exist" in err
+
+
+@pytest.mark.shared_data
+def test_evaluate_on_shared_val_subset(tmp_path, capsys) -> None:
+    val = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018" / "val"
+    if not val.is_dir():
+        pytest.skip("../shared/data is absent (fresh clone)")
+    images = sorted(val.glob("*_image.tif"))[:2]
+    labels = [p.with_name(p.name.replace("_image", "_labels")) for p in images]
+    code, stdout, err = run(["evaluate", "--images", *map(str, images), "--labels", *map(str, labels),
+                             "--methods", "otsu,watershed"], capsys)
+    assert code == 0, err
+    assert "watershed" in stdout

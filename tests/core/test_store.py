@@ -1,0 +1,308 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core import store
+from napari_unet.core.config import ModelConfig, NormalizeConfig, PostprocessConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.store import ModelBundle
+
+TINY = ModelConfig(depth=1, base_channels=2)  # batch norm: running stats and num_batches_tracked are saved too
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv(store.MODEL_DIR_ENV, str(folder))
+    monkeypatch.setattr(store, "bundled_model_dir", lambda: tmp_path / "bundled" / "default")
+    return folder
+
+
+def tiny_bundle(seed: int = 0, **metadata) -> ModelBundle:
+    bundle = ModelBundle.new(
+        TINY,
+        normalize=NormalizeConfig(low_percentile=2.0),
+        postprocess=PostprocessConfig(min_size=7),
+        metadata=metadata,
+        seed=seed,
+    )
+    with torch.no_grad():  # non-default running stats, so buffers must round-trip too
+        bundle.network.train()
+        bundle.network(torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed)))
+    bundle.network.eval()
+    return bundle
+
+
+def outputs(bundle: ModelBundle) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 2 * 16 * 16).reshape(2, 1, 16, 16)
+    bundle.network.eval()
+    with torch.no_grad():
+        return bundle.network(x)
+
+
+def test_constructor_keywords_and_properties() -> None:
+    network = torch.nn.Conv2d(1, 3, 1)
+    bundle = ModelBundle(
+        network=network,
+        config=TINY,
+        normalize=NormalizeConfig(),
+        postprocess=PostprocessConfig(),
+        metadata={"name": "n", "version": 3},
+    )
+    assert (bundle.name, bundle.version, bundle.spec) == ("n", 3, "n@v3")
+    unnamed = ModelBundle(network=network, config=TINY, normalize=NormalizeConfig(), postprocess=PostprocessConfig())
+    assert (unnamed.name, unnamed.version, unnamed.metadata) == ("unnamed", None, {})
+
+
+def test_save_load_round_trip_reproduces_outputs(tmp_path: Path, model_dir: Path) -> None:
+    bundle = tiny_bundle(name="mine", description="test")
+    folder = store.save_model(bundle, tmp_path / "saved")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+    loaded = store.load_model(folder)
+    assert torch.equal(outputs(loaded), outputs(bundle))
+    assert (loaded.config, loaded.normalize, loaded.postprocess) == (
+        bundle.config,
+        bundle.normalize,
+        bundle.postprocess,
+    )
+    assert loaded.metadata["description"] == "test" and loaded.name == "mine"
+    assert loaded.path == folder and not loaded.network.training
+    for variant in (folder / "model.json", folder / "model.safetensors", str(folder)):
+        assert store.load_model(variant).sha256 == bundle.sha256
+
+
+def test_sha256_is_stable_and_tracks_weights(tmp_path: Path) -> None:
+    bundle = tiny_bundle(seed=1)
+    first = bundle.sha256
+    assert len(first) == 64 and bundle.sha256 == first
+    assert tiny_bundle(seed=1).sha256 == first
+    assert tiny_bundle(seed=2).sha256 != first
+    store.save_model(bundle, tmp_path / "m")
+    assert store.load_model(tmp_path / "m").sha256 == first
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["metadata"]["sha256"] == first
+    with torch.no_grad():
+        next(bundle.network.parameters())[0].add_(1.0)
+    assert bundle.sha256 != first
+
+
+def test_save_model_refuses_overwrite_then_replaces(tmp_path: Path) -> None:
+    first, second = tiny_bundle(seed=1), tiny_bundle(seed=2)
+    store.save_model(first, tmp_path / "m")
+    with pytest.raises(UserInputError, match="exists; pass overwrite=True"):
+        store.save_model(second, tmp_path / "m")
+    assert store.load_model(tmp_path / "m").sha256 == first.sha256
+    store.save_model(second, tmp_path / "m", overwrite=True)
+    assert store.load_model(tmp_path / "m").sha256 == second.sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_failed_save_leaves_no_folder(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.save_model(tiny_bundle(), tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(OSError, match="disk full"):
+        store.save_version(tiny_bundle(), "nuclei")
+    assert list((model_dir / "nuclei").iterdir()) == []
+    with pytest.raises(UserInputError, match="unknown model"):
+        store.load_model("nuclei")
+
+
+# ----------------------------------------------------------------------------- corrupt and foreign files
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    return store.save_model(tiny_bundle(), tmp_path / "saved")
+
+
+def drop_weights_hash(folder: Path) -> None:
+    """Remove the recorded file hash so the safetensors parser itself must reject the file."""
+    path = folder / "model.json"
+    document = json.loads(path.read_text())
+    del document["weights"]["file_sha256"]
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize("check_hash", [True, False])
+@pytest.mark.parametrize("damage", ["random", "truncated", "pickle"])
+def test_corrupt_weights_are_user_errors(saved: Path, damage: str, check_hash: bool) -> None:
+    weights = saved / "model.safetensors"
+    if damage == "random":
+        weights.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    else:
+        state = tiny_bundle().network.state_dict()
+        weights.write_bytes(pickle.dumps(state))
+    if not check_hash:
+        drop_weights_hash(saved)
+    with pytest.raises(UserInputError, match=r"model\.safetensors"):
+        store.load_model(saved)
+
+
+def test_wrong_architecture_is_a_user_error(saved: Path) -> None:
+    path = saved / "model.json"
+    document = json.loads(path.read_text())
+    document["model"]["base_channels"] = 4
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match=r"model\.safetensors does not fit the architecture"):
+        store.load_model(saved)
+    document["model"]["depth"] = 2
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match="does not fit the architecture"):
+        store.load_model(saved)
+
+
+def test_missing_or_foreign_json(saved: Path, tmp_path: Path) -> None:
+    path = saved / "model.json"
+    original = path.read_text()
+    path.write_text(json.dumps({"format": "something-else", "model": {}}))
+    with pytest.raises(UserInputError, match=r"model\.json is not a napari-unet model"):
+        store.load_model(saved)
+    path.write_text("{not json")
+    with pytest.raises(UserInputError, match="not valid JSON"):
+        store.load_model(saved)
+    document = json.loads(original)
+    document["format_version"] = 99
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match="newer napari-unet"):
+        store.load_model(saved)
+    document["format_version"] = 1
+    document["model"]["depth"] = 99
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match="invalid configuration"):
+        store.load_model(saved)
+    path.unlink()
+    with pytest.raises(UserInputError, match=r"model\.json is missing"):
+        store.load_model(saved / "model.safetensors")
+    with pytest.raises(UserInputError, match="no such model file"):
+        store.load_model(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- names, versions, lineage
+
+
+def test_unknown_name_lists_available(model_dir: Path) -> None:
+    store.save_version(tiny_bundle(), "alpha")
+    store.save_version(tiny_bundle(), "beta")
+    with pytest.raises(UserInputError, match=r"unknown model 'gamma'; available models: alpha, beta"):
+        store.load_model("gamma")
+    with pytest.raises(UserInputError, match=r"no version v7; its versions are v1"):
+        store.load_model("alpha@v7")
+    with pytest.raises(UserInputError, match="no user model named 'gamma'"):
+        store.list_versions("gamma")
+
+
+def test_versions_increment_and_load_by_spec(model_dir: Path) -> None:
+    bundles = [tiny_bundle(seed=s) for s in (1, 2, 3)]
+    infos = [store.save_version(b, "nuclei", {"metrics": {"ap": i / 10}}) for i, b in enumerate(bundles)]
+    assert [info.version for info in infos] == [1, 2, 3]
+    assert [info.path.name for info in infos] == ["v1", "v2", "v3"]
+    assert store.load_model("nuclei").sha256 == bundles[2].sha256
+    assert store.load_model("nuclei@v1").sha256 == bundles[0].sha256
+    assert store.load_model("nuclei@2").sha256 == bundles[1].sha256
+    loaded = store.load_model("nuclei@v2")
+    assert (loaded.name, loaded.version, loaded.spec) == ("nuclei", 2, "nuclei@v2")
+    assert bundles[2].spec == "nuclei@v3" and bundles[2].path == infos[2].path
+
+
+def test_version_numbers_skip_taken_folders(model_dir: Path) -> None:
+    (model_dir / "nuclei" / "v1").mkdir(parents=True)
+    (model_dir / "nuclei" / "v1" / "stray.txt").write_text("left by a crashed save")
+    info = store.save_version(tiny_bundle(), "nuclei")
+    assert info.version == 2
+    assert [i.version for i in store.list_versions("nuclei")] == [2]  # the incomplete v1 is not a model
+
+
+def test_lineage_round_trip(model_dir: Path) -> None:
+    parent = tiny_bundle()
+    store.save_version(parent, "nuclei", {"metrics": {"ap": 0.4}})
+    loaded = store.load_model("nuclei")
+    parent_sha = loaded.sha256
+    with torch.no_grad():
+        next(loaded.network.parameters())[0].mul_(0.5)  # "fine-tuned"
+    lineage = {
+        "data": {"images": ["a.tif"], "sha256": ["ab" * 32]},
+        "annotation_mode": "rois",
+        "settings": {"patch_size": 64, "tile": (32, 32), "lr": np.float32(0.25)},
+        "metrics": {"ap": 0.75},
+        "seconds": 12.5,
+    }
+    info = store.save_version(loaded, "nuclei", lineage)
+    assert (info.version, info.parent, info.metrics) == (2, "nuclei@v1", {"ap": 0.75})
+    reloaded = store.load_model("nuclei@v2").metadata["lineage"]
+    assert reloaded["parent"] == {"name": "nuclei", "version": 1, "sha256": parent_sha}
+    assert reloaded["settings"] == {"patch_size": 64, "tile": [32, 32], "lr": 0.25}
+    assert reloaded["data"] == lineage["data"] and reloaded["annotation_mode"] == "rois"
+    assert reloaded["seconds"] == 12.5 and reloaded["created"] == info.created
+
+
+def test_revert_keeps_history(model_dir: Path) -> None:
+    first, second = tiny_bundle(seed=1), tiny_bundle(seed=2)
+    store.save_version(first, "nuclei", {"metrics": {"ap": 0.9}})
+    store.save_version(second, "nuclei", {"metrics": {"ap": 0.1}})
+    info = store.revert("nuclei", 1)
+    assert info.version == 3 and info.metrics == {"ap": 0.9}
+    assert store.load_model("nuclei").sha256 == first.sha256
+    assert store.load_model("nuclei").metadata["lineage"]["reverted_from"] == 1
+    assert [i.version for i in store.list_versions("nuclei")] == [1, 2, 3]
+    store.delete_version("nuclei", 2)
+    assert [i.version for i in store.list_versions("nuclei")] == [1, 3]
+    with pytest.raises(UserInputError, match="no version v2"):
+        store.delete_version("nuclei", 2)
+
+
+def test_reserved_and_invalid_names(model_dir: Path) -> None:
+    for name in ("default", "a/b", "", "x@v1", ".hidden"):
+        with pytest.raises(UserInputError, match="name"):
+            store.save_version(tiny_bundle(), name)
+
+
+def test_listing_puts_bundled_default_first(model_dir: Path, tmp_path: Path) -> None:
+    store.save_version(tiny_bundle(), "zeta")
+    store.save_version(tiny_bundle(), "alpha")
+    store.save_version(tiny_bundle(), "alpha")
+    assert [i.spec for i in store.list_models()] == ["alpha@v1", "alpha@v2", "zeta@v1"]
+    bundled = tiny_bundle(seed=5, description="bundled")
+    store.save_model(bundled, tmp_path / "bundled" / "default")
+    infos = store.list_models()
+    assert [i.spec for i in infos] == ["default", "alpha@v1", "alpha@v2", "zeta@v1"]
+    assert infos[0].sha256 == bundled.sha256 and infos[1].created is not None
+    assert infos[2].parent == "alpha@v1" and infos[2].metrics == {}
+    default = store.load_model("default")
+    assert default.name == "default" and default.sha256 == bundled.sha256
+    with pytest.raises(UserInputError, match="available models: default, alpha, zeta"):
+        store.load_model("nope")
+
+
+def test_missing_bundled_model_explains_reinstall(model_dir: Path) -> None:
+    with pytest.raises(UserInputError, match="bundled default model is missing.*reinstall"):
+        store.load_model("default")
+    assert store.list_models() == []
+
+
+def test_user_model_dir_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(store.MODEL_DIR_ENV, raising=False)
+    default = store.user_model_dir()
+    assert default.name == "models" and "napari-unet" in str(default)
+    monkeypatch.setenv(store.MODEL_DIR_ENV, str(tmp_path / "x"))
+    assert store.user_model_dir() == tmp_path / "x"
+
+
+def test_placeholder_default_is_deterministic() -> None:
+    state = torch.random.get_rng_state()
+    first, second = store.placeholder_default(), store.placeholder_default()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert first.sha256 == second.sha256
+    assert first.metadata["placeholder"] is True and first.config == ModelConfig()
+    assert outputs(first).shape == (2, 3, 16, 16)
