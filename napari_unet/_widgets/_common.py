@@ -312,6 +312,27 @@ def model_references() -> list[str]:
 # --------------------------------------------------------------------------- workers
 
 
+class _JobState:
+    """Plain-Python record of the running worker.
+
+    Kept apart from the Qt widget so the worker's ``finished`` signal still
+    clears it when the widget was deleted first (viewer closed mid-run).
+    """
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+        self.cancel = threading.Event()
+
+    def finished(self) -> None:
+        """Forget the worker (connected to its ``finished`` signal)."""
+        self.worker = None
+
+    def cancel_requested(self) -> bool:
+        """Return True once Cancel was pressed or napari asked the worker to quit (e.g. the viewer closed)."""
+        worker = self.worker
+        return self.cancel.is_set() or (worker is not None and worker.abort_requested)
+
+
 class JobPanel(QWidget):
     """Progress bar, status line and Cancel button running one engine generator at a time.
 
@@ -326,8 +347,7 @@ class JobPanel(QWidget):
     def __init__(self, action: str) -> None:
         super().__init__()
         self.action = action
-        self.worker: Any = None
-        self._cancel = threading.Event()
+        self._state = _JobState()
         self._on_done: Callable[[Any], None] = lambda _result: None
         self._on_failed: Callable[[BaseException], None] | None = None
         self.bar = QProgressBar()
@@ -348,7 +368,17 @@ class JobPanel(QWidget):
     @property
     def busy(self) -> bool:
         """True while a job runs."""
-        return self.worker is not None
+        return self._state.worker is not None
+
+    @property
+    def state(self) -> _JobState:
+        """The plain-Python job record (outlives the widget)."""
+        return self._state
+
+    @property
+    def worker(self) -> Any:
+        """The running napari worker, or None."""
+        return self._state.worker
 
     def start(
         self,
@@ -366,11 +396,12 @@ class JobPanel(QWidget):
         """
         if self.busy:
             raise UserInputError(f"{self.action} is already running; wait for it or press Cancel")
-        self._cancel.clear()
+        state = self._state
+        state.cancel.clear()
         self._on_done, self._on_failed = on_done, on_failed
 
         def job() -> Generator[Progress, None, Any]:
-            return (yield from make_generator(self.cancel_requested))
+            return (yield from make_generator(state.cancel_requested))
 
         worker = create_worker(job, _progress={"desc": self.action}, _ignore_errors=True)
         # bound methods only: Qt drops them if this widget is deleted (viewer closed) before the worker ends
@@ -378,8 +409,9 @@ class JobPanel(QWidget):
         worker.returned.connect(self._handle_result)
         worker.errored.connect(self._handle_error)
         worker.aborted.connect(self._handle_abort)
+        worker.finished.connect(self._state.finished)  # a plain-Python slot: runs even after the panel is deleted
         worker.finished.connect(self._handle_finished)
-        self.worker = worker
+        self._state.worker = worker
         self.bar.setRange(0, 0)
         self.status.setText(f"{self.action}: starting...")
         self.cancel_button.setEnabled(True)
@@ -387,14 +419,13 @@ class JobPanel(QWidget):
         return worker
 
     def cancel_requested(self) -> bool:
-        """Return True once Cancel was pressed or napari asked the worker to quit (e.g. the viewer closed)."""
-        worker = self.worker
-        return self._cancel.is_set() or (worker is not None and worker.abort_requested)
+        """Return True once Cancel was pressed or napari asked the worker to quit."""
+        return self._state.cancel_requested()
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next check."""
-        if self.worker is not None:
-            self._cancel.set()
+        if self._state.worker is not None:
+            self._state.cancel.set()
             self.status.setText(f"{self.action}: cancelling...")
 
     def _handle_progress(self, event: Progress) -> None:
@@ -432,7 +463,6 @@ class JobPanel(QWidget):
         self.status.setText(f"{self.action}: stopped")
 
     def _handle_finished(self) -> None:
-        self.worker = None
         self.cancel_button.setEnabled(False)
         self.bar.setRange(0, 1)
-        self.bar.setValue(0 if self._cancel.is_set() else 1)
+        self.bar.setValue(0 if self._state.cancel.is_set() else 1)

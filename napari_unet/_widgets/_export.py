@@ -247,10 +247,11 @@ def _write_items(items: list[ExportItem], overwrite: bool, cancel: Any) -> Gener
             break
         yield Progress("export", done, len(items), f"writing {item.path.name}")
         try:
+            item.path.parent.mkdir(parents=True, exist_ok=True)
             written += io.export_labels(
                 item.labels, item.path, item.fmt, overwrite=overwrite, image=item.image, provenance=item.provenance
             )
-        except UserInputError as exc:
+        except (UserInputError, OSError) as exc:
             problems.append(f"{item.layer_name} ({item.fmt}) not exported: {exc}")
     yield Progress("export", len(items), len(items), "export finished")
     return written, problems

@@ -76,7 +76,7 @@ class FineTuneOutcome:
 class FineTuneWidget(QWidget):
     """Fine-tune a model on (image, corrected labels) pairs with a live loss / validation plot."""
 
-    running: ClassVar[JobPanel | None] = None  # one fine-tuning at a time per napari session
+    running: ClassVar[Any] = None  # job state of the last fine-tuning started: one at a time per session
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
@@ -240,7 +240,7 @@ class FineTuneWidget(QWidget):
     def start(self) -> Any:
         """Snapshot the data and fine-tune in a worker; return the worker (None if nothing started)."""
         try:
-            if FineTuneWidget.running is not None and FineTuneWidget.running.busy:
+            if FineTuneWidget.running is not None and FineTuneWidget.running.worker is not None:
                 raise UserInputError("a fine-tuning is already running; wait for it to finish or press its Cancel")
             cfg = self.training_config()
             data = self._snapshot_data(cfg.annotation_mode)
@@ -254,7 +254,7 @@ class FineTuneWidget(QWidget):
         except Exception as exc:
             notify_exception(exc, "Fine-tuning")
             return None
-        FineTuneWidget.running = self.jobs
+        FineTuneWidget.running = self.jobs.state
         info(f"Fine-tuning {start} on {len(data.images)} plane(s); you can keep editing meanwhile.")
         return worker
 
@@ -315,7 +315,6 @@ class FineTuneWidget(QWidget):
             self.jobs.status.setText(f"{event.message}  (about {float(metrics['eta_s']):.0f} s left)")
 
     def _on_trained(self, outcome: FineTuneOutcome) -> None:
-        FineTuneWidget.running = None
         self.last_outcome = outcome
         result = outcome.result
         self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
@@ -326,7 +325,6 @@ class FineTuneWidget(QWidget):
         info(_summary(result))
 
     def _on_failed(self, exc: BaseException) -> None:
-        FineTuneWidget.running = None
         if isinstance(exc, Cancelled):
             info("Fine-tuning cancelled: no new version was saved, the previous model is kept.")
 

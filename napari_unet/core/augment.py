@@ -53,6 +53,7 @@ class AugmentParams:
         Probability of additive Gaussian noise.
     noise_sigma : float
         Maximum noise standard deviation (image units, ~1 = full range).
+
     """
 
     p_warp: float = 0.5
@@ -98,6 +99,7 @@ def augment_sample(
     -------
     image (C, Y, X) float32, target (Y, X) int64, weight (Y, X) float32
         New contiguous arrays; the inputs are not modified.
+
     """
     image, target, weight = flip_rot90(image, target, weight, rng)
     if rng.random() < params.p_warp:
@@ -129,7 +131,7 @@ def flip_rot90(
 def random_warp_coordinates(
     shape: tuple[int, int], rng: np.random.Generator, params: AugmentParams = DEFAULT_PARAMS
 ) -> np.ndarray:
-    """Sampling coordinates of a random rotation + scale + elastic warp about the patch centre.
+    """Return sampling coordinates of a random rotation + scale + elastic warp about the patch centre.
 
     Parameters
     ----------
@@ -144,6 +146,7 @@ def random_warp_coordinates(
     -------
     array (2, Y, X) of float32
         For every output pixel, the ``(y, x)`` input position to sample.
+
     """
     angle = np.deg2rad(rng.uniform(-params.max_rotation_deg, params.max_rotation_deg))
     low, high = np.log(params.scale_range[0]), np.log(params.scale_range[1])
@@ -203,9 +206,7 @@ def warp(
     return warped, new_target, new_weight
 
 
-def random_intensity(
-    image: np.ndarray, rng: np.random.Generator, params: AugmentParams = DEFAULT_PARAMS
-) -> np.ndarray:
+def random_intensity(image: np.ndarray, rng: np.random.Generator, params: AugmentParams = DEFAULT_PARAMS) -> np.ndarray:
     """Random contrast/brightness, gamma and Gaussian noise of ``image (C, Y, X)`` (returns a new array)."""
     image = np.array(image, dtype=np.float32)
     if rng.random() < params.p_intensity:

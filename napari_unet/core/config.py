@@ -43,6 +43,7 @@ class JsonConfig:
         ------
         ConfigError
             If ``data`` is not a dict or holds keys the config does not know.
+
         """
         if not isinstance(data, dict):
             raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
@@ -102,6 +103,7 @@ class ModelConfig(JsonConfig):
         Dropout probability in the bottleneck.
     head : str
         Meaning of the output channels (see :mod:`napari_unet.core.model`).
+
     """
 
     spatial_dims: int = 2
@@ -143,6 +145,7 @@ class NormalizeConfig(JsonConfig):
         ``auto`` inverts images whose background is bright (brightfield,
         H&E: dark nuclei on a light background) so nuclei are always bright;
         ``never`` / ``always`` force it.
+
     """
 
     low_percentile: float = 1.0
@@ -176,6 +179,7 @@ class InferenceConfig(JsonConfig):
         ``gaussian`` (weights fall off toward tile edges) or ``constant``.
     amp : bool
         Mixed precision on CUDA (ignored on CPU).
+
     """
 
     tile_size: int = 512
@@ -210,6 +214,7 @@ class PostprocessConfig(JsonConfig):
         Objects smaller than this many pixels are removed.
     fill_holes : bool
         Fill holes inside each object.
+
     """
 
     foreground_threshold: float = 0.5
@@ -280,6 +285,7 @@ class TrainingConfig(JsonConfig):
         Seed for sampling and augmentation.
     num_threads : int
         CPU threads torch may use while training (0 = all cores).
+
     """
 
     patch_size: int = 128

@@ -85,8 +85,9 @@ class LargeImage:
 
     """
 
-    def __init__(self, array: Any, axes: str) -> None:
+    def __init__(self, array: Any, axes: str, closer: Callable[[], None] | None = None) -> None:
         self.array = array
+        self._closer = closer
         self.source_axes = axes
         kept = [a for a, n in zip(axes, array.shape, strict=True) if a in "YXC" or n != 1]
         self.axes = "".join(kept)
@@ -101,6 +102,18 @@ class LargeImage:
         if "C" in self.axes:
             self.shape = (*self.shape, int(sizes["C"]))
         self.dtype = np.dtype(array.dtype)
+
+    def close(self) -> None:
+        """Release the open file behind the array (TIFF stores); further reads are invalid."""
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+    def __enter__(self) -> LargeImage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def ndim(self) -> int:
@@ -140,9 +153,9 @@ def open_large_image(source: Any, axes: str | None = None) -> LargeImage:
     """
     if isinstance(source, LargeImage):
         return source
-    found_axes = None
+    found_axes, closer = None, None
     if isinstance(source, (str, os.PathLike)):
-        source, found_axes = _open_path(Path(source))
+        source, found_axes, closer = _open_path(Path(source))
     if not hasattr(source, "shape") or not hasattr(source, "__getitem__"):
         raise UserInputError(f"cannot read an image from {type(source).__name__}; pass a path or an array")
     kind = np.dtype(source.dtype).kind
@@ -151,7 +164,7 @@ def open_large_image(source: Any, axes: str | None = None) -> LargeImage:
     axes = (axes or found_axes or _guess_axes(tuple(source.shape))).upper().replace("S", "C")
     if len(axes) != len(source.shape):
         raise UserInputError(f"axes {axes!r} do not match the image's {len(source.shape)} dimensions {source.shape}")
-    return LargeImage(source, axes)
+    return LargeImage(source, axes, closer)
 
 
 def _guess_axes(shape: tuple[int, ...]) -> str:
@@ -167,19 +180,19 @@ def _guess_axes(shape: tuple[int, ...]) -> str:
     )
 
 
-def _open_path(path: Path) -> tuple[Any, str | None]:
+def _open_path(path: Path) -> tuple[Any, str | None, Callable[[], None] | None]:
     if not path.exists():
         raise UserInputError(f"{path}: no such file or folder; check the path")
     suffix = path.suffix.lower()
     if suffix == ".zarr" or (path.is_dir() and any((path / m).exists() for m in _ZARR_MARKERS)):
-        return _open_zarr(path)
+        return (*_open_zarr(path), None)
     if suffix in (".tif", ".tiff"):
         return _open_tiff(path)
     if suffix == ".npy":
-        return np.load(path, mmap_mode="r"), None
+        return np.load(path, mmap_mode="r"), None, None
     from napari_unet.core.io import read_image
 
-    return read_image(path), None
+    return read_image(path), None, None
 
 
 def _open_zarr(path: Path) -> tuple[Any, str | None]:
@@ -203,16 +216,17 @@ def _open_zarr(path: Path) -> tuple[Any, str | None]:
     )
 
 
-def _open_tiff(path: Path) -> tuple[Any, str | None]:
+def _open_tiff(path: Path) -> tuple[Any, str | None, Callable[[], None]]:
     import tifffile
     import zarr
 
     with tifffile.TiffFile(path) as tif:
         axes = tif.series[0].axes
-    node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    store = tifffile.imread(path, aszarr=True)
+    node = zarr.open(store, mode="r")
     if isinstance(node, zarr.Group):  # a pyramid: level 0 is full resolution
         node = node["0"]
-    return node, axes
+    return node, axes, store.close
 
 
 # =========================================================================== global normalisation
@@ -402,26 +416,31 @@ def predict_large(
 
     inference = inference or InferenceConfig()
     postprocess = postprocess or bundle.postprocess
+    remote = None
+    if scheduler is not None:
+        remote = (_source_ref(source), _bundle_ref(bundle, bundle_spec))
     image = open_large_image(source, axes)
-    plans = plan_chunks(image.shape[:2], chunk, halo)
-    total = 1 + 2 * len(plans)
-    yield Progress("predict", 0, total, f"Measuring intensities of a {image.shape[0]}x{image.shape[1]} image")
-    normalizer = GlobalNormalizer.from_image(image, bundle.normalize, bundle.config.in_channels)
-    yield Progress("predict", 1, total, f"Segmenting {len(plans)} chunk(s) of {chunk} px", _stats(normalizer))
-    stitcher = Stitcher(image.shape[:2], chunk, halo)
-    with atomic_write_dir(output_zarr_path, overwrite=overwrite) as temp:
-        labels = create_label_store(temp, image.shape[:2], chunk)
-        if scheduler is None:
-            windows = _segment_here(image, plans, bundle, normalizer, inference, postprocess, cancel)
-        else:
-            job = _LargeJob(
-                _source_ref(source), axes, _bundle_ref(bundle, bundle_spec), normalizer, inference, postprocess
-            )
-            windows = _segment_on_cluster(scheduler, job, plans, cancel)
-        for done, (plan, window_labels) in enumerate(windows, start=2):
-            labels[plan.core] = stitcher.add_chunk(plan, window_labels)
-            yield Progress("predict", done, total, f"Segmented chunk {done - 1}/{len(plans)}")
-        yield from iter_relabel(labels, stitcher, plans, cancel=cancel, done=1 + len(plans), total=total)
+    try:
+        plans = plan_chunks(image.shape[:2], chunk, halo)
+        total = 1 + 2 * len(plans)
+        yield Progress("predict", 0, total, f"Measuring intensities of a {image.shape[0]}x{image.shape[1]} image")
+        normalizer = GlobalNormalizer.from_image(image, bundle.normalize, bundle.config.in_channels)
+        yield Progress("predict", 1, total, f"Segmenting {len(plans)} chunk(s) of {chunk} px", _stats(normalizer))
+        stitcher = Stitcher(image.shape[:2], chunk, halo)
+        with atomic_write_dir(output_zarr_path, overwrite=overwrite) as temp:
+            labels = create_label_store(temp, image.shape[:2], chunk)
+            if remote is None:
+                windows = _segment_here(image, plans, bundle, normalizer, inference, postprocess, cancel)
+            else:
+                job = _LargeJob(remote[0], axes, remote[1], normalizer, inference, postprocess)
+                windows = _segment_on_cluster(scheduler, job, plans, cancel)
+            for done, (plan, window_labels) in enumerate(windows, start=2):
+                labels[plan.core] = stitcher.add_chunk(plan, window_labels)
+                yield Progress("predict", done, total, f"Segmented chunk {done - 1}/{len(plans)}")
+            yield from iter_relabel(labels, stitcher, plans, cancel=cancel, done=1 + len(plans), total=total)
+    finally:
+        if image is not source:
+            image.close()
     return Path(output_zarr_path)
 
 
@@ -508,9 +527,10 @@ def _bundle_ref(bundle: Any, spec: str | None) -> tuple[str, str]:
 def _segment_window_task(job: _LargeJob, window: tuple[slice, slice]) -> np.ndarray:
     """Worker side: read one window, segment it, return ``(y, x)`` uint32 local labels."""
     bundle = cached_bundle(*job.bundle_ref)
-    image = open_large_image(job.source, job.axes)
+    with open_large_image(job.source, job.axes) as image:
+        pixels = image[window]
     segment = unet_segmenter(bundle, job.normalizer, job.inference, job.postprocess)
-    return segment(image[window]).astype(np.uint32)
+    return segment(pixels).astype(np.uint32)
 
 
 def _segment_on_cluster(

@@ -173,7 +173,7 @@ class _TilePlan:
     inverse_weight_sum: np.ndarray | None  # (Yp, Xp)
 
     @property
-    def batches_per_plane(self) -> int:
+    def tiles_per_plane(self) -> int:
         return len(self.tiles)
 
 
@@ -187,10 +187,7 @@ def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceCon
     if len(tiles) == 1:
         return _TilePlan(multiple, min_size, padded, tiles, None, None)
     tile_shape = (tiles[0][0].stop - tiles[0][0].start, tiles[0][1].stop - tiles[0][1].start)
-    if cfg.blend == "gaussian":
-        weights = gaussian_weights(tile_shape)
-    else:
-        weights = np.ones(tile_shape, dtype=np.float32)
+    weights = gaussian_weights(tile_shape) if cfg.blend == "gaussian" else np.ones(tile_shape, dtype=np.float32)
     weight_sum = np.zeros(padded, dtype=np.float32)
     for sy, sx in tiles:
         weight_sum[sy, sx] += weights
@@ -233,7 +230,7 @@ def _iter_plane_probabilities(
     for batch in _batches(plan.tiles, cfg.batch_size):
         check_cancel(cancel)
         with torch.inference_mode():
-            inputs = torch.stack([source[:, sy, sx] for sy, sx in batch]).to(device, non_blocking=True)
+            inputs = _gather_tiles(source, batch).to(device, non_blocking=True)
             with _autocast(device, cfg.amp):
                 logits = network(inputs)
             probabilities = torch.softmax(logits.float(), dim=1).to(store)
@@ -248,6 +245,14 @@ def _iter_plane_probabilities(
             total *= torch.from_numpy(plan.inverse_weight_sum).to(store)
         cropped = total[(slice(None), *crop[-2:])]
         return np.ascontiguousarray(cropped.cpu().numpy())
+
+
+def _gather_tiles(source: torch.Tensor, batch: Sequence[tuple[slice, slice]]) -> torch.Tensor:
+    """Stack the tiles of ``batch`` from ``source`` (C, Yp, Xp) into (N, C, ty, tx); a lone tile is not copied."""
+    if len(batch) == 1:
+        sy, sx = batch[0]
+        return source[:, sy, sx].unsqueeze(0)
+    return torch.stack([source[:, sy, sx] for sy, sx in batch])
 
 
 def _output_channels(network: nn.Module) -> int:
@@ -360,7 +365,7 @@ def iter_predict(
     device = resolve_device(inference.device)
     network = _network_on(bundle.network, device)
     plan = _plan_tiles(planes.shape[1:3], bundle.config, inference)
-    total = len(planes) * plan.batches_per_plane
+    total = len(planes) * plan.tiles_per_plane
     yield Progress("predict", 0, total, f"Predicting {total} tile(s) on {device}", {"device": str(device)})
     probabilities: np.ndarray | None = None
     labels = np.zeros(planes.shape[:3], dtype=np.int32)
@@ -394,10 +399,7 @@ def _assemble(labels: np.ndarray, probabilities: np.ndarray, plane_axis: str | N
     """Shape the per-plane results ``(P, Y, X)`` / ``(P, K, Y, X)`` like the input."""
     if plane_axis is None:
         return Prediction(labels[0].astype(np.uint32), probabilities[0], "YX", image_axes)
-    if plane_axis == "Z":
-        stack = link_slices(labels, min_iou=LINK_MIN_IOU)
-    else:
-        stack = relabel_stack_unique(labels)
+    stack = link_slices(labels, min_iou=LINK_MIN_IOU) if plane_axis == "Z" else relabel_stack_unique(labels)
     return Prediction(stack.astype(np.uint32, copy=False), probabilities, f"{plane_axis}YX", image_axes)
 
 

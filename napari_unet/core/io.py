@@ -185,7 +185,9 @@ def _read_array(path: Path, prefer_labels: bool) -> np.ndarray:
         raise
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UserInputError(f"{path}: could not read the file ({type(exc).__name__}: {reason}); is it corrupt?") from exc
+        raise UserInputError(
+            f"{path}: could not read the file ({type(exc).__name__}: {reason}); is it corrupt?"
+        ) from exc
 
 
 def _file_reader(path: Path) -> Any:
@@ -314,14 +316,6 @@ def _make_temp_dir(parent: Path, name: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
     except OSError as exc:
         raise UserInputError(f"cannot write to folder {parent} ({exc.strerror}); choose a writable folder") from exc
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 def _publish_new(temp: Path, target: Path) -> None:
@@ -503,6 +497,8 @@ def _describe_model(model: Any) -> dict[str, Any] | None:
         return None
     if isinstance(model, str):
         return {"name": model}
+    if isinstance(model, Mapping):
+        return to_jsonable(dict(model))
     path = getattr(model, "path", None)
     return {
         "name": model.name,
@@ -523,9 +519,10 @@ def provenance(
 
     Parameters
     ----------
-    model : ModelBundle or str or None
-        The model that produced the result (name, version, weights sha256
-        and folder are recorded); ``None`` for classical baselines.
+    model : ModelBundle, str, dict or None
+        The model that produced the result (for a bundle: name, version,
+        weights sha256 and folder; a str is recorded as its name, a dict as
+        is); ``None`` for classical baselines.
     settings : dict, optional
         Every parameter needed to replay the result (configs are converted
         with their ``to_dict``).

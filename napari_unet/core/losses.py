@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 LOSS_KINDS = ("ce_dice", "focal_dice")
 
@@ -43,8 +43,9 @@ def masked_cross_entropy(
     -------
     tensor ()
         ``sum(w * cw[t] * loss) / sum(w * cw[t])``; 0 when every weight is 0.
+
     """
-    log_probs = F.log_softmax(logits.float(), dim=1)
+    log_probs = functional.log_softmax(logits.float(), dim=1)
     target_log_prob = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     per_pixel = -target_log_prob
     if focal_gamma > 0:
@@ -83,8 +84,9 @@ def masked_soft_dice(
     -------
     tensor ()
         Loss in [0, 1].
+
     """
-    probs = F.softmax(logits.float(), dim=1)
+    probs = functional.softmax(logits.float(), dim=1)
     pixel_weight = weight.float()
     losses = []
     for cls in classes:
@@ -128,6 +130,7 @@ def segmentation_loss(
     -------
     tensor ()
         Scalar loss.
+
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss {kind!r}; use one of {LOSS_KINDS}")
@@ -158,6 +161,7 @@ def class_weights_from_targets(
     Returns
     -------
     array (n_classes,) of float32
+
     """
     counts = np.zeros(n_classes, dtype=np.float64)
     for target, weight in zip(targets, weights, strict=True):

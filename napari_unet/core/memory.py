@@ -146,9 +146,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def release_cached_memory(device: torch.device) -> None:
-    """Free Python garbage and, on CUDA, the caching allocator's unused blocks."""
-    gc.collect()
+    """On CUDA, collect Python garbage and free the caching allocator's unused blocks."""
     if device.type == "cuda" and torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()
 
 

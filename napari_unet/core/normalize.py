@@ -41,8 +41,9 @@ LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
 _PERCENTILE_SAMPLE_PIXELS = 2**22
 """Planes with more pixels estimate percentiles on a regular sub-grid of about this many pixels."""
 
+_INVERT_PERCENTILES = (1.0, 50.0, 99.5)
 _INVERT_DECISION_FRACTION = 0.5
-"""``auto`` inverts when the median sits above this fraction of the [p2, p98] intensity range."""
+"""``auto`` inverts when the median sits above this fraction of the [p1, p99.5] brightness range."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -82,7 +83,8 @@ def validate_image(array: Any) -> np.ndarray:
     low, high = image.min(), image.max()
     if low == high:
         raise UserInputError(
-            f"The image is constant (every pixel is {low}); there is nothing to segment. Check the layer or the channel."
+            f"The image is constant (every pixel is {low}); there is nothing to segment. "
+            "Check the layer or the channel."
         )
     return image
 
@@ -244,8 +246,11 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
     channel; gray is repeated when the model reads 3; RGBA loses its alpha
     channel unless the model reads 4.  The percentiles are taken jointly over
     all channels, which keeps colour ratios.  ``invert="auto"`` inverts when
-    the background is bright: the median (most pixels are background) lies in
-    the upper half of the 2nd-98th percentile range.  A plane with no
+    the background is bright: the median brightness (most pixels are
+    background) lies in the upper half of the 1st-99.5th percentile range.
+    Brightness is the intensity of gray planes and the maximum over R, G, B of
+    colour planes (HSV value), which sets pink H&E background apart from
+    purple nuclei better than luminance does.  A plane with no
     intensity range (a blank slice of a stack) becomes all zeros.
 
     Raises
@@ -257,7 +262,7 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
     if plane.ndim == 2:
         plane = plane[..., np.newaxis]
     channels = _match_channels(plane, in_channels)
-    low, high, invert = _intensity_range(channels, cfg)
+    low, high, invert = _intensity_range(channels, cfg, _brightness(plane))
     return _scale(channels, low, high, invert)
 
 
@@ -289,24 +294,45 @@ def _needs_float64(dtype: np.dtype) -> bool:
 
 
 def _sample(channel: np.ndarray) -> np.ndarray:
-    """A regular sub-grid view of ``channel`` small enough for fast percentiles."""
+    """Return a regular sub-grid view of ``channel`` small enough for fast percentiles."""
     step = math.ceil(math.sqrt(channel.size / _PERCENTILE_SAMPLE_PIXELS)) if channel.size else 1
     return channel[::step, ::step] if step > 1 else channel
 
 
-def _intensity_range(channels: list[np.ndarray], cfg: NormalizeConfig) -> tuple[float, float, bool]:
-    """Return ``(low, high, invert)`` for the channels of one plane."""
+def _intensity_range(
+    channels: list[np.ndarray], cfg: NormalizeConfig, brightness: np.ndarray | None = None
+) -> tuple[float, float, bool]:
+    """Return ``(low, high, invert)`` for the channels of one plane.
+
+    ``brightness`` is the (sampled) map the inversion is decided on; ``None``
+    means the pooled channels themselves.
+    """
     unique = list({id(c): c for c in channels}.values())
     pooled = np.concatenate([_sample(c).ravel() for c in unique]) if len(unique) > 1 else _sample(unique[0])
-    q = (cfg.low_percentile, cfg.high_percentile, 2.0, 50.0, 98.0)
-    low, high, p2, median, p98 = (float(v) for v in np.percentile(pooled, q))
+    decide = cfg.invert == "auto"
+    q = [cfg.low_percentile, cfg.high_percentile]
+    if decide and brightness is None:
+        q += list(_INVERT_PERCENTILES)
+    values = [float(v) for v in np.percentile(pooled, q)]
+    low, high = values[:2]
     if high <= low:
         low, high = float(pooled.min()), float(pooled.max())
-    if cfg.invert == "auto":
-        invert = p98 > p2 and (median - p2) / (p98 - p2) > _INVERT_DECISION_FRACTION
-    else:
-        invert = cfg.invert == "always"
-    return low, high, invert
+    if not decide:
+        return low, high, cfg.invert == "always"
+    if brightness is None:
+        return low, high, _is_bright(*values[2:])
+    return low, high, _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES)))
+
+
+def _is_bright(dark: float, median: float, bright: float) -> bool:
+    return bright > dark and (median - dark) / (bright - dark) > _INVERT_DECISION_FRACTION
+
+
+def _brightness(plane: np.ndarray) -> np.ndarray | None:
+    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for gray."""
+    if plane.shape[-1] < 3:
+        return None
+    return _sample(plane)[..., :3].max(axis=-1)
 
 
 def _scale(channels: list[np.ndarray], low: float, high: float, invert: bool) -> np.ndarray:
@@ -332,10 +358,12 @@ def is_bright_background(plane: np.ndarray) -> bool:
     Parameters
     ----------
     plane : numpy.ndarray
-        ``(Y, X)`` or ``(Y, X, C)`` intensities (RGB(A) is judged on its luminance).
+        ``(Y, X)`` or ``(Y, X, C)`` intensities.
 
     """
     if plane.ndim == 2:
         plane = plane[..., np.newaxis]
-    channels = _match_channels(plane, 1 if plane.shape[-1] in (1, 3, 4) else plane.shape[-1])
-    return _intensity_range(channels, NormalizeConfig(invert="auto"))[2]
+    brightness = _brightness(plane)
+    if brightness is None:
+        brightness = _sample(plane).mean(axis=-1) if plane.shape[-1] > 1 else _sample(plane[..., 0])
+    return _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES)))

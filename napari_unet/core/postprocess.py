@@ -65,7 +65,7 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
 
 
 def _seeds(interior: np.ndarray, foreground: np.ndarray, threshold: float, min_seed_size: int) -> np.ndarray:
-    """Connected seed regions ``(Y, X)`` int32 with small ones dropped."""
+    """Label connected seed regions ``(Y, X)`` int32, dropping small ones."""
     seeds, _ = ndi.label((interior > threshold) & foreground, structure=_CROSS)
     return remove_small_objects(seeds.astype(np.int32, copy=False), min_seed_size)
 

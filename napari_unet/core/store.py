@@ -308,7 +308,7 @@ def save_model(bundle: ModelBundle, folder: str | os.PathLike, overwrite: bool =
     bundle : ModelBundle
         The model; its metadata is saved with ``sha256`` set to the weights' hash.
     folder : str or Path
-        Target folder (created).
+        Target folder (created, with missing parent folders).
     overwrite : bool
         Replace an existing folder.
 
@@ -319,6 +319,10 @@ def save_model(bundle: ModelBundle, folder: str | os.PathLike, overwrite: bool =
 
     """
     folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"cannot create the folder {folder.parent} ({exc}); choose another location") from exc
     metadata = _saved_metadata(bundle)
     with atomic_write_dir(folder, overwrite=overwrite) as temp:
         _write_model_files(bundle, temp, metadata)
@@ -531,7 +535,10 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
     """
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
-    if isinstance(name_or_path, os.PathLike) or _looks_like_path(text) or path.exists():
+    is_path = isinstance(name_or_path, os.PathLike) or _looks_like_path(text)
+    if not is_path and (text == BUNDLED_NAME or _SPEC_RE.match(text) or text in _user_model_names()):
+        folder = _resolve_spec(text)  # a registered name wins over a same-named folder in the working directory
+    elif is_path or path.exists():
         folder = _resolve_path(path)
     else:
         folder = _resolve_spec(text)

@@ -44,6 +44,7 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
         Instance labels: 0 = background, every other value one object.
     name : str
         How the array is called in error messages.
+
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -76,6 +77,7 @@ def labels_to_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndarray
         every instance, so two touching nuclei are separated by boundary
         pixels.  An object too small to keep any interior keeps its most
         central pixel(s) as interior, so it still gets a watershed seed.
+
     """
     labels = check_labels(labels)
     classes = np.zeros(labels.shape, dtype=np.int64)
@@ -123,12 +125,13 @@ def rasterize_rois(rois: Sequence[Roi], shape: tuple[int, int]) -> np.ndarray:
     -------
     array (Y, X) of bool
         True inside any ROI (clipped to the image).
+
     """
     mask = np.zeros(shape, dtype=bool)
     for index, roi in enumerate(rois):
         array = np.asarray(roi, dtype=float)
         if array.shape == (4,):
-            y0, x0, y1, x1 = (int(round(v)) for v in array)
+            y0, x0, y1, x1 = (int(v) for v in np.rint(array))
             mask[max(0, min(y0, y1)) : max(0, max(y0, y1)), max(0, min(x0, x1)) : max(0, max(x0, x1))] = True
         elif array.ndim == 2 and array.shape[1] == 2 and array.shape[0] >= 3:
             rows, cols = draw_polygon(array[:, 0], array[:, 1], shape=shape)
@@ -155,6 +158,7 @@ def changed_pixels(labels: np.ndarray, previous: np.ndarray) -> np.ndarray:
     Returns
     -------
     array (Y, X) of bool
+
     """
     return labels_to_classes(labels) != labels_to_classes(previous)
 
@@ -196,6 +200,7 @@ def loss_weights(
         Unknown mode, missing ``rois`` / ``previous``, shape mismatch, labels
         that are all one value (outside ``changed`` mode, where erasing every
         object is a real correction), or no pixel left to learn from.
+
     """
     labels = check_labels(labels)
     if mode not in ANNOTATION_MODES:

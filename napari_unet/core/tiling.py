@@ -39,6 +39,7 @@ def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> list[in
     list of int
         Increasing starts; the first is 0 and the last is ``size - tile``, so
         the tiles cover the axis exactly with evenly spread overlaps.
+
     """
     if size < 1 or tile < 1 or align < 1:
         raise ValueError(f"size, tile and align must be >= 1, got size={size}, tile={tile}, align={align}")
@@ -57,9 +58,7 @@ def _pair(tile: TileShape) -> tuple[int, int]:
     return (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
 
 
-def tile_grid(
-    shape_yx: tuple[int, int], tile: TileShape, overlap: float, align: int = 1
-) -> list[tuple[slice, slice]]:
+def tile_grid(shape_yx: tuple[int, int], tile: TileShape, overlap: float, align: int = 1) -> list[tuple[slice, slice]]:
     """Overlapping tiles covering a ``(Y, X)`` plane, row by row.
 
     Parameters

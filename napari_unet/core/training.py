@@ -85,6 +85,9 @@ VAL_CONTEXT = 32
 PLATEAU_PATIENCE, PLATEAU_FACTOR = 2, 0.5
 """``plateau`` schedule: halve the rate after this many validations without improvement."""
 
+VAL_LOSS_MIN_DELTA = 1e-4
+"""At equal validation AP, a validation loss lower by at least this counts as an improvement."""
+
 MIN_LR_FRACTION = 0.05
 """The cosine schedule decays to this fraction of the peak rate."""
 
@@ -128,6 +131,7 @@ class TrainResult:
         Notes shown to the user during the run (padding, validation, ...).
     saved : Any
         The ``ModelInfo`` of the saved version (only from :func:`fine_tune_and_save`).
+
     """
 
     bundle: ModelBundle
@@ -232,6 +236,7 @@ def iter_train(
         For unusable inputs (see the module docstring).
     Cancelled
         When ``cancel()`` returns True; nothing is returned or changed.
+
     """
     cfg = cfg or TrainingConfig()
     started = time.perf_counter()
@@ -302,6 +307,7 @@ def fine_tune_and_save(
     -------
     TrainResult
         With ``saved`` set to the ``ModelInfo`` returned by ``store.save_version``.
+
     """
     result = yield from iter_train(bundle, images, labels, cfg, **kwargs)
     result.saved = save_version(result.bundle, name, result.lineage)
@@ -546,7 +552,7 @@ def _box(mask: np.ndarray) -> tuple[slice, slice]:
 def _window(
     image: np.ndarray, label: np.ndarray, classes: np.ndarray, weight: np.ndarray, box: tuple[slice, slice]
 ) -> _ValWindow:
-    """Validation window around ``box`` (capped at MAX_VAL_SIDE, with VAL_CONTEXT pixels of context)."""
+    """Build the validation window around ``box`` (capped at MAX_VAL_SIDE, with VAL_CONTEXT pixels of context)."""
     scored = tuple(_cap(s, MAX_VAL_SIDE) for s in box)
     context = tuple(
         slice(max(0, s.start - VAL_CONTEXT), min(size, s.stop + VAL_CONTEXT))
@@ -799,7 +805,7 @@ class _Loop:
     def _keep_if_best(self, scores: dict[str, float]) -> None:
         better = self.best_score is None or scores["val_ap50"] > self.best_score
         tie = self.best_score is not None and scores["val_ap50"] == self.best_score
-        if better or (tie and scores["val_loss"] < self.best_val_loss):
+        if better or (tie and scores["val_loss"] < self.best_val_loss - VAL_LOSS_MIN_DELTA):
             self.best_score, self.best_val_loss = scores["val_ap50"], scores["val_loss"]
             self.best_state, self.best_step, self.best_metrics = _state_copy(self.network), self.step, dict(scores)
             self.stale_validations = 0

@@ -140,8 +140,8 @@ def _bad_image(tmp_path: Path, name: str, array: np.ndarray) -> Path:
 @pytest.mark.parametrize(
     ("array", "fragment"),
     [
-        (np.zeros(10), "dimension"),
-        (np.zeros((2, 2, 2, 2, 2)), "dimension"),
+        (np.zeros(10), "axis"),
+        (np.zeros((2, 2, 2, 2, 2)), "axes"),
         (np.zeros((0, 5)), "empty"),
         (np.full((32, 32), 7.0), "constant"),
         (np.where(np.eye(32) > 0, np.nan, 1.0), "NaN"),

@@ -409,3 +409,28 @@ def test_write_provenance_refuses_overwrite(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == {"a": 1}
     io.write_provenance(path, {"a": 2}, overwrite=True)
     assert json.loads(path.read_text()) == {"a": 2}
+
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dsb2018" / "val"
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent")
+def test_real_labels_round_trip_through_every_format(tmp_path: Path) -> None:
+    label_file = sorted(SHARED.glob("*_labels.tif"))[0]
+    labels = io.read_labels(label_file)
+    image = io.read_image(label_file.with_name(label_file.name.replace("_labels", "_image")))
+    for name in ("m.tif", "m.png", "m.npy", "m.zarr"):
+        io.export_labels(labels, tmp_path / name, image=image)
+        np.testing.assert_array_equal(io.read_labels(tmp_path / name), labels)
+    io.export_labels(labels, tmp_path / "m.csv", image=image)
+    with open(tmp_path / "m.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(np.unique(labels)) - 1
+    io.export_labels(labels, tmp_path / "m.zip")
+    assert len(roifile.roiread(tmp_path / "m.zip")) == len(np.unique(labels)) - 1
+
+
+def test_provenance_model_given_as_name_or_dict() -> None:
+    assert io.provenance(model="nuclei@v2")["model"] == {"name": "nuclei@v2"}
+    assert io.provenance(model={"name": "x", "sha256": "ab"})["model"] == {"name": "x", "sha256": "ab"}
+    assert io.provenance(method="otsu")["model"] is None

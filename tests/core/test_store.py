@@ -271,14 +271,14 @@ def test_reserved_and_invalid_names(model_dir: Path) -> None:
 def test_listing_puts_bundled_default_first(model_dir: Path, tmp_path: Path) -> None:
     store.save_version(tiny_bundle(), "zeta")
     store.save_version(tiny_bundle(), "alpha")
-    store.save_version(tiny_bundle(), "alpha")
+    store.save_version(store.load_model("alpha"), "alpha")
     assert [i.spec for i in store.list_models()] == ["alpha@v1", "alpha@v2", "zeta@v1"]
     bundled = tiny_bundle(seed=5, description="bundled")
     store.save_model(bundled, tmp_path / "bundled" / "default")
     infos = store.list_models()
     assert [i.spec for i in infos] == ["default", "alpha@v1", "alpha@v2", "zeta@v1"]
     assert infos[0].sha256 == bundled.sha256 and infos[1].created is not None
-    assert infos[2].parent == "alpha@v1" and infos[2].metrics == {}
+    assert (infos[1].parent, infos[2].parent, infos[2].metrics) == (None, "alpha@v1", {})
     default = store.load_model("default")
     assert default.name == "default" and default.sha256 == bundled.sha256
     with pytest.raises(UserInputError, match="available models: default, alpha, zeta"):
@@ -286,7 +286,7 @@ def test_listing_puts_bundled_default_first(model_dir: Path, tmp_path: Path) -> 
 
 
 def test_missing_bundled_model_explains_reinstall(model_dir: Path) -> None:
-    with pytest.raises(UserInputError, match="bundled default model is missing.*reinstall"):
+    with pytest.raises(UserInputError, match=r"bundled default model is missing.*reinstall"):
         store.load_model("default")
     assert store.list_models() == []
 
@@ -306,3 +306,15 @@ def test_placeholder_default_is_deterministic() -> None:
     assert first.sha256 == second.sha256
     assert first.metadata["placeholder"] is True and first.config == ModelConfig()
     assert outputs(first).shape == (2, 3, 16, 16)
+
+
+def test_registered_name_wins_over_same_named_folder(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = tiny_bundle(seed=4)
+    store.save_version(bundle, "alpha")
+    other = store.save_model(tiny_bundle(seed=5), tmp_path / "work" / "alpha")
+    monkeypatch.chdir(tmp_path / "work")
+    assert store.load_model("alpha").sha256 == bundle.sha256
+    assert store.load_model("./alpha").path == Path("./alpha")
+    assert store.load_model(Path("alpha")).sha256 == store.load_model(other).sha256

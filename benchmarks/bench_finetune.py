@@ -1,0 +1,196 @@
+"""Human-in-the-loop fine-tuning: how much does a short fine-tune on corrected objects help?
+
+Protocol, for every image of the DSB 2018 validation folder
+(``../shared/data/dsb2018/val`` beside the checkout, or ``--data``):
+
+1. predict with the starting model and score the RIGHT half of the image;
+2. fine-tune on the LEFT half (its ground truth stands in for the user's
+   corrections: annotation mode ``rois`` with the left-half rectangle) for
+   each time budget;
+3. predict again and score the RIGHT half (never seen in training).
+
+Starting models: the bundled ``default`` model (or ``--model``) and/or a
+freshly initialised network of the same architecture (``scratch``).  Scores
+are AP@0.5, AP@0.75 (TP / (TP + FP + FN)) and F1@0.5 from
+:mod:`napari_unet.core.metrics`, per image and averaged over images.
+
+Prints one JSON object (progress goes to stderr).  Budgets default to
+30, 60, 120 s on the CPU and 5, 10 s on CUDA.
+
+Usage::
+
+    python benchmarks/bench_finetune.py [--budgets 30,60,120] [--from default|scratch|both]
+        [--device auto|cpu|cuda] [--limit N] [--data DIR] [--model NAME_OR_PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core.config import InferenceConfig, TrainingConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.inference import predict, resolve_device
+from napari_unet.core.io import read_image, read_labels
+from napari_unet.core.metrics import evaluate_dataset, summary_row
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.store import ModelBundle, load_model
+from napari_unet.core.training import iter_train
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018" / "val"
+SCORE_KEYS = ("AP@0.5", "AP@0.75", "F1@0.5")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", default=None, help="comma-separated seconds (default 30,60,120 CPU; 5,10 CUDA)")
+    parser.add_argument("--from", dest="start", choices=("default", "scratch", "both"), default="both")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of <id>_image.tif + <id>_labels.tif")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--model", default="default", help="starting model for --from default")
+    parser.add_argument("--lr-finetune", type=float, default=3e-4, help="peak learning rate from a trained model")
+    parser.add_argument("--lr-scratch", type=float, default=1e-3, help="peak learning rate from scratch")
+    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    parser.add_argument("--patch-size", type=int, default=TrainingConfig.patch_size)
+    return parser.parse_args(argv)
+
+
+def image_pairs(folder: Path, limit: int | None) -> list[tuple[str, Path, Path]]:
+    pairs = []
+    for image_path in sorted(folder.glob("*_image.tif")):
+        labels_path = image_path.with_name(image_path.name.replace("_image.tif", "_labels.tif"))
+        if labels_path.is_file():
+            pairs.append((image_path.name.removesuffix("_image.tif"), image_path, labels_path))
+    return pairs[:limit] if limit else pairs
+
+
+def right_half_scores(image: np.ndarray, labels: np.ndarray, bundle: ModelBundle, device: str) -> dict[str, float]:
+    """Predict the whole image (so the right half has its real context) and score its right half."""
+    predicted = predict(image, bundle, inference=InferenceConfig(device=device)).labels
+    half = labels.shape[1] // 2
+    row = summary_row(evaluate_dataset([labels[:, half:]], [predicted[:, half:]]))
+    return {key: _finite(row[key]) for key in (*SCORE_KEYS, "n_true", "n_pred")}
+
+
+def fine_tune(
+    bundle: ModelBundle, image: np.ndarray, labels: np.ndarray, budget: float, lr: float, args: argparse.Namespace
+) -> tuple[ModelBundle, dict[str, Any]]:
+    half = labels.shape[1] // 2
+    cfg = TrainingConfig(
+        max_seconds=budget,
+        annotation_mode="rois",
+        learning_rate=lr,
+        device=args.device,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+    )
+    rois = [[(0, 0, labels.shape[0], half)]]
+    result = run_to_end(iter_train(bundle, [image], [labels], cfg, rois=rois))
+    info = {
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "stopped_reason": result.stopped_reason,
+        "best_step": result.best_step,
+        "validation": result.lineage.get("validation"),
+        "val_ap50_before": (result.metrics_before or {}).get("val_ap50"),
+        "val_ap50_after": (result.metrics_after or {}).get("val_ap50"),
+    }
+    return result.bundle, info
+
+
+def starting_bundles(args: argparse.Namespace) -> tuple[dict[str, ModelBundle], dict[str, str]]:
+    bundles, skipped = {}, {}
+    template = None
+    if args.start in ("default", "both"):
+        try:
+            bundles["default"] = template = load_model(args.model)
+        except UserInputError as exc:
+            skipped["default"] = f"cannot load model {args.model!r}: {exc}"
+    if args.start in ("scratch", "both"):
+        config = template.config if template is not None else None
+        normalize = template.normalize if template is not None else None
+        postprocess = template.postprocess if template is not None else None
+        bundles["scratch"] = ModelBundle.new(
+            config, normalize=normalize, postprocess=postprocess, metadata={"name": "scratch"}, seed=0
+        )
+    return bundles, skipped
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for start in sorted({r["start"] for r in results}):
+        for budget in sorted({r["budget_s"] for r in results if r["start"] == start}):
+            rows = [r for r in results if r["start"] == start and r["budget_s"] == budget]
+            entry = {"n_images": len(rows), "mean_steps": float(np.mean([r["steps"] for r in rows]))}
+            for key in SCORE_KEYS:
+                before = float(np.mean([r["before"][key] for r in rows]))
+                after = float(np.mean([r["after"][key] for r in rows]))
+                entry[key] = {"before": round(before, 4), "after": round(after, 4), "gain": round(after - before, 4)}
+            summary.setdefault(start, {})[str(budget)] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if not args.data.is_dir():
+        return {"skipped": f"no data folder {args.data}"}
+    pairs = image_pairs(args.data, args.limit)
+    if not pairs:
+        return {"skipped": f"no <id>_image.tif + <id>_labels.tif pairs in {args.data}"}
+    device = resolve_device(args.device)
+    budgets = [float(b) for b in (args.budgets or ("5,10" if device.type == "cuda" else "30,60,120")).split(",")]
+    bundles, skipped = starting_bundles(args)
+    results = []
+    for image_id, image_path, labels_path in pairs:
+        image, labels = read_image(image_path), read_labels(labels_path)
+        for start, bundle in bundles.items():
+            before = right_half_scores(image, labels, bundle, args.device)
+            lr = args.lr_scratch if start == "scratch" else args.lr_finetune
+            for budget in budgets:
+                tuned, info = fine_tune(bundle, image, labels, budget, lr, args)
+                after = right_half_scores(image, labels, tuned, args.device)
+                results.append(
+                    {"image": image_id, "shape": list(image.shape), "start": start, "budget_s": budget, "lr": lr}
+                    | info
+                    | {"before": before, "after": after}
+                )
+                print(
+                    f"{image_id} {start} {budget:g}s: AP@0.5 {before['AP@0.5']:.3f} -> {after['AP@0.5']:.3f} "
+                    f"({info['steps']} steps)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return {
+        "benchmark": "finetune",
+        "protocol": "fine-tune on the left half (rois), score the right half",
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "budgets_s": budgets,
+        "n_images": len(pairs),
+        "skipped_starts": skipped,
+        "summary": summarize(results),
+        "results": results,
+    }
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    report = main()
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(report, indent=2))

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet.core.augment import (
+    AugmentParams,
+    augment_sample,
+    flip_rot90,
+    random_intensity,
+    random_warp_coordinates,
+    warp,
+)
+
+NO_INTENSITY = {"p_intensity": 0.0, "p_gamma": 0.0, "p_noise": 0.0}
+
+
+def sample(size: int = 32, channels: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 3, size=(size, size)).astype(np.int64)
+    image = np.stack([target.astype(np.float32) + 10 * c for c in range(channels)])
+    weight = (target + 1).astype(np.float32)
+    return image, target, weight
+
+
+def test_same_seed_same_result_and_inputs_untouched():
+    image, target, weight = sample()
+    copies = [a.copy() for a in (image, target, weight)]
+    first = augment_sample(image, target, weight, np.random.default_rng(7))
+    second = augment_sample(image, target, weight, np.random.default_rng(7))
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for original, kept in zip((image, target, weight), copies, strict=True):
+        np.testing.assert_array_equal(original, kept)
+    outputs = [augment_sample(image, target, weight, np.random.default_rng(s))[1] for s in range(8)]
+    assert any(not np.array_equal(outputs[0], other) for other in outputs[1:])
+
+
+def test_output_shapes_dtypes_and_contiguity():
+    image, target, weight = sample(size=48, channels=3)
+    for seed in range(6):
+        out_image, out_target, out_weight = augment_sample(
+            image, target, weight, np.random.default_rng(seed), AugmentParams(p_warp=1.0)
+        )
+        assert out_image.shape == (3, 48, 48) and out_image.dtype == np.float32
+        assert out_target.shape == (48, 48) and out_target.dtype == np.int64
+        assert out_weight.shape == (48, 48) and out_weight.dtype == np.float32
+        assert all(a.flags.c_contiguous for a in (out_image, out_target, out_weight))
+        assert set(np.unique(out_target)) <= {0, 1, 2}
+
+
+def test_flips_and_rot90_move_image_target_and_weight_together():
+    image, target, weight = sample()
+    params = AugmentParams(p_warp=0.0, **NO_INTENSITY)
+    seen = set()
+    for seed in range(64):
+        out_image, out_target, out_weight = augment_sample(image, target, weight, np.random.default_rng(seed), params)
+        np.testing.assert_array_equal(out_image[0], out_target)
+        np.testing.assert_array_equal(out_image[1], out_target + 10)
+        np.testing.assert_array_equal(out_weight, out_target + 1)
+        seen.add(out_target.tobytes())
+    assert len(seen) == 8  # the 8 symmetries of the square all occur
+
+
+def test_flip_rot90_is_a_permutation_of_pixels():
+    image, target, weight = sample()
+    _, out_target, _ = flip_rot90(image, target, weight, np.random.default_rng(3))
+    assert sorted(out_target.ravel()) == sorted(target.ravel())
+
+
+def test_warp_by_integer_shift_is_exact_and_outside_gets_zero_weight():
+    image, target, weight = sample(size=16, channels=1)
+    yy, xx = np.meshgrid(np.arange(16.0), np.arange(16.0), indexing="ij")
+    coords = np.stack([yy + 3, xx - 2]).astype(np.float32)  # output (y, x) reads input (y + 3, x - 2)
+    out_image, out_target, out_weight = warp(image, target, weight, coords)
+    np.testing.assert_array_equal(out_target[:13, 2:], target[3:, :14])
+    np.testing.assert_allclose(out_image[0, :13, 2:], image[0, 3:, :14])
+    np.testing.assert_array_equal(out_weight[:13, 2:], weight[3:, :14])
+    assert (out_weight[13:, :] == 0).all() and (out_weight[:, :2] == 0).all()
+    assert (out_target[13:, :] == 0).all()
+
+
+def test_random_warp_keeps_image_and_target_aligned():
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    target = ((yy - 32) ** 2 + (xx - 30) ** 2 < 15**2).astype(np.int64)
+    image = target[None].astype(np.float32)
+    weight = np.ones((size, size), np.float32)
+    params = AugmentParams(p_warp=1.0, **NO_INTENSITY)
+    for seed in range(5):
+        out_image, out_target, out_weight = augment_sample(image, target, weight, np.random.default_rng(seed), params)
+        inside = out_weight > 0
+        agree = np.mean(np.round(out_image[0][inside]) == out_target[inside])
+        assert agree > 0.97
+        assert out_target.sum() > 0.5 * target.sum()
+
+
+def test_warp_coordinates_identity_when_no_rotation_scale_or_elastic():
+    params = AugmentParams(max_rotation_deg=0.0, scale_range=(1.0, 1.0), elastic_alpha=0.0)
+    coords = random_warp_coordinates((5, 7), np.random.default_rng(0), params)
+    yy, xx = np.meshgrid(np.arange(5.0), np.arange(7.0), indexing="ij")
+    np.testing.assert_allclose(coords, np.stack([yy, xx]), atol=1e-5)
+
+
+def test_intensity_changes_image_only_and_gamma_keeps_range():
+    image, _, _ = sample()
+    params = AugmentParams(p_intensity=0.0, p_gamma=1.0, p_noise=0.0)
+    out = random_intensity(image, np.random.default_rng(0), params)
+    assert out.min() == np.float32(image.min()) and np.isclose(out.max(), image.max())
+    assert not np.allclose(out, image)
+    noisy = random_intensity(image, np.random.default_rng(0), AugmentParams(p_intensity=0, p_gamma=0, p_noise=1))
+    assert 0 < np.std(noisy - image) <= 0.05 * 1.2

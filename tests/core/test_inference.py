@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk
+from torch import nn
+
+from napari_unet.core import inference
+from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
+from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.inference import Prediction, iter_predict, predict, predict_probabilities, resolve_device
+from napari_unet.core.model import UNet
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.store import ModelBundle
+
+CPU = InferenceConfig(device="cpu", tile_size=64, overlap=0.125, batch_size=4)
+POST = PostprocessConfig(min_size=5, min_seed_size=1)
+CENTRES = ((14, 14), (14, 50), (40, 30))
+
+
+class BrightIsNucleus(nn.Module):
+    """A fixed 'network': interior where the normalised input is > 0.5, background elsewhere.
+
+    Like the UNet it refuses inputs that are not a multiple of ``2**depth``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.scale = nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert all(s % self.config.size_multiple == 0 for s in x.shape[2:])
+        signal = (x.mean(dim=1, keepdim=True) - 0.5) * self.scale
+        return torch.cat([-signal, signal, torch.full_like(signal, -20.0)], dim=1)
+
+
+def threshold_bundle(depth: int = 2, postprocess: PostprocessConfig = POST) -> ModelBundle:
+    cfg = ModelConfig(depth=depth, base_channels=4, norm="none")
+    return ModelBundle(
+        network=BrightIsNucleus(cfg),
+        config=cfg,
+        normalize=NormalizeConfig(),
+        postprocess=postprocess,
+        metadata={"name": "test"},
+    )
+
+
+def unet_bundle(depth: int = 2, norm: str = "batch", in_channels: int = 1) -> ModelBundle:
+    torch.manual_seed(0)
+    cfg = ModelConfig(depth=depth, base_channels=4, norm=norm, in_channels=in_channels)
+    return ModelBundle(
+        network=UNet(cfg),
+        config=cfg,
+        normalize=NormalizeConfig(),
+        postprocess=PostprocessConfig(),
+        metadata={"name": "test"},
+    )
+
+
+def disc_masks(shape=(56, 64), centres=CENTRES, radius=7, shift=(0, 0)):
+    masks = []
+    for cy, cx in centres:
+        mask = np.zeros(shape, dtype=bool)
+        mask[disk((cy + shift[0], cx + shift[1]), radius, shape=shape)] = True
+        masks.append(mask)
+    return masks
+
+
+def disc_image(shape=(56, 64), background=100, foreground=1000, shift=(0, 0)) -> np.ndarray:
+    image = np.full(shape, background, dtype=np.uint16)
+    for mask in disc_masks(shape, shift=shift):
+        image[mask] = foreground
+    return image
+
+
+def assert_discs_found(labels: np.ndarray, masks: list[np.ndarray]) -> None:
+    assert labels.max() == len(masks)
+    for mask in masks:
+        ids = np.unique(labels[mask])
+        assert len(ids) == 1 and ids[0] > 0
+        np.testing.assert_array_equal(labels == ids[0], mask)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_resolve_device_cpu_and_auto_without_accelerators(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(inference, "_mps_available", lambda: False)
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserInputError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(UserInputError, match="MPS is not available"):
+        resolve_device("mps")
+    with pytest.raises(UserInputError, match="Unknown device"):
+        resolve_device("gpu")
+
+
+def test_resolve_device_with_cuda_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("CUDA:1") == torch.device("cuda", 1)
+    with pytest.raises(UserInputError, match="devices 0..1"):
+        resolve_device("cuda:2")
+
+
+# --------------------------------------------------------------------------- tiling equals untiled
+
+
+def calibrated_unet(depth: int, plane: np.ndarray) -> ModelBundle:
+    """A random UNet whose batch-norm statistics come from ``plane``, used in eval mode.
+
+    Eval-mode batch norm is a fixed affine map, so the network is shift-equivariant
+    and tiles can be compared with the whole image (instance norm would not be).
+    """
+    bundle = unet_bundle(depth=depth, norm="batch")
+    network = bundle.network
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None
+            module.reset_running_stats()
+    network.train()
+    with torch.no_grad():
+        network(torch.from_numpy(plane[np.newaxis, :, :192, :160].copy()))
+    network.eval()
+    return bundle
+
+
+def smooth_noise(shape, seed=0) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    noise = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return ndi.gaussian_filter(noise, (0, 2, 2)) * 5
+
+
+@pytest.mark.parametrize(
+    ("depth", "overlap", "max_tol", "mean_tol"),
+    [(1, 0.45, 2e-3, 1e-4), (2, 0.49, 0.05, 1e-3)],
+)
+def test_tiled_equals_untiled_within_tolerance(depth, overlap, max_tol, mean_tol):
+    """Whole-plane vs 64-px tiles on 200x168, absolute probability difference.
+
+    Tolerances: depth 1 (receptive field well inside half a tile) max 2e-3,
+    mean 1e-4; depth 2 (receptive field about the tile size) max 0.05, mean
+    1e-3.  What is left is missing context at tile edges (zero padding inside
+    the network), which Gaussian blending weighs down; tile starts are aligned
+    to ``2**depth`` so every tile sees the whole image's pooling grid.
+    """
+    plane = smooth_noise((1, 200, 168))
+    bundle = calibrated_unet(depth=depth, plane=plane)
+    whole_cfg = InferenceConfig(device="cpu", tile_size=256)  # the 200x168 plane runs as one piece
+    tiled_cfg = InferenceConfig(device="cpu", tile_size=64, overlap=overlap, batch_size=5)
+    whole = predict_probabilities(bundle, plane, whole_cfg)
+    tiled = predict_probabilities(bundle, plane, tiled_cfg)
+    assert whole.shape == tiled.shape == (3, 200, 168)
+    assert whole.std(axis=(1, 2)).min() > 0.02  # the outputs vary, so the comparison means something
+    difference = np.abs(whole - tiled)
+    assert difference.max() < max_tol
+    assert difference.mean() < mean_tol
+
+
+def test_tiled_equals_untiled_exactly_for_a_pixelwise_network():
+    plane = smooth_noise((1, 200, 168))
+    bundle = threshold_bundle(depth=4)
+    whole = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=256))
+    tiled = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, overlap=0.2))
+    np.testing.assert_allclose(whole, tiled, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (3, 5), (70, 33)])
+def test_odd_sizes_with_a_real_unet(shape):
+    bundle = unet_bundle(depth=3)
+    image = np.random.default_rng(1).integers(0, 255, size=shape, dtype=np.uint8)
+    result = predict(image, bundle, inference=CPU)
+    assert result.labels.shape == shape and result.labels.dtype == np.uint32
+    assert result.probabilities.shape == (3, *shape) and result.probabilities.dtype == np.float32
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
+    assert result.axes == "YX"
+
+
+def test_probabilities_do_not_depend_on_batch_size():
+    plane = smooth_noise((1, 130, 90), seed=3)
+    bundle = unet_bundle(depth=2)
+    one = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, batch_size=1))
+    many = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, batch_size=7))
+    np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_amp_is_ignored_on_cpu():
+    plane = smooth_noise((1, 64, 64), seed=4)
+    bundle = unet_bundle(depth=2)
+    with_amp = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=True))
+    without = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=False))
+    np.testing.assert_array_equal(with_amp, without)
+
+
+# --------------------------------------------------------------------------- whole images
+
+
+def test_predict_finds_discs_in_a_gray_image():
+    result = predict(disc_image(), threshold_bundle(), inference=CPU)
+    assert isinstance(result, Prediction)
+    assert result.labels.dtype == np.uint32 and result.labels.shape == (56, 64)
+    assert result.axes == "YX" and result.image_axes == "YX"
+    assert_discs_found(result.labels, disc_masks())
+
+
+def test_predict_inverts_brightfield():
+    result = predict(disc_image(background=1000, foreground=100), threshold_bundle(), inference=CPU)
+    assert_discs_found(result.labels, disc_masks())
+
+
+def test_predict_rgb_and_channels_first():
+    gray = disc_image().astype(np.float32) / 4.0
+    rgb = np.stack([gray, gray * 0.5, gray * 0.25], axis=-1)
+    result = predict(rgb, threshold_bundle(), inference=CPU)
+    assert result.image_axes == "YXC" and result.labels.shape == (56, 64)
+    assert_discs_found(result.labels, disc_masks())
+    channels_first = np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
+    result = predict(channels_first, threshold_bundle(), axes="CYX", inference=CPU)
+    assert result.image_axes == "CYX" and result.labels.shape == (56, 64)
+    assert_discs_found(result.labels, disc_masks())
+
+
+def test_z_stack_links_objects_across_slices():
+    stack = np.stack([disc_image(shift=(0, s)) for s in (0, 1, 2)])
+    result = predict(stack, threshold_bundle(), inference=CPU)
+    assert result.axes == "ZYX" and result.image_axes == "ZYX"
+    assert result.labels.shape == (3, 56, 64) and result.labels.dtype == np.uint32
+    assert result.probabilities.shape == (3, 3, 56, 64)
+    assert set(np.unique(result.labels)) == {0, 1, 2, 3}  # three 3D nuclei
+    for z, shift in enumerate((0, 1, 2)):
+        assert_discs_found(result.labels[z], disc_masks(shift=(0, shift)))
+    for cy, cx in CENTRES:
+        assert result.labels[0, cy, cx] == result.labels[1, cy, cx + 1] == result.labels[2, cy, cx + 2]
+
+
+def test_time_lapse_ids_are_unique_but_not_linked():
+    stack = np.stack([disc_image(shift=(0, s)) for s in (0, 1, 2)])
+    result = predict(stack, threshold_bundle(), axes="TYX", inference=CPU)
+    assert result.axes == "TYX"
+    assert set(np.unique(result.labels)) == set(range(10))  # 3 frames x 3 nuclei, all distinct
+    for t in range(3):
+        frame_ids = set(np.unique(result.labels[t])) - {0}
+        assert len(frame_ids) == 3
+
+
+def test_postprocess_none_uses_the_bundle_settings():
+    bundle = threshold_bundle(postprocess=PostprocessConfig(min_size=10**6))
+    assert predict(disc_image(), bundle, inference=CPU).labels.max() == 0
+    assert predict(disc_image(), bundle, inference=CPU, postprocess=POST).labels.max() == 3
+
+
+def test_progress_counts_tiles_and_batches():
+    image = np.zeros((200, 168), dtype=np.uint8)
+    image[50:60, 50:60] = 200
+    cfg = InferenceConfig(device="cpu", tile_size=64, overlap=0.125, batch_size=5)
+    gen = iter_predict(image, threshold_bundle(depth=2), inference=cfg)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    # 200 -> starts 0/44/92/136 and 168 -> 0/52/104 (aligned to 4): 12 tiles in batches of 5
+    assert [e.done for e in events] == [0, 5, 10, 12]
+    assert {e.total for e in events} == {12}
+    assert {e.stage for e in events} == {"predict"}
+    assert result.labels.max() == 1
+
+
+def test_cancel_between_batches_restores_the_network_mode():
+    bundle = unet_bundle(depth=2)
+    bundle.network.train()
+    events = []
+    gen = iter_predict(
+        np.random.default_rng(0).random((150, 150)),
+        bundle,
+        inference=InferenceConfig(device="cpu", tile_size=64, batch_size=2),
+        cancel=lambda: len(events) >= 2,
+    )
+    with pytest.raises(Cancelled):
+        for event in gen:
+            events.append(event)
+    assert [e.done for e in events] == [0, 2]
+    assert bundle.network.training  # eval mode was only borrowed
+
+
+def test_network_stays_on_its_device_between_calls(monkeypatch):
+    bundle = threshold_bundle()
+    moves = []
+    original_to = bundle.network.to
+    monkeypatch.setattr(bundle.network, "to", lambda *a, **k: moves.append(a) or original_to(*a, **k))
+    for _ in range(2):
+        predict(disc_image(), bundle, inference=CPU)
+    assert moves == []
+    assert bundle.network.training  # mode restored (a fresh module trains by default)
+
+
+def test_input_errors_surface_as_user_errors():
+    bundle = threshold_bundle()
+    with pytest.raises(UserInputError, match="boolean"):
+        predict(np.ones((32, 32), dtype=bool), bundle, inference=CPU)
+    with pytest.raises(UserInputError, match="2 channels but the model reads 1"):
+        predict(np.random.default_rng(0).random((32, 32, 2)), bundle, axes="YXC", inference=CPU)
+    with pytest.raises(UserInputError, match="pass them explicitly"):
+        predict(np.random.default_rng(0).random((2, 32, 32, 5)), bundle, inference=CPU)
+
+
+def test_run_to_end_matches_predict():
+    bundle = threshold_bundle()
+    direct = predict(disc_image(), bundle, inference=CPU)
+    drained = run_to_end(iter_predict(disc_image(), bundle, inference=CPU))
+    np.testing.assert_array_equal(direct.labels, drained.labels)
+    np.testing.assert_array_equal(direct.probabilities, drained.probabilities)

@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_unet.core.config import NormalizeConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.normalize import (
+    LUMINANCE_WEIGHTS,
+    infer_axes,
+    is_bright_background,
+    normalize_plane,
+    to_planes,
+    validate_image,
+)
+
+FULL_RANGE = NormalizeConfig(low_percentile=0.0, high_percentile=100.0, invert="never")
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018"
+
+
+def ramp(shape=(8, 8), dtype=np.uint8):
+    return np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+
+
+def blobs(background: float, foreground: float, shape=(40, 40)) -> np.ndarray:
+    """Two square 'nuclei' covering ~10% of the image."""
+    image = np.full(shape, background, dtype=np.float32)
+    image[5:14, 5:14] = foreground
+    image[25:33, 20:28] = foreground
+    return image
+
+
+# --------------------------------------------------------------------------- validate_image
+
+
+@pytest.mark.parametrize(
+    ("array", "fragment"),
+    [
+        (np.arange(10), "1 axis"),
+        (np.zeros((2, 2, 2, 2, 2)), "5 axes"),
+        (np.zeros((0, 10), dtype=np.uint8), "empty"),
+        (np.full((5, 5), 7, dtype=np.uint16), "constant"),
+        (np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]], dtype=np.float32), "infinite"),
+        (np.array([[True, False], [False, True]]), "boolean"),
+        (np.array([[1 + 1j, 0], [0, 1]]), "complex"),
+        (np.array([["a", "b"], ["c", "d"]]), "not numeric"),
+        (np.array([[1, None], [2, 3]], dtype=object), "not numeric"),
+    ],
+)
+def test_validate_image_rejects_with_a_specific_message(array, fragment):
+    with pytest.raises(UserInputError, match=fragment):
+        validate_image(array)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.int64, np.float16, np.float32, np.float64]
+)
+def test_validate_image_accepts_numeric_dtypes_without_copying(dtype):
+    array = ramp((4, 5), dtype)
+    checked = validate_image(array)
+    assert checked is array
+
+
+def test_validate_image_turns_lists_into_arrays():
+    checked = validate_image([[0, 1], [2, 3]])
+    assert isinstance(checked, np.ndarray)
+    assert checked.shape == (2, 2)
+
+
+# --------------------------------------------------------------------------- infer_axes
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"),
+    [
+        ((64, 48), "YX"),
+        ((64, 48, 3), "YXC"),
+        ((64, 48, 4), "YXC"),
+        ((5, 64, 48), "ZYX"),
+        ((3, 64, 48), "ZYX"),  # channels-first needs explicit axes
+        ((5, 64, 48, 3), "ZYXC"),
+        ((5, 64, 48, 4), "ZYXC"),
+    ],
+)
+def test_infer_axes_guesses(shape, axes):
+    assert infer_axes(shape) == axes
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "expected"),
+    [((3, 64, 48), "cyx", "CYX"), ((7, 64, 48), "TYX", "TYX"), ((7, 64, 48, 3), "tyxc", "TYXC"), ((64, 3), "YX", "YX")],
+)
+def test_infer_axes_explicit_axes_win(shape, axes, expected):
+    assert infer_axes(shape, axes) == expected
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "fragment"),
+    [
+        ((5, 64, 48, 2), None, "axes='ZYXC'"),
+        ((64,), None, "1 axis"),
+        ((1, 2, 3, 4, 5), None, "5 axes"),
+        ((64, 48), "ZYX", "name 3 axes but the image has 2"),
+        ((64, 48), "XY", "not supported"),
+        ((3, 64, 48), "CZX", "not supported"),
+    ],
+)
+def test_infer_axes_errors(shape, axes, fragment):
+    with pytest.raises(UserInputError, match=fragment):
+        infer_axes(shape, axes)
+
+
+# --------------------------------------------------------------------------- to_planes
+
+
+def test_to_planes_single_images():
+    gray = ramp((4, 5))
+    planes, plane_axis = to_planes(gray, "YX")
+    assert planes.shape == (1, 4, 5, 1)
+    assert planes.dtype == np.float32
+    assert plane_axis is None
+    np.testing.assert_array_equal(planes[0, :, :, 0], gray)
+
+    cyx = np.stack([gray, gray + 100, gray + 200]).astype(np.uint8)
+    planes, plane_axis = to_planes(cyx, "CYX")
+    assert planes.shape == (1, 4, 5, 3)
+    np.testing.assert_array_equal(planes[0, 2, 3], [cyx[0, 2, 3], cyx[1, 2, 3], cyx[2, 2, 3]])
+
+
+def test_to_planes_stacks_keep_a_view_when_asked():
+    stack = ramp((3, 4, 5), np.uint16)
+    planes, plane_axis = to_planes(stack, "TYX", dtype=None)
+    assert planes.shape == (3, 4, 5, 1)
+    assert plane_axis == "T"
+    assert planes.dtype == np.uint16
+    assert np.shares_memory(planes, stack)
+
+    colour = ramp((2, 4, 5, 3))
+    planes, plane_axis = to_planes(colour, "ZYXC")
+    assert planes.shape == (2, 4, 5, 3)
+    assert plane_axis == "Z"
+
+
+# --------------------------------------------------------------------------- normalize_plane
+
+
+def test_percentiles_map_to_zero_and_one():
+    image = ramp((10, 10), np.uint16) * 600  # 0 .. 59400
+    out = normalize_plane(image, FULL_RANGE, 1)
+    assert out.shape == (1, 10, 10)
+    assert out.dtype == np.float32
+    assert out.flags.c_contiguous
+    np.testing.assert_allclose(out[0], image / 59400.0, atol=1e-6)
+
+
+def test_percentiles_are_not_clipped():
+    image = ramp((10, 10)).astype(np.float32)  # 0 .. 99
+    cfg = NormalizeConfig(low_percentile=10.0, high_percentile=90.0, invert="never")
+    out = normalize_plane(image, cfg, 1)[0]
+    low, high = np.percentile(image, [10, 90])
+    np.testing.assert_allclose(out, (image - low) / (high - low), atol=1e-6)
+    assert out.min() < 0 and out.max() > 1
+
+
+@pytest.mark.parametrize(
+    ("dtype", "offset"), [(np.int32, 2**30), (np.uint32, 2**31), (np.int64, 2**40), (np.float64, 1e12)]
+)
+def test_wide_dtypes_keep_precision_despite_large_offsets(dtype, offset):
+    small = ramp((10, 10)).astype(np.float64)
+    shifted = (small + offset).astype(dtype)
+    out = normalize_plane(shifted, FULL_RANGE, 1)
+    np.testing.assert_allclose(out[0], small / 99.0, atol=1e-6)
+
+
+def test_negative_float_images():
+    image = ramp((10, 10)).astype(np.float32) - 50.0
+    out = normalize_plane(image, FULL_RANGE, 1)
+    np.testing.assert_allclose(out[0], (image + 50) / 99.0, atol=1e-6)
+
+
+def test_rgb_to_gray_uses_luminance_for_one_channel_models():
+    plane = np.zeros((2, 2, 3), dtype=np.uint8)
+    plane[0, 0] = (255, 0, 0)
+    plane[0, 1] = (0, 255, 0)
+    plane[1, 0] = (0, 0, 255)  # plane[1, 1] stays black
+    out = normalize_plane(plane, FULL_RANGE, 1)
+    red, green, blue = LUMINANCE_WEIGHTS
+    expected = np.array([[red, green], [blue, 0.0]]) / green  # green is the brightest luminance
+    np.testing.assert_allclose(out[0], expected, atol=1e-6)
+
+
+def test_gray_is_repeated_for_three_channel_models():
+    image = ramp((6, 7))
+    out = normalize_plane(image, FULL_RANGE, 3)
+    assert out.shape == (3, 6, 7)
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
+    np.testing.assert_allclose(out[0], image / 41.0, atol=1e-6)
+
+
+def test_rgb_for_three_channel_models_is_scaled_jointly():
+    plane = np.stack([ramp((4, 4)), ramp((4, 4)) * 2, np.zeros((4, 4), np.uint8)], axis=-1)
+    out = normalize_plane(plane, FULL_RANGE, 3)
+    assert out.shape == (3, 4, 4)
+    np.testing.assert_allclose(out[1], 2 * out[0], atol=1e-6)  # colour ratios survive
+    assert out.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(out[2], 0.0)
+
+
+def test_rgba_drops_alpha():
+    rgb = np.random.default_rng(0).integers(0, 255, size=(6, 6, 3), dtype=np.uint8)
+    alpha = np.random.default_rng(1).integers(0, 255, size=(6, 6, 1), dtype=np.uint8)
+    rgba = np.concatenate([rgb, alpha], axis=-1)
+    np.testing.assert_array_equal(normalize_plane(rgba, FULL_RANGE, 1), normalize_plane(rgb, FULL_RANGE, 1))
+    np.testing.assert_array_equal(normalize_plane(rgba, FULL_RANGE, 3), normalize_plane(rgb, FULL_RANGE, 3))
+
+
+def test_unmappable_channel_count_is_a_user_error():
+    with pytest.raises(UserInputError, match="2 channels but the model reads 1"):
+        normalize_plane(np.zeros((4, 4, 2), dtype=np.uint8), FULL_RANGE, 1)
+
+
+def test_blank_plane_becomes_zeros():
+    out = normalize_plane(np.full((5, 5), 9, dtype=np.uint8), NormalizeConfig(), 1)
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_auto_invert_keeps_fluorescence():
+    image = blobs(background=10, foreground=200)
+    out = normalize_plane(image, NormalizeConfig(low_percentile=0, high_percentile=100), 1)[0]
+    assert out[8, 8] == pytest.approx(1.0) and out[0, 0] == pytest.approx(0.0)
+    assert not is_bright_background(image)
+
+
+def test_auto_invert_flips_brightfield():
+    image = blobs(background=220, foreground=40)
+    out = normalize_plane(image, NormalizeConfig(low_percentile=0, high_percentile=100), 1)[0]
+    assert out[8, 8] == pytest.approx(1.0)  # the dark nucleus is now bright
+    assert out[0, 0] == pytest.approx(0.0)
+    assert is_bright_background(image)
+
+
+def test_auto_invert_ignores_a_few_bright_outliers():
+    image = blobs(background=10, foreground=200)
+    image[0, :3] = 5000  # hot pixels must not make the background look bright
+    assert not is_bright_background(image)
+
+
+def test_auto_invert_on_he_like_colour():
+    plane = np.empty((40, 40, 3), dtype=np.uint8)
+    plane[...] = (235, 180, 225)  # pink background
+    plane[5:14, 5:14] = (90, 40, 140)  # purple nuclei
+    plane[25:33, 20:28] = (90, 40, 140)
+    out = normalize_plane(plane, NormalizeConfig(low_percentile=0, high_percentile=100), 1)[0]
+    assert out[8, 8] == pytest.approx(1.0) and out[0, 0] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("mode", "inverted"), [("never", False), ("always", True)])
+def test_invert_can_be_forced(mode, inverted):
+    image = blobs(background=10, foreground=200)
+    out = normalize_plane(image, NormalizeConfig(low_percentile=0, high_percentile=100, invert=mode), 1)[0]
+    assert out[8, 8] == pytest.approx(0.0 if inverted else 1.0)
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data/dsb2018")
+def test_auto_invert_matches_real_images():
+    tifffile = pytest.importorskip("tifffile")
+    images = sorted((SHARED_DATA / "val").glob("*_image.tif"))[:12]
+    assert images
+    for path in images:
+        image = tifffile.imread(path)
+        labels = tifffile.imread(str(path).replace("_image", "_labels"))
+        gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(float)
+        nuclei_darker = gray[labels > 0].mean() < gray[labels == 0].mean()
+        assert is_bright_background(image) == nuclei_darker, path.name

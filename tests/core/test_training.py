@@ -1,0 +1,289 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from napari_unet.core.config import ModelConfig, TrainingConfig
+from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.losses import class_weights_from_targets, masked_soft_dice, segmentation_loss
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.store import ModelBundle, load_model
+from napari_unet.core.training import fine_tune_and_save, iter_train
+
+TINY = ModelConfig(depth=2, base_channels=8)
+FAST = TrainingConfig(
+    patch_size=64,
+    batch_size=2,
+    max_steps=6,
+    max_seconds=None,
+    val_every=3,
+    warmup_steps=2,
+    learning_rate=3e-3,
+    num_threads=1,  # the test machine's cores are shared
+)
+
+
+def discs(seed: int, shape: tuple[int, int] = (64, 64), n: int = 8, rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Bright blurred discs (radius 4-7) on a dark noisy background, with their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for index in range(n):
+        cy, cx = rng.integers(6, shape[0] - 6), rng.integers(6, shape[1] - 6)
+        radius = rng.uniform(4, 7)
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2) & (labels == 0)] = index + 1
+    image = ndi.gaussian_filter((labels > 0) * 180.0, 1) + 20 + rng.normal(0, 8, shape)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return (np.stack([image] * 3, axis=-1) if rgb else image), labels
+
+
+def tiny_bundle() -> ModelBundle:
+    return ModelBundle.new(TINY, metadata={"name": "parent-model"}, seed=0)
+
+
+def dataset(count: int = 2, **kwargs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    pairs = [discs(seed, **kwargs) for seed in range(count)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def drain(gen):
+    events = []
+    result = run_to_end(gen, events.append)
+    return result, events
+
+
+@pytest.fixture
+def model_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_UNET_MODEL_DIR", str(folder))
+    return folder
+
+
+# --------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("kind", ["ce_dice", "focal_dice"])
+def test_zero_weight_pixels_get_zero_gradient(kind):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    weight = torch.ones(2, 8, 8)
+    weight[:, :, :4] = 0
+    weight[1, 6, 6] = 2.5
+    loss = segmentation_loss(logits, target, weight, kind=kind, class_weights=torch.tensor([1.0, 1.0, 3.0]))
+    loss.backward()
+    assert torch.all(logits.grad[:, :, :, :4] == 0)
+    assert torch.all(logits.grad[:, :, :, 4:].abs().sum(dim=1) > 0)
+
+
+def test_loss_ignores_logits_under_zero_weight():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 6, 6)
+    target = torch.randint(0, 3, (1, 6, 6))
+    weight = torch.ones(1, 6, 6)
+    weight[:, :3] = 0
+    changed = logits.clone()
+    changed[:, :, :3] = torch.randn(1, 3, 3, 6) * 10
+    assert torch.isclose(segmentation_loss(logits, target, weight), segmentation_loss(changed, target, weight))
+
+
+def test_perfect_prediction_has_near_zero_dice_loss():
+    target = torch.zeros(1, 4, 4, dtype=torch.int64)
+    target[0, 1:3, 1:3] = 1
+    target[0, 0, :] = 2
+    logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert masked_soft_dice(logits, target, torch.ones(1, 4, 4)) < 1e-6
+
+
+def test_class_weights_from_counts():
+    target = np.array([[0, 0, 0, 0], [1, 1, 1, 1], [2, 0, 0, 0], [0, 0, 0, 0]])
+    weight = np.ones((4, 4), np.float32)
+    weight[3] = 0  # 7 background, 4 interior, 1 boundary counted
+    expected = np.sqrt([1.0, 7 / 4, 7 / 1])
+    np.testing.assert_allclose(class_weights_from_targets([target], [weight]), expected, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_lowers_the_loss_and_leaves_the_input_bundle_alone():
+    bundle = tiny_bundle()
+    before = bundle.sha256
+    images, labels = dataset(2)
+    cfg = dataclasses.replace(FAST, max_steps=16, val_fraction=0.0, augment=False, warmup_steps=0, learning_rate=1e-2)
+    result, events = drain(iter_train(bundle, images, labels, cfg))
+    losses = [record["loss"] for record in result.history]
+    assert len(losses) == 16 and result.steps == 16 and result.stopped_reason == "steps"
+    assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4])
+    assert bundle.sha256 == before
+    assert result.bundle.sha256 != before
+    assert result.bundle.network is not bundle.network
+    assert any("no validation possible" in e.message for e in events)
+    train_events = [e for e in events if e.done > 0]
+    assert [e.done for e in train_events] == list(range(1, 17))
+    assert all(e.total == 16 for e in train_events)
+    assert {"loss", "lr", "val_ap50", "val_loss", "eta_s", "steps_per_s", "elapsed_s"} <= set(train_events[-1].metrics)
+    assert result.best_score is None and result.best_step == 16
+
+
+def test_lr_warms_up_then_decays():
+    cfg = dataclasses.replace(FAST, max_steps=10, warmup_steps=4, val_fraction=0.0, augment=False)
+    result, _ = drain(iter_train(tiny_bundle(), *dataset(2), cfg))
+    lrs = [record["lr"] for record in result.history]
+    assert lrs[0] == pytest.approx(cfg.learning_rate / 4)
+    assert max(lrs) == pytest.approx(max(lrs[:5]))
+    assert lrs[-1] < 0.3 * max(lrs)
+
+
+def test_validation_on_held_out_images_keeps_the_best_weights():
+    images, labels = dataset(3)
+    cfg = dataclasses.replace(FAST, max_steps=6, val_every=3)
+    result, events = drain(iter_train(tiny_bundle(), images, labels, cfg))
+    assert any("held-out image" in e.message for e in events)
+    scored = [r for r in result.history if "val_ap50" in r]
+    assert [r["step"] for r in scored] == [0, 3, 6]
+    best = max(scored, key=lambda r: (r["val_ap50"], -r["val_loss"]))
+    assert result.best_score == best["val_ap50"] and result.best_step == best["step"]
+    assert result.metrics_before == {k: scored[0][k] for k in ("val_ap50", "val_ap75", "val_f1", "val_loss")}
+    roles = [entry["role"] for entry in result.lineage["data"]]
+    assert roles.count("validation") == 1 and roles.count("train") == 2
+
+
+def test_one_image_holds_out_a_strip_when_it_has_enough_nuclei():
+    image, label = discs(3, shape=(64, 128), n=30)
+    cfg = dataclasses.replace(FAST, max_steps=3, val_every=3)
+    result, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))
+    assert any("validating on the right 20%" in e.message for e in events)
+    assert result.best_score is not None
+    assert [r["step"] for r in result.history if "val_ap50" in r] == [0, 3]
+
+
+def test_one_image_with_few_nuclei_trains_without_validation():
+    image, label = discs(4, n=2)
+    cfg = dataclasses.replace(FAST, max_steps=3)
+    result, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))
+    assert any(e.message.startswith("no validation possible: only") for e in events)
+    assert result.steps == 3 and result.best_score is None and result.stopped_reason == "steps"
+
+
+def test_given_validation_set_and_early_stopping():
+    bundle = ModelBundle.new(dataclasses.replace(TINY, norm="none"), seed=0)
+    images, labels = dataset(1)
+    val_images, val_labels = dataset(2)
+    cfg = dataclasses.replace(FAST, max_steps=50, val_every=1, early_stop_patience=2, learning_rate=1e-8)
+    result, events = drain(iter_train(bundle, images, labels, cfg, val_images=val_images, val_labels=val_labels))
+    assert any("given images" in e.message for e in events)
+    assert result.stopped_reason == "early_stopping" and result.steps == 2
+    assert result.best_step == 0
+
+
+def test_time_budget_stops_the_run():
+    cfg = dataclasses.replace(FAST, max_steps=None, max_seconds=0.5, val_fraction=0.0)
+    result, _ = drain(iter_train(tiny_bundle(), *dataset(1), cfg))
+    assert result.stopped_reason == "time"
+
+
+def test_epoch_limit():
+    cfg = dataclasses.replace(FAST, max_steps=None, max_epochs=2, val_fraction=0.0)
+    result, events = drain(iter_train(tiny_bundle(), *dataset(2), cfg))
+    # 2 images of 64 x 64 = 2 patches of 64 x 64 = one batch of 2 per epoch
+    assert result.stopped_reason == "epochs" and result.steps == 2 and events[-1].total == 2
+
+
+def test_rois_and_changed_modes_train_on_corrections():
+    images, labels = dataset(1)
+    cfg = dataclasses.replace(FAST, max_steps=2, annotation_mode="rois", val_fraction=0.0)
+    result, _ = drain(iter_train(tiny_bundle(), images, labels, cfg, rois=[[(0, 0, 64, 32)]]))
+    assert result.steps == 2 and result.lineage["annotation_mode"] == "rois"
+    previous = labels[0].copy()
+    previous[previous == previous.max()] = 0  # the prediction missed one nucleus
+    cfg = dataclasses.replace(cfg, annotation_mode="changed")
+    result, _ = drain(iter_train(tiny_bundle(), images, labels, cfg, previous=[previous]))
+    assert result.steps == 2 and result.lineage["annotation_mode"] == "changed"
+
+
+def test_rgb_and_small_images_are_padded_with_a_message():
+    image, label = discs(5, shape=(40, 48), n=4, rgb=True)
+    small, small_label = discs(6, shape=(24, 24), n=2, rgb=True)
+    cfg = dataclasses.replace(FAST, max_steps=2, patch_size=64, val_fraction=0.0)
+    result, events = drain(iter_train(tiny_bundle(), [image, small], [label, small_label], cfg))
+    assert result.steps == 2
+    assert any("padded by reflection" in e.message for e in events)
+
+
+def test_cancel_mid_run_raises_and_saves_nothing(model_dir):
+    bundle = tiny_bundle()
+    before = bundle.sha256
+    images, labels = dataset(2)
+    cfg = dataclasses.replace(FAST, max_steps=20, val_fraction=0.0)
+    steps_seen = []
+
+    def cancel() -> bool:
+        return len(steps_seen) >= 3
+
+    for gen in (
+        iter_train(bundle, images, labels, cfg, cancel=cancel),
+        fine_tune_and_save(bundle, images, labels, cfg, name="mine", cancel=cancel),
+    ):
+        steps_seen.clear()
+        with pytest.raises(Cancelled):
+            for event in gen:
+                if event.done > 0:
+                    steps_seen.append(event.done)
+        assert steps_seen == [1, 2, 3]
+        assert bundle.sha256 == before
+    assert not (model_dir / "mine").exists() or not any((model_dir / "mine").glob("v*"))
+
+
+def test_lineage_round_trips_through_the_store(model_dir):
+    bundle = tiny_bundle()
+    images, labels = dataset(3)
+    cfg = dataclasses.replace(FAST, max_steps=3, val_every=3)
+    result, events = drain(fine_tune_and_save(bundle, images, labels, cfg, name="mine"))
+    assert "saved" in events[-1].message and result.saved.version == 1
+    loaded = load_model("mine")
+    assert loaded.sha256 == result.bundle.sha256
+    lineage = loaded.metadata["lineage"]
+    assert lineage["parent"] == {"name": "parent-model", "version": None, "sha256": bundle.sha256}
+    assert lineage["settings"] == cfg.to_dict()
+    assert TrainingConfig.from_dict(lineage["settings"]) == cfg
+    assert lineage["annotation_mode"] == "full" and lineage["steps"] == 3
+    assert [d["labels_sha256"] for d in lineage["data"]] == [d["labels_sha256"] for d in result.lineage["data"]]
+    assert lineage["metrics_before"] == pytest.approx(result.metrics_before)
+    assert lineage["metrics_after"] == pytest.approx(result.metrics_after)
+    again, _ = drain(fine_tune_and_save(loaded, images, labels, cfg, name="mine"))
+    assert again.saved.version == 2
+    assert load_model("mine@v2").metadata["lineage"]["parent"]["version"] == 1
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def test_error_cases():
+    bundle = tiny_bundle()
+    image, label = discs(0)
+    cfg = FAST
+    nan_image = image.astype(np.float32)
+    nan_image[3, 3] = np.nan
+    cases = [
+        ([image], [np.zeros_like(label)], {}, "label at least one nucleus"),
+        ([image], [np.full_like(label, 4)], {}, "label at least one nucleus"),
+        ([image], [label[:, :32]], {}, "shape"),
+        ([image[:12, :40]], [label[:12, :40]], {}, "at least 16"),
+        ([nan_image], [label], {}, "NaN"),
+        ([image, image], [label], {}, "2 images but 1 label"),
+        ([image], [label], {"rois": [[(0, 0, 8, 8)], None]}, "entries in rois"),
+        ([image[..., None].repeat(6, axis=-1)], [label], {}, "C <= 4"),
+    ]
+    for images, labels, kwargs, message in cases:
+        with pytest.raises(UserInputError, match=message):
+            run_to_end(iter_train(bundle, images, labels, cfg, **kwargs))
+    background_only = np.zeros_like(label)
+    background_only[50:60, 50:60] = 1
+    rois_cfg = dataclasses.replace(cfg, annotation_mode="rois")
+    with pytest.raises(UserInputError, match="no annotated nucleus"):
+        run_to_end(iter_train(bundle, [image], [background_only], rois_cfg, rois=[[(0, 0, 20, 20)]]))

@@ -1,0 +1,13 @@
+"""Small helpers shared by the widget tests."""
+
+from __future__ import annotations
+
+
+def wait_until_idle(qtbot, widget, timeout: int = 120_000) -> None:
+    """Wait until the widget's job panel has no running worker."""
+    qtbot.waitUntil(lambda: widget.jobs.worker is None, timeout=timeout)
+
+
+def messages(captured: list[tuple[str, str]], level: str) -> list[str]:
+    """Messages of one level (``error``, ``warning`` or ``info``)."""
+    return [message for lvl, message in captured if lvl == level]
