@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr-scratch", type=float, default=1e-3, help="peak learning rate from scratch")
     parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
     parser.add_argument("--patch-size", type=int, default=TrainingConfig.patch_size)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     return parser.parse_args(argv)
 
 
@@ -79,7 +80,7 @@ def right_half_scores(image: np.ndarray, labels: np.ndarray, bundle: ModelBundle
     predicted = predict(image, bundle, inference=InferenceConfig(device=device)).labels
     half = labels.shape[1] // 2
     row = summary_row(evaluate_dataset([labels[:, half:]], [predicted[:, half:]]))
-    return {key: _finite(row[key]) for key in (*SCORE_KEYS, "n_true", "n_pred")}
+    return {**{key: _finite(row[key]) for key in SCORE_KEYS}, "n_true": row["n_true"], "n_pred": row["n_pred"]}
 
 
 def fine_tune(
@@ -93,6 +94,7 @@ def fine_tune(
         device=args.device,
         batch_size=args.batch_size,
         patch_size=args.patch_size,
+        num_threads=args.threads,
     )
     rois = [[(0, 0, labels.shape[0], half)]]
     result = run_to_end(iter_train(bundle, [image], [labels], cfg, rois=rois))

@@ -90,7 +90,9 @@ def child_predict(image_path: str, out_path: str, model: str, chunk: int, halo: 
         torch.set_num_threads(threads)
     bundle, name = load_bundle(model)
     start = time.perf_counter()
-    run_to_end(predict_large(image_path, bundle, out_path, chunk=chunk, halo=halo, inference=InferenceConfig(device="cpu")))
+    run_to_end(
+        predict_large(image_path, bundle, out_path, chunk=chunk, halo=halo, inference=InferenceConfig(device="cpu"))
+    )
     seconds = time.perf_counter() - start
     import zarr
 
@@ -147,7 +149,9 @@ def main() -> None:
             image = str(Path(tmp) / f"image_{size}.zarr")
             out = str(Path(tmp) / f"labels_{size}.zarr")
             run_child("--child", "make", "--image", image, "--size", str(size), *common)
-            measured = run_child("--child", "predict", "--image", image, "--out", out, "--threads", str(args.threads), *common)
+            measured = run_child(
+                "--child", "predict", "--image", image, "--out", out, "--threads", str(args.threads), *common
+            )
             megapixels = size * size / 1e6
             results.append(
                 {

@@ -55,6 +55,7 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     ------
     UserInputError
         If a path does not exist or a folder holds no image.
+
     """
     found: list[Path] = []
     for raw in paths:
@@ -88,9 +89,9 @@ def _pair(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
     return list(zip(images, labels, strict=True))
 
 
-def _labels_output_path(outdir: Path, source: Path) -> Path:
+def _labels_output_path(outdir: Path, source: Path, suffix: str = ".tif") -> Path:
     stem = source.name[: -len(source.suffix)] if source.suffix else source.name
-    return outdir / f"{stem}_labels.tif"
+    return outdir / f"{stem}_labels{suffix}"
 
 
 def _parse_methods(text: str) -> list[str]:
@@ -135,48 +136,106 @@ def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | No
 # ----------------------------------------------------------------------------- predict
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Segment every input and write ``OUTDIR/<stem>_labels.tif`` plus provenance."""
-    from napari_unet.core.io import export_labels, provenance, read_image
+LARGE_IMAGE_PIXELS = 8192 * 8192
 
-    inputs = expand_inputs(args.inputs)
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Segment every input and write ``OUTDIR/<stem>_labels.tif`` (``.zarr`` for large inputs) plus provenance."""
+    inputs = [p for p in expand_inputs(args.inputs) if not _is_labels_file(p)]
+    if not inputs:
+        raise UserInputError("no image to segment: the inputs hold only *_labels files")
     outdir = Path(args.output)
     _ensure_output_dir(outdir)
-    targets = [_labels_output_path(outdir, path) for path in inputs]
+    if args.dask_scheduler and not args.large:
+        return _predict_distributed(args, inputs, outdir)
+    large = [p for p in inputs if args.large or _is_large(p)]
+    targets = {p: _labels_output_path(outdir, p, ".zarr" if p in large else ".tif") for p in inputs}
     if not args.overwrite:
-        existing = [str(t) for t in targets if t.exists()]
+        existing = [str(t) for t in targets.values() if t.exists()]
         if existing:
             raise UserInputError(f"output exists: {existing[0]} (and {len(existing) - 1} more); pass --overwrite")
-    if args.dask_scheduler:
-        return _predict_distributed(args, inputs, outdir)
     segment = _segmenter(args.method, args)
-    model = getattr(segment, "bundle", None)
-    settings = _settings(args)
-    for source, target in zip(inputs, targets, strict=True):
+    for source, target in targets.items():
         start = time.perf_counter()
-        image = read_image(source)
-        labels = segment(image, args.axes)
-        info = provenance(model=model, settings=settings, inputs=[source], method=args.method)
-        export_labels(labels, target, overwrite=args.overwrite, provenance=info)
-        n_objects = int(labels.max()) if labels.size else 0
+        if source in large:
+            _predict_large_file(args, source, target, segment)
+            print(f"{source} -> {target}  ({time.perf_counter() - start:.1f} s)")
+            continue
+        n_objects = _predict_file(args, source, target, segment)
         print(f"{source} -> {target}  ({n_objects} objects, {time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def _is_labels_file(path: Path) -> bool:
+    return path.stem.endswith(("_labels", "_masks", "_mask"))
+
+
+def _is_large(path: Path) -> bool:
+    """Return True for zarr stores and images with more than ``LARGE_IMAGE_PIXELS`` pixels per plane."""
+    if path.suffix.lower() == ".zarr":
+        return True
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+    except Exception:  # unreadable files get read_image's clear error later
+        return False
+    return len(shape) >= 2 and int(shape[-1]) * int(shape[-2]) > LARGE_IMAGE_PIXELS
+
+
+def _predict_file(args: argparse.Namespace, source: Path, target: Path, segment: Callable[..., Any]) -> int:
+    from napari_unet.core.io import export_labels, provenance, read_image
+
+    image = read_image(source)
+    labels = segment(image, args.axes)
+    model = getattr(segment, "bundle", None)
+    info = provenance(model=model, settings=_settings(args), inputs=[source], method=args.method)
+    export_labels(labels, target, overwrite=args.overwrite, provenance=info)
+    return int(labels.max()) if labels.size else 0
+
+
+def _predict_large_file(args: argparse.Namespace, source: Path, target: Path, segment: Callable[..., Any]) -> None:
+    from napari_unet.core.distributed import predict_large
+
+    bundle = getattr(segment, "bundle", None)
+    if bundle is None:
+        raise UserInputError(f"{source.name} is a large image: only --method unet streams it chunk by chunk")
+    gen = predict_large(
+        source,
+        bundle,
+        target,
+        chunk=args.chunk,
+        inference=_inference_config(args),
+        axes=args.axes,
+        overwrite=args.overwrite,
+        scheduler=args.dask_scheduler,
+        bundle_spec=args.model if args.dask_scheduler else None,
+    )
+    _progress_bar(gen, f"predict {source.name} (chunked)", args.quiet)
 
 
 def _predict_distributed(args: argparse.Namespace, inputs: list[Path], outdir: Path) -> int:
     from napari_unet.core.distributed import predict_folder
 
+    if args.method != "unet":
+        raise UserInputError("--dask-scheduler runs the UNet; drop it to run classical methods")
     gen = predict_folder(
         inputs,
         outdir,
-        model=args.model,
+        args.model,
         scheduler=args.dask_scheduler,
         inference=_inference_config(args),
+        axes=args.axes,
         overwrite=args.overwrite,
     )
     summary = _progress_bar(gen, "predict (dask)", args.quiet)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0 if not summary.get("failed") else 1
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
+    for failure in summary.failed:
+        print(f"error: {failure}", file=sys.stderr)
+    return 0 if summary.ok else 1
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -397,7 +456,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="model name, name@vN, or folder (default: bundled)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None, help="compute device")
     parser.add_argument("--tile", type=int, default=None, help="tile edge in pixels (default 512)")
-    parser.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default 0.125)")
+    parser.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     parser.add_argument("--axes", default=None, help="axes of the inputs, e.g. YX, YXC, CYX, ZYX, TYX")
 
@@ -415,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHOD_CHOICES, default="unet")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--dask-scheduler", default=None, help="local[:N] or tcp://HOST:PORT to run on a dask cluster")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help="stream inputs chunk by chunk into OME-Zarr (automatic for .zarr inputs and images over 8192x8192)",
+    )
+    p.add_argument("--chunk", type=int, default=2048, help="chunk edge for --large (pixels)")
     _add_inference_args(p)
     p.set_defaults(func=cmd_predict)
 

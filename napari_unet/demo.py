@@ -75,8 +75,9 @@ def _headless(outdir: Path, model: str, overwrite: bool) -> int:
     print(format_table(report, columns=("AP@0.5", "AP@0.75", "F1@0.5", "PQ@0.5", "Dice", "n_pred")))
     info = provenance(model=bundle, settings={"demo": True}, inputs=[image], method="unet")
     for suffix in (".tif", ".csv", ".zip"):
-        for path in export_labels(results["unet"], outdir / f"nuclei_labels{suffix}", overwrite=True,
-                                  image=image, provenance=info):
+        for path in export_labels(
+            results["unet"], outdir / f"nuclei_labels{suffix}", overwrite=True, image=image, provenance=info
+        ):
             print(f"wrote {path}")
     with atomic_write_path(outdir / "compare.json", overwrite=True) as tmp:
         Path(tmp).write_text(json.dumps(report, indent=2, default=float))

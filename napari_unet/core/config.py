@@ -183,7 +183,7 @@ class InferenceConfig(JsonConfig):
     """
 
     tile_size: int = 512
-    overlap: float = 0.125
+    overlap: float = 0.25
     batch_size: int = 4
     device: str = "auto"
     blend: str = "gaussian"

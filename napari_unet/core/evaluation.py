@@ -48,6 +48,7 @@ def evaluate_methods(
     -------
     dict
         ``{"methods": {name: {"summary": row, "per_image": [...], "seconds": s}}, "images": [names], "n_true": int}``.
+
     """
     from napari_unet.core.io import read_image, read_labels
 
@@ -107,7 +108,10 @@ def format_table(report: Mapping[str, Any], columns: Sequence[str] = TABLE_COLUM
         summary = data["summary"]
         rows.append([name, *(_fmt(summary.get(col)) for col in columns)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -167,6 +167,7 @@ class _TilePlan:
 
     multiple: int
     min_size: int
+    out_channels: int
     padded_shape: tuple[int, int]
     tiles: list[tuple[slice, slice]]
     weights: np.ndarray | None  # (ty, tx) blending weights; None for a single tile
@@ -185,13 +186,13 @@ def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceCon
     tile = max(multiple, cfg.tile_size // multiple * multiple)
     tiles = tile_grid(padded, tile, cfg.overlap, align=multiple)
     if len(tiles) == 1:
-        return _TilePlan(multiple, min_size, padded, tiles, None, None)
+        return _TilePlan(multiple, min_size, model.out_channels, padded, tiles, None, None)
     tile_shape = (tiles[0][0].stop - tiles[0][0].start, tiles[0][1].stop - tiles[0][1].start)
     weights = gaussian_weights(tile_shape) if cfg.blend == "gaussian" else np.ones(tile_shape, dtype=np.float32)
     weight_sum = np.zeros(padded, dtype=np.float32)
     for sy, sx in tiles:
         weight_sum[sy, sx] += weights
-    return _TilePlan(multiple, min_size, padded, tiles, weights, 1.0 / weight_sum)
+    return _TilePlan(multiple, min_size, model.out_channels, padded, tiles, weights, 1.0 / weight_sum)
 
 
 def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_channels: int) -> torch.device:
@@ -221,7 +222,7 @@ def _iter_plane_probabilities(
     Grad and autocast modes are entered per batch, never across a ``yield``.
     """
     padded, crop = pad_to_multiple(plane, plan.multiple, plan.min_size)
-    out_channels = _output_channels(network)
+    out_channels = plan.out_channels
     store = _accumulate_on(device, plan, plane.shape[0], out_channels)
     with torch.inference_mode():
         source = torch.from_numpy(np.ascontiguousarray(padded)).to(store)
@@ -253,11 +254,6 @@ def _gather_tiles(source: torch.Tensor, batch: Sequence[tuple[slice, slice]]) ->
         sy, sx = batch[0]
         return source[:, sy, sx].unsqueeze(0)
     return torch.stack([source[:, sy, sx] for sy, sx in batch])
-
-
-def _output_channels(network: nn.Module) -> int:
-    config = getattr(network, "config", None)
-    return int(config.out_channels) if config is not None else 3
 
 
 def predict_probabilities(

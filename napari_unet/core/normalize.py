@@ -38,7 +38,7 @@ SUPPORTED_AXES = ("YX", "YXC", "CYX", "ZYX", "TYX", "ZYXC", "TYXC")
 LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
 """ITU-R BT.709 weights used to turn RGB into gray (as ``skimage.color.rgb2gray``)."""
 
-_PERCENTILE_SAMPLE_PIXELS = 2**22
+_PERCENTILE_SAMPLE_PIXELS = 2**20
 """Planes with more pixels estimate percentiles on a regular sub-grid of about this many pixels."""
 
 _INVERT_PERCENTILES = (1.0, 50.0, 99.5)

@@ -248,6 +248,7 @@ def iter_train(
     messages: list[str] = []
     patch, notes = _patch_size(cfg.patch_size, model_cfg.size_multiple, [a.shape[:2] for a in images])
     messages += notes
+    _check_batch_norm(model_cfg.norm, cfg.batch_size, patch // model_cfg.size_multiple)
     train_ids, val_windows, val_note = _split_validation(bundle, prepared, labels, cfg, val_images, val_labels)
     messages.append(val_note)
     for message in messages:
@@ -426,6 +427,15 @@ def _patch_size(requested: int, multiple: int, shapes: list[tuple[int, int]]) ->
         sizes = ", ".join(f"{y} x {x}" for y, x in small[:3])
         notes.append(f"{len(small)} image(s) ({sizes}) smaller than the {patch} px patches: padded by reflection")
     return patch, notes
+
+
+def _check_batch_norm(norm: str, batch_size: int, bottleneck: int) -> None:
+    """BatchNorm needs more than one value per channel at the bottleneck."""
+    if norm == "batch" and batch_size * bottleneck * bottleneck < 2:
+        raise UserInputError(
+            f"a batch of {batch_size} patch(es) leaves BatchNorm a single value per channel at the network's "
+            "deepest level; use batch_size >= 2 or a larger patch_size"
+        )
 
 
 def _train_image(prepared: _Prepared, index: int, patch: int) -> _TrainImage:
@@ -740,6 +750,9 @@ class _Loop:
         with _autocast(self.use_amp):
             logits = self.network(images)
         loss = segmentation_loss(logits, targets, weights, kind=self.cfg.loss, class_weights=self.class_weights)
+        self.step += 1
+        if not torch.isfinite(loss):  # skip the update rather than poison the weights
+            return float("nan")
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -747,7 +760,6 @@ class _Loop:
         else:
             loss.backward()
             self.optimizer.step()
-        self.step += 1
         return float(loss.detach())
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -121,8 +121,9 @@ def test_train_from_scratch_then_predict_with_it(dataset, model_dir, tmp_path, c
 def test_export_formats(fmt, dataset, tmp_path, capsys) -> None:
     out = tmp_path / "export"
     labels = dataset / "s1_labels.tif"
-    code, stdout, err = run(["export", str(labels), "-o", str(out), "--format", fmt,
-                             "--image", str(dataset / "s1_image.tif")], capsys)
+    code, stdout, err = run(
+        ["export", str(labels), "-o", str(out), "--format", fmt, "--image", str(dataset / "s1_image.tif")], capsys
+    )
     assert code == 0, err
     assert "wrote" in stdout
     assert any(p.name.startswith("s1_labels") and "provenance" not in p.name for p in out.iterdir())
@@ -167,8 +168,9 @@ def test_corrupt_model_file(dataset, tmp_path, capsys) -> None:
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"not a model at all")
     (folder / "model.json").write_text("{}")
-    code, _, err = run(["predict", str(dataset / "s1_image.tif"), "-o", str(tmp_path / "o"), "--model", str(folder)],
-                       capsys)
+    code, _, err = run(
+        ["predict", str(dataset / "s1_image.tif"), "-o", str(tmp_path / "o"), "--model", str(folder)], capsys
+    )
     assert code == 2
     assert "broken" in err
 
@@ -192,8 +194,9 @@ def test_output_is_a_file(dataset, tmp_path, capsys) -> None:
 def test_unwritable_output_dir(dataset, tmp_path, capsys) -> None:
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    code, _, err = run(["predict", str(dataset / "s1_image.tif"), "-o", str(blocker / "sub"), "--method", "otsu"],
-                       capsys)
+    code, _, err = run(
+        ["predict", str(dataset / "s1_image.tif"), "-o", str(blocker / "sub"), "--method", "otsu"], capsys
+    )
     assert code == 2
     assert "cannot create" in err
 
@@ -201,8 +204,18 @@ def test_unwritable_output_dir(dataset, tmp_path, capsys) -> None:
 def test_labels_shape_mismatch_in_evaluate(dataset, tmp_path, capsys) -> None:
     shutil.copy(dataset / "s1_image.tif", tmp_path / "a_image.tif")
     tifffile.imwrite(tmp_path / "a_labels.tif", np.zeros((50, 50), np.uint16))
-    code, _, err = run(["evaluate", "--images", str(tmp_path / "a_image.tif"), "--labels",
-                        str(tmp_path / "a_labels.tif"), "--methods", "otsu"], capsys)
+    code, _, err = run(
+        [
+            "evaluate",
+            "--images",
+            str(tmp_path / "a_image.tif"),
+            "--labels",
+            str(tmp_path / "a_labels.tif"),
+            "--methods",
+            "otsu",
+        ],
+        capsys,
+    )
     assert code == 2
     assert "shape" in err
 
@@ -220,7 +233,9 @@ def test_evaluate_on_shared_val_subset(tmp_path, capsys) -> None:
         pytest.skip("../shared/data is absent (fresh clone)")
     images = sorted(val.glob("*_image.tif"))[:2]
     labels = [p.with_name(p.name.replace("_image", "_labels")) for p in images]
-    code, stdout, err = run(["evaluate", "--images", *map(str, images), "--labels", *map(str, labels),
-                             "--methods", "otsu,watershed"], capsys)
+    code, stdout, err = run(
+        ["evaluate", "--images", *map(str, images), "--labels", *map(str, labels), "--methods", "otsu,watershed"],
+        capsys,
+    )
     assert code == 0, err
     assert "watershed" in stdout

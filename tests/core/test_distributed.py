@@ -206,6 +206,15 @@ def test_predict_large_equals_in_memory_prediction(tmp_path, pixel_bundle):
     assert group["labels/labels/0"].chunks == (128, 128)
 
 
+def test_predict_large_handles_rgb_images(tmp_path, pixel_bundle):
+    gray = disc_image((140, 130), n=8, seed=2)
+    rgb = np.stack([gray // 8, gray // 4, gray // 8], axis=-1).astype(np.uint8)
+    path = run_to_end(predict_large(rgb, pixel_bundle, tmp_path / "rgb.zarr", chunk=64, halo=24, inference=CPU))
+    expected = predict(rgb, pixel_bundle, inference=CPU).labels
+    assert expected.max() > 4
+    assert_same_partition(read_labels(path), expected)
+
+
 def test_predict_large_reads_a_tiff_lazily_and_refuses_to_overwrite(tmp_path, pixel_bundle):
     image = disc_image((150, 140), n=10, seed=4)
     tifffile.imwrite(tmp_path / "img.tif", image, tile=(64, 64))

@@ -105,7 +105,7 @@ def test_resolve_device_with_cuda_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert resolve_device("auto") == torch.device("cuda", 0)
     assert resolve_device("CUDA:1") == torch.device("cuda", 1)
-    with pytest.raises(UserInputError, match="devices 0..1"):
+    with pytest.raises(UserInputError, match=r"devices 0\.\.1"):
         resolve_device("cuda:2")
 
 

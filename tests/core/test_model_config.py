@@ -66,6 +66,9 @@ def test_flops_per_pixel_matches_parameter_count_at_full_resolution() -> None:
     # and at least 2 * (full-resolution conv weights).
     config = ModelConfig(depth=1, base_channels=4, norm="none")
     model = UNet(config)
-    full_res = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("encoders.0", "decoders", "head"))
-                   and n.endswith("weight"))
+    full_res = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(("encoders.0", "decoders", "head")) and n.endswith("weight")
+    )
     assert 2 * full_res <= flops_per_pixel(config) <= 2 * count_parameters(model)

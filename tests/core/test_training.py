@@ -282,6 +282,9 @@ def test_error_cases():
     for images, labels, kwargs, message in cases:
         with pytest.raises(UserInputError, match=message):
             run_to_end(iter_train(bundle, images, labels, cfg, **kwargs))
+    deep = ModelBundle.new(ModelConfig(depth=4, base_channels=4), seed=0)
+    with pytest.raises(UserInputError, match="batch_size >= 2"):
+        run_to_end(iter_train(deep, [image], [label], dataclasses.replace(cfg, batch_size=1, patch_size=16)))
     background_only = np.zeros_like(label)
     background_only[50:60, 50:60] = 1
     rois_cfg = dataclasses.replace(cfg, annotation_mode="rois")

@@ -1,0 +1,160 @@
+"""Write the user guide's screenshots (docs/images/*.png) by driving the real widgets.
+
+Run from the repository root (needs a display; on a headless machine use Xvfb)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
+
+It opens a synthetic fluorescence sample, segments it, marks a correction,
+fine-tunes briefly, compares with the classical baselines and shows the export
+panel, saving one window screenshot per step.  It uses the bundled ``default``
+model when installed; otherwise it first trains a small demo model for about
+half a minute (into a temporary model folder, so your own models are untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMAGES = Path(__file__).resolve().parent / "images"
+
+
+def demo_model() -> str:
+    """Return ``"default"`` when the bundled model exists, else train a small ``demo`` model and return it."""
+    from napari_unet.core import store
+
+    if any(info.name == store.BUNDLED_NAME for info in store.list_models()):
+        return store.BUNDLED_NAME
+    from napari_unet.core.config import ModelConfig, TrainingConfig
+    from napari_unet.core.progress import run_to_end
+    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.training import iter_train
+
+    print("no bundled model: training a small demo model (about 30 s)")
+    pairs = [synthetic_nuclei((192, 192), n_nuclei=25, seed=100 + seed) for seed in range(4)]
+    bundle = store.ModelBundle.new(ModelConfig(depth=3, base_channels=16, norm="group"), metadata={"name": "demo"})
+    cfg = TrainingConfig(max_steps=400, max_seconds=45, batch_size=4, patch_size=96, learning_rate=3e-3, val_every=100)
+    result = run_to_end(iter_train(bundle, [p[0] for p in pairs], [p[1] for p in pairs], cfg))
+    return store.save_version(result.bundle, "demo").spec
+
+
+def wait(widget, timeout: float = 600.0) -> None:
+    """Process Qt events until the widget's worker has finished."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while widget.jobs.worker is not None and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):  # let the layers and plots repaint
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(viewer, name: str) -> None:
+    """Save a screenshot of the whole window."""
+    path = IMAGES / f"{name}.png"
+    viewer.screenshot(path=str(path), canvas_only=False, flash=False)
+    print("wrote", path)
+
+
+def dock(viewer, widget, title: str):
+    """Dock ``widget`` on the right, alone."""
+    for existing in list(viewer.window._dock_widgets.values()):
+        viewer.window.remove_dock_widget(existing)
+    return viewer.window.add_dock_widget(widget, name=title, area="right")
+
+
+def main() -> None:
+    """Drive the widgets and write the screenshots."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model to use (default: bundled, else a freshly trained demo model)")
+    args = parser.parse_args()
+    os.environ.setdefault("NAPARI_UNET_MODEL_DIR", tempfile.mkdtemp(prefix="napari-unet-models-"))
+    os.environ.setdefault("NAPARI_UNET_CONFIG_DIR", tempfile.mkdtemp(prefix="napari-unet-config-"))
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    model = args.model or demo_model()
+
+    import napari
+
+    from napari_unet._widgets import CompareWidget, CorrectWidget, ExportWidget, FineTuneWidget, SegmentWidget
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    image, truth = synthetic_nuclei((256, 256), n_nuclei=30, seed=7)
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window._qt_window.resize(1500, 950)
+    image_layer = viewer.add_image(image, name="nuclei", colormap="gray")
+
+    segment = SegmentWidget(viewer)
+    dock(viewer, segment, "Segment")
+    segment.model.select(model)
+    segment.keep_probabilities.setChecked(True)
+    segment.run()
+    wait(segment)
+    viewer.layers["nuclei probability"].visible = False
+    shoot(viewer, "segment")
+
+    labels = viewer.layers["nuclei labels"]
+    correct = CorrectWidget(viewer)
+    dock(viewer, correct, "Correct")
+    correct.labels.set_layer(labels)
+    shapes = correct.mark_reviewed()
+    shapes.add_rectangles(np.array([[[10, 10], [120, 130]]]))
+    points = correct.start_points()
+    centre = np.argwhere(labels.data == labels.data.max()).mean(axis=0)
+    points.data = np.array([centre - (0, 3), centre + (0, 3)])
+    viewer.layers.selection.active = labels
+    labels.mode = "paint"
+    shoot(viewer, "correct")
+    viewer.layers.remove(points)
+
+    corrected = labels.data.copy()
+    corrected[:, :128] = truth[:, :128]  # as if the user had fixed the left half
+    from napari_unet._widgets._correct import apply_edit
+
+    apply_edit(labels, corrected)
+    finetune = FineTuneWidget(viewer)
+    dock(viewer, finetune, "Fine-tune")
+    finetune.image.set_layer(image_layer)
+    finetune.labels.set_layer(labels)
+    finetune.start_model.select(model)
+    finetune.mode.setCurrentText("Whole image")
+    finetune.budget_unit.setCurrentText("steps")
+    finetune.budget.setValue(60)
+    finetune.save_name.setText("my-nuclei")
+    finetune.start()
+    wait(finetune)
+    viewer.layers["nuclei re-segmented"].visible = False
+    shoot(viewer, "finetune")
+
+    viewer.add_labels(truth.astype(np.int32), name="ground truth", visible=False)
+    compare = CompareWidget(viewer)
+    dock(viewer, compare, "Compare")
+    compare.ground_truth.set_layer("ground truth")
+    compare.image.set_layer(image_layer)
+    compare.model.select(finetune.start_model.currentText())
+    compare.set_methods(["UNet", "UNet (previous version)", "Otsu", "Local threshold", "Watershed"])
+    compare.run()
+    wait(compare)
+    labels.visible = False
+    shoot(viewer, "compare")
+
+    labels.visible = True
+    for layer in viewer.layers:
+        if layer.name.endswith(" errors"):
+            layer.visible = False
+    export = ExportWidget(viewer)
+    dock(viewer, export, "Export")
+    export.set_chosen_layers(["nuclei labels"])
+    export.folder.setText(str(Path.home() / "napari-unet-exports"))
+    shoot(viewer, "export")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import roifile
+import tifffile
+import zarr
+
+from napari_unet._widgets import CompareWidget, ExportWidget, SegmentWidget
+from tests.gui.helpers import messages, wait_until_idle
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def exporter(make_napari_viewer, sample, tmp_path):
+    viewer = make_napari_viewer()
+    widget = ExportWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    viewer.add_image(sample[0], name="nuclei")
+    viewer.add_labels(sample[1].astype(np.int32), name="truth")
+    viewer.add_labels((sample[1] > 0).astype(np.int32), name="mask")
+    widget.folder.setText(str(tmp_path / "export"))
+    return viewer, widget
+
+
+def choose(widget: ExportWidget, *formats: str) -> None:
+    for key, box in widget.format_boxes.items():
+        box.setChecked(key in formats)
+
+
+def test_export_every_format_reads_back(exporter, qtbot, sample, tmp_path, notifications):
+    _viewer, widget = exporter
+    widget.select_all_layers()
+    assert widget.chosen_layer_names() == ["truth", "mask"]
+    widget.image.set_layer("nuclei")
+    choose(widget, "tif", "png", "npy", "zarr", "roi", "csv")
+    widget.provenance.setChecked(True)
+    widget.export()
+    wait_until_idle(qtbot, widget)
+    out = tmp_path / "export"
+    truth = sample[1]
+    np.testing.assert_array_equal(tifffile.imread(out / "truth.tif"), truth)
+    np.testing.assert_array_equal(np.load(out / "mask.npy"), truth > 0)
+    from napari_unet.core.io import read_labels
+
+    np.testing.assert_array_equal(read_labels(out / "truth.png"), truth)
+    np.testing.assert_array_equal(read_labels(out / "truth.ome.zarr"), truth)
+    assert zarr.open_group(str(out / "truth.ome.zarr"), mode="r") is not None
+    rois = roifile.roiread(out / "truth_rois.zip")
+    assert len(rois) == len(np.unique(truth)) - 1
+    csv_lines = (out / "truth_measurements.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == len(np.unique(truth))  # header + one row per object
+    assert "mean_intensity" in csv_lines[0]
+    record = json.loads((out / "truth.tif.provenance.json").read_text())
+    assert record["method"] == "manual" and record["settings"]["layer"] == "truth"
+    assert len(widget.last_written) == 2 * 6 * 2  # 2 layers x 6 formats x (file + provenance)
+    assert not messages(notifications, "error") and not messages(notifications, "warning")
+
+
+def test_export_asks_before_overwriting(exporter, qtbot, tmp_path, notifications):
+    _, widget = exporter
+    widget.set_chosen_layers(["truth"])
+    choose(widget, "npy")
+    widget.provenance.setChecked(False)
+    widget.export()
+    wait_until_idle(qtbot, widget)
+    target = tmp_path / "export" / "truth.npy"
+    np.save(target, np.zeros((2, 2), np.int32))  # a file the user cares about
+
+    asked = []
+    widget.ask_overwrite = lambda paths: asked.append(paths) or False
+    assert widget.export() is None
+    assert asked == [[target]]
+    np.testing.assert_array_equal(np.load(target), np.zeros((2, 2)))  # kept
+
+    widget.ask_overwrite = lambda paths: True
+    widget.export()
+    wait_until_idle(qtbot, widget)
+    assert np.load(target).shape == (96, 96)
+
+
+def test_export_problems_are_reported_not_fatal(exporter, qtbot, tmp_path, notifications):
+    viewer, widget = exporter
+    assert widget.export() is None
+    assert "no Labels layer ticked" in messages(notifications, "error")[-1]
+    viewer.add_labels(np.ones((2, 32, 32), np.int32), name="stack")
+    widget.set_chosen_layers(["stack"])
+    choose(widget)
+    assert widget.export() is None
+    assert "no format ticked" in messages(notifications, "error")[-1]
+    choose(widget, "png", "npy")  # PNG cannot hold a stack; NPY can
+    widget.export()
+    wait_until_idle(qtbot, widget)
+    assert (tmp_path / "export" / "stack.npy").exists()
+    assert any("stack (png) not exported" in m for m in messages(notifications, "warning"))
+
+
+def test_compare_bad_inputs(make_napari_viewer, sample, notifications):
+    viewer = make_napari_viewer()
+    widget = CompareWidget(viewer)
+    assert widget.run() is None
+    assert "no ground truth layer" in messages(notifications, "error")[-1]
+    viewer.add_image(sample[0], name="nuclei")
+    viewer.add_labels(np.ones((40, 40), np.int32), name="other shape")
+    assert widget.run() is None
+    assert "shape" in messages(notifications, "error")[-1]
+    assert widget.save_csv("never.csv") is None
+    assert "press 'Compare' first" in messages(notifications, "error")[-1]
+
+
+def test_compare_previous_version_missing_is_skipped(make_napari_viewer, qtbot, sample, tiny_model, notifications):
+    viewer = make_napari_viewer()
+    widget = CompareWidget(viewer)
+    viewer.add_image(sample[0], name="nuclei")
+    viewer.add_labels(sample[1].astype(np.int32), name="truth")
+    widget.model.select(tiny_model)
+    widget.set_methods(["UNet (previous version)", "Li"])
+    widget.error_layers.setChecked(False)
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    assert [s.method for s in widget.scores] == ["Li"]
+    assert widget.table.rowCount() == 1
+    assert "Li errors" not in viewer.layers
+    assert any("no previous version" in m for m in messages(notifications, "info"))
+
+
+def test_settings_are_remembered(make_napari_viewer, qtbot, tiny_model, sample):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.add_image(sample[0], name="nuclei")
+    widget.model.select(tiny_model)
+    widget.tile_size.setValue(256)
+    widget.min_size.setValue(42)
+    widget.keep_probabilities.setChecked(True)
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    again = SegmentWidget(viewer)
+    assert again.tile_size.value() == 256
+    assert again.min_size.value() == 42
+    assert again.keep_probabilities.isChecked()
+    assert again.model.currentText() == tiny_model

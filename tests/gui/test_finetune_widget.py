@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet._widgets import FineTuneWidget
+from napari_unet.core import store
+from tests.gui.helpers import messages, wait_until_idle
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def setup(make_napari_viewer, tiny_model, sample):
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image_layer = viewer.add_image(sample[0], name="nuclei")
+    labels_layer = viewer.add_labels(sample[1].astype(np.int32), name="nuclei labels")
+    widget.image.set_layer(image_layer)
+    widget.labels.set_layer(labels_layer)
+    widget.start_model.select(tiny_model)
+    widget.save_name.setText("tiny")
+    widget.resegment.setChecked(False)
+    return viewer, widget
+
+
+def long_budget(widget: FineTuneWidget) -> None:
+    widget.budget_unit.setCurrentText("steps")
+    widget.budget.setValue(100_000)
+
+
+def wait_for_training(qtbot, widget: FineTuneWidget) -> None:
+    qtbot.waitUntil(lambda: len(widget._curves["loss"][0]) >= 1, timeout=60_000)
+
+
+def test_cancel_keeps_previous_model(setup, qtbot, notifications):
+    _, widget = setup
+    long_budget(widget)
+    assert widget.start() is not None
+    wait_for_training(qtbot, widget)
+    widget.jobs.cancel_button.click()
+    wait_until_idle(qtbot, widget)
+    assert [v.version for v in store.list_versions("tiny")] == [1]
+    assert any("previous model is kept" in m for m in messages(notifications, "info"))
+    assert not messages(notifications, "error")
+
+
+def test_two_finetunes_at_once_are_refused(setup, make_napari_viewer, qtbot, notifications, sample, tiny_model):
+    _, first = setup
+    long_budget(first)
+    first.start()
+    other_viewer = make_napari_viewer()
+    second = FineTuneWidget(other_viewer)
+    other_viewer.add_image(sample[0], name="img")
+    other_viewer.add_labels(sample[1].astype(np.int32), name="lab")
+    second.start_model.select(tiny_model)
+    assert second.start() is None
+    assert "already running" in messages(notifications, "error")[-1]
+    first.jobs.cancel()
+    wait_until_idle(qtbot, first)
+    assert [v.version for v in store.list_versions("tiny")] == [1]
+
+
+def test_rois_mode_and_revert(setup, qtbot, notifications):
+    viewer, widget = setup
+    widget.mode.setCurrentText("Reviewed regions (ROIs)")
+    widget.budget_unit.setCurrentText("steps")
+    widget.budget.setValue(2)
+    assert widget.start() is None
+    assert "Mark region as reviewed" in messages(notifications, "error")[-1]
+
+    viewer.add_shapes(
+        [np.array([[0, 0], [0, 60], [60, 60], [60, 0]])], shape_type="polygon", name="nuclei labels reviewed"
+    )
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget)
+    assert [v.version for v in store.list_versions("tiny")] == [1, 2]
+    assert widget.last_outcome.result.lineage["annotation_mode"] == "rois"
+    assert widget.history.count() == 2
+
+    widget.history.setCurrentRow(1)  # newest first: row 1 is tiny@v1
+    saved = widget.revert_selected()
+    assert saved.spec == "tiny@v3"
+    assert store.load_model("tiny@v3").sha256 == store.load_model("tiny@v1").sha256
+    assert widget.start_model.currentText() == "tiny@v3"
+
+
+def test_bad_pairs_are_refused_with_messages(setup, notifications):
+    viewer, widget = setup
+    image_layer = viewer.layers["nuclei"]
+    small = viewer.add_labels(np.ones((32, 32), np.int32), name="small")
+    assert not widget.add_pair(image_layer, small)
+    assert "shape" in messages(notifications, "error")[-1]
+
+    rgb = viewer.add_image(np.zeros((96, 96, 3), np.uint8), name="rgb", rgb=True)
+    assert not widget.add_pair(image_layer, rgb)
+    assert "RGB image, not labels" in messages(notifications, "error")[-1]
+
+    empty = viewer.add_labels(np.zeros((96, 96), np.int32), name="empty")
+    assert not widget.add_pair(image_layer, empty)
+    assert "empty (all zero)" in messages(notifications, "error")[-1]
+    widget.labels.set_layer(empty)
+    assert widget.start() is None
+    assert "empty (all zero)" in messages(notifications, "error")[-1]
+
+    widget.labels.set_layer("nuclei labels")
+    widget.mode.setCurrentText("Changed areas")
+    assert widget.start() is None
+    assert "needs the prediction" in messages(notifications, "error")[-1]
+
+    assert widget.add_pair(image_layer, viewer.layers["nuclei labels"])
+    assert widget.pairs.count() == 1
+    assert [v.version for v in store.list_versions("tiny")] == [1], "nothing was trained"
+
+
+def test_closing_viewer_while_training_stops_the_worker(make_napari_viewer, qtbot, tiny_model, sample, notifications):
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    viewer.add_image(sample[0], name="nuclei")
+    viewer.add_labels(sample[1].astype(np.int32), name="nuclei labels")
+    widget.start_model.select(tiny_model)
+    widget.save_name.setText("tiny")
+    long_budget(widget)
+    worker = widget.start()
+    state = widget.jobs.state
+    wait_for_training(qtbot, widget)
+    viewer.close()
+    qtbot.waitUntil(lambda: state.worker is None, timeout=60_000)
+    assert not worker.is_running
+    assert [v.version for v in store.list_versions("tiny")] == [1]
+    assert not messages(notifications, "error")
