@@ -8,7 +8,7 @@ It opens a synthetic fluorescence sample, segments it, marks a correction,
 fine-tunes briefly, compares with the classical baselines and shows the export
 panel, saving one window screenshot per step.  It uses the bundled ``default``
 model when installed; otherwise it first trains a small demo model for about
-half a minute (into a temporary model folder, so your own models are untouched).
+a minute (into a temporary model folder, so your own models are untouched).
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def demo_model() -> str:
     from napari_unet.core.synthetic import synthetic_nuclei
     from napari_unet.core.training import iter_train
 
-    print("no bundled model: training a small demo model (about 30 s)")
-    pairs = [synthetic_nuclei((192, 192), n_nuclei=25, seed=100 + seed) for seed in range(4)]
+    print("no bundled model: training a small demo model (about a minute)")
+    pairs = [synthetic_nuclei((128, 128), n_nuclei=14, seed=100 + seed) for seed in range(6)]
     bundle = store.ModelBundle.new(ModelConfig(depth=3, base_channels=16, norm="group"), metadata={"name": "demo"})
-    cfg = TrainingConfig(max_steps=400, max_seconds=45, batch_size=4, patch_size=96, learning_rate=3e-3, val_every=100)
+    cfg = TrainingConfig(
+        max_steps=600, max_seconds=60, batch_size=8, patch_size=64, learning_rate=5e-3, augment=False, warmup_steps=10
+    )
     result = run_to_end(iter_train(bundle, [p[0] for p in pairs], [p[1] for p in pairs], cfg))
     return store.save_version(result.bundle, "demo").spec
 
@@ -59,15 +61,19 @@ def wait(widget, timeout: float = 600.0) -> None:
 def shoot(viewer, name: str) -> None:
     """Save a screenshot of the whole window."""
     path = IMAGES / f"{name}.png"
+    viewer.reset_view()
     viewer.screenshot(path=str(path), canvas_only=False, flash=False)
     print("wrote", path)
 
 
+DOCKED: list = []
+
+
 def dock(viewer, widget, title: str):
     """Dock ``widget`` on the right, alone."""
-    for existing in list(viewer.window._dock_widgets.values()):
-        viewer.window.remove_dock_widget(existing)
-    return viewer.window.add_dock_widget(widget, name=title, area="right")
+    while DOCKED:
+        viewer.window.remove_dock_widget(DOCKED.pop())
+    DOCKED.append(viewer.window.add_dock_widget(widget, name=title, area="right"))
 
 
 def main() -> None:
@@ -87,7 +93,7 @@ def main() -> None:
 
     image, truth = synthetic_nuclei((256, 256), n_nuclei=30, seed=7)
     viewer = napari.Viewer(title="napari-unet")
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1700, 1000)
     image_layer = viewer.add_image(image, name="nuclei", colormap="gray")
 
     segment = SegmentWidget(viewer)
@@ -107,7 +113,7 @@ def main() -> None:
     shapes.add_rectangles(np.array([[[10, 10], [120, 130]]]))
     points = correct.start_points()
     centre = np.argwhere(labels.data == labels.data.max()).mean(axis=0)
-    points.data = np.array([centre - (0, 3), centre + (0, 3)])
+    points.data = np.array([centre - np.array([0, 3]), centre + np.array([0, 3])])
     viewer.layers.selection.active = labels
     labels.mode = "paint"
     shoot(viewer, "correct")
@@ -125,7 +131,7 @@ def main() -> None:
     finetune.start_model.select(model)
     finetune.mode.setCurrentText("Whole image")
     finetune.budget_unit.setCurrentText("steps")
-    finetune.budget.setValue(60)
+    finetune.budget.setValue(30)
     finetune.save_name.setText("my-nuclei")
     finetune.start()
     wait(finetune)

@@ -72,13 +72,6 @@ def expand_inputs(paths: Sequence[str]) -> list[Path]:
     return found
 
 
-def _split_images_and_labels(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """Split a folder listing into ``*_image.*`` and ``*_labels.*`` files when both are present."""
-    images = [p for p in paths if not p.stem.endswith(("_labels", "_masks", "_mask"))]
-    labels = [p for p in paths if p.stem.endswith(("_labels", "_masks", "_mask"))]
-    return images, labels
-
-
 def _pair(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
     """Pair images with labels by order, checking the counts agree."""
     if len(images) != len(labels):
@@ -258,13 +251,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score every method against ground truth and print the table side by side."""
     from napari_unet.core.evaluation import evaluate_methods, format_table
 
-    images = expand_inputs(args.images)
-    if args.labels:
-        labels = expand_inputs(args.labels)
-        images = [p for p in images if p not in set(labels)]
-    else:
-        images, labels = _split_images_and_labels(images)
-    pairs = _pair(images, labels)
+    pairs = _image_label_pairs(args.images, args.labels or args.images)
     methods = _parse_methods(args.methods)
     segmenters = {m: _segmenter(m, args) for m in methods}
     gen = evaluate_methods(pairs, segmenters, axes=args.axes)
@@ -287,12 +274,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.training import iter_train
 
-    pairs = _pair(expand_inputs(args.images), expand_inputs(args.labels))
+    pairs = _image_label_pairs(args.images, args.labels)
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
+    if args.synthetic:
+        _add_synthetic(images, labels, args.synthetic, args.seed or 0)
     val_images = val_labels = None
     if args.val_images or args.val_labels:
-        val_pairs = _pair(expand_inputs(args.val_images or []), expand_inputs(args.val_labels or []))
+        val_pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
         val_images = [read_image(image) for image, _ in val_pairs]
         val_labels = [read_labels(label) for _, label in val_pairs]
     rois = [_read_rois(Path(p)) for p in args.rois] if args.rois else None
@@ -314,6 +303,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2, default=str))
     print(f"use it with: napari-unet predict ... --model {saved}")
     return 0
+
+
+def _image_label_pairs(image_args: Sequence[str], label_args: Sequence[str]) -> list[tuple[Path, Path]]:
+    """Pair images with labels by order; a folder given to both is split by ``*_labels`` names."""
+    images = [p for p in expand_inputs(image_args) if not _is_labels_file(p)]
+    labels = expand_inputs(label_args)
+    if any(_is_labels_file(p) for p in labels):
+        labels = [p for p in labels if _is_labels_file(p)]
+    return _pair(images, labels)
+
+
+def _add_synthetic(images: list[Any], labels: list[Any], count: int, seed: int) -> None:
+    """Append ``count`` synthetic images (alternating fluorescence and brightfield) with exact labels."""
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    for index in range(count):
+        kind = "fluorescence" if index % 2 == 0 else "brightfield"
+        image, label = synthetic_nuclei(shape=(256, 256), n_nuclei=30, seed=10_000 + seed * 1000 + index, kind=kind)
+        images.append(image)
+        labels.append(label)
 
 
 def _read_rois(path: Path) -> list[Any]:
@@ -342,6 +351,7 @@ def _training_config(args: argparse.Namespace) -> Any:
         "annotation_mode": args.annotation_mode,
         "seed": args.seed,
         "device": args.device,
+        "num_threads": args.threads,
     }
     if args.no_augment:
         overrides["augment"] = False
@@ -514,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=None, help="architecture when training from scratch")
     p.add_argument("--base-channels", type=int, default=None, help="architecture when training from scratch")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N synthetic images to the training data")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_train)
 

@@ -217,7 +217,7 @@ def _compare_job(
             labels = _segment(method, image, axes, model, cancel)
             seconds = time.perf_counter() - started
             if labels is None:
-                skipped.append(f"{method} skipped: the model '{model}' has no previous version")
+                skipped.append(f"{method} skipped: the model '{model}' has no parent or previous version")
                 continue
             row = summary_row(evaluate_image(ground_truth, labels))
             errors = _error_classes(error_maps(ground_truth, labels))
@@ -244,16 +244,18 @@ def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Call
 
 
 def _previous_version(reference: str) -> str | None:
-    """``name@v(N-1)`` for ``name@vN`` (or for the latest version of ``name``); None if there is none."""
+    """Return the model ``reference`` was fine-tuned from (lineage parent), else its next-older version, else None."""
     from napari_unet.core import store
 
     name, _, version = reference.partition("@v")
     try:
-        versions = [info.version for info in store.list_versions(name)]
+        versions = store.list_versions(name)
     except UserInputError:
-        return None
-    current = int(version) if version.isdigit() else max(versions)
-    older = [v for v in versions if v is not None and v < current]
+        return None  # the bundled model or a file: no history
+    current = next((v for v in versions if version.isdigit() and v.version == int(version)), versions[-1])
+    if current.parent:
+        return current.parent
+    older = [v.version for v in versions if v.version is not None and v.version < (current.version or 0)]
     return f"{name}@v{max(older)}" if older else None
 
 

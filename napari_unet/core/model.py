@@ -77,6 +77,7 @@ class UNet(nn.Module):
     ``forward`` maps ``(N, in_channels, *S)`` to logits
     ``(N, out_channels, *S)`` where every entry of ``S`` is a multiple of
     ``config.size_multiple``.
+
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -124,7 +125,7 @@ def build_model(config: ModelConfig) -> UNet:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters of ``model``."""
+    """Return the number of trainable parameters of ``model``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -27,6 +27,7 @@ class Progress:
         Human-readable status line.
     metrics : dict
         Numbers worth plotting or logging (loss, learning rate, scores, ETA).
+
     """
 
     stage: str
@@ -56,6 +57,7 @@ def run_to_end(gen: Generator[Progress, None, R], on_progress: Callable[[Progres
         A generator yielding :class:`Progress` and returning a result.
     on_progress : callable, optional
         Called with every event (e.g. to update a progress bar).
+
     """
     while True:
         try:

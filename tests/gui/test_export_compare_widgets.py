@@ -124,7 +124,7 @@ def test_compare_previous_version_missing_is_skipped(make_napari_viewer, qtbot, 
     assert [s.method for s in widget.scores] == ["Li"]
     assert widget.table.rowCount() == 1
     assert "Li errors" not in viewer.layers
-    assert any("no previous version" in m for m in messages(notifications, "info"))
+    assert any("no parent or previous version" in m for m in messages(notifications, "info"))
 
 
 def test_settings_are_remembered(make_napari_viewer, qtbot, tiny_model, sample):
