@@ -397,6 +397,53 @@ def _save_trained(bundle: Any, args: argparse.Namespace) -> str:
     return f"{info.name}@v{info.version}"
 
 
+# ----------------------------------------------------------------------------- tune
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Pick post-processing thresholds on annotated images and save the model with them."""
+    from dataclasses import replace
+
+    from napari_unet.core.io import read_image, read_labels
+    from napari_unet.core.store import load_model, save_model
+    from napari_unet.core.tuning import iter_tune_postprocess
+
+    pairs = _image_label_pairs(args.images, args.labels or args.images)
+    bundle = load_model(args.model)
+    target = Path(args.output)
+    if target.exists() and not args.overwrite:
+        raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
+    images = [read_image(image) for image, _ in pairs]
+    labels = [read_labels(label) for _, label in pairs]
+    gen = iter_tune_postprocess(bundle, images, labels, inference=_inference_config(args))
+    result = _progress_bar(gen, "tune", args.quiet)
+    tuned = replace(
+        bundle,
+        postprocess=result.best,
+        metadata={
+            **bundle.metadata,
+            "postprocess_tuning": {
+                "images": [str(image) for image, _ in pairs],
+                "before": result.baseline_scores,
+                "after": result.best_scores,
+            },
+        },
+    )
+    saved = save_model(tuned, target, overwrite=args.overwrite)
+    print(
+        json.dumps(
+            {
+                "postprocess": result.best.to_dict(),
+                "before": result.baseline_scores,
+                "after": result.best_scores,
+                "saved": str(saved),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- export
 
 
@@ -528,6 +575,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="choose post-processing thresholds on annotated images")
+    p.add_argument("--images", nargs="+", required=True, help="image files or a folder (with *_labels.* files)")
+    p.add_argument("--labels", nargs="+", default=None, help="label files/folder, paired with --images by order")
+    p.add_argument("--output", required=True, help="folder for the model with tuned thresholds")
+    p.add_argument("--overwrite", action="store_true")
+    _add_inference_args(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("export", help="convert label images to TIFF/PNG/NPY/OME-Zarr/ROI zip/CSV")
     p.add_argument("labels", nargs="+", metavar="LABELS", help="label files or folders")

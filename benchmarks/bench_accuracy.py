@@ -1,0 +1,115 @@
+"""Accuracy of the UNet and every classical baseline, per modality and overall.
+
+Prints one JSON object with AP@0.5, AP@0.75, F1@0.5, PQ@0.5 (stardist-style
+per-image means; AP = TP / (TP + FP + FN)) for:
+
+* the DSB 2018 validation images in ``../shared/data/dsb2018/val`` (skipped
+  when absent), split by modality: ``fluorescence`` (dark background) and
+  ``brightfield`` (bright background, e.g. H&E);
+* synthetic samples made by :mod:`napari_unet.core.synthetic` (fluorescence
+  and brightfield), which need no external data.
+
+Usage: python benchmarks/bench_accuracy.py [--model default] [--data DIR] [--synthetic 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
+from napari_unet.core.inference import predict
+from napari_unet.core.io import read_image, read_labels
+from napari_unet.core.metrics import evaluate_dataset, summary_row
+from napari_unet.core.normalize import is_bright_background
+from napari_unet.core.store import load_model
+from napari_unet.core.synthetic import synthetic_nuclei
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
+KEYS = ("AP@0.5", "AP@0.75", "F1@0.5", "PQ@0.5", "Dice")
+
+
+def load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    pairs = []
+    for image_path in sorted(folder.glob("*_image.tif")):
+        labels_path = image_path.with_name(image_path.name.replace("_image", "_labels"))
+        pairs.append((image_path.stem, read_image(image_path), read_labels(labels_path)))
+    return pairs
+
+
+def synthetic_pairs(count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    pairs = []
+    for index in range(count):
+        kind = "fluorescence" if index % 2 == 0 else "brightfield"
+        image, labels = synthetic_nuclei(shape=(256, 256), n_nuclei=35, seed=900 + index, kind=kind)
+        pairs.append((f"synthetic-{kind}-{index}", image, labels))
+    return pairs
+
+
+def modality(image: np.ndarray) -> str:
+    plane = image if image.ndim == 2 else image[..., :3]
+    return "brightfield" if is_bright_background(plane) else "fluorescence"
+
+
+def segment_all(pairs, bundle) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
+    methods = {"unet": lambda image: predict(image, bundle).labels}
+    methods.update({m: (lambda image, m=m: segment_baseline(image, m)) for m in BASELINE_METHODS})
+    results: dict[str, list[np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    for name, segment in methods.items():
+        start = time.perf_counter()
+        results[name] = [segment(image) for _, image, _ in pairs]
+        seconds[name] = time.perf_counter() - start
+    return results, seconds
+
+
+def score(pairs, predictions: dict[str, list[np.ndarray]], keep) -> dict[str, dict[str, float]]:
+    index = [i for i, pair in enumerate(pairs) if keep(pair)]
+    if not index:
+        return {}
+    table = {}
+    for name, preds in predictions.items():
+        row = summary_row(evaluate_dataset([pairs[i][2] for i in index], [preds[i] for i in index]))
+        table[name] = {k: round(float(row[k]), 4) for k in KEYS}
+    table["n_images"] = len(index)
+    return table
+
+
+def report_for(pairs, bundle) -> dict:
+    predictions, seconds = segment_all(pairs, bundle)
+    report = {"overall": score(pairs, predictions, lambda pair: True)}
+    for kind in ("fluorescence", "brightfield"):
+        report[kind] = score(pairs, predictions, lambda pair, kind=kind: modality(pair[1]) == kind)
+    report["per_image_unet_ap50"] = {
+        name: round(float(summary_row(evaluate_dataset([gt], [pred]))["AP@0.5"]), 3)
+        for (name, _, gt), pred in zip(pairs, predictions["unet"], strict=True)
+    }
+    best_baseline = max(report["overall"][m]["AP@0.5"] for m in BASELINE_METHODS)
+    report["unet_minus_best_baseline_ap50"] = round(report["overall"]["unet"]["AP@0.5"] - best_baseline, 4)
+    report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--synthetic", type=int, default=6, help="number of synthetic samples (0 to skip)")
+    args = parser.parse_args()
+    bundle = load_model(args.model)
+    output = {"model": bundle.name, "model_sha256": bundle.sha256, "postprocess": bundle.postprocess.to_dict()}
+    if args.data.is_dir():
+        output["dsb2018_val"] = report_for(load_pairs(args.data), bundle)
+    else:
+        output["dsb2018_val"] = {"skipped": f"{args.data} not found (needs ../shared/data)"}
+    if args.synthetic:
+        output["synthetic"] = report_for(synthetic_pairs(args.synthetic), bundle)
+    print(json.dumps(output, indent=2))
+
+
+if __name__ == "__main__":
+    main()
