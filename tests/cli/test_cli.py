@@ -239,3 +239,16 @@ def test_evaluate_on_shared_val_subset(tmp_path, capsys) -> None:
     )
     assert code == 0, err
     assert "watershed" in stdout
+
+
+def test_tune_saves_a_model_with_chosen_thresholds(dataset, tiny_model, tmp_path, capsys) -> None:
+    out = tmp_path / "tuned"
+    args = ["tune", "--images", str(dataset), "--model", str(tiny_model), "--output", str(out), "--tile", "64"]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["after"]["AP@0.5"] >= report["before"]["AP@0.5"]
+    saved = json.loads((out / "model.json").read_text())
+    assert saved["postprocess"] == report["postprocess"]
+    code, _, err = run(args, capsys)
+    assert code == 2 and "exists" in err

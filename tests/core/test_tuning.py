@@ -1,0 +1,53 @@
+"""Post-processing threshold tuning on cached probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.measure import label
+
+from napari_unet.core.config import InferenceConfig, PostprocessConfig
+from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.tuning import candidate_configs, iter_tune_postprocess
+from tests.core.test_inference import disc_image, threshold_bundle
+
+CPU = InferenceConfig(device="cpu", tile_size=64)
+
+
+def test_candidate_grid_keeps_other_fields() -> None:
+    start = PostprocessConfig(min_seed_size=7, fill_holes=False)
+    grid = candidate_configs(start, foreground=(0.4, 0.5), seeds=(0.6,), min_sizes=(0, 10))
+    assert len(grid) == 4
+    assert all(c.min_seed_size == 7 and c.fill_holes is False for c in grid)
+
+
+def test_tuning_recovers_from_settings_that_delete_every_object() -> None:
+    # The discs have 149 pixels each; min_size=400 deletes all of them (AP 0), min_size 0/15/30 keeps them (AP 1).
+    bundle = threshold_bundle(postprocess=PostprocessConfig(min_size=400, min_seed_size=1))
+    image = disc_image()
+    truth = label(image > 500)
+    result = run_to_end(iter_tune_postprocess(bundle, [image], [truth], inference=CPU))
+    assert result.baseline_scores["AP@0.5"] == 0.0
+    assert result.best_scores["AP@0.5"] == 1.0
+    assert result.best.min_size < 400
+    assert len(result.table) == len(candidate_configs(bundle.postprocess))
+
+
+def test_progress_and_cancel() -> None:
+    bundle = threshold_bundle()
+    image = disc_image()
+    gen = iter_tune_postprocess(bundle, [image], [label(image > 500)], inference=CPU, cancel=lambda: True)
+    with pytest.raises(Cancelled):
+        next(gen)
+
+
+def test_mismatched_inputs() -> None:
+    with pytest.raises(UserInputError, match="labels"):
+        run_to_end(iter_tune_postprocess(threshold_bundle(), [disc_image()], [], inference=CPU))
+
+
+def test_stacks_are_refused() -> None:
+    stack = np.stack([disc_image(), disc_image()])
+    with pytest.raises(UserInputError, match="2D"):
+        run_to_end(iter_tune_postprocess(threshold_bundle(), [stack], [label(stack > 500)], inference=CPU))
