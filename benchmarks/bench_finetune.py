@@ -1,13 +1,15 @@
 """Human-in-the-loop fine-tuning: how much does a short fine-tune on corrected objects help?
 
-Protocol, for every image of the DSB 2018 validation folder
+Protocol, on the images of the DSB 2018 validation folder
 (``../shared/data/dsb2018/val`` beside the checkout, or ``--data``):
 
-1. predict with the starting model and score the RIGHT half of the image;
-2. fine-tune on the LEFT half (its ground truth stands in for the user's
+1. predict with the starting model and score the RIGHT half of each image;
+2. fine-tune on the LEFT halves (their ground truth stands in for the user's
    corrections: annotation mode ``rois`` with the left-half rectangle) for
-   each time budget;
-3. predict again and score the RIGHT half (never seen in training).
+   each time budget — by default ONE model on the left halves of all images
+   together (what a user correcting several images does); ``--per-image``
+   fine-tunes a separate model per image instead;
+3. predict again and score the RIGHT halves (never seen in training).
 
 Starting models: the bundled ``default`` model (or ``--model``) and/or a
 freshly initialised network of the same architecture (``scratch``).  Scores
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
     parser.add_argument("--patch-size", type=int, default=TrainingConfig.patch_size)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
+    parser.add_argument("--per-image", action="store_true", help="one fine-tune per image instead of one for all")
     return parser.parse_args(argv)
 
 
@@ -84,9 +87,14 @@ def right_half_scores(image: np.ndarray, labels: np.ndarray, bundle: ModelBundle
 
 
 def fine_tune(
-    bundle: ModelBundle, image: np.ndarray, labels: np.ndarray, budget: float, lr: float, args: argparse.Namespace
+    bundle: ModelBundle,
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    budget: float,
+    lr: float,
+    args: argparse.Namespace,
 ) -> tuple[ModelBundle, dict[str, Any]]:
-    half = labels.shape[1] // 2
+    """Fine-tune on the left half of every image (annotation mode ``rois``)."""
     cfg = TrainingConfig(
         max_seconds=budget,
         annotation_mode="rois",
@@ -96,8 +104,8 @@ def fine_tune(
         patch_size=args.patch_size,
         num_threads=args.threads,
     )
-    rois = [[(0, 0, labels.shape[0], half)]]
-    result = run_to_end(iter_train(bundle, [image], [labels], cfg, rois=rois))
+    rois = [[(0, 0, label.shape[0], label.shape[1] // 2)] for label in labels]
+    result = run_to_end(iter_train(bundle, images, labels, cfg, rois=rois))
     info = {
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
@@ -128,6 +136,38 @@ def starting_bundles(args: argparse.Namespace) -> tuple[dict[str, ModelBundle], 
     return bundles, skipped
 
 
+def run_group(
+    group: list[tuple[str, np.ndarray, np.ndarray]],
+    start: str,
+    bundle: ModelBundle,
+    budgets: list[float],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Score, fine-tune on the left halves of ``group`` for every budget, score again; one row per image."""
+    images, labels = [image for _, image, _ in group], [label for _, _, label in group]
+    before = [right_half_scores(image, label, bundle, args.device) for image, label in zip(images, labels, strict=True)]
+    lr = args.lr_scratch if start == "scratch" else args.lr_finetune
+    rows = []
+    for budget in budgets:
+        tuned, info = fine_tune(bundle, images, labels, budget, lr, args)
+        for (image_id, image, label), score_before in zip(group, before, strict=True):
+            after = right_half_scores(image, label, tuned, args.device)
+            rows.append(
+                {"image": image_id, "shape": list(image.shape), "start": start, "budget_s": budget, "lr": lr}
+                | info
+                | {"before": score_before, "after": after}
+            )
+        mean_before = np.mean([r["before"]["AP@0.5"] for r in rows[-len(group) :]])
+        mean_after = np.mean([r["after"]["AP@0.5"] for r in rows[-len(group) :]])
+        print(
+            f"{len(group)} image(s) {start} {budget:g}s: AP@0.5 {mean_before:.3f} -> {mean_after:.3f} "
+            f"({info['steps']} steps)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for start in sorted({r["start"] for r in results}):
@@ -152,29 +192,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = resolve_device(args.device)
     budgets = [float(b) for b in (args.budgets or ("5,10" if device.type == "cuda" else "30,60,120")).split(",")]
     bundles, skipped = starting_bundles(args)
+    data = [(image_id, read_image(i), read_labels(lb)) for image_id, i, lb in pairs]
+    groups = [[item] for item in data] if args.per_image else [data]
     results = []
-    for image_id, image_path, labels_path in pairs:
-        image, labels = read_image(image_path), read_labels(labels_path)
+    for group in groups:
         for start, bundle in bundles.items():
-            before = right_half_scores(image, labels, bundle, args.device)
-            lr = args.lr_scratch if start == "scratch" else args.lr_finetune
-            for budget in budgets:
-                tuned, info = fine_tune(bundle, image, labels, budget, lr, args)
-                after = right_half_scores(image, labels, tuned, args.device)
-                results.append(
-                    {"image": image_id, "shape": list(image.shape), "start": start, "budget_s": budget, "lr": lr}
-                    | info
-                    | {"before": before, "after": after}
-                )
-                print(
-                    f"{image_id} {start} {budget:g}s: AP@0.5 {before['AP@0.5']:.3f} -> {after['AP@0.5']:.3f} "
-                    f"({info['steps']} steps)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            results += run_group(group, start, bundle, budgets, args)
     return {
         "benchmark": "finetune",
         "protocol": "fine-tune on the left half (rois), score the right half",
+        "mode": "per-image" if args.per_image else "joint",
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),

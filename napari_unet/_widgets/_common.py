@@ -70,7 +70,10 @@ def _read_all() -> dict[str, Any]:
     path = config_dir() / SETTINGS_FILE
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
     except (OSError, ValueError):
+        logger.warning("ignoring the unreadable napari-unet settings file %s", path, exc_info=True)
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -303,8 +306,9 @@ def model_references() -> list[str]:
 
     try:
         infos = store.list_models()
-    except Exception:  # a broken store must not break the widget
+    except Exception as exc:  # a broken store must not break the widget
         logger.warning("could not list models", exc_info=True)
+        warn(f"Could not list the saved models ({type(exc).__name__}: {exc}); models can still be loaded from files.")
         return []
     return [info.spec for info in infos]
 

@@ -42,7 +42,7 @@ from napari_unet._widgets._common import (
 from napari_unet._widgets._plot import MiniPlot
 from napari_unet.core.baselines import BASELINE_METHODS
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.normalize import infer_axes
+from napari_unet.core.normalize import infer_axes, spatial_shape
 from napari_unet.core.progress import Progress, check_cancel
 
 SETTINGS = "compare"
@@ -50,8 +50,7 @@ UNET_CURRENT = "UNet"
 UNET_PREVIOUS = "UNet (previous version)"
 BASELINE_TITLES = {"otsu": "Otsu", "li": "Li", "local": "Local threshold", "watershed": "Watershed"}
 COLUMNS = ("Method", "AP@0.5", "AP@0.75", "F1@0.5", "PQ@0.5", "Dice", "Objects", "Seconds")
-ERROR_CLASSES = ("true_positive", "false_positive", "false_negative", "split", "merge")
-ERROR_COLORS = {1: "#2ecc71", 2: "#e74c3c", 3: "#f1c40f", 4: "#00e5ff", 5: "#ff8c00"}
+ERROR_COLORS = {1: "#2ecc71", 2: "#e74c3c", 3: "#f1c40f", 4: "#00e5ff", 5: "#ff8c00"}  # metrics.error_class_map codes
 ERROR_LEGEND = "Error layers: green TP, red FP, yellow FN (missed), cyan split GT object, orange merged prediction"
 
 
@@ -207,7 +206,7 @@ def _compare_job(
     """Build the generator the worker runs: segment with each method, time it, score it."""
 
     def job(cancel: Callable[[], bool]) -> Generator[Progress, None, tuple[list[MethodScore], list[str]]]:
-        from napari_unet.core.metrics import error_maps, evaluate_image, summary_row
+        from napari_unet.core.metrics import error_class_map, error_maps, evaluate_image, summary_row
 
         scores, skipped = [], []
         for done, method in enumerate(methods):
@@ -220,7 +219,7 @@ def _compare_job(
                 skipped.append(f"{method} skipped: the model '{model}' has no parent or previous version")
                 continue
             row = summary_row(evaluate_image(ground_truth, labels))
-            errors = _error_classes(error_maps(ground_truth, labels))
+            errors = error_class_map(error_maps(ground_truth, labels))
             scores.append(MethodScore(method, row, seconds, labels, errors))
         yield Progress("compare", len(methods), len(methods), "comparison finished")
         return scores, skipped
@@ -232,10 +231,10 @@ def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Call
     """Labels of one method (None when the previous model version does not exist)."""
     from napari_unet.core.baselines import segment_baseline
     from napari_unet.core.inference import predict
-    from napari_unet.core.store import load_model
+    from napari_unet.core.store import load_model, previous_version
 
     if method in (UNET_CURRENT, UNET_PREVIOUS):
-        reference = model if method == UNET_CURRENT else _previous_version(model)
+        reference = model if method == UNET_CURRENT else previous_version(model)
         if reference is None:
             return None
         return predict(image, load_model(reference), axes, cancel=cancel).labels
@@ -243,33 +242,9 @@ def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Call
     return segment_baseline(image, key, axes)
 
 
-def _previous_version(reference: str) -> str | None:
-    """Return the model ``reference`` was fine-tuned from (lineage parent), else its next-older version, else None."""
-    from napari_unet.core import store
-
-    name, _, version = reference.partition("@v")
-    try:
-        versions = store.list_versions(name)
-    except UserInputError:
-        return None  # the bundled model or a file: no history
-    current = next((v for v in versions if version.isdigit() and v.version == int(version)), versions[-1])
-    if current.parent:
-        return current.parent
-    older = [v.version for v in versions if v.version is not None and v.version < (current.version or 0)]
-    return f"{name}@v{max(older)}" if older else None
-
-
-def _error_classes(maps: dict[str, np.ndarray]) -> np.ndarray:
-    """One uint8 class map from :func:`napari_unet.core.metrics.error_maps` (later classes on top)."""
-    classes = np.zeros(maps[ERROR_CLASSES[0]].shape, dtype=np.uint8)
-    for code, key in enumerate(ERROR_CLASSES, start=1):
-        classes[maps[key] > 0] = code
-    return classes
-
-
 def _check_shapes(image: np.ndarray, ground_truth: np.ndarray, hint: str | None, gt_name: str, image_name: str) -> str:
     axes = infer_axes(image.shape, hint)
-    spatial = tuple(size for size, axis in zip(image.shape, axes, strict=True) if axis != "C")
+    spatial = spatial_shape(image.shape, axes)
     if ground_truth.shape != spatial:
         raise UserInputError(
             f"ground truth '{gt_name}' has shape {ground_truth.shape} but '{image_name}' has spatial shape {spatial}; "

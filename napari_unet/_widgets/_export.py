@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,17 +174,13 @@ class ExportWidget(QWidget):
         """Export the ticked layers in the ticked formats; return the worker (None if nothing started)."""
         try:
             items = self._collect_items()
-        except UserInputError as exc:
-            notify_exception(exc, "Export")
-            return None
-        existing = [path for item in items for path in item.outputs() if path.exists()]
-        if existing and not self.ask_overwrite(existing):
-            info("Export skipped: nothing was overwritten.")
-            return None
-        self._save_settings()
-        try:
+            existing = [path for item in items for path in item.outputs() if path.exists()]
+            if existing and not self.ask_overwrite(existing):
+                info("Export skipped: nothing was overwritten.")
+                return None
+            self._save_settings()
             return self.jobs.start(lambda cancel: _write_items(items, bool(existing), cancel), self._on_written)
-        except UserInputError as exc:
+        except Exception as exc:
             notify_exception(exc, "Export")
             return None
 
@@ -237,7 +233,9 @@ class ExportWidget(QWidget):
         info(f"Exported {len(self.last_written)} file(s) to {self.folder.text()}")
 
 
-def _write_items(items: list[ExportItem], overwrite: bool, cancel: Any) -> Generator[Progress, None, Any]:
+def _write_items(
+    items: list[ExportItem], overwrite: bool, cancel: Callable[[], bool]
+) -> Generator[Progress, None, tuple[list[Path], list[str]]]:
     """Write every item; a format a layer cannot hold is reported, the others are still written."""
     written: list[Path] = []
     problems: list[str] = []

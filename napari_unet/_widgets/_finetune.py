@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -45,7 +46,7 @@ from napari_unet._widgets._correct import reviewed_layer_name
 from napari_unet._widgets._plot import MiniPlot
 from napari_unet.core.config import InferenceConfig, TrainingConfig
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.normalize import infer_axes
+from napari_unet.core.normalize import infer_axes, spatial_shape
 from napari_unet.core.progress import Progress
 
 SETTINGS = "finetune"
@@ -202,7 +203,7 @@ class FineTuneWidget(QWidget):
             notify_exception(exc, "Add pair")
             return False
         text = _pair_text(image.name, labels.name)
-        if not self.pairs.findItems(text, _exact()):
+        if not self.pairs.findItems(text, Qt.MatchFlag.MatchExactly):
             self.pairs.addItem(text)
         return True
 
@@ -345,7 +346,7 @@ class FineTuneWidget(QWidget):
         name = self.save_name.text().strip()
         try:
             versions = store.list_versions(name) if name else []
-        except UserInputError:
+        except UserInputError:  # not an error: nothing saved under this name yet
             versions = []
         for version in reversed(versions):
             self.history.addItem(_version_text(version))
@@ -431,8 +432,7 @@ def _add_planes(
 def _check_pair(image_layer: Image, labels_layer: Labels) -> None:
     """Refuse pairs whose shapes differ or whose labels are empty, with a message saying what to do."""
     image_shape = np.shape(image_layer.data)
-    axes = infer_axes(image_shape, image_axes_hint(image_layer))
-    spatial = tuple(size for size, axis in zip(image_shape, axes, strict=True) if axis != "C")
+    spatial = spatial_shape(image_shape, infer_axes(image_shape, image_axes_hint(image_layer)))
     labels_shape = tuple(np.shape(labels_layer.data))
     if labels_shape != spatial:
         raise UserInputError(
@@ -447,12 +447,6 @@ def _check_pair(image_layer: Image, labels_layer: Labels) -> None:
 
 def _pair_text(image_name: str, labels_name: str) -> str:
     return f"{image_name} → {labels_name}"
-
-
-def _exact() -> Any:
-    from qtpy.QtCore import Qt
-
-    return Qt.MatchFlag.MatchExactly
 
 
 def _version_text(version: Any) -> str:

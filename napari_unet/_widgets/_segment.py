@@ -38,8 +38,8 @@ from napari_unet._widgets._common import (
     snapshot,
     unique_name,
 )
-from napari_unet.core import postprocess as post
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
+from napari_unet.core.editing import label_ids
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.normalize import SUPPORTED_AXES, infer_axes
 from napari_unet.core.progress import Progress
@@ -233,7 +233,7 @@ class SegmentWidget(QWidget):
         self._cache = {"probabilities": prediction.probabilities, "axes": prediction.axes, "layer": layer}
         if self.keep_probabilities.isChecked():
             self._write_probability(image_layer, prediction.probabilities)
-        n_objects = len(np.unique(prediction.labels)) - 1
+        n_objects = len(label_ids(prediction.labels))
         info(f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'.")
 
     def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
@@ -246,11 +246,12 @@ class SegmentWidget(QWidget):
         return layer
 
     def _write_probability(self, image_layer: Image, probabilities: np.ndarray) -> None:
-        foreground = 1.0 - probabilities[..., 0, :, :]  # P(interior) + P(boundary), shaped like the labels
+        from napari_unet.core.inference import foreground_probability
+
         layer = set_layer_data(
             self.viewer,
             image_layer.name + PROBABILITY_SUFFIX,
-            foreground,
+            foreground_probability(probabilities),
             "image",
             like=image_layer,
             colormap="magma",
@@ -263,24 +264,30 @@ class SegmentWidget(QWidget):
 
     def rerun_postprocessing(self) -> Labels | None:
         """Re-segment from the cached probabilities with the current thresholds (no network)."""
+        from napari_unet.core.inference import labels_from_probabilities
+
         try:
-            if self._cache is None:
-                raise UserInputError("nothing to re-process: press 'Segment' first (probabilities are kept in memory)")
+            layer = self._cached_layer()
             config = self.postprocess_config()
             labels = labels_from_probabilities(self._cache["probabilities"], self._cache["axes"], config)
         except Exception as exc:
             notify_exception(exc, "Post-processing")
-            return None
-        layer = self._cache["layer"]
-        if layer not in self.viewer.layers:
-            notify_exception(UserInputError(f"the layer '{layer.name}' was deleted; press 'Segment' again"), "")
             return None
         layer.data = labels
         meta = layer_meta(layer)
         meta["prediction"] = labels.copy()
         meta.setdefault("settings", {})["postprocess"] = config.to_dict()
         self._save_settings()
-        info(f"Re-processed '{layer.name}': {len(np.unique(labels)) - 1} objects.")
+        info(f"Re-processed '{layer.name}': {len(label_ids(labels))} objects.")
+        return layer
+
+    def _cached_layer(self) -> Labels:
+        """Return the labels layer of the last segmentation (its probabilities are cached)."""
+        if self._cache is None:
+            raise UserInputError("nothing to re-process: press 'Segment' first (probabilities are kept in memory)")
+        layer = self._cache["layer"]
+        if layer not in self.viewer.layers:
+            raise UserInputError(f"the layer '{layer.name}' was deleted; press 'Segment' again")
         return layer
 
 
@@ -306,38 +313,11 @@ def _segment_job(
     return job
 
 
-def labels_from_probabilities(probabilities: np.ndarray, axes: str, config: PostprocessConfig) -> np.ndarray:
-    """Instance labels from cached class probabilities, as :func:`napari_unet.core.inference.iter_predict` makes them.
-
-    Parameters
-    ----------
-    probabilities : ndarray, (3, Y, X) or (P, 3, Y, X)
-        Background / interior / boundary probabilities (``Prediction.probabilities``).
-    axes : str
-        ``YX``, ``ZYX`` (objects linked across Z) or ``TYX``.
-    config : PostprocessConfig
-        Thresholds and sizes.
-
-    """
-    if probabilities.ndim == 3:
-        return post.probabilities_to_labels(probabilities, config).astype(np.uint32)
-    planes = np.stack([post.probabilities_to_labels(plane, config) for plane in probabilities])
-    stack = post.link_slices(planes) if axes.startswith("Z") else post.relabel_stack_unique(planes)
-    return stack.astype(np.uint32, copy=False)
-
-
 def describe_devices() -> str:
     """One line naming the compute devices PyTorch can see."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return "PyTorch is not installed"
-    found = []
-    if torch.cuda.is_available():
-        found += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        found.append("Apple MPS")
+    from napari_unet.core.inference import accelerator_names
+
+    found = accelerator_names()
     return "found: " + (", ".join(found) if found else "CPU only (no GPU visible to PyTorch)")
 
 

@@ -48,6 +48,7 @@ import numpy as np
 from napari_unet.core.config import InferenceConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.memory import OomGuard, as_torch_device
+from napari_unet.core.normalize import IntensityStats, apply_stats, intensity_stats
 from napari_unet.core.progress import CancelFlag, Progress, check_cancel
 from napari_unet.core.stitching import ChunkPlan, Stitcher, iter_relabel, plan_chunks
 
@@ -239,42 +240,47 @@ class GlobalNormalizer:
     Built by :meth:`from_image`; calling it on a window applies the same
     channel mapping and scaling as
     :func:`napari_unet.core.normalize.normalize_plane`, but with the global
-    ``low``/``high``/``invert`` instead of the window's own.
+    statistics (:class:`~napari_unet.core.normalize.IntensityStats`) instead
+    of the window's own.
 
     Attributes
     ----------
-    low, high : float
-        Intensities mapped to 0 and 1.
-    invert : bool
-        Whether bright maps to 0 (bright-background images).
+    stats : IntensityStats
+        ``low`` / ``high`` (intensities mapped to 0 and 1) and ``invert``
+        (bright maps to 0, for bright-background images).
     in_channels : int
         Channels the model reads.
 
     """
 
-    low: float
-    high: float
-    invert: bool
+    stats: IntensityStats
     in_channels: int
+
+    @property
+    def low(self) -> float:
+        """Intensity mapped to 0."""
+        return self.stats.low
+
+    @property
+    def high(self) -> float:
+        """Intensity mapped to 1."""
+        return self.stats.high
+
+    @property
+    def invert(self) -> bool:
+        """Whether bright maps to 0."""
+        return self.stats.invert
 
     @classmethod
     def from_image(
         cls, image: LargeImage, cfg: NormalizeConfig, in_channels: int, band: int = 2048
     ) -> GlobalNormalizer:
         """Measure the percentiles on a regular sub-grid of ``image``, reading one band of rows at a time."""
-        from napari_unet.core import normalize
-
-        sample = strided_sample(image, band=band)
-        channels = normalize._match_channels(_with_channels(sample), in_channels)
-        low, high, invert = normalize._intensity_range(channels, cfg)
-        return cls(low, high, bool(invert), in_channels)
+        return cls(intensity_stats(strided_sample(image, band=band), cfg, in_channels), in_channels)
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
         """Normalise a ``(y, x)`` or ``(y, x, C)`` window into ``(in_channels, y, x)`` float32."""
-        from napari_unet.core import normalize
-
-        channels = normalize._match_channels(_with_channels(window), self.in_channels)
-        return normalize._scale(channels, self.low, self.high, self.invert)
+        return apply_stats(window, self.stats, self.in_channels)
 
 
 def sample_step(shape_yx: tuple[int, int], max_pixels: int = PERCENTILE_SAMPLE_PIXELS) -> int:
@@ -299,10 +305,6 @@ def strided_sample(image: LargeImage, max_pixels: int = PERCENTILE_SAMPLE_PIXELS
         for start in range(0, image.shape[0], rows_per_band)
     ]
     return np.concatenate(parts, axis=0)
-
-
-def _with_channels(block: np.ndarray) -> np.ndarray:
-    return block[..., np.newaxis] if block.ndim == 2 else block
 
 
 # =========================================================================== large-image prediction

@@ -95,7 +95,7 @@ def _report(
         methods[name] = {"summary": row, "per_image": per_image}
     return {
         "images": [str(p[0]) for p in pairs],
-        "n_true": int(sum(len(np.unique(g)) - (1 if (g == 0).any() else 0) for g in ground_truth)),
+        "n_true": int(sum(np.count_nonzero(np.unique(g)) for g in ground_truth)),
         "methods": methods,
     }
 

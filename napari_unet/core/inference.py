@@ -111,6 +111,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise UserInputError(f"Unknown device {name!r}; choose 'auto', 'cpu', 'cuda' or 'mps'.")
 
 
+def accelerator_names() -> list[str]:
+    """Names of the accelerators PyTorch can use here, e.g. ``["cuda:0 NVIDIA H100", "Apple MPS"]``.
+
+    Returns
+    -------
+    list of str
+        One entry per CUDA device (``cuda:<index> <model name>``), then
+        ``"Apple MPS"`` when available; empty on a CPU-only machine.
+
+    """
+    names = []
+    if torch.cuda.is_available():
+        names += [f"cuda:{index} {torch.cuda.get_device_name(index)}" for index in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("Apple MPS")
+    return names
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
@@ -364,7 +382,6 @@ def iter_predict(
     total = len(planes) * plan.tiles_per_plane
     yield Progress("predict", 0, total, f"Predicting {total} tile(s) on {device}", {"device": str(device)})
     probabilities: np.ndarray | None = None
-    labels = np.zeros(planes.shape[:3], dtype=np.int32)
     done = 0
     with _eval_mode(network):
         for index, plane in enumerate(planes):
@@ -381,9 +398,12 @@ def iter_predict(
             if probabilities is None:
                 probabilities = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
             probabilities[index] = plane_probabilities
-            labels[index] = probabilities_to_labels(plane_probabilities, postprocess)
     assert probabilities is not None  # validate_image guarantees at least one plane
-    return _assemble(labels, probabilities, plane_axis, image_axes)
+    labels_axes = "YX" if plane_axis is None else f"{plane_axis}YX"
+    if plane_axis is None:
+        probabilities = probabilities[0]
+    labels = labels_from_probabilities(probabilities, labels_axes, postprocess, cancel)
+    return Prediction(labels, probabilities, labels_axes, image_axes)
 
 
 def _message(index: int, planes: int, done: int, total: int) -> str:
@@ -391,12 +411,79 @@ def _message(index: int, planes: int, done: int, total: int) -> str:
     return f"Predicting: {prefix}tile {done}/{total}"
 
 
-def _assemble(labels: np.ndarray, probabilities: np.ndarray, plane_axis: str | None, image_axes: str) -> Prediction:
-    """Shape the per-plane results ``(P, Y, X)`` / ``(P, K, Y, X)`` like the input."""
-    if plane_axis is None:
-        return Prediction(labels[0].astype(np.uint32), probabilities[0], "YX", image_axes)
-    stack = link_slices(labels, min_iou=LINK_MIN_IOU) if plane_axis == "Z" else relabel_stack_unique(labels)
-    return Prediction(stack.astype(np.uint32, copy=False), probabilities, f"{plane_axis}YX", image_axes)
+# --------------------------------------------------------------------------- post-processing
+
+
+LABEL_AXES = ("YX", "ZYX", "TYX")
+"""Axes of :attr:`Prediction.labels` (and of :func:`labels_from_probabilities`' result)."""
+
+
+def labels_from_probabilities(
+    probabilities: np.ndarray,
+    axes: str,
+    postprocess: PostprocessConfig,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Instance labels from class probabilities, exactly as :func:`iter_predict` makes them.
+
+    Lets a caller that kept ``Prediction.probabilities`` try other
+    post-processing settings without running the network again.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        float32 (background, interior, boundary) probabilities: ``(3, Y, X)``
+        for ``axes="YX"``, ``(P, 3, Y, X)`` for ``"ZYX"`` / ``"TYX"``.
+    axes : str
+        Axes of the labels (``Prediction.axes``): ``"YX"``; ``"ZYX"``, whose
+        slices are linked into 3D objects (IoU >= :data:`LINK_MIN_IOU`); or
+        ``"TYX"``, whose frames are only given distinct ids.
+    postprocess : PostprocessConfig
+        Thresholds, minimum sizes, hole filling.
+    cancel : callable, optional
+        Checked between planes; raises :class:`~napari_unet.core.errors.Cancelled`.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 labels, ``(Y, X)`` or ``(P, Y, X)``.
+
+    Raises
+    ------
+    UserInputError
+        If ``axes`` is not one of :data:`LABEL_AXES` or does not fit the shape of ``probabilities``.
+
+    """
+    if axes not in LABEL_AXES or probabilities.ndim != len(axes) + 1:
+        raise UserInputError(
+            f"Probabilities of shape {probabilities.shape} do not fit labels axes {axes!r}; "
+            "pass (3, Y, X) with 'YX', or (P, 3, Y, X) with 'ZYX' or 'TYX' (as in Prediction)."
+        )
+    if axes == "YX":
+        return probabilities_to_labels(probabilities, postprocess).astype(np.uint32)
+    labels = np.empty((probabilities.shape[0], *probabilities.shape[2:]), dtype=np.int32)
+    for index, plane_probabilities in enumerate(probabilities):
+        check_cancel(cancel)
+        labels[index] = probabilities_to_labels(plane_probabilities, postprocess)
+    stack = link_slices(labels, min_iou=LINK_MIN_IOU) if axes == "ZYX" else relabel_stack_unique(labels)
+    return stack.astype(np.uint32, copy=False)
+
+
+def foreground_probability(probabilities: np.ndarray) -> np.ndarray:
+    """Probability that a pixel belongs to a nucleus: P(interior) + P(boundary) = 1 - P(background).
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        float32 ``(3, Y, X)`` or ``(P, 3, Y, X)`` class probabilities.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(Y, X)`` or ``(P, Y, X)``, shaped like the labels.
+
+    """
+    return 1.0 - probabilities[..., 0, :, :]
 
 
 def predict(

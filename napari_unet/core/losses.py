@@ -13,7 +13,10 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-LOSS_KINDS = ("ce_dice", "focal_dice")
+from napari_unet.core.config import LOSSES
+
+LOSS_KINDS = LOSSES
+"""Loss names :func:`segmentation_loss` accepts (those ``TrainingConfig.loss`` allows)."""
 
 
 def masked_cross_entropy(

@@ -703,3 +703,30 @@ def error_maps(gt: Any, pred: Any, thresh: float = 0.5, min_fraction: float = 0.
         "split": _keep_ids(gt_index, gt_labels, split),
         "merge": _keep_ids(pred_index, pred_labels, merge),
     }
+
+
+ERROR_CLASSES = ("true_positive", "false_positive", "false_negative", "split", "merge")
+"""Keys of :func:`error_maps`, in the order of their codes 1..5 in :func:`error_class_map`."""
+
+
+def error_class_map(maps: dict[str, np.ndarray]) -> np.ndarray:
+    """Merge the label images of :func:`error_maps` into one class image for display.
+
+    Parameters
+    ----------
+    maps : dict of str -> np.ndarray
+        The result of :func:`error_maps` (all the same shape).
+
+    Returns
+    -------
+    np.ndarray
+        uint8, same shape: 0 no error, then 1 true positive, 2 false positive,
+        3 false negative, 4 split, 5 merge (:data:`ERROR_CLASSES` order); where
+        classes overlap the later one wins (a split or merge is drawn over the
+        TP/FP/FN class of the same pixels).
+
+    """
+    classes = np.zeros(maps[ERROR_CLASSES[0]].shape, dtype=np.uint8)
+    for code, key in enumerate(ERROR_CLASSES, start=1):
+        classes[maps[key] > 0] = code
+    return classes

@@ -20,11 +20,17 @@ complex, object and string arrays are rejected, as are NaN/inf values, empty
 and constant images.  RGBA images (4 channels) are accepted: the alpha
 channel is dropped and the RGB channels are used, unless the model itself
 reads 4 channels.
+
+:func:`normalize_plane` measures a plane's own statistics and applies them.
+For images normalised chunk by chunk, :func:`intensity_stats` measures the
+statistics once (e.g. on a regular subsample of the whole image) and
+:func:`apply_stats` applies that one :class:`IntensityStats` to every chunk.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -178,6 +184,26 @@ def _check_explicit_axes(shape: tuple[int, ...], axes: str) -> str:
     return normalized
 
 
+def spatial_shape(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
+    """Shape of the labels of an image: ``shape`` without its channel axis.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape.
+    axes : str
+        Its axes, one of :data:`SUPPORTED_AXES` (e.g. from :func:`infer_axes`).
+
+    Returns
+    -------
+    tuple of int
+        E.g. ``(Y, X)`` for ``YXC`` and ``CYX`` images, ``(Z, Y, X)`` for ``ZYXC``.
+
+    """
+    axes = _check_explicit_axes(tuple(shape), axes)
+    return tuple(int(size) for size, axis in zip(shape, axes, strict=True) if axis != "C")
+
+
 # --------------------------------------------------------------------------- planes
 
 
@@ -221,6 +247,83 @@ def to_planes(
 # --------------------------------------------------------------------------- normalisation
 
 
+@dataclass(frozen=True)
+class IntensityStats:
+    """The intensity mapping of :func:`normalize_plane`: ``low`` -> 0, ``high`` -> 1, optionally inverted.
+
+    Measure it once with :func:`intensity_stats` (on a whole plane, or on a
+    subsample of an image too large to hold) and apply it to any part of the
+    same image with :func:`apply_stats`, so that every chunk sees the same
+    intensities.
+
+    Attributes
+    ----------
+    low, high : float
+        Intensities mapped to 0 and 1 (``high <= low``: no range, everything maps to 0).
+    invert : bool
+        Whether bright maps to 0 and dark to 1 (bright-background images).
+
+    """
+
+    low: float
+    high: float
+    invert: bool
+
+
+def intensity_stats(image: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> IntensityStats:
+    """Measure the percentiles and the inversion decision :func:`normalize_plane` would use.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(Y, X)`` or ``(Y, X, C)`` intensities: a whole plane, or a regular
+        subsample of a large one (e.g. ``image[::k, ::k]``).  Planes above
+        about 2**20 pixels are measured on a regular sub-grid.
+    cfg : NormalizeConfig
+        Percentiles and inversion policy.
+    in_channels : int
+        Channels the model reads (decides how colour is mapped, see :func:`normalize_plane`).
+
+    Returns
+    -------
+    IntensityStats
+
+    Raises
+    ------
+    UserInputError
+        If the channel count cannot be mapped onto ``in_channels``.
+
+    """
+    plane = _with_channel_axis(image)
+    return _channel_stats(_match_channels(plane, in_channels), cfg, _brightness(plane))
+
+
+def apply_stats(image: np.ndarray, stats: IntensityStats, in_channels: int) -> np.ndarray:
+    """Normalise ``image`` with given statistics instead of its own.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(Y, X)`` or ``(Y, X, C)`` intensities (e.g. one chunk of a large image).
+    stats : IntensityStats
+        From :func:`intensity_stats`.
+    in_channels : int
+        Channels the model reads.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(in_channels, Y, X)`` float32, mapped as described in :func:`normalize_plane`.
+
+    Raises
+    ------
+    UserInputError
+        If the channel count cannot be mapped onto ``in_channels``.
+
+    """
+    return _scale(_match_channels(_with_channel_axis(image), in_channels), stats)
+
+
 def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> np.ndarray:
     """Convert one plane into the network's input.
 
@@ -252,6 +355,8 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
     colour planes (HSV value), which sets pink H&E background apart from
     purple nuclei better than luminance does.  A plane with no
     intensity range (a blank slice of a stack) becomes all zeros.
+    ``normalize_plane(p, cfg, n)`` equals
+    ``apply_stats(p, intensity_stats(p, cfg, n), n)`` (computed in one pass).
 
     Raises
     ------
@@ -259,11 +364,13 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
         If the channel count cannot be mapped onto ``in_channels``.
 
     """
-    if plane.ndim == 2:
-        plane = plane[..., np.newaxis]
+    plane = _with_channel_axis(plane)
     channels = _match_channels(plane, in_channels)
-    low, high, invert = _intensity_range(channels, cfg, _brightness(plane))
-    return _scale(channels, low, high, invert)
+    return _scale(channels, _channel_stats(channels, cfg, _brightness(plane)))
+
+
+def _with_channel_axis(image: np.ndarray) -> np.ndarray:
+    return image[..., np.newaxis] if image.ndim == 2 else image
 
 
 def _match_channels(plane: np.ndarray, in_channels: int) -> list[np.ndarray]:
@@ -299,13 +406,13 @@ def _sample(channel: np.ndarray) -> np.ndarray:
     return channel[::step, ::step] if step > 1 else channel
 
 
-def _intensity_range(
+def _channel_stats(
     channels: list[np.ndarray], cfg: NormalizeConfig, brightness: np.ndarray | None = None
-) -> tuple[float, float, bool]:
-    """Return ``(low, high, invert)`` for the channels of one plane.
+) -> IntensityStats:
+    """Return the statistics of the (model-mapped) channels of one plane.
 
     ``brightness`` is the (sampled) map the inversion is decided on; ``None``
-    means the pooled channels themselves.
+    (gray planes) means the pooled channels themselves.
     """
     unique = list({id(c): c for c in channels}.values())
     pooled = np.concatenate([_sample(c).ravel() for c in unique]) if len(unique) > 1 else _sample(unique[0])
@@ -318,10 +425,10 @@ def _intensity_range(
     if high <= low:
         low, high = float(pooled.min()), float(pooled.max())
     if not decide:
-        return low, high, cfg.invert == "always"
+        return IntensityStats(low, high, cfg.invert == "always")
     if brightness is None:
-        return low, high, _is_bright(*values[2:])
-    return low, high, _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES)))
+        return IntensityStats(low, high, _is_bright(*values[2:]))
+    return IntensityStats(low, high, _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES))))
 
 
 def _is_bright(dark: float, median: float, bright: float) -> bool:
@@ -335,8 +442,9 @@ def _brightness(plane: np.ndarray) -> np.ndarray | None:
     return _sample(plane)[..., :3].max(axis=-1)
 
 
-def _scale(channels: list[np.ndarray], low: float, high: float, invert: bool) -> np.ndarray:
+def _scale(channels: list[np.ndarray], stats: IntensityStats) -> np.ndarray:
     """Map ``low`` -> 0 and ``high`` -> 1 (swapped when ``invert``) into a new (C, Y, X) float32 array."""
+    low, high = stats.low, stats.high
     out = np.empty((len(channels), *channels[0].shape), dtype=np.float32)
     if high <= low:
         out.fill(0.0)
@@ -344,7 +452,7 @@ def _scale(channels: list[np.ndarray], low: float, high: float, invert: bool) ->
     work = np.float64 if _needs_float64(channels[0].dtype) else np.float32
     low_w, high_w = work(low), work(high)  # numpy scalars fix the arithmetic precision (NEP 50)
     for index, channel in enumerate(channels):
-        if invert:
+        if stats.invert:
             np.subtract(high_w, channel, out=out[index], casting="same_kind")
         else:
             np.subtract(channel, low_w, out=out[index], casting="same_kind")
@@ -361,8 +469,7 @@ def is_bright_background(plane: np.ndarray) -> bool:
         ``(Y, X)`` or ``(Y, X, C)`` intensities.
 
     """
-    if plane.ndim == 2:
-        plane = plane[..., np.newaxis]
+    plane = _with_channel_axis(plane)
     brightness = _brightness(plane)
     if brightness is None:
         brightness = _sample(plane).mean(axis=-1) if plane.shape[-1] > 1 else _sample(plane[..., 0])

@@ -611,6 +611,37 @@ def list_models() -> list[ModelInfo]:
     return infos
 
 
+def previous_version(reference: str) -> str | None:
+    """Return the model a user model version was derived from, for before/after comparisons.
+
+    Parameters
+    ----------
+    reference : str
+        ``"name"`` (its latest version), ``"name@vN"`` or ``"name@N"``.
+
+    Returns
+    -------
+    str or None
+        The version's recorded lineage parent (``"name@vN"``, or the name of
+        an unversioned parent such as ``"default"``) when there is one, else
+        the next older version of the same name; None when there is neither,
+        and for the bundled model, paths and names the store does not know
+        (none of them has a history).
+
+    """
+    match = _SPEC_RE.match(reference)
+    name, wanted = (match.group("name"), int(match.group("version"))) if match else (reference, None)
+    versions = _version_folders(name) if _NAME_RE.match(name) else {}
+    if not versions:
+        return None
+    current = wanted if wanted in versions else max(versions)
+    parent = _info_from_folder(versions[current], name, current).parent
+    if parent:
+        return parent
+    older = [version for version in versions if version < current]
+    return f"{name}@v{max(older)}" if older else None
+
+
 def revert(name: str, version: int) -> ModelInfo:
     """Make version ``version`` of ``name`` the newest again by saving a copy of it.
 
@@ -647,6 +678,7 @@ __all__ = [
     "load_model",
     "load_model_folder",
     "placeholder_default",
+    "previous_version",
     "revert",
     "save_model",
     "save_version",

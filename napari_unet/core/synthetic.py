@@ -468,16 +468,25 @@ def _camera(rng: np.random.Generator, photons: np.ndarray, read_noise: float, of
     return np.clip(np.rint(counts), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
-def _fluorescence_signal(
+def _lighting(rng: np.random.Generator, shape_yx: tuple[int, int], background: float) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, X) illumination and background of one fluorescence field of view (fixed over a stack or time-lapse)."""
+    return _illumination(rng, shape_yx, 0.25), _background(rng, shape_yx, background)
+
+
+def _fluorescence_image(
+    rng: np.random.Generator,
     density: np.ndarray,
-    illumination: np.ndarray,
-    background: np.ndarray,
+    lighting: tuple[np.ndarray, np.ndarray],
     photons: float,
     psf_sigma: float,
+    read_noise: float,
+    offset: float,
     z_sigma: float | None = None,
 ) -> np.ndarray:
-    """Compute expected photons per pixel: blurred, unevenly lit nuclei over a smooth background."""
-    return photons * _blur(density, psf_sigma, z_sigma) * illumination + background
+    """Record ``density`` through the microscope: blur, uneven light over a smooth background, camera noise (uint16)."""
+    illumination, background = lighting
+    expected = photons * _blur(density, psf_sigma, z_sigma) * illumination + background
+    return _camera(rng, expected, read_noise, offset)
 
 
 def _background(rng: np.random.Generator, shape_yx: tuple[int, int], level: float) -> np.ndarray:
@@ -507,6 +516,36 @@ def _brightfield_rgb(
 
 
 # --------------------------------------------------------------------------- public generators
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What every generator draws from one seed: the nuclei, their textures and the noise / motion streams."""
+
+    layout: NucleiLayout
+    textures: list[np.ndarray]
+    noise_rng: np.random.Generator
+    motion_rng: np.random.Generator
+
+
+def _scene(
+    shape: tuple[int, ...],
+    n_nuclei: int,
+    seed: int,
+    radius_range: tuple[float, float],
+    touching_fraction: float,
+    spacing: Sequence[float] | None = None,
+) -> _Scene:
+    """Check the counts and draw the layout and textures of ``seed`` (same seed, same scene)."""
+    _check_counts(n_nuclei, radius_range)
+    layout = random_layout(shape, n_nuclei, seed, radius_range, spacing, touching_fraction)
+    _, texture_rng, noise_rng, motion_rng = random_streams(seed)
+    return _Scene(layout, _nucleus_textures(texture_rng, layout), noise_rng, motion_rng)
+
+
+def _final_labels(labels: np.ndarray) -> np.ndarray:
+    """One connected component per label, numbered 1..N, uint16."""
+    return relabel_sequential(resolve_fragments(labels))[0].astype(np.uint16)
 
 
 def synthetic_nuclei(
@@ -561,20 +600,15 @@ def synthetic_nuclei(
     if kind not in KINDS:
         raise UserInputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}; pick one of those.")
     shape = _check_shape(shape, 2, "image")
-    _check_counts(n_nuclei, radius_range)
-    layout = random_layout(shape, n_nuclei, seed, radius_range, touching_fraction=touching_fraction)
-    _, texture_rng, noise_rng, _ = random_streams(seed)
-    textures = _nucleus_textures(texture_rng, layout)
+    scene = _scene(shape, n_nuclei, seed, radius_range, touching_fraction)
     if kind == "fluorescence":
-        density, labels = draw_nuclei(layout, shape, textures)
-        lit = _illumination(noise_rng, shape, 0.25)
-        expected = _fluorescence_signal(density, lit, _background(noise_rng, shape, background), photons, psf_sigma)
-        image = _camera(noise_rng, expected, read_noise, offset)
+        density, labels = draw_nuclei(scene.layout, shape, scene.textures)
+        lighting = _lighting(scene.noise_rng, shape, background)
+        image = _fluorescence_image(scene.noise_rng, density, lighting, photons, psf_sigma, read_noise, offset)
     else:
-        density, labels = draw_nuclei(layout, shape, textures, texture_strength=0.6, profile=_rim_profile)
-        image = _brightfield_rgb(noise_rng, density, labels, psf_sigma)
-    labels = relabel_sequential(resolve_fragments(labels))[0].astype(np.uint16)
-    return image, labels
+        density, labels = draw_nuclei(scene.layout, shape, scene.textures, texture_strength=0.6, profile=_rim_profile)
+        image = _brightfield_rgb(scene.noise_rng, density, labels, psf_sigma)
+    return image, _final_labels(labels)
 
 
 def synthetic_zstack(
@@ -627,22 +661,16 @@ def synthetic_zstack(
 
     """
     shape = _check_shape(shape, 3, "Z-stack")
-    _check_counts(n_nuclei, radius_range)
     if z_spacing <= 0:
         raise UserInputError(f"z_spacing must be positive, got {z_spacing}; pass e.g. 2.0.")
-    spacing = (float(z_spacing), 1.0, 1.0)
-    layout = random_layout(shape, n_nuclei, seed, radius_range, spacing, touching_fraction)
-    _, texture_rng, noise_rng, _ = random_streams(seed)
-    density, labels = draw_nuclei(layout, shape, _nucleus_textures(texture_rng, layout))
+    scene = _scene(shape, n_nuclei, seed, radius_range, touching_fraction, spacing=(float(z_spacing), 1.0, 1.0))
+    density, labels = draw_nuclei(scene.layout, shape, scene.textures)
     depth = np.exp(np.log1p(-min(attenuation, 0.99)) * np.linspace(0.0, 1.0, shape[0]))
     density *= depth[:, None, None].astype(np.float32)
-    lit = _illumination(noise_rng, shape[1:], 0.25)
-    bg = _background(noise_rng, shape[1:], background)
+    lighting = _lighting(scene.noise_rng, shape[1:], background)
     z_sigma = psf_sigma * psf_z_ratio / z_spacing
-    expected = _fluorescence_signal(density, lit, bg, photons, psf_sigma, z_sigma)
-    image = _camera(noise_rng, expected, read_noise, offset)
-    labels = relabel_sequential(resolve_fragments(labels))[0].astype(np.uint16)
-    return image, labels
+    image = _fluorescence_image(scene.noise_rng, density, lighting, photons, psf_sigma, read_noise, offset, z_sigma)
+    return image, _final_labels(labels)
 
 
 def _reflect_into(centers: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -705,12 +733,9 @@ def synthetic_timelapse(
     if int(n_frames) < 1:
         raise UserInputError(f"n_frames must be at least 1, got {n_frames}; pass e.g. 5.")
     shape = _check_shape(shape, 2, "frame")
-    _check_counts(n_nuclei, radius_range)
-    layout = random_layout(shape, n_nuclei, seed, radius_range, touching_fraction=touching_fraction)
-    _, texture_rng, noise_rng, motion_rng = random_streams(seed)
-    textures = _nucleus_textures(texture_rng, layout)
-    lit = _illumination(noise_rng, shape, 0.25)
-    bg = _background(noise_rng, shape, background)
+    scene = _scene(shape, n_nuclei, seed, radius_range, touching_fraction)
+    layout, motion_rng = scene.layout, scene.motion_rng
+    lighting = _lighting(scene.noise_rng, shape, background)
     images, labels = [], []
     for t in range(int(n_frames)):
         if t > 0:
@@ -720,9 +745,8 @@ def synthetic_timelapse(
                 centers=_reflect_into(layout.centers + step, shape),
                 angles=layout.angles + 0.05 * motion_rng.standard_normal(layout.n_nuclei),
             )
-        density, frame_labels = draw_nuclei(layout, shape, textures)
+        density, frame_labels = draw_nuclei(layout, shape, scene.textures)
         density *= (1.0 - bleaching) ** t
-        expected = _fluorescence_signal(density, lit, bg, photons, psf_sigma)
-        images.append(_camera(noise_rng, expected, read_noise, offset))
+        images.append(_fluorescence_image(scene.noise_rng, density, lighting, photons, psf_sigma, read_noise, offset))
         labels.append(resolve_fragments(frame_labels))
     return np.stack(images), np.stack(labels)

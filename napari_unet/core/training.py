@@ -363,6 +363,18 @@ def _check_image(image: Any, index: int) -> np.ndarray:
     return image
 
 
+def _check_pair(image: Any, label: Any, index: int, role: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Check one (image, labels) item; ``role`` prefixes the messages (``"validation "`` for validation data)."""
+    image = _check_image(image, index)
+    label = check_labels(label, f"{role}labels {index}")
+    if label.shape != image.shape[:2]:
+        raise UserInputError(
+            f"{role}labels {index} have shape {label.shape} but {role}image {index} is {image.shape[:2]} (Y, X); "
+            "the labels must cover the image pixel for pixel"
+        )
+    return image, label
+
+
 def _prepare(
     bundle: ModelBundle,
     images: list[np.ndarray],
@@ -373,13 +385,7 @@ def _prepare(
 ) -> _Prepared:
     prepared = _Prepared([], [], [], [])
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        image = _check_image(image, index)
-        label = check_labels(label, f"labels {index}")
-        if label.shape != image.shape[:2]:
-            raise UserInputError(
-                f"labels {index} have shape {label.shape} but image {index} is {image.shape[:2]} (Y, X); "
-                "the labels must cover the image pixel for pixel"
-            )
+        image, label = _check_pair(image, label, index)
         try:
             weight = loss_weights(
                 label,
@@ -489,13 +495,7 @@ def _given_validation(
     images, labels = _as_lists(val_images, val_labels)
     windows = []
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        image = _check_image(image, index)
-        label = check_labels(label, f"validation labels {index}")
-        if label.shape != image.shape[:2]:
-            raise UserInputError(
-                f"validation labels {index} have shape {label.shape} but the image is {image.shape[:2]}; "
-                "pass labels that cover the image"
-            )
+        image, label = _check_pair(image, label, index, "validation ")
         normalized = normalize_plane(image, bundle.normalize, bundle.config.in_channels)
         weight = np.ones(label.shape, dtype=np.float32)
         windows.append(_window(normalized, label, labels_to_classes(label), weight, _full_box(label.shape)))

@@ -167,6 +167,15 @@ def test_global_normalizer_equals_normalize_plane_on_a_whole_image(shape):
     np.testing.assert_allclose(normalizer(image), normalize_plane(image, cfg, 1), rtol=1e-6, atol=1e-6)
 
 
+def test_global_normalizer_decides_inversion_like_normalize_plane_on_colour():
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    image[...] = (0, 0, 255)  # bright by max(R, G, B) though dark by luminance
+    image[5:14, 5:14] = (0, 200, 0)
+    normalizer = GlobalNormalizer.from_image(open_large_image(image), NormalizeConfig(), in_channels=1)
+    assert normalizer.invert
+    np.testing.assert_array_equal(normalizer(image), normalize_plane(image, NormalizeConfig(), 1))
+
+
 def test_global_percentiles_do_not_follow_the_chunk():
     image = np.zeros((64, 64), np.float32)
     image[:, 32:] = 100.0  # a bright right half: per-chunk percentiles would map both halves to 0

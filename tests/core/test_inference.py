@@ -9,7 +9,16 @@ from torch import nn
 from napari_unet.core import inference
 from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.inference import Prediction, iter_predict, predict, predict_probabilities, resolve_device
+from napari_unet.core.inference import (
+    Prediction,
+    accelerator_names,
+    foreground_probability,
+    iter_predict,
+    labels_from_probabilities,
+    predict,
+    predict_probabilities,
+    resolve_device,
+)
 from napari_unet.core.model import UNet
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.store import ModelBundle
@@ -107,6 +116,17 @@ def test_resolve_device_with_cuda_present(monkeypatch):
     assert resolve_device("CUDA:1") == torch.device("cuda", 1)
     with pytest.raises(UserInputError, match=r"devices 0\.\.1"):
         resolve_device("cuda:2")
+
+
+def test_accelerator_names_list_cuda_devices_then_mps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(inference, "_mps_available", lambda: False)
+    assert accelerator_names() == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU model {index}")
+    monkeypatch.setattr(inference, "_mps_available", lambda: True)
+    assert accelerator_names() == ["cuda:0 GPU model 0", "cuda:1 GPU model 1", "Apple MPS"]
 
 
 # --------------------------------------------------------------------------- tiling equals untiled
@@ -319,3 +339,46 @@ def test_run_to_end_matches_predict():
     drained = run_to_end(iter_predict(disc_image(), bundle, inference=CPU))
     np.testing.assert_array_equal(direct.labels, drained.labels)
     np.testing.assert_array_equal(direct.probabilities, drained.probabilities)
+
+
+# --------------------------------------------------------------------------- post-processing cached probabilities
+
+
+def test_labels_from_probabilities_reproduce_predict_for_planes_and_stacks():
+    bundle = threshold_bundle()
+    single = predict(disc_image(), bundle, inference=CPU)
+    stack = np.stack([disc_image(shift=(0, s)) for s in (0, 1, 2)])
+    for result in (single, predict(stack, bundle, inference=CPU), predict(stack, bundle, axes="TYX", inference=CPU)):
+        labels = labels_from_probabilities(result.probabilities, result.axes, POST)
+        assert labels.dtype == np.uint32
+        np.testing.assert_array_equal(labels, result.labels)
+
+
+def test_labels_from_probabilities_link_z_but_not_t():
+    probabilities = np.zeros((2, 3, 20, 20), dtype=np.float32)
+    probabilities[:, 0] = 1.0
+    probabilities[:, :, 5:12, 5:12] = np.array([0.0, 1.0, 0.0], dtype=np.float32)[:, None, None]
+    linked = labels_from_probabilities(probabilities, "ZYX", POST)
+    assert set(np.unique(linked)) == {0, 1} and linked[0, 8, 8] == linked[1, 8, 8] == 1
+    frames = labels_from_probabilities(probabilities, "TYX", POST)
+    assert set(np.unique(frames)) == {0, 1, 2} and frames[0, 8, 8] != frames[1, 8, 8]
+    strict = labels_from_probabilities(probabilities[0], "YX", PostprocessConfig(min_size=50, min_seed_size=1))
+    assert strict.max() == 0  # the 49-pixel object is below the new minimum size
+
+
+def test_labels_from_probabilities_checks_axes_and_cancel():
+    probabilities = np.full((2, 3, 8, 8), 1 / 3, dtype=np.float32)
+    with pytest.raises(UserInputError, match="do not fit labels axes 'YX'"):
+        labels_from_probabilities(probabilities, "YX", POST)
+    with pytest.raises(UserInputError, match="'CYX'"):
+        labels_from_probabilities(probabilities[0], "CYX", POST)
+    with pytest.raises(Cancelled):
+        labels_from_probabilities(probabilities, "ZYX", POST, cancel=lambda: True)
+
+
+def test_foreground_probability_is_interior_plus_boundary():
+    probabilities = np.array([0.2, 0.5, 0.3], dtype=np.float32)[:, None, None] * np.ones((3, 2, 4), np.float32)
+    foreground = foreground_probability(probabilities)
+    assert foreground.shape == (2, 4) and foreground.dtype == np.float32
+    np.testing.assert_allclose(foreground, 0.8)
+    assert foreground_probability(np.stack([probabilities] * 3)).shape == (3, 2, 4)

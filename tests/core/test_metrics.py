@@ -12,6 +12,7 @@ from napari_unet.core.errors import UserInputError
 from napari_unet.core.metrics import (
     SCORE_NAMES,
     THRESHOLDS,
+    error_class_map,
     error_maps,
     evaluate_dataset,
     evaluate_image,
@@ -318,6 +319,20 @@ def test_error_maps_at_strict_threshold() -> None:
     assert set(np.unique(maps["false_positive"])) == {0, 7}
     assert set(np.unique(maps["false_negative"])) == {0, 3}
     assert not maps["split"].any() and not maps["merge"].any()
+
+
+def test_error_class_map_codes_each_pixel_with_the_last_class_on_top() -> None:
+    gt, pred = three_squares()
+    classes = error_class_map(error_maps(gt, pred, 0.75))
+    assert classes.dtype == np.uint8 and classes.shape == gt.shape
+    expected = np.zeros(gt.shape, dtype=np.uint8)
+    expected[2:6, 2:6] = expected[10:14, 10:14] = 1  # true positives (preds 5 and 9)
+    expected[2:6, 13:17] = 2  # the shifted pred 7 is a false positive ...
+    expected[2:6, 12:16] = 3  # ... drawn under the missed gt 3 (false negatives come later, so they win)
+    np.testing.assert_array_equal(classes, expected)
+    split_and_merge = {key: np.zeros((2, 2), np.uint16) for key in metrics.ERROR_CLASSES}
+    split_and_merge["split"][0, 0] = split_and_merge["merge"][0, 0] = split_and_merge["true_positive"][1, 1] = 7
+    np.testing.assert_array_equal(error_class_map(split_and_merge), [[5, 0], [0, 1]])
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int32, np.uint32, np.int64, np.uint64])

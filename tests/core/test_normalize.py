@@ -9,9 +9,13 @@ from napari_unet.core.config import NormalizeConfig
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.normalize import (
     LUMINANCE_WEIGHTS,
+    IntensityStats,
+    apply_stats,
     infer_axes,
+    intensity_stats,
     is_bright_background,
     normalize_plane,
+    spatial_shape,
     to_planes,
     validate_image,
 )
@@ -114,6 +118,19 @@ def test_infer_axes_errors(shape, axes, fragment):
 
 
 # --------------------------------------------------------------------------- to_planes
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "expected"),
+    [((5, 6), "YX", (5, 6)), ((5, 6, 3), "YXC", (5, 6)), ((2, 5, 6), "CYX", (5, 6)), ((4, 5, 6, 3), "ZYXC", (4, 5, 6))],
+)
+def test_spatial_shape_drops_the_channel_axis(shape, axes, expected):
+    assert spatial_shape(shape, axes) == expected
+
+
+def test_spatial_shape_checks_the_axes():
+    with pytest.raises(UserInputError, match="name 3 axes but the image has 2"):
+        spatial_shape((5, 6), "YXC")
 
 
 def test_to_planes_single_images():
@@ -263,6 +280,44 @@ def test_invert_can_be_forced(mode, inverted):
     image = blobs(background=10, foreground=200)
     out = normalize_plane(image, NormalizeConfig(low_percentile=0, high_percentile=100, invert=mode), 1)[0]
     assert out[8, 8] == pytest.approx(0.0 if inverted else 1.0)
+
+
+# --------------------------------------------------------------------------- intensity statistics
+
+
+def test_intensity_stats_are_the_percentiles_and_the_inversion_decision():
+    image = blobs(background=220, foreground=40)
+    stats = intensity_stats(image, NormalizeConfig(low_percentile=0, high_percentile=100), 1)
+    assert stats == IntensityStats(low=40.0, high=220.0, invert=True)
+    forced = intensity_stats(image, NormalizeConfig(low_percentile=0, high_percentile=100, invert="never"), 1)
+    assert forced == IntensityStats(low=40.0, high=220.0, invert=False)
+
+
+def test_apply_stats_maps_any_chunk_with_the_given_range():
+    stats = IntensityStats(low=100.0, high=300.0, invert=False)
+    chunk = np.array([[100, 200], [300, 500]], dtype=np.uint16)
+    np.testing.assert_allclose(apply_stats(chunk, stats, 1)[0], [[0.0, 0.5], [1.0, 2.0]])
+    inverted = apply_stats(chunk, IntensityStats(100.0, 300.0, invert=True), 3)
+    assert inverted.shape == (3, 2, 2) and inverted.dtype == np.float32
+    np.testing.assert_allclose(inverted[2], [[1.0, 0.5], [0.0, -1.0]])
+    np.testing.assert_array_equal(apply_stats(chunk, IntensityStats(5.0, 5.0, False), 1), 0.0)
+
+
+@pytest.mark.parametrize("invert", ["auto", "never", "always"])
+@pytest.mark.parametrize(("shape", "in_channels"), [((30, 40), 1), ((30, 40), 3), ((30, 40, 3), 1), ((30, 40, 4), 3)])
+def test_normalize_plane_is_apply_stats_of_intensity_stats(shape, in_channels, invert):
+    image = np.random.default_rng(4).gamma(2.0, 300.0, size=shape).astype(np.uint16)
+    cfg = NormalizeConfig(invert=invert)
+    stats = intensity_stats(image, cfg, in_channels)
+    np.testing.assert_array_equal(apply_stats(image, stats, in_channels), normalize_plane(image, cfg, in_channels))
+
+
+def test_intensity_stats_decide_inversion_on_colour_brightness():
+    plane = np.zeros((40, 40, 3), dtype=np.uint8)
+    plane[...] = (0, 0, 255)  # a bright blue background whose luminance is low
+    plane[5:14, 5:14] = (0, 200, 0)  # green nuclei: higher luminance, lower max(R, G, B)
+    assert intensity_stats(plane, NormalizeConfig(), 1).invert
+    assert not intensity_stats(plane[..., 1], NormalizeConfig(), 1).invert  # the green channel alone is dark
 
 
 @pytest.mark.shared_data

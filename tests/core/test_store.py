@@ -262,6 +262,21 @@ def test_revert_keeps_history(model_dir: Path) -> None:
         store.delete_version("nuclei", 2)
 
 
+def test_previous_version_prefers_the_lineage_parent(model_dir: Path) -> None:
+    store.save_version(tiny_bundle(seed=1), "nuclei")  # v1: a new model, no parent
+    store.save_version(tiny_bundle(seed=2), "other")
+    fine_tuned = store.load_model("other@v1")
+    store.save_version(fine_tuned, "nuclei")  # v2: fine-tuned from other@v1
+    store.save_version(tiny_bundle(seed=3), "nuclei")  # v3: no parent recorded
+    assert store.previous_version("nuclei@v2") == "other@v1"
+    assert store.previous_version("nuclei@2") == "other@v1"
+    assert store.previous_version("nuclei") == "nuclei@v2"  # latest (v3) has no parent: the next older version
+    assert store.previous_version("nuclei@v1") is None
+    assert store.previous_version("nuclei@v9") == "nuclei@v2"  # an unknown version falls back to the latest
+    for reference in ("default", "gamma", str(model_dir / "nuclei"), "nuclei/v2"):
+        assert store.previous_version(reference) is None
+
+
 def test_reserved_and_invalid_names(model_dir: Path) -> None:
     for name in ("default", "a/b", "", "x@v1", ".hidden"):
         with pytest.raises(UserInputError, match="name"):
