@@ -99,6 +99,8 @@ def _inference_config(args: argparse.Namespace) -> Any:
     from napari_unet.core.config import InferenceConfig
 
     fields = {"device": args.device, "tile_size": args.tile, "overlap": args.overlap, "batch_size": args.batch_size}
+    if getattr(args, "tta", False):
+        fields["tta"] = True
     return InferenceConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
@@ -516,6 +518,7 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     parser.add_argument("--axes", default=None, help="axes of the inputs, e.g. YX, YXC, CYX, ZYX, TYX")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (average 4 flips; 4x slower)")
 
 
 def build_parser() -> argparse.ArgumentParser:

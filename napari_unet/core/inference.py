@@ -250,9 +250,7 @@ def _iter_plane_probabilities(
         check_cancel(cancel)
         with torch.inference_mode():
             inputs = _gather_tiles(source, batch).to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                logits = network(inputs)
-            probabilities = torch.softmax(logits.float(), dim=1).to(store)
+            probabilities = _tile_probabilities(network, inputs, device, cfg).to(store)
             for (sy, sx), tile_probabilities in zip(batch, probabilities, strict=True):
                 if weights is None:
                     total[:, sy, sx] = tile_probabilities
@@ -264,6 +262,30 @@ def _iter_plane_probabilities(
             total *= torch.from_numpy(plan.inverse_weight_sum).to(store)
         cropped = total[(slice(None), *crop[-2:])]
         return np.ascontiguousarray(cropped.cpu().numpy())
+
+
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+"""Flips averaged by test-time augmentation (identity, horizontal, vertical, both)."""
+
+
+def _tile_probabilities(
+    network: nn.Module, inputs: torch.Tensor, device: torch.device, cfg: InferenceConfig
+) -> torch.Tensor:
+    """Softmax probabilities ``(N, K, ty, tx)`` of a tile batch ``(N, C, ty, tx)``.
+
+    With ``cfg.tta`` the network also sees the flipped tiles and the
+    probabilities, flipped back, are averaged (4x the compute).
+    """
+    flips = TTA_FLIPS if cfg.tta else TTA_FLIPS[:1]
+    total = None
+    for dims in flips:
+        flipped = inputs.flip(dims) if dims else inputs
+        with _autocast(device, cfg.amp):
+            logits = network(flipped)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = probabilities.flip(dims) if dims else probabilities
+        total = probabilities if total is None else total.add_(probabilities)
+    return total / len(flips)
 
 
 def _gather_tiles(source: torch.Tensor, batch: Sequence[tuple[slice, slice]]) -> torch.Tensor:

@@ -382,3 +382,17 @@ def test_foreground_probability_is_interior_plus_boundary():
     assert foreground.shape == (2, 4) and foreground.dtype == np.float32
     np.testing.assert_allclose(foreground, 0.8)
     assert foreground_probability(np.stack([probabilities] * 3)).shape == (3, 2, 4)
+
+
+def test_tta_averages_the_flipped_predictions():
+    bundle = unet_bundle(depth=2)
+    plane = smooth_noise((1, 32, 48))
+    plain = predict_probabilities(bundle, plane, CPU)
+    flipped = [
+        np.flip(predict_probabilities(bundle, np.ascontiguousarray(np.flip(plane, axis)), CPU), axis)
+        for axis in ((2,), (1,), (1, 2))
+    ]
+    expected = (plain + sum(flipped)) / 4
+    tta = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, tta=True))
+    assert np.abs(tta - expected).max() < 1e-5
+    assert np.abs(tta - plain).max() > 1e-4  # a random UNet is not flip-invariant: TTA really changed something
