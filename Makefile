@@ -16,12 +16,12 @@ demo: setup
 	  xvfb-run -a -s "-screen 0 1600x1000x24" $(VENV)/bin/napari-unet demo --headless out/demo --overwrite; fi
 
 test: setup
-	@$(VENV)/bin/ruff check napari_unet tests benchmarks
-	@$(VENV)/bin/ruff format --check napari_unet tests benchmarks
+	@$(VENV)/bin/ruff check napari_unet tests benchmarks training docs sample_data
+	@$(VENV)/bin/ruff format --check napari_unet tests benchmarks training docs sample_data
 	@$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
-	@$(VENV)/bin/ruff check --fix napari_unet tests benchmarks && $(VENV)/bin/ruff format napari_unet tests benchmarks
+	@$(VENV)/bin/ruff check --fix napari_unet tests benchmarks training docs sample_data && $(VENV)/bin/ruff format napari_unet tests benchmarks training docs sample_data
 
 bench: setup
 	@$(PY) benchmarks/bench_inference.py
