@@ -35,6 +35,7 @@ from napari_unet.core.progress import Progress
 logger = logging.getLogger("napari_unet")
 
 CONFIG_ENV = "NAPARI_UNET_CONFIG_DIR"
+CACHE_ENV = "NAPARI_UNET_CACHE_DIR"
 SETTINGS_FILE = "widgets.json"
 META_KEY = "napari_unet"
 
@@ -44,6 +45,7 @@ __all__ = [
     "LayerCombo",
     "ModelCombo",
     "bus",
+    "cache_dir",
     "config_dir",
     "layer_meta",
     "load_settings",
@@ -64,6 +66,16 @@ def config_dir() -> Path:
     from platformdirs import user_config_dir
 
     return Path(user_config_dir("napari-unet", appauthor=False))
+
+
+def cache_dir() -> Path:
+    """Folder for bulky results kept on disk (``$NAPARI_UNET_CACHE_DIR`` or the platform's user cache dir)."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-unet", appauthor=False))
 
 
 def _read_all() -> dict[str, Any]:

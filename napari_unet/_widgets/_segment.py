@@ -1,9 +1,26 @@
-"""Segment widget: run a UNet on an image layer and write an editable Labels layer."""
+"""Segment widget: run a UNet on an image layer and write an editable Labels layer.
+
+Large or lazy images
+--------------------
+A layer whose data is not a NumPy array (dask, zarr, napari multiscale data:
+its full-resolution level) or a NumPy image with more than
+:data:`LARGE_PIXELS` pixels per plane is never copied into memory: the array
+itself goes to :func:`napari_unet.core.distributed.predict_large`, which
+segments it chunk by chunk into an OME-Zarr store in the cache folder
+(:func:`large_store_path`).  The Labels layer then shows that store, opened
+lazily (edits are written back to it).  No probability map is kept for such
+images, so "keep probability map" and "re-run post-processing" are skipped
+with a notice.  Lazy stacks (ZYX/TYX) are refused with a notice; NumPy stacks
+use the in-memory path as before.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +44,9 @@ from napari_unet._widgets._common import (
     JobPanel,
     LayerCombo,
     ModelCombo,
+    cache_dir,
     check_image_layer,
+    get_layer,
     image_axes_hint,
     info,
     layer_meta,
@@ -50,6 +69,18 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LABELS_SUFFIX = " labels"
 PROBABILITY_SUFFIX = " probability"
 
+LARGE_PIXELS = 4096 * 4096
+"""NumPy images with more pixels than this per plane are segmented chunk by chunk, like lazy data."""
+LARGE_CHUNK = 2048
+"""Chunk edge (pixels) for large images; memory grows with ``(LARGE_CHUNK + 2 * LARGE_HALO) ** 2``."""
+LARGE_HALO = 64
+"""Context around each chunk (pixels); at least the largest nucleus diameter."""
+LARGE_AXES = ("YX", "YXC", "CYX")
+LAZY_STACK_MESSAGE = (
+    "lazy stacks are not supported yet; load the stack into memory (or copy one plane into its own layer) "
+    "and press Segment again, or segment the file with the CLI (napari-unet predict)"
+)
+
 
 @dataclass
 class SegmentResult:
@@ -61,9 +92,54 @@ class SegmentResult:
     settings: dict[str, Any]
 
 
+@dataclass
+class LargeSegmentResult:
+    """What a chunked (large-image) segmentation hands back to the GUI thread."""
+
+    store: Path
+    labels: Any  # zarr array (Y, X) uint32, opened lazily from ``store``
+    model: str
+    model_sha256: str
+    settings: dict[str, Any]
+
+
 def labels_layer_name(image_name: str) -> str:
     """Name of the Labels layer a segmentation of ``image_name`` writes."""
     return image_name + LABELS_SUFFIX
+
+
+def full_resolution(layer: Image) -> Any:
+    """Return the layer's array as it is (level 0 of multiscale data), never copied or loaded."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def is_lazy(layer: Image) -> bool:
+    """Return True for data that is not an in-memory NumPy array (dask, zarr, multiscale)."""
+    return bool(layer.multiscale) or not isinstance(layer.data, np.ndarray)
+
+
+def is_large(layer: Image, axes: str) -> bool:
+    """Return True when ``layer`` goes chunk by chunk: lazy data, or a 2D NumPy image over :data:`LARGE_PIXELS`."""
+    if is_lazy(layer):
+        return True
+    sizes = dict(zip(axes, layer.data.shape, strict=True))
+    return axes in LARGE_AXES and sizes["Y"] * sizes["X"] > LARGE_PIXELS
+
+
+def large_store_path(image_name: str) -> Path:
+    """Return a new ``.zarr`` path in the cache folder for a chunked segmentation of ``image_name``."""
+    safe = re.sub(r"[^\w.-]+", "_", image_name).strip("._") or "image"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return cache_dir() / "large" / f"{safe}-{stamp}.zarr"
+
+
+def open_lazy_labels(store: Path) -> Any:
+    """Open the labels :func:`~napari_unet.core.distributed.predict_large` wrote, lazily and writable."""
+    import zarr
+
+    from napari_unet.core.distributed import LABEL_NAME
+
+    return zarr.open_array(str(Path(store) / "labels" / LABEL_NAME / "0"), mode="r+")
 
 
 class SegmentWidget(QWidget):
@@ -167,12 +243,16 @@ class SegmentWidget(QWidget):
         if layer is None:
             self.axes_info.setText("no image layer")
             return
+        shape = tuple(full_resolution(layer).shape)
         try:
-            axes = infer_axes(np.shape(layer.data), self.chosen_axes(layer))
+            axes = infer_axes(shape, self.chosen_axes(layer))
         except UserInputError as exc:
             self.axes_info.setText(f"choose the axes: {exc}")
             return
-        self.axes_info.setText(f"{axes}, shape {tuple(np.shape(layer.data))}")
+        large = is_large(layer, axes)
+        note = "; large: segmented chunk by chunk, labels kept on disk" if large else ""
+        self.axes_info.setText(f"{axes}, shape {shape}{note}")
+        self.keep_probabilities.setEnabled(not large)
 
     # ------------------------------------------------------------------ parameters
 
@@ -202,8 +282,10 @@ class SegmentWidget(QWidget):
         """Segment the chosen image in a worker; return the worker (None if nothing started)."""
         try:
             layer = check_image_layer(self.image.layer())
+            axes = infer_axes(tuple(full_resolution(layer).shape), self.chosen_axes(layer))
+            if is_large(layer, axes):
+                return self._run_large(layer, axes)
             image = snapshot(layer)
-            axes = infer_axes(image.shape, self.chosen_axes(layer))
             job = _segment_job(image, axes, self.model.reference(), self.inference_config(), self.postprocess_config())
             self._save_settings()
             self._announce_planes(axes, image.shape)
@@ -211,6 +293,25 @@ class SegmentWidget(QWidget):
         except Exception as exc:
             notify_exception(exc, "Segmentation")
             return None
+
+    def _run_large(self, layer: Image, axes: str) -> Any:
+        """Segment a large or lazy 2D layer chunk by chunk into a zarr store; return the worker."""
+        if axes not in LARGE_AXES:
+            raise UserInputError(LAZY_STACK_MESSAGE)
+        store = large_store_path(layer.name)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        job = _segment_large_job(
+            full_resolution(layer),
+            axes,
+            self.model.reference(),
+            self.inference_config(),
+            self.postprocess_config(),
+            store,
+        )
+        self._save_settings()
+        skipped = " No probability map is kept for large images." if self.keep_probabilities.isChecked() else ""
+        info(f"'{layer.name}' is large or lazy: segmenting it chunk by chunk into {store}.{skipped}")
+        return self.jobs.start(job, lambda result: self._on_large_segmented(layer, result))
 
     def _announce_planes(self, axes: str, shape: tuple[int, ...]) -> None:
         if axes[0] in "ZT":
@@ -235,6 +336,36 @@ class SegmentWidget(QWidget):
             self._write_probability(image_layer, prediction.probabilities)
         n_objects = len(label_ids(prediction.labels))
         info(f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'.")
+
+    def _on_large_segmented(self, image_layer: Image, result: LargeSegmentResult) -> None:
+        meta = {
+            "image": image_layer.name,
+            "method": "unet",
+            "model": result.model,
+            "model_sha256": result.model_sha256,
+            "settings": result.settings,
+            "axes": "YX",
+            "store": str(result.store),
+        }
+        layer = self._write_large_labels(image_layer, result.labels, meta)
+        self._cache = {"large": True, "layer": layer}
+        info(
+            f"Segmented '{image_layer.name}' with {result.model} chunk by chunk into '{layer.name}'; "
+            f"the labels stay on disk (edits are saved there): {result.store}"
+        )
+
+    def _write_large_labels(self, image_layer: Image, labels: Any, meta: dict[str, Any]) -> Labels:
+        """Show lazily opened labels: update the same-named layer of the same shape, else add a new layer."""
+        name = labels_layer_name(image_layer.name)
+        existing = get_layer(self.viewer, name)
+        same_shape = isinstance(existing, Labels) and tuple(existing.data.shape) == tuple(labels.shape)
+        if self.new_layer.isChecked() or (existing is not None and not same_shape):
+            name = unique_name(self.viewer, name)
+        layer = set_layer_data(self.viewer, name, labels, "labels", like=image_layer)
+        layer_meta(layer).pop("prediction", None)  # a whole-image copy is what large images must avoid
+        layer_meta(layer).update(meta)
+        self.last_labels_layer = layer
+        return layer
 
     def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
         name = labels_layer_name(image_layer.name)
@@ -266,6 +397,12 @@ class SegmentWidget(QWidget):
         """Re-segment from the cached probabilities with the current thresholds (no network)."""
         from napari_unet.core.inference import labels_from_probabilities
 
+        if self._cache is not None and self._cache.get("large"):
+            info(
+                "Re-running post-processing is not available for large images (their probabilities are not kept); "
+                "change the thresholds and press 'Segment' again."
+            )
+            return None
         try:
             layer = self._cached_layer()
             config = self.postprocess_config()
@@ -307,10 +444,54 @@ def _segment_job(
         bundle = load_model(model)
         prediction = yield from iter_predict(image, bundle, axes, inference, postprocess, cancel)
         settings = {"axes": axes, "inference": inference.to_dict(), "postprocess": postprocess.to_dict()}
-        used = bundle.spec if bundle.version is not None else model  # "name@vN" pins the exact version
-        return SegmentResult(prediction, used, bundle.sha256, settings)
+        return SegmentResult(prediction, _pinned_reference(bundle, model), bundle.sha256, settings)
 
     return job
+
+
+def _segment_large_job(
+    source: Any, axes: str, model: str, inference: InferenceConfig, postprocess: PostprocessConfig, store: Path
+) -> Callable[[Callable[[], bool]], Generator[Progress, None, LargeSegmentResult]]:
+    """Build the generator the worker runs for a large image: load the model, then predict chunk by chunk.
+
+    ``source`` (``YX``, ``YXC`` or ``CYX``; NumPy, dask or zarr) is only ever read one window at a time.
+    """
+    chunk, halo = LARGE_CHUNK, LARGE_HALO
+
+    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, LargeSegmentResult]:
+        from napari_unet.core.distributed import predict_large
+        from napari_unet.core.store import load_model
+
+        yield Progress("load", 0, 0, f"Loading model {model}")
+        bundle = load_model(model)
+        path = yield from predict_large(
+            source,
+            bundle,
+            store,
+            chunk=chunk,
+            halo=halo,
+            inference=inference,
+            postprocess=postprocess,
+            axes=axes,
+            cancel=cancel,
+        )
+        settings = {
+            "axes": axes,
+            "inference": inference.to_dict(),
+            "postprocess": postprocess.to_dict(),
+            "chunk": chunk,
+            "halo": halo,
+        }
+        return LargeSegmentResult(
+            path, open_lazy_labels(path), _pinned_reference(bundle, model), bundle.sha256, settings
+        )
+
+    return job
+
+
+def _pinned_reference(bundle: Any, model: str) -> str:
+    """``name@vN`` for store models (pins the exact version), else the reference as given."""
+    return bundle.spec if bundle.version is not None else model
 
 
 def describe_devices() -> str:
