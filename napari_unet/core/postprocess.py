@@ -53,8 +53,11 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
     interior = probs[1]
     foreground = (interior + probs[2]) > cfg.foreground_threshold
     seeds = _seeds(interior, foreground, cfg.seed_threshold, cfg.min_seed_size)
+    surface = -interior
+    if cfg.split_distance > 0 and seeds.any():
+        seeds, surface = _split_seeds(seeds, foreground, cfg.split_distance)
     if seeds.any():
-        labels = watershed(-interior, markers=seeds, mask=foreground).astype(np.int32, copy=False)
+        labels = watershed(surface, markers=seeds, mask=foreground).astype(np.int32, copy=False)
     else:
         labels = np.zeros(foreground.shape, dtype=np.int32)
     labels = _label_unseeded(labels, foreground)
@@ -68,6 +71,38 @@ def _seeds(interior: np.ndarray, foreground: np.ndarray, threshold: float, min_s
     """Label connected seed regions ``(Y, X)`` int32, dropping small ones."""
     seeds, _ = ndi.label((interior > threshold) & foreground, structure=_CROSS)
     return remove_small_objects(seeds.astype(np.int32, copy=False), min_seed_size)
+
+
+def _split_seeds(seeds: np.ndarray, foreground: np.ndarray, min_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split seed regions that hold several distance-transform peaks (nuclei fused in the interior map).
+
+    Parameters
+    ----------
+    seeds : numpy.ndarray
+        ``(Y, X)`` int32 seed regions.
+    foreground : numpy.ndarray
+        ``(Y, X)`` bool foreground.
+    min_distance : int
+        Peaks closer than this (pixels) count as one nucleus.
+
+    Returns
+    -------
+    seeds, surface : numpy.ndarray
+        New ``(Y, X)`` int32 markers (one per peak; regions without a peak keep
+        one marker) and the watershed surface ``-distance(foreground)``.
+    """
+    from skimage.feature import peak_local_max
+
+    distance = ndi.distance_transform_edt(seeds > 0)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=seeds, exclude_border=False)
+    markers = np.zeros_like(seeds)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=seeds.dtype)
+    markers, _ = ndi.label(ndi.binary_dilation(markers > 0) & (seeds > 0), structure=_CROSS)
+    without_peak = np.setdiff1d(_present_ids(seeds), _present_ids(np.where(markers > 0, seeds, 0)))
+    if without_peak.size:
+        keep = np.isin(seeds, without_peak)
+        markers[keep] = seeds[keep] + int(markers.max())
+    return markers.astype(np.int32, copy=False), -ndi.distance_transform_edt(foreground)
 
 
 def _label_unseeded(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:

@@ -23,7 +23,8 @@ from napari_unet.core.store import ModelBundle
 
 FOREGROUND_THRESHOLDS = (0.4, 0.5, 0.6)
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
-MIN_SIZES = (0, 15, 30)
+MIN_SIZES = (0, 20)
+SPLIT_DISTANCES = (0, 4, 7)
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,12 @@ def candidate_configs(
     foreground: Sequence[float] = FOREGROUND_THRESHOLDS,
     seeds: Sequence[float] = SEED_THRESHOLDS,
     min_sizes: Sequence[int] = MIN_SIZES,
+    split_distances: Sequence[int] = SPLIT_DISTANCES,
 ) -> list[PostprocessConfig]:
     """Return the grid of settings to try (``start``'s other fields are kept)."""
     return [
-        replace(start, foreground_threshold=f, seed_threshold=s, min_size=m)
-        for f, s, m in itertools.product(foreground, seeds, min_sizes)
+        replace(start, foreground_threshold=f, seed_threshold=s, min_size=m, split_distance=d)
+        for f, s, m, d in itertools.product(foreground, seeds, min_sizes, split_distances)
     ]
 
 

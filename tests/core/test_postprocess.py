@@ -227,3 +227,21 @@ def test_helpers_accept_integer_dtypes(dtype):
     assert fill_label_holes(labels)[2, 2] == 3
     assert remove_small_objects(labels, 100).max() == 0
     assert relabel_stack_unique(labels[np.newaxis]).max() == 1
+
+
+def test_split_distance_separates_nuclei_whose_interiors_fused():
+    # Two discs of radius 10 whose centres are 16 px apart: the interior map has no boundary band between them,
+    # so threshold seeds give ONE object; distance peaks 16 px apart split it into two.
+    from skimage.draw import disk
+
+    probs = np.zeros((3, 40, 60), dtype=np.float32)
+    for centre in ((20, 20), (20, 36)):
+        probs[1][disk(centre, 10, shape=(40, 60))] = 0.9
+    probs[0] = 1 - probs[1]
+    fused = probabilities_to_labels(probs, PostprocessConfig(min_size=0))
+    split = probabilities_to_labels(probs, PostprocessConfig(min_size=0, split_distance=5))
+    assert fused.max() == 1
+    assert split.max() == 2
+    assert (split > 0).sum() == (fused > 0).sum()
+    left, right = split[20, 12], split[20, 44]
+    assert left != right and left > 0 and right > 0

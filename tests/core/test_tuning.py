@@ -17,13 +17,13 @@ CPU = InferenceConfig(device="cpu", tile_size=64)
 
 def test_candidate_grid_keeps_other_fields() -> None:
     start = PostprocessConfig(min_seed_size=7, fill_holes=False)
-    grid = candidate_configs(start, foreground=(0.4, 0.5), seeds=(0.6,), min_sizes=(0, 10))
+    grid = candidate_configs(start, foreground=(0.4, 0.5), seeds=(0.6,), min_sizes=(0, 10), split_distances=(0,))
     assert len(grid) == 4
     assert all(c.min_seed_size == 7 and c.fill_holes is False for c in grid)
 
 
 def test_tuning_recovers_from_settings_that_delete_every_object() -> None:
-    # The discs have 149 pixels each; min_size=400 deletes all of them (AP 0), min_size 0/15/30 keeps them (AP 1).
+    # The discs have 149 pixels each; min_size=400 deletes all of them (AP 0), min_size 0/20 keeps them (AP 1).
     bundle = threshold_bundle(postprocess=PostprocessConfig(min_size=400, min_seed_size=1))
     image = disc_image()
     truth = label(image > 500)
