@@ -90,6 +90,7 @@ def _split_seeds(seeds: np.ndarray, foreground: np.ndarray, min_distance: int) -
     seeds, surface : numpy.ndarray
         New ``(Y, X)`` int32 markers (one per peak; regions without a peak keep
         one marker) and the watershed surface ``-distance(foreground)``.
+
     """
     from skimage.feature import peak_local_max
 

@@ -22,7 +22,7 @@ from napari_unet.core.progress import CancelFlag, Progress, check_cancel
 from napari_unet.core.store import ModelBundle
 
 FOREGROUND_THRESHOLDS = (0.4, 0.5, 0.6)
-SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_SIZES = (0, 20)
 SPLIT_DISTANCES = (0, 4, 7)
 
