@@ -53,6 +53,8 @@ SETTINGS = "finetune"
 MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", "Changed areas": "changed"}
 RESEGMENTED_SUFFIX = " re-segmented"
 PLOT_EVERY = 5  # redraw the live plot every this many steps (and on every validation)
+FINETUNE_LEARNING_RATE = 3e-4
+"""Default learning rate when starting from a trained model (the benchmarked fine-tuning rate)."""
 
 
 @dataclass
@@ -96,6 +98,7 @@ class FineTuneWidget(QWidget):
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(1e-5, 0.1)
         self.learning_rate.setSingleStep(1e-4)
+        self.learning_rate.setValue(FINETUNE_LEARNING_RATE)
         self.augment = QCheckBox("Augmentation (flips, rotations, elastic, intensity)")
         self.start_model = ModelCombo()
         self.save_name = QLineEdit()
@@ -171,7 +174,7 @@ class FineTuneWidget(QWidget):
         self.mode.setCurrentText(str(saved.get("mode", "Whole image")))
         self.budget_unit.setCurrentText(str(saved.get("budget_unit", "seconds")))
         self.budget.setValue(int(saved.get("budget", 60)))
-        self.learning_rate.setValue(float(saved.get("learning_rate", 1e-3)))
+        self.learning_rate.setValue(float(saved.get("learning_rate", FINETUNE_LEARNING_RATE)))
         self.augment.setChecked(bool(saved.get("augment", True)))
         self.save_name.setText(str(saved.get("save_name", "my-nuclei")))
         self.resegment.setChecked(bool(saved.get("resegment", True)))

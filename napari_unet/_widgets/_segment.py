@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ from napari_unet._widgets._common import (
     set_layer_data,
     snapshot,
     unique_name,
+    warn,
 )
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.editing import label_ids
@@ -143,7 +144,12 @@ def open_lazy_labels(store: Path) -> Any:
 
 
 class SegmentWidget(QWidget):
-    """Segment nuclei: image, axes, model, device, tiling and post-processing -> Labels layer."""
+    """Segment nuclei: image, axes, model, device, tiling and post-processing -> Labels layer.
+
+    The post-processing fields follow the selected model: they are filled from
+    the values saved in its ``model.json`` (tuned by ``napari-unet tune``)
+    whenever the model changes, and the "Model defaults" button restores them.
+    """
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
@@ -156,12 +162,19 @@ class SegmentWidget(QWidget):
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         self.device_info = QLabel(describe_devices())
-        self.tile_size = _spin(32, 8192, 512, step=32)
-        self.overlap = _float_spin(0.0, 0.45, 0.125, step=0.025)
-        self.foreground = _float_spin(0.0, 1.0, 0.5)
-        self.seed = _float_spin(0.0, 1.0, 0.6)
-        self.min_size = _spin(0, 10**6, 15)
+        inference = InferenceConfig()
+        self.tile_size = _spin(32, 8192, inference.tile_size, step=32)
+        self.overlap = _float_spin(0.0, 0.45, inference.overlap, step=0.025)
+        self.model_postprocess = PostprocessConfig()  # the selected model's saved values (see reset_postprocessing)
+        self.foreground = _float_spin(0.0, 1.0, self.model_postprocess.foreground_threshold)
+        self.seed = _float_spin(0.0, 1.0, self.model_postprocess.seed_threshold)
+        self.min_size = _spin(0, 10**6, self.model_postprocess.min_size)
+        self.split_distance = _spin(0, 1000, self.model_postprocess.split_distance)
+        self.split_distance.setToolTip(
+            "Split seed regions holding several nuclei whose centres lie at least this many pixels apart (0 = off)"
+        )
         self.fill_holes = QCheckBox("Fill holes")
+        self.fill_holes.setChecked(self.model_postprocess.fill_holes)
         self.keep_probabilities = QCheckBox("Keep probability map as a layer")
         self.new_layer = QCheckBox("Write a new labels layer (do not update)")
         self.jobs = JobPanel("Segmentation")
@@ -169,6 +182,8 @@ class SegmentWidget(QWidget):
         self._cache: dict[str, Any] | None = None
         self._build_layout()
         self._restore_settings()
+        self.model.currentTextChanged.connect(self._on_model_changed)
+        self._on_model_changed()
         self.image.currentTextChanged.connect(self._show_axes)
         self.axes.currentTextChanged.connect(self._show_axes)
         self._show_axes()
@@ -211,7 +226,12 @@ class SegmentWidget(QWidget):
         form.addRow("Foreground threshold", self.foreground)
         form.addRow("Seed threshold", self.seed)
         form.addRow("Minimum size (px)", self.min_size)
+        form.addRow("Split fused nuclei (px, 0 = off)", self.split_distance)
         form.addRow("", self.fill_holes)
+        reset = QPushButton("Model defaults")
+        reset.setToolTip("Reset the post-processing to the values saved with the selected model")
+        reset.clicked.connect(self.reset_postprocessing)
+        form.addRow("", reset)
         return box
 
     def _browse_model(self) -> None:
@@ -220,23 +240,52 @@ class SegmentWidget(QWidget):
             self.model.select(path)
 
     def _restore_settings(self) -> None:
+        """Restore model, tiling and device; post-processing comes from the model (:meth:`_on_model_changed`)."""
         saved = load_settings(SETTINGS)
-        defaults = PostprocessConfig()
-        self.tile_size.setValue(int(saved.get("tile_size", 512)))
-        self.overlap.setValue(float(saved.get("overlap", 0.125)))
+        defaults = InferenceConfig()
+        self.tile_size.setValue(int(saved.get("tile_size", defaults.tile_size)))
+        self.overlap.setValue(float(saved.get("overlap", defaults.overlap)))
         self.device.setCurrentText(str(saved.get("device", AUTO)))
-        self.foreground.setValue(float(saved.get("foreground_threshold", defaults.foreground_threshold)))
-        self.seed.setValue(float(saved.get("seed_threshold", defaults.seed_threshold)))
-        self.min_size.setValue(int(saved.get("min_size", defaults.min_size)))
-        self.fill_holes.setChecked(bool(saved.get("fill_holes", defaults.fill_holes)))
         self.keep_probabilities.setChecked(bool(saved.get("keep_probabilities", False)))
         if saved.get("model"):
             self.model.select(str(saved["model"]))
 
     def _save_settings(self) -> None:
-        values = {**self.postprocess_config().to_dict(), **self.inference_config().to_dict()}
+        values = self.inference_config().to_dict()
         values.update(model=self.model.currentText(), keep_probabilities=self.keep_probabilities.isChecked())
         save_settings(SETTINGS, values)
+
+    # ------------------------------------------------------------------ the model's post-processing
+
+    def _on_model_changed(self, *_: Any) -> None:
+        if self.model.currentText():
+            self.reset_postprocessing()
+
+    def reset_postprocessing(self) -> bool:
+        """Fill the post-processing fields with the selected model's saved values (no weights are loaded).
+
+        Returns True when they were read; otherwise the fields keep their values and a warning is shown.
+        """
+        from napari_unet.core.store import model_postprocess
+
+        reference = self.model.currentText()
+        try:
+            if not reference:
+                raise UserInputError("no model selected")
+            config = model_postprocess(reference)
+        except Exception as exc:  # a model that cannot be read is reported when Segment is pressed
+            warn(f"Could not read the post-processing settings of model '{reference}' ({exc}); kept the current ones.")
+            return False
+        self.model_postprocess = config
+        self._show_postprocess(config)
+        return True
+
+    def _show_postprocess(self, config: PostprocessConfig) -> None:
+        self.foreground.setValue(config.foreground_threshold)
+        self.seed.setValue(config.seed_threshold)
+        self.min_size.setValue(config.min_size)
+        self.split_distance.setValue(config.split_distance)
+        self.fill_holes.setChecked(config.fill_holes)
 
     def _show_axes(self, *_: Any) -> None:
         layer = self.image.layer()
@@ -268,11 +317,13 @@ class SegmentWidget(QWidget):
         )
 
     def postprocess_config(self) -> PostprocessConfig:
-        """Post-processing settings from the form."""
-        return PostprocessConfig(
+        """Post-processing settings from the form (fields the form lacks keep the model's values)."""
+        return replace(
+            self.model_postprocess,
             foreground_threshold=self.foreground.value(),
             seed_threshold=self.seed.value(),
             min_size=self.min_size.value(),
+            split_distance=self.split_distance.value(),
             fill_holes=self.fill_holes.isChecked(),
         )
 

@@ -533,19 +533,47 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
         architecture (the message names the file).
 
     """
+    bundle = load_model_folder(_model_folder(name_or_path), device)
+    if os.fspath(name_or_path) == BUNDLED_NAME:
+        bundle.metadata.setdefault("name", BUNDLED_NAME)
+    return bundle
+
+
+def _model_folder(name_or_path: str | os.PathLike) -> Path:
+    """Return the folder a model reference names (see :func:`load_model`)."""
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     is_path = isinstance(name_or_path, os.PathLike) or _looks_like_path(text)
     if not is_path and (text == BUNDLED_NAME or _SPEC_RE.match(text) or text in _user_model_names()):
-        folder = _resolve_spec(text)  # a registered name wins over a same-named folder in the working directory
-    elif is_path or path.exists():
-        folder = _resolve_path(path)
-    else:
-        folder = _resolve_spec(text)
-    bundle = load_model_folder(folder, device)
-    if text == BUNDLED_NAME:
-        bundle.metadata.setdefault("name", BUNDLED_NAME)
-    return bundle
+        return _resolve_spec(text)  # a registered name wins over a same-named folder in the working directory
+    if is_path or path.exists():
+        return _resolve_path(path)
+    return _resolve_spec(text)
+
+
+def model_postprocess(name_or_path: str | os.PathLike) -> PostprocessConfig:
+    """Return a saved model's post-processing settings without loading its weights.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        Any reference :func:`load_model` accepts.
+
+    Returns
+    -------
+    PostprocessConfig
+        The thresholds saved in the model's ``model.json`` (tuned with
+        ``napari-unet tune`` for trained models).
+
+    Raises
+    ------
+    UserInputError
+        Unknown name, missing, corrupt or foreign ``model.json``, or an
+        invalid configuration in it.
+
+    """
+    json_path = _model_folder(name_or_path) / CONFIG_FILE
+    return _configs(_read_document(json_path), json_path)[2]
 
 
 def placeholder_default(seed: int = 0) -> ModelBundle:
@@ -677,6 +705,7 @@ __all__ = [
     "list_versions",
     "load_model",
     "load_model_folder",
+    "model_postprocess",
     "placeholder_default",
     "previous_version",
     "revert",

@@ -333,3 +333,36 @@ def test_registered_name_wins_over_same_named_folder(
     assert store.load_model("alpha").sha256 == bundle.sha256
     assert store.load_model("./alpha").path == Path("./alpha")
     assert store.load_model(Path("alpha")).sha256 == store.load_model(other).sha256
+
+
+# ----------------------------------------------------------------------------- post-processing without weights
+
+
+def test_model_postprocess_reads_model_json_only(model_dir: Path, tmp_path: Path) -> None:
+    tuned = PostprocessConfig(foreground_threshold=0.35, seed_threshold=0.8, min_size=40, split_distance=6)
+    bundle = ModelBundle.new(TINY, postprocess=tuned, seed=0)
+    store.save_version(tiny_bundle(), "nuclei")  # v1 keeps min_size=7
+    store.save_version(bundle, "nuclei")  # v2 holds the tuned thresholds
+    folder = store.save_model(bundle, tmp_path / "folder-model")
+    (folder / "model.safetensors").unlink()  # only model.json is read: no weights needed
+    (model_dir / "nuclei" / "v2" / "model.safetensors").unlink()
+
+    assert store.model_postprocess("nuclei") == tuned  # latest version
+    assert store.model_postprocess("nuclei@v2") == tuned
+    assert store.model_postprocess("nuclei@v1") == PostprocessConfig(min_size=7)
+    for reference in (folder, str(folder), folder / "model.json", str(folder / "model.json")):
+        assert store.model_postprocess(reference) == tuned
+    with pytest.raises(UserInputError, match="unknown model 'gamma'"):
+        store.model_postprocess("gamma")
+
+
+def test_model_postprocess_rejects_bad_json(saved: Path) -> None:
+    path = saved / "model.json"
+    document = json.loads(path.read_text())
+    document["postprocess"]["seed_threshold"] = 3.0
+    path.write_text(json.dumps(document))
+    with pytest.raises(UserInputError, match="invalid configuration"):
+        store.model_postprocess(saved)
+    path.write_text("{not json")
+    with pytest.raises(UserInputError, match="not valid JSON"):
+        store.model_postprocess(saved)

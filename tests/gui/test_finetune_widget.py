@@ -131,3 +131,11 @@ def test_closing_viewer_while_training_stops_the_worker(make_napari_viewer, qtbo
     assert not worker.is_running
     assert [v.version for v in store.list_versions("tiny")] == [1]
     assert not messages(notifications, "error")
+
+
+def test_learning_rate_defaults_to_the_finetuning_rate_and_stays_editable(setup):
+    _, widget = setup
+    assert widget.learning_rate.value() == pytest.approx(3e-4)
+    assert widget.training_config().learning_rate == pytest.approx(3e-4)
+    widget.learning_rate.setValue(1e-3)
+    assert widget.training_config().learning_rate == pytest.approx(1e-3)

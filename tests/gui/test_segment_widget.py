@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QPushButton
 
 from napari_unet._widgets import SegmentWidget
+from napari_unet._widgets._common import save_settings
+from napari_unet.core import store
+from napari_unet.core.config import InferenceConfig, ModelConfig, PostprocessConfig
 from tests.gui.helpers import messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
@@ -75,6 +79,10 @@ def test_rerun_postprocessing_uses_cached_probabilities(make_napari_viewer, qtbo
     widget.rerun_postprocessing()
     assert layer.data.max() == before
 
+    widget.split_distance.setValue(7)
+    widget.rerun_postprocessing()
+    assert layer.metadata["napari_unet"]["settings"]["postprocess"]["split_distance"] == 7
+
 
 def test_segment_zstack_slice_by_slice_with_notice(make_napari_viewer, qtbot, tiny_model, sample, notifications):
     viewer, widget = make_widget(make_napari_viewer, tiny_model)
@@ -118,3 +126,93 @@ def test_device_line_names_what_torch_sees(make_napari_viewer, tiny_model):
     assert widget.device_info.text().startswith("found: ")
     widget.device.setCurrentText("cuda")
     assert widget.inference_config().device == "cuda"
+
+
+TUNED = PostprocessConfig(
+    foreground_threshold=0.35, seed_threshold=0.75, min_seed_size=9, min_size=33, fill_holes=False, split_distance=5
+)
+
+
+def save_untrained(folder, postprocess: PostprocessConfig):
+    """Save a tiny untrained model whose model.json holds ``postprocess``; return the folder."""
+    bundle = store.ModelBundle.new(ModelConfig(depth=1, base_channels=2), postprocess=postprocess, seed=0)
+    return store.save_model(bundle, folder)
+
+
+def form_values(widget: SegmentWidget) -> tuple:
+    return (
+        widget.foreground.value(),
+        widget.seed.value(),
+        widget.min_size.value(),
+        widget.split_distance.value(),
+        widget.fill_holes.isChecked(),
+    )
+
+
+@pytest.fixture
+def no_bundled_model(isolated_dirs, monkeypatch):
+    """Hide the bundled model so the store lists only the models a test saves."""
+    monkeypatch.setattr(store, "bundled_model_dir", lambda: isolated_dirs / "no-bundled" / "default")
+
+
+def button(widget: SegmentWidget, text: str) -> QPushButton:
+    (found,) = [b for b in widget.findChildren(QPushButton) if b.text() == text]
+    return found
+
+
+def test_fields_follow_the_selected_models_postprocessing(
+    make_napari_viewer, isolated_dirs, no_bundled_model, notifications
+):
+    tuned = save_untrained(isolated_dirs / "tuned", TUNED)
+    plain = save_untrained(isolated_dirs / "plain", PostprocessConfig())
+    store.save_version(store.load_model(tuned), "tuned")
+    tuned_values = (0.35, 0.75, 33, 5, False)
+    default_values = (0.5, 0.6, 15, 0, True)
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.model.currentText() == "tuned@v1"
+    assert form_values(widget) == tuned_values, "filled from the model at start"
+    assert widget.postprocess_config() == TUNED, "min_seed_size (not in the form) comes from the model too"
+
+    widget.model.select(str(plain))
+    assert form_values(widget) == default_values
+    widget.model.select(str(tuned))
+    assert form_values(widget) == tuned_values
+
+    widget.foreground.setValue(0.9)
+    widget.split_distance.setValue(0)
+    assert widget.postprocess_config().foreground_threshold == 0.9
+    button(widget, "Model defaults").click()
+    assert form_values(widget) == tuned_values
+    assert widget.postprocess_config() == TUNED
+
+    widget.foreground.setValue(0.9)
+    widget.model.select("no-such-model")
+    assert form_values(widget) == (0.9, *tuned_values[1:]), "an unreadable model keeps the current values"
+    assert "no-such-model" in messages(notifications, "warning")[-1]
+    assert not messages(notifications, "error")
+
+
+def test_saved_settings_keep_tiling_but_not_thresholds(make_napari_viewer, isolated_dirs):
+    tuned = save_untrained(isolated_dirs / "tuned", TUNED)
+    save_settings(
+        "segment", {"model": str(tuned), "tile_size": 256, "device": "cpu", "foreground_threshold": 0.9, "min_size": 1}
+    )
+    widget = SegmentWidget(make_napari_viewer())
+    assert (widget.tile_size.value(), widget.device.currentText()) == (256, "cpu")
+    assert widget.model.currentText() == str(tuned)
+    assert widget.postprocess_config() == TUNED
+
+
+def test_defaults_without_models_or_settings(make_napari_viewer, no_bundled_model, notifications):
+    widget = SegmentWidget(make_napari_viewer())
+    assert widget.model.currentText() == ""
+    assert widget.overlap.value() == InferenceConfig().overlap
+    assert widget.inference_config().overlap == InferenceConfig().overlap
+    assert widget.postprocess_config() == PostprocessConfig()
+    widget.split_distance.setValue(4)
+    assert widget.postprocess_config().split_distance == 4
+    button(widget, "Model defaults").click()
+    assert "no model selected" in messages(notifications, "warning")[-1]
+    assert widget.postprocess_config().split_distance == 4
