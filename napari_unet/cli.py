@@ -84,6 +84,7 @@ def _pair(images: list[Path], labels: list[Path]) -> list[tuple[Path, Path]]:
 
 def _labels_output_path(outdir: Path, source: Path, suffix: str = ".tif") -> Path:
     stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+    stem = stem.removesuffix(".ome")
     return outdir / f"{stem}_labels{suffix}"
 
 
