@@ -352,6 +352,19 @@ def _publish_replace(temp: Path, target: Path, scratch: Path) -> None:
         raise
 
 
+def _apply_default_permissions(path: Path) -> None:
+    """Give ``path`` (and everything under a folder) the permissions a plain ``open`` would (umask applied).
+
+    Temporary files and folders are private (0600 / 0700); published results
+    must be readable like any other file the user writes.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    entries = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for entry in entries:
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def _atomic(path: PathLike, overwrite: bool, want_dir: bool) -> Iterator[Path]:
     target = Path(path)
@@ -364,6 +377,7 @@ def _atomic(path: PathLike, overwrite: bool, want_dir: bool) -> Iterator[Path]:
         yield temp
         if not temp.exists():
             raise RuntimeError(f"the writer produced no output at {temp}")
+        _apply_default_permissions(temp)
         if overwrite:
             _publish_replace(temp, target, scratch)
         else:

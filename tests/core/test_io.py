@@ -434,3 +434,22 @@ def test_provenance_model_given_as_name_or_dict() -> None:
     assert io.provenance(model="nuclei@v2")["model"] == {"name": "nuclei@v2"}
     assert io.provenance(model={"name": "x", "sha256": "ab"})["model"] == {"name": "x", "sha256": "ab"}
     assert io.provenance(method="otsu")["model"] is None
+
+
+def test_published_files_and_folders_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from napari_unet.core.io import export_labels
+
+    labels = np.zeros((8, 8), np.uint16)
+    labels[2:5, 2:5] = 1
+    umask = os.umask(0o022)
+    try:
+        tif = export_labels(labels, tmp_path / "m.tif")[0]
+        zarr_store = export_labels(labels, tmp_path / "m.zarr")[0]
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(tif.stat().st_mode) == 0o644
+    assert stat.S_IMODE(zarr_store.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(p.stat().st_mode) in (0o644, 0o755) for p in zarr_store.rglob("*"))
