@@ -59,7 +59,8 @@ def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
         "- 2018 Data Science Bowl (BBBC038, CC0): 40 training images (fluorescence and brightfield/H&E),",
         "  validated on 10 held-out images (`dsb2018/val`), which also chose the checkpoint and the",
         "  post-processing thresholds (so the validation scores below are slightly optimistic).",
-        f"- Training: {lineage.get('steps')} steps in {lineage.get('seconds')} s on {lineage.get('device', 'cpu')}.",
+        f"- Last training stage: {lineage.get('steps')} steps in {lineage.get('seconds')} s on "
+        f"{lineage.get('device', 'cpu')} (all stages: see Reproduce).",
         "",
         "## Reproduce",
         "```bash",
