@@ -373,14 +373,7 @@ class SegmentWidget(QWidget):
 
     def _on_segmented(self, image_layer: Image, result: SegmentResult) -> None:
         prediction = result.prediction
-        meta = {
-            "image": image_layer.name,
-            "method": "unet",
-            "model": result.model,
-            "model_sha256": result.model_sha256,
-            "settings": result.settings,
-            "axes": prediction.axes,
-        }
+        meta = _labels_metadata(image_layer, result, prediction.axes)
         layer = self._write_labels(image_layer, prediction.labels, meta)
         self._cache = {"probabilities": prediction.probabilities, "axes": prediction.axes, "layer": layer}
         if self.keep_probabilities.isChecked():
@@ -389,15 +382,7 @@ class SegmentWidget(QWidget):
         info(f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'.")
 
     def _on_large_segmented(self, image_layer: Image, result: LargeSegmentResult) -> None:
-        meta = {
-            "image": image_layer.name,
-            "method": "unet",
-            "model": result.model,
-            "model_sha256": result.model_sha256,
-            "settings": result.settings,
-            "axes": "YX",
-            "store": str(result.store),
-        }
+        meta = _labels_metadata(image_layer, result, "YX", store=str(result.store))
         layer = self._write_large_labels(image_layer, result.labels, meta)
         self._cache = {"large": True, "layer": layer}
         info(
@@ -568,3 +553,16 @@ def _float_spin(low: float, high: float, value: float, step: float = 0.05) -> QD
     box.setSingleStep(step)
     box.setValue(value)
     return box
+
+
+def _labels_metadata(image_layer: Image, result: SegmentResult | LargeSegmentResult, axes: str, **extra: Any) -> dict:
+    """Provenance stored in the labels layer's metadata (model, its hash, settings, axes)."""
+    return {
+        "image": image_layer.name,
+        "method": "unet",
+        "model": result.model,
+        "model_sha256": result.model_sha256,
+        "settings": result.settings,
+        "axes": axes,
+        **extra,
+    }
