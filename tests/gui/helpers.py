@@ -11,3 +11,14 @@ def wait_until_idle(qtbot, widget, timeout: int = 120_000) -> None:
 def messages(captured: list[tuple[str, str]], level: str) -> list[str]:
     """Messages of one level (``error``, ``warning`` or ``info``)."""
     return [message for lvl, message in captured if lvl == level]
+
+
+def make_segment_widget(make_napari_viewer, model: str):
+    """A viewer with a docked Segment widget that has ``model`` selected."""
+    from napari_unet._widgets import SegmentWidget
+
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model.select(model)
+    return viewer, widget

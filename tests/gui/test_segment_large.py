@@ -8,10 +8,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import pytest
-import torch
 import zarr
-from skimage.draw import disk
-from torch import nn
 
 from napari_unet._widgets import SegmentWidget
 from napari_unet._widgets import _segment as segment_module
@@ -23,23 +20,13 @@ from napari_unet.core.io import read_labels
 from napari_unet.core.metrics import match_instances
 from napari_unet.core.store import ModelBundle, load_model
 from napari_unet.core.synthetic import synthetic_nuclei
-from tests.gui.helpers import messages, wait_until_idle
+from tests.core.test_distributed import PixelNet
+from tests.core.test_distributed import disc_image as _disc_image
+from tests.gui.helpers import make_segment_widget, messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
 
 SHAPE = (160, 200)
-
-
-class PixelNet(nn.Module):
-    """A per-pixel 'UNet' (bright is interior): chunked and whole-image predictions agree exactly."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gain = nn.Parameter(torch.tensor(20.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        score = self.gain * (x[:, :1] - 0.5)
-        return torch.cat([-score, score, torch.full_like(score, -10.0)], dim=1)
 
 
 @pytest.fixture
@@ -77,20 +64,8 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
 
 
 def disc_image(shape=SHAPE, n=25, seed=0, radius=8) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    image = np.full(shape, 100, np.uint16)
-    for cy, cx in rng.integers(0, shape, size=(n, 2)):
-        rr, cc = disk((cy, cx), radius, shape=shape)
-        image[rr, cc] = 1000
-    return image
-
-
-def make_widget(make_napari_viewer, model: str):
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model.select(model)
-    return viewer, widget
+    """Bright discs on a dark background, sized for these widget tests."""
+    return _disc_image(shape, n, seed, radius)
 
 
 def in_memory_labels(widget: SegmentWidget, image: np.ndarray, bundle: ModelBundle) -> np.ndarray:
@@ -147,7 +122,7 @@ def test_large_numpy_image_becomes_a_lazy_zarr_labels_layer(
 ):
     monkeypatch.setattr(segment_module, "LARGE_PIXELS", 64 * 64)
     image, _ = synthetic_nuclei(SHAPE, n_nuclei=20, seed=5)
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     viewer.add_image(image, name="big", scale=(0.5, 0.5))
     viewer.add_labels(np.zeros((10, 10), np.uint32), name="big labels")  # older, other shape: kept
     widget.image.set_layer("big")
@@ -189,7 +164,7 @@ def test_dask_layer_is_streamed_chunk_by_chunk_and_updated_in_place(
     image = disc_image()
     lazy = da.from_array(image, chunks=64)
     spy = WholeArraySpy(monkeypatch, da.Array, lazy)
-    viewer, widget = make_widget(make_napari_viewer, "pixel")
+    viewer, widget = make_segment_widget(make_napari_viewer, "pixel")
     viewer.add_image(lazy, name="lazy")
     events = []
     widget.jobs.progressed.connect(events.append)
@@ -224,7 +199,7 @@ def test_zarr_layer_is_segmented_lazily(
     data = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=SHAPE, chunks=(64, 64), dtype=image.dtype)
     data[:] = image
     spy = WholeArraySpy(monkeypatch, type(data), data)
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     viewer.add_image(data, name="img", contrast_limits=(0, int(image.max())))
 
     assert spy.run(widget) is not None
@@ -244,7 +219,7 @@ def test_multiscale_layer_segments_its_full_resolution_level(
     image = disc_image(seed=3)
     levels = [da.from_array(image, chunks=64), da.from_array(image[::2, ::2], chunks=64)]
     spy = WholeArraySpy(monkeypatch, da.Array, levels[0])
-    viewer, widget = make_widget(make_napari_viewer, "pixel")
+    viewer, widget = make_segment_widget(make_napari_viewer, "pixel")
     viewer.add_image(levels, name="pyramid", multiscale=True, contrast_limits=(0, 1000), scale=(2.0, 2.0))
     assert "shape (160, 200)" in widget.axes_info.text()
 
@@ -261,7 +236,7 @@ def test_multiscale_layer_segments_its_full_resolution_level(
 def test_cancel_stops_a_large_run_and_leaves_no_store(
     make_napari_viewer, qtbot, pixel_model, small_chunks, cache, notifications, monkeypatch
 ):
-    viewer, widget = make_widget(make_napari_viewer, "pixel")
+    viewer, widget = make_segment_widget(make_napari_viewer, "pixel")
     cancel_seen = threading.Event()
 
     def load_after_cancel(reference, device=None):
@@ -287,7 +262,7 @@ def test_cancel_stops_a_large_run_and_leaves_no_store(
 
 
 def test_lazy_stacks_are_refused_with_a_notice(make_napari_viewer, qtbot, tiny_model, cache, notifications):
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     viewer.add_image(da.from_array(np.stack([disc_image(), disc_image(seed=1)]), chunks=64), name="stack")
 
     assert widget.run() is None

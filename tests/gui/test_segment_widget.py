@@ -8,21 +8,13 @@ from napari_unet._widgets import SegmentWidget
 from napari_unet._widgets._common import save_settings
 from napari_unet.core import store
 from napari_unet.core.config import InferenceConfig, ModelConfig, PostprocessConfig
-from tests.gui.helpers import messages, wait_until_idle
+from tests.gui.helpers import make_segment_widget, messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
 
 
-def make_widget(make_napari_viewer, model: str):
-    viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.model.select(model)
-    return viewer, widget
-
-
 def test_segment_writes_labels_and_updates_in_place(make_napari_viewer, qtbot, tiny_model, sample, notifications):
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     image_layer = viewer.add_image(sample[0], name="nuclei", scale=(0.5, 0.5))
     widget.image.set_layer(image_layer)
     widget.keep_probabilities.setChecked(True)
@@ -58,7 +50,7 @@ def test_segment_writes_labels_and_updates_in_place(make_napari_viewer, qtbot, t
 
 
 def test_rerun_postprocessing_uses_cached_probabilities(make_napari_viewer, qtbot, tiny_model, sample, notifications):
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     viewer.add_image(sample[0], name="nuclei")
     assert widget.rerun_postprocessing() is None
     assert "press 'Segment' first" in messages(notifications, "error")[-1]
@@ -85,7 +77,7 @@ def test_rerun_postprocessing_uses_cached_probabilities(make_napari_viewer, qtbo
 
 
 def test_segment_zstack_slice_by_slice_with_notice(make_napari_viewer, qtbot, tiny_model, sample, notifications):
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     stack = np.stack([sample[0], sample[0][::-1]])  # 2 planes, ZYX
     viewer.add_image(stack, name="stack")
     widget.run()
@@ -97,7 +89,7 @@ def test_segment_zstack_slice_by_slice_with_notice(make_napari_viewer, qtbot, ti
 
 
 def test_segment_bad_inputs_are_notified(make_napari_viewer, qtbot, tiny_model, notifications):
-    viewer, widget = make_widget(make_napari_viewer, tiny_model)
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     assert widget.run() is None
     assert "no image layer" in messages(notifications, "error")[-1]
 
@@ -122,7 +114,7 @@ def test_segment_bad_inputs_are_notified(make_napari_viewer, qtbot, tiny_model, 
 
 
 def test_device_line_names_what_torch_sees(make_napari_viewer, tiny_model):
-    _, widget = make_widget(make_napari_viewer, tiny_model)
+    _, widget = make_segment_widget(make_napari_viewer, tiny_model)
     assert widget.device_info.text().startswith("found: ")
     widget.device.setCurrentText("cuda")
     assert widget.inference_config().device == "cuda"
