@@ -84,9 +84,10 @@ def report_for(pairs, bundle) -> dict:
     report = {"overall": score(pairs, predictions, lambda pair: True)}
     for kind in ("fluorescence", "brightfield"):
         report[kind] = score(pairs, predictions, lambda pair, kind=kind: modality(pair[1]) == kind)
+    unet = evaluate_dataset([gt for _, _, gt in pairs], predictions["unet"])
     report["per_image_unet_ap50"] = {
-        name: round(float(summary_row(evaluate_dataset([gt], [pred]))["AP@0.5"]), 3)
-        for (name, _, gt), pred in zip(pairs, predictions["unet"], strict=True)
+        name: round(float(summary_row(image_result)["AP@0.5"]), 3)
+        for (name, _, _), image_result in zip(pairs, unet["per_image"], strict=True)
     }
     best_baseline = max(report["overall"][m]["AP@0.5"] for m in BASELINE_METHODS)
     report["unet_minus_best_baseline_ap50"] = round(report["overall"]["unet"]["AP@0.5"] - best_baseline, 4)

@@ -89,8 +89,8 @@ def _report(
         row = dict(summary_row(result))
         row["seconds"] = seconds[name]
         per_image = [
-            {"image": pair[0].name, **summary_row(evaluate_dataset([gt], [pred]))}
-            for pair, gt, pred in zip(pairs, ground_truth, preds, strict=True)
+            {"image": pair[0].name, **summary_row(image_result)}
+            for pair, image_result in zip(pairs, result["per_image"], strict=True)
         ]
         methods[name] = {"summary": row, "per_image": per_image}
     return {
