@@ -169,6 +169,10 @@ class SegmentWidget(QWidget):
         self.foreground = _float_spin(0.0, 1.0, self.model_postprocess.foreground_threshold)
         self.seed = _float_spin(0.0, 1.0, self.model_postprocess.seed_threshold)
         self.min_size = _spin(0, 10**6, self.model_postprocess.min_size)
+        self.min_relative_size = _float_spin(0.0, 1.0, self.model_postprocess.min_relative_size)
+        self.min_relative_size.setToolTip(
+            "Remove objects smaller than this fraction of the image's median object area (fragments, debris; 0 = off)"
+        )
         self.split_distance = _spin(0, 1000, self.model_postprocess.split_distance)
         self.split_distance.setToolTip(
             "Split seed regions holding several nuclei whose centres lie at least this many pixels apart (0 = off)"
@@ -226,6 +230,7 @@ class SegmentWidget(QWidget):
         form.addRow("Foreground threshold", self.foreground)
         form.addRow("Seed threshold", self.seed)
         form.addRow("Minimum size (px)", self.min_size)
+        form.addRow("Minimum size (x median)", self.min_relative_size)
         form.addRow("Split fused nuclei (px, 0 = off)", self.split_distance)
         form.addRow("", self.fill_holes)
         reset = QPushButton("Model defaults")
@@ -284,6 +289,7 @@ class SegmentWidget(QWidget):
         self.foreground.setValue(config.foreground_threshold)
         self.seed.setValue(config.seed_threshold)
         self.min_size.setValue(config.min_size)
+        self.min_relative_size.setValue(config.min_relative_size)
         self.split_distance.setValue(config.split_distance)
         self.fill_holes.setChecked(config.fill_holes)
 
@@ -323,6 +329,7 @@ class SegmentWidget(QWidget):
             foreground_threshold=self.foreground.value(),
             seed_threshold=self.seed.value(),
             min_size=self.min_size.value(),
+            min_relative_size=self.min_relative_size.value(),
             split_distance=self.split_distance.value(),
             fill_holes=self.fill_holes.isChecked(),
         )

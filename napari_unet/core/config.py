@@ -216,6 +216,10 @@ class PostprocessConfig(JsonConfig):
         Seeds smaller than this many pixels are dropped (avoids over-splits).
     min_size : int
         Objects smaller than this many pixels are removed.
+    min_relative_size : float
+        Objects smaller than this fraction of the median object area of the
+        image (of each plane or large-image window) are removed: fragments
+        and debris far smaller than the nuclei around them.  0 disables.
     fill_holes : bool
         Fill holes inside each object.
     split_distance : int
@@ -230,6 +234,7 @@ class PostprocessConfig(JsonConfig):
     seed_threshold: float = 0.6
     min_seed_size: int = 4
     min_size: int = 15
+    min_relative_size: float = 0.0
     fill_holes: bool = True
     split_distance: int = 0
 
@@ -239,6 +244,7 @@ class PostprocessConfig(JsonConfig):
         _check_range(name, "seed_threshold", self.seed_threshold, 0.0, 1.0)
         _check_range(name, "min_seed_size", self.min_seed_size, 0, 10**6)
         _check_range(name, "min_size", self.min_size, 0, 10**9)
+        _check_range(name, "min_relative_size", self.min_relative_size, 0.0, 1.0)
         _check_range(name, "split_distance", self.split_distance, 0, 1000)
 
 

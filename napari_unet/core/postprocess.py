@@ -43,7 +43,8 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
        ``seed_threshold`` and at least ``min_seed_size`` pixels;
     3. watershed on ``-P(interior)`` from the seeds, inside the foreground;
     4. foreground components that hold no seed become objects of their own;
-    5. objects smaller than ``min_size`` are removed, holes filled
+    5. objects smaller than ``min_size`` pixels, then those smaller than
+       ``min_relative_size`` times the median object area, are removed, holes filled
        (``fill_holes``), and labels renumbered 1..N.
 
     """
@@ -62,6 +63,7 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
         labels = np.zeros(foreground.shape, dtype=np.int32)
     labels = _label_unseeded(labels, foreground)
     labels = remove_small_objects(labels, cfg.min_size)
+    labels = remove_relatively_small_objects(labels, cfg.min_relative_size)
     if cfg.fill_holes:
         labels = fill_label_holes(labels)
     return sequential_labels(labels).astype(np.int32, copy=False)
@@ -168,6 +170,36 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     lut = np.arange(counts.size, dtype=labels.dtype)
     lut[small] = 0
     return lut[labels]
+
+
+def remove_relatively_small_objects(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Set objects smaller than ``fraction`` times the median object area to background.
+
+    The size of nuclei varies from image to image far more than within one, so
+    a fragment or a speck of debris is best recognised relative to the
+    objects around it.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Non-negative integer labels, any shape.
+    fraction : float
+        Fraction of the median object area (0 keeps everything).
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of the same shape and dtype (``labels`` itself when nothing is
+        removed; never modified in place).  Ids are not renumbered.
+
+    """
+    if fraction <= 0 or labels.size == 0:
+        return labels
+    areas = np.bincount(labels.ravel())[1:]
+    present = areas[areas > 0]
+    if present.size == 0:
+        return labels
+    return remove_small_objects(labels, int(np.ceil(fraction * float(np.median(present)))))
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from napari_unet.core.store import ModelBundle
 FOREGROUND_THRESHOLDS = (0.4, 0.5, 0.6)
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_SIZES = (0, 20)
+MIN_RELATIVE_SIZES = (0.0, 0.2, 0.3)
 SPLIT_DISTANCES = (0, 4, 7)
 
 
@@ -56,11 +57,13 @@ def candidate_configs(
     seeds: Sequence[float] = SEED_THRESHOLDS,
     min_sizes: Sequence[int] = MIN_SIZES,
     split_distances: Sequence[int] = SPLIT_DISTANCES,
+    min_relative_sizes: Sequence[float] = MIN_RELATIVE_SIZES,
 ) -> list[PostprocessConfig]:
     """Return the grid of settings to try (``start``'s other fields are kept)."""
+    grid = itertools.product(foreground, seeds, min_sizes, split_distances, min_relative_sizes)
     return [
-        replace(start, foreground_threshold=f, seed_threshold=s, min_size=m, split_distance=d)
-        for f, s, m, d in itertools.product(foreground, seeds, min_sizes, split_distances)
+        replace(start, foreground_threshold=f, seed_threshold=s, min_size=m, split_distance=d, min_relative_size=r)
+        for f, s, m, d, r in grid
     ]
 
 

@@ -11,6 +11,7 @@ from napari_unet.core.postprocess import (
     link_slices,
     probabilities_to_labels,
     relabel_stack_unique,
+    remove_relatively_small_objects,
     remove_small_objects,
     sequential_labels,
 )
@@ -116,6 +117,40 @@ def test_empty_probabilities_give_no_objects():
     probs[0] = 1.0
     labels = probabilities_to_labels(probs, CFG)
     assert labels.dtype == np.int32 and labels.max() == 0
+
+
+def test_fragment_far_smaller_than_its_neighbours_is_removed_only_when_asked():
+    # Two discs of ~373 px and a 36 px speck: above the absolute min_size, under 0.2 x the median area.
+    truth = touching_discs()
+    speck = np.zeros_like(truth, dtype=bool)
+    speck[2:8, 56:62] = True
+    probs = probabilities_for(truth)
+    probs[:, speck] = [[0.05], [0.9], [0.05]]
+    assert probabilities_to_labels(probs, CFG).max() == 3
+    labels = probabilities_to_labels(probs, PostprocessConfig(**{**CFG.to_dict(), "min_relative_size": 0.2}))
+    assert not labels[speck].any()
+    assert labels.max() == 2
+    np.testing.assert_array_equal(labels > 0, truth > 0)
+
+
+def test_remove_relatively_small_objects_uses_the_median_area():
+    labels = np.zeros((10, 40), dtype=np.uint16)
+    labels[0:4, 0:4] = 1  # 16 px
+    labels[0:5, 10:15] = 2  # 25 px  <- median of (16, 25, 36)
+    labels[0:6, 20:26] = 3  # 36 px
+    original = labels.copy()
+    out = remove_relatively_small_objects(labels, 0.7)  # threshold 17.5 px: only object 1 goes
+    assert sorted(np.unique(out)) == [0, 2, 3]
+    assert out.dtype == labels.dtype
+    np.testing.assert_array_equal(labels, original)
+    assert remove_relatively_small_objects(labels, 0.0) is labels
+    assert remove_relatively_small_objects(labels, 0.6) is labels  # threshold 15 px: nothing to remove
+    assert remove_relatively_small_objects(np.zeros((4, 4), np.int32), 0.5).max() == 0
+
+
+def test_min_relative_size_must_be_a_fraction():
+    with pytest.raises(ValueError, match="min_relative_size"):
+        PostprocessConfig(min_relative_size=1.5)
 
 
 def test_remove_small_objects():

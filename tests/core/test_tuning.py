@@ -17,8 +17,11 @@ CPU = InferenceConfig(device="cpu", tile_size=64)
 
 def test_candidate_grid_keeps_other_fields() -> None:
     start = PostprocessConfig(min_seed_size=7, fill_holes=False)
-    grid = candidate_configs(start, foreground=(0.4, 0.5), seeds=(0.6,), min_sizes=(0, 10), split_distances=(0,))
-    assert len(grid) == 4
+    grid = candidate_configs(
+        start, foreground=(0.4, 0.5), seeds=(0.6,), min_sizes=(0, 10), split_distances=(0,), min_relative_sizes=(0, 0.3)
+    )
+    assert len(grid) == 8
+    assert {c.min_relative_size for c in grid} == {0, 0.3}
     assert all(c.min_seed_size == 7 and c.fill_holes is False for c in grid)
 
 

@@ -75,6 +75,15 @@ def test_rerun_postprocessing_uses_cached_probabilities(make_napari_viewer, qtbo
     widget.rerun_postprocessing()
     assert layer.metadata["napari_unet"]["settings"]["postprocess"]["split_distance"] == 7
 
+    widget.split_distance.setValue(0)
+    widget.min_size.setValue(5)
+    widget.rerun_postprocessing()
+    without_specks = layer.data.max()
+    widget.min_relative_size.setValue(0.9)  # objects under 0.9 x the median area go
+    widget.rerun_postprocessing()
+    assert layer.metadata["napari_unet"]["settings"]["postprocess"]["min_relative_size"] == 0.9
+    assert 0 < layer.data.max() < without_specks
+
 
 def test_segment_zstack_slice_by_slice_with_notice(make_napari_viewer, qtbot, tiny_model, sample, notifications):
     viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
