@@ -58,7 +58,7 @@ from napari_unet._widgets._common import (
     unique_name,
     warn,
 )
-from napari_unet.core.config import InferenceConfig, PostprocessConfig
+from napari_unet.core.config import MAX_SCALE, MIN_SCALE, InferenceConfig, PostprocessConfig
 from napari_unet.core.editing import label_ids
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.normalize import SUPPORTED_AXES, infer_axes
@@ -143,6 +143,15 @@ def open_lazy_labels(store: Path) -> Any:
     return zarr.open_array(str(Path(store) / "labels" / LABEL_NAME / "0"), mode="r+")
 
 
+TEST_TIME_AUGMENTATION: dict[str, dict[str, bool]] = {
+    "off": {"tta": False, "multiscale": False},
+    "flips (4x slower)": {"tta": True, "multiscale": False},
+    "sizes (3.5x slower)": {"tta": False, "multiscale": True},
+    "flips and sizes (14x slower)": {"tta": True, "multiscale": True},
+}
+"""Choices of the Segment widget's test-time augmentation, as ``InferenceConfig`` fields."""
+
+
 class SegmentWidget(QWidget):
     """Segment nuclei: image, axes, model, device, tiling and post-processing -> Labels layer.
 
@@ -165,6 +174,15 @@ class SegmentWidget(QWidget):
         inference = InferenceConfig()
         self.tile_size = _spin(32, 8192, inference.tile_size, step=32)
         self.overlap = _float_spin(0.0, 0.45, inference.overlap, step=0.025)
+        self.scale = _float_spin(MIN_SCALE, MAX_SCALE, inference.scale, step=0.25)
+        self.augment = QComboBox()
+        self.augment.addItems(list(TEST_TIME_AUGMENTATION))
+        self.augment.setToolTip("Average several predictions for a little more accuracy, at the cost shown")
+        self.scale.setToolTip(
+            "Resize the image by this factor before the network (labels keep the image's size): "
+            "above 1 when nuclei are smaller than the model saw in training, below 1 when larger. "
+            "Not remembered between sessions."
+        )
         self.model_postprocess = PostprocessConfig()  # the selected model's saved values (see reset_postprocessing)
         self.foreground = _float_spin(0.0, 1.0, self.model_postprocess.foreground_threshold)
         self.seed = _float_spin(0.0, 1.0, self.model_postprocess.seed_threshold)
@@ -209,6 +227,8 @@ class SegmentWidget(QWidget):
         form.addRow("", self.device_info)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Tile overlap", self.overlap)
+        form.addRow("Scale (x)", self.scale)
+        form.addRow("Test-time augmentation", self.augment)
         run = QPushButton("Segment")
         run.clicked.connect(self.run)
         rerun = QPushButton("Re-run post-processing only")
@@ -252,6 +272,8 @@ class SegmentWidget(QWidget):
         self.overlap.setValue(float(saved.get("overlap", defaults.overlap)))
         self.device.setCurrentText(str(saved.get("device", AUTO)))
         self.keep_probabilities.setChecked(bool(saved.get("keep_probabilities", False)))
+        chosen = {"tta": bool(saved.get("tta", False)), "multiscale": bool(saved.get("multiscale", False))}
+        self.augment.setCurrentText(next(k for k, v in TEST_TIME_AUGMENTATION.items() if v == chosen))
         if saved.get("model"):
             self.model.select(str(saved["model"]))
 
@@ -319,7 +341,11 @@ class SegmentWidget(QWidget):
     def inference_config(self) -> InferenceConfig:
         """Tiling and device settings from the form."""
         return InferenceConfig(
-            tile_size=self.tile_size.value(), overlap=self.overlap.value(), device=self.device.currentText()
+            tile_size=self.tile_size.value(),
+            overlap=self.overlap.value(),
+            device=self.device.currentText(),
+            scale=self.scale.value(),
+            **TEST_TIME_AUGMENTATION[self.augment.currentText()],
         )
 
     def postprocess_config(self) -> PostprocessConfig:

@@ -3,9 +3,10 @@
 ``iter_predict`` is the engine's one inference path (the widgets wrap it in a
 thread worker, the CLI in a progress bar); ``predict`` drains it.  Each plane
 (the image itself, or each z-slice / time frame of a stack) is normalised,
-reflect-padded to a size the network accepts, cut into overlapping tiles that
+resized by ``InferenceConfig.scale`` (when not 1), reflect-padded to a size
+the network accepts, cut into overlapping tiles that
 run through the network in batches, blended back with Gaussian weights,
-cropped and post-processed into instance labels.
+cropped, resized back and post-processed into instance labels.
 
 The bundle's network is moved to the compute device on first use and stays
 there (later calls on the same device move nothing); it is put in eval mode
@@ -264,6 +265,75 @@ def _iter_plane_probabilities(
         return np.ascontiguousarray(cropped.cpu().numpy())
 
 
+def scaled_shape(shape_yx: Sequence[int], scale: float) -> tuple[int, int]:
+    """Plane size ``(Y, X)`` the network sees for ``InferenceConfig.scale`` (at least 1 pixel per axis)."""
+    return (max(1, round(shape_yx[0] * scale)), max(1, round(shape_yx[1] * scale)))
+
+
+def resize_plane(plane: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize every channel of a plane.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray
+        ``(C, Y, X)`` float32.
+    shape_yx : tuple of int
+        New ``(Y', X')``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(C, Y', X')`` float32 (``plane`` itself when the size is unchanged).
+        Shrinking is anti-aliased.  Channels that sum to 1 (probabilities)
+        still do: every output pixel is a convex combination of input pixels.
+
+    """
+    if tuple(plane.shape[-2:]) == tuple(shape_yx):
+        return plane
+    shrinking = shape_yx[0] < plane.shape[-2] or shape_yx[1] < plane.shape[-1]
+    with torch.inference_mode():
+        source = torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32)).unsqueeze(0)
+        resized = nn.functional.interpolate(
+            source, size=shape_yx, mode="bilinear", align_corners=False, antialias=shrinking
+        )
+    return np.ascontiguousarray(resized[0].numpy())
+
+
+MULTISCALE_FACTORS: tuple[float, ...] = (2**-0.5, 1.0, 2**0.5)
+"""Sizes, relative to ``InferenceConfig.scale``, averaged by multi-scale test-time augmentation."""
+
+
+def _plan_scales(shape_yx: Sequence[int], model: ModelConfig, cfg: InferenceConfig) -> list[tuple[float, _TilePlan]]:
+    """``(scale, tile plan)`` of every size a plane of ``shape_yx`` is predicted at (one unless ``cfg.multiscale``)."""
+    factors = MULTISCALE_FACTORS if cfg.multiscale else (1.0,)
+    scales = [cfg.scale * factor for factor in factors]
+    return [(scale, _plan_tiles(scaled_shape(shape_yx, scale), model, cfg)) for scale in scales]
+
+
+def _iter_scaled_plane_probabilities(
+    network: nn.Module,
+    plane: np.ndarray,
+    plans: list[tuple[float, _TilePlan]],
+    cfg: InferenceConfig,
+    device: torch.device,
+    cancel: Callable[[], bool] | None,
+) -> Generator[int, None, np.ndarray]:
+    """Average of :func:`_iter_plane_probabilities` of ``plane (C, Y, X)`` resized to each planned scale.
+
+    Yields tiles finished, as :func:`_iter_plane_probabilities`; returns
+    ``(K, Y, X)`` float32 probabilities at the plane's own size.
+    """
+    shape_yx = (plane.shape[-2], plane.shape[-1])
+    total: np.ndarray | None = None
+    for scale, plan in plans:
+        scaled = resize_plane(plane, scaled_shape(shape_yx, scale))
+        probabilities = yield from _iter_plane_probabilities(network, scaled, plan, cfg, device, cancel)
+        probabilities = resize_plane(probabilities, shape_yx)
+        total = probabilities if total is None else total + probabilities
+    assert total is not None  # there is at least one scale
+    return total / len(plans) if len(plans) > 1 else total
+
+
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 """Flips averaged by test-time augmentation (identity, horizontal, vertical, both)."""
 
@@ -328,10 +398,10 @@ def predict_probabilities(
         raise ValueError(f"plane must be (C={bundle.config.in_channels}, Y, X), got shape {plane.shape}")
     device = resolve_device(cfg.device)
     network = _network_on(bundle.network, device)
-    plan = _plan_tiles(plane.shape[-2:], bundle.config, cfg)
+    plans = _plan_scales(plane.shape[-2:], bundle.config, cfg)
     with _eval_mode(network):
         return _drain(
-            _iter_plane_probabilities(network, plane.astype(np.float32, copy=False), plan, cfg, device, cancel)
+            _iter_scaled_plane_probabilities(network, plane.astype(np.float32, copy=False), plans, cfg, device, cancel)
         )
 
 
@@ -400,8 +470,8 @@ def iter_predict(
     planes, plane_axis = to_planes(image, image_axes, dtype=None)
     device = resolve_device(inference.device)
     network = _network_on(bundle.network, device)
-    plan = _plan_tiles(planes.shape[1:3], bundle.config, inference)
-    total = len(planes) * plan.tiles_per_plane
+    plans = _plan_scales(planes.shape[1:3], bundle.config, inference)
+    total = len(planes) * sum(plan.tiles_per_plane for _, plan in plans)
     yield Progress("predict", 0, total, f"Predicting {total} tile(s) on {device}", {"device": str(device)})
     probabilities: np.ndarray | None = None
     done = 0
@@ -409,7 +479,7 @@ def iter_predict(
         for index, plane in enumerate(planes):
             check_cancel(cancel)
             network_input = normalize_plane(plane, bundle.normalize, bundle.config.in_channels)
-            plane_gen = _iter_plane_probabilities(network, network_input, plan, inference, device, cancel)
+            plane_gen = _iter_scaled_plane_probabilities(network, network_input, plans, inference, device, cancel)
             while True:
                 try:
                     done += next(plane_gen)

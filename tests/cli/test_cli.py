@@ -87,6 +87,30 @@ def test_predict_unet_then_refuse_overwrite(dataset, tiny_model, tmp_path, capsy
     assert code == 0, err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "fragment"), [("--scale", "0", "scale must be in"), ("--tile", "5", "tile_size must be in")]
+)
+def test_out_of_range_inference_flags_give_clear_errors(flag, value, fragment, dataset, tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(["predict", str(dataset), "-o", str(out), "--model", str(tiny_model), flag, value], capsys)
+    assert code == 2
+    assert err.startswith("error:") and fragment in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_predict_at_a_scale_with_multiscale_keeps_the_image_shape(dataset, tiny_model, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["predict", str(dataset), "-o", str(out), "--model", str(tiny_model), "--scale", "1.5", "--multiscale"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    for name in ("s1", "s2"):
+        image = tifffile.imread(dataset / f"{name}_image.tif")
+        labels = tifffile.imread(out / f"{name}_image_labels.tif")
+        assert labels.shape == image.shape and labels.max() > 0
+        provenance = json.loads((out / f"{name}_image_labels.tif.provenance.json").read_text())
+        assert provenance["settings"]["scale"] == 1.5 and provenance["settings"]["multiscale"] is True
+
+
 def test_evaluate_prints_every_method_and_writes_json(dataset, tiny_model, tmp_path, capsys) -> None:
     report = tmp_path / "scores.json"
     args = ["evaluate", "--images", str(dataset), "--methods", "unet,otsu,watershed", "--model", str(tiny_model)]

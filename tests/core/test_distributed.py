@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -213,6 +215,17 @@ def test_predict_large_equals_in_memory_prediction(tmp_path, pixel_bundle):
     group = zarr.open_group(str(path), mode="r")
     assert group["labels"].attrs["labels"] == ["labels"]
     assert group["labels/labels/0"].chunks == (128, 128)
+
+
+def test_predict_large_at_a_scale_equals_in_memory_prediction(tmp_path, pixel_bundle):
+    image = disc_image()
+    scaled = replace(CPU, scale=2.0)
+    expected = predict(image, pixel_bundle, inference=scaled).labels
+    path = run_to_end(predict_large(image, pixel_bundle, tmp_path / "out.zarr", chunk=128, halo=32, inference=scaled))
+    labels = read_labels(path)
+    assert labels.shape == image.shape
+    assert expected.max() > 15
+    assert_same_partition(labels, expected)
 
 
 def test_predict_large_handles_rgb_images(tmp_path, pixel_bundle):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from napari_unet.core import inference
 from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import Cancelled, UserInputError
 from napari_unet.core.inference import (
+    MULTISCALE_FACTORS,
     Prediction,
     accelerator_names,
     foreground_probability,
@@ -17,7 +20,9 @@ from napari_unet.core.inference import (
     labels_from_probabilities,
     predict,
     predict_probabilities,
+    resize_plane,
     resolve_device,
+    scaled_shape,
 )
 from napari_unet.core.model import UNet
 from napari_unet.core.progress import run_to_end
@@ -396,3 +401,80 @@ def test_tta_averages_the_flipped_predictions():
     tta = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, tta=True))
     assert np.abs(tta - expected).max() < 1e-5
     assert np.abs(tta - plain).max() > 1e-4  # a random UNet is not flip-invariant: TTA really changed something
+
+
+class RecordingBrightIsNucleus(BrightIsNucleus):
+    """:class:`BrightIsNucleus` that remembers the spatial shape of every batch it saw."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(x.shape[2:]))
+        return super().forward(x)
+
+
+def test_scale_resizes_what_the_network_sees_and_labels_keep_the_image_shape():
+    bundle = threshold_bundle()
+    bundle.network = RecordingBrightIsNucleus(bundle.config)
+    one_tile = InferenceConfig(device="cpu", tile_size=512)
+    result = predict(disc_image(), bundle, inference=replace(one_tile, scale=2.0))
+    assert bundle.network.seen == [(112, 128)]
+    assert result.labels.shape == result.probabilities.shape[1:] == (56, 64)
+    assert_discs_found(result.labels, disc_masks())
+    np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+    bundle.network.seen.clear()
+    predict(np.stack([disc_image(), disc_image()]), bundle, axes="ZYX", inference=replace(one_tile, scale=1.5))
+    assert bundle.network.seen == [(84, 96), (84, 96)]  # each slice is resized in Y and X only
+
+
+def test_resize_plane_keeps_probabilities_summing_to_one():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 20, 30)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    assert resize_plane(probabilities, (20, 30)) is probabilities
+    for shape in ((47, 13), (9, 61)):  # shrink one axis and grow the other
+        resized = resize_plane(probabilities, shape)
+        assert resized.shape == (3, *shape) and resized.dtype == np.float32
+        np.testing.assert_allclose(resized.sum(axis=0), 1.0, atol=1e-5)
+        assert resized.min() >= 0
+
+
+def test_scaled_shape_and_its_limits():
+    assert scaled_shape((56, 64), 1.5) == (84, 96)
+    assert scaled_shape((3, 5), 0.1) == (1, 1)
+    with pytest.raises(ValueError, match="scale"):
+        InferenceConfig(scale=0.0)
+    with pytest.raises(ValueError, match="scale"):
+        InferenceConfig(scale=100.0)
+
+
+def test_multiscale_averages_the_predictions_at_three_sizes():
+    bundle = unet_bundle(depth=2)
+    plane = smooth_noise((1, 40, 48))
+    one_tile = InferenceConfig(device="cpu", tile_size=512, scale=1.5)
+    sizes = [predict_probabilities(bundle, plane, replace(one_tile, scale=1.5 * f)) for f in MULTISCALE_FACTORS]
+    averaged = predict_probabilities(bundle, plane, replace(one_tile, multiscale=True))
+    assert averaged.shape == (3, 40, 48)
+    assert np.abs(averaged - sum(sizes) / 3).max() < 1e-5
+    assert np.abs(averaged - sizes[1]).max() > 1e-4  # a random UNet is not scale-invariant: it really changed
+
+
+def test_multiscale_progress_counts_the_tiles_of_every_size():
+    bundle = threshold_bundle()
+    bundle.network = RecordingBrightIsNucleus(bundle.config)
+    cfg = InferenceConfig(device="cpu", tile_size=512, multiscale=True)
+    events = []
+    gen = iter_predict(disc_image(), bundle, inference=cfg)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    # 56x64 at 0.71 / 1 / 1.41 -> 40x45, 56x64, 79x91, padded to multiples of 4 and at least 64
+    assert bundle.network.seen == [(64, 64), (64, 64), (80, 92)]
+    assert [e.done for e in events] == [0, 1, 2, 3] and events[-1].total == 3
+    assert_discs_found(result.labels, disc_masks())

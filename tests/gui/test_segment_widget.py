@@ -217,3 +217,15 @@ def test_defaults_without_models_or_settings(make_napari_viewer, no_bundled_mode
     button(widget, "Model defaults").click()
     assert "no model selected" in messages(notifications, "warning")[-1]
     assert widget.postprocess_config().split_distance == 4
+
+
+def test_segment_at_a_scale_keeps_the_image_shape_and_is_not_remembered(make_napari_viewer, qtbot, tiny_model, sample):
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
+    viewer.add_image(sample[0], name="nuclei")
+    widget.scale.setValue(1.5)
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    layer = viewer.layers["nuclei labels"]
+    assert layer.data.shape == (96, 96) and layer.data.max() > 0
+    assert layer.metadata["napari_unet"]["settings"]["inference"]["scale"] == 1.5
+    assert SegmentWidget(viewer).scale.value() == 1.0  # a magnification-specific choice starts fresh
