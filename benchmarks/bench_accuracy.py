@@ -9,7 +9,11 @@ per-image means; AP = TP / (TP + FP + FN)) for:
 * synthetic samples made by :mod:`napari_unet.core.synthetic` (fluorescence
   and brightfield), which need no external data.
 
-Usage: python benchmarks/bench_accuracy.py [--model default] [--data DIR] [--synthetic 6]
+The UNet is also scored with test-time augmentation: ``unet+tta`` (4 flips),
+``unet+multiscale`` (0.71x, 1x, 1.41x) and ``unet+tta+multiscale``; ``seconds``
+gives what each costs on this machine.
+
+Usage: python benchmarks/bench_accuracy.py [--model default] [--data DIR] [--synthetic 6] [--no-augmented]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
+from napari_unet.core.config import InferenceConfig
 from napari_unet.core.inference import predict
 from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.metrics import evaluate_dataset, summary_row
@@ -31,6 +36,12 @@ from napari_unet.core.synthetic import synthetic_nuclei
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
 KEYS = ("AP@0.5", "AP@0.75", "F1@0.5", "PQ@0.5", "Dice")
+UNET_VARIANTS = {
+    "unet": InferenceConfig(),
+    "unet+tta": InferenceConfig(tta=True),
+    "unet+multiscale": InferenceConfig(multiscale=True),
+    "unet+tta+multiscale": InferenceConfig(tta=True, multiscale=True),
+}
 
 
 def load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -55,8 +66,12 @@ def modality(image: np.ndarray) -> str:
     return "brightfield" if is_bright_background(plane) else "fluorescence"
 
 
-def segment_all(pairs, bundle) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
-    methods = {"unet": lambda image: predict(image, bundle).labels}
+def segment_all(pairs, bundle, augmented: bool) -> tuple[dict[str, list[np.ndarray]], dict[str, float]]:
+    variants = UNET_VARIANTS if augmented else {"unet": UNET_VARIANTS["unet"]}
+    methods = {
+        name: (lambda image, config=config: predict(image, bundle, inference=config).labels)
+        for name, config in variants.items()
+    }
     methods.update({m: (lambda image, m=m: segment_baseline(image, m)) for m in BASELINE_METHODS})
     results: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
@@ -79,8 +94,8 @@ def score(pairs, predictions: dict[str, list[np.ndarray]], keep) -> dict[str, di
     return table
 
 
-def report_for(pairs, bundle) -> dict:
-    predictions, seconds = segment_all(pairs, bundle)
+def report_for(pairs, bundle, augmented: bool) -> dict:
+    predictions, seconds = segment_all(pairs, bundle, augmented)
     report = {"overall": score(pairs, predictions, lambda pair: True)}
     for kind in ("fluorescence", "brightfield"):
         report[kind] = score(pairs, predictions, lambda pair, kind=kind: modality(pair[1]) == kind)
@@ -100,15 +115,16 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--synthetic", type=int, default=6, help="number of synthetic samples (0 to skip)")
+    parser.add_argument("--no-augmented", dest="augmented", action="store_false", help="skip the TTA variants")
     args = parser.parse_args()
     bundle = load_model(args.model)
     output = {"model": bundle.name, "model_sha256": bundle.sha256, "postprocess": bundle.postprocess.to_dict()}
     if args.data.is_dir():
-        output["dsb2018_val"] = report_for(load_pairs(args.data), bundle)
+        output["dsb2018_val"] = report_for(load_pairs(args.data), bundle, args.augmented)
     else:
         output["dsb2018_val"] = {"skipped": f"{args.data} not found (needs ../shared/data)"}
     if args.synthetic:
-        output["synthetic"] = report_for(synthetic_pairs(args.synthetic), bundle)
+        output["synthetic"] = report_for(synthetic_pairs(args.synthetic), bundle, args.augmented)
     print(json.dumps(output, indent=2))
 
 
