@@ -106,7 +106,7 @@ def test_predict_at_a_scale_with_multiscale_keeps_the_image_shape(dataset, tiny_
     for name in ("s1", "s2"):
         image = tifffile.imread(dataset / f"{name}_image.tif")
         labels = tifffile.imread(out / f"{name}_image_labels.tif")
-        assert labels.shape == image.shape and labels.max() > 0
+        assert labels.shape == image.shape  # the untrained model may find nothing: only the shape is checked
         provenance = json.loads((out / f"{name}_image_labels.tif.provenance.json").read_text())
         assert provenance["settings"]["scale"] == 1.5 and provenance["settings"]["multiscale"] is True
 
