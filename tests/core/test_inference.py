@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +26,7 @@ from napari_unet.core.inference import (
     scaled_shape,
 )
 from napari_unet.core.model import UNet
-from napari_unet.core.progress import run_to_end
+from napari_unet.core.progress import Progress, run_to_end
 from napari_unet.core.store import ModelBundle
 
 CPU = InferenceConfig(device="cpu", tile_size=64, overlap=0.125, batch_size=4)
@@ -87,6 +88,16 @@ def disc_image(shape=(56, 64), background=100, foreground=1000, shift=(0, 0)) ->
     for mask in disc_masks(shape, shift=shift):
         image[mask] = foreground
     return image
+
+
+def progress_and_result(gen: Generator[Progress, None, Prediction]) -> tuple[list[Progress], Prediction]:
+    """Every event a prediction generator yields, and what it returns."""
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
 
 
 def assert_discs_found(labels: np.ndarray, masks: list[np.ndarray]) -> None:
@@ -285,14 +296,7 @@ def test_progress_counts_tiles_and_batches():
     image = np.zeros((200, 168), dtype=np.uint8)
     image[50:60, 50:60] = 200
     cfg = InferenceConfig(device="cpu", tile_size=64, overlap=0.125, batch_size=5)
-    gen = iter_predict(image, threshold_bundle(depth=2), inference=cfg)
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    events, result = progress_and_result(iter_predict(image, threshold_bundle(depth=2), inference=cfg))
     # 200 -> starts 0/44/92/136 and 168 -> 0/52/104 (aligned to 4): 12 tiles in batches of 5
     assert [e.done for e in events] == [0, 5, 10, 12]
     assert {e.total for e in events} == {12}
@@ -466,14 +470,7 @@ def test_multiscale_progress_counts_the_tiles_of_every_size():
     bundle = threshold_bundle()
     bundle.network = RecordingBrightIsNucleus(bundle.config)
     cfg = InferenceConfig(device="cpu", tile_size=512, multiscale=True)
-    events = []
-    gen = iter_predict(disc_image(), bundle, inference=cfg)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    events, result = progress_and_result(iter_predict(disc_image(), bundle, inference=cfg))
     # 56x64 at 0.71 / 1 / 1.41 -> 40x45, 56x64, 79x91, padded to multiples of 4 and at least 64
     assert bundle.network.seen == [(64, 64), (64, 64), (80, 92)]
     assert [e.done for e in events] == [0, 1, 2, 3] and events[-1].total == 3
