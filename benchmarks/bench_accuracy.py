@@ -29,7 +29,7 @@ from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
 from napari_unet.core.config import InferenceConfig
 from napari_unet.core.inference import predict
 from napari_unet.core.io import read_image, read_labels
-from napari_unet.core.metrics import evaluate_dataset, summary_row
+from napari_unet.core.metrics import error_maps, evaluate_dataset, summary_row
 from napari_unet.core.normalize import is_bright_background
 from napari_unet.core.store import load_model
 from napari_unet.core.synthetic import synthetic_nuclei
@@ -94,6 +94,20 @@ def score(pairs, predictions: dict[str, list[np.ndarray]], keep) -> dict[str, di
     return table
 
 
+def error_counts(gt: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """Count the UNet's errors at IoU 0.5 on one image by kind.
+
+    ``false_positive_on_background``: predictions with no annotated pixel
+    under them (debris, or nuclei the annotators left out).
+    """
+    maps = error_maps(gt, pred)
+    counts = {key: int(np.count_nonzero(np.bincount(maps[key].ravel())[1:])) for key in maps}
+    unmatched = np.unique(maps["false_positive"])[1:]
+    annotated = np.bincount(maps["false_positive"][gt > 0].ravel(), minlength=int(pred.max()) + 1)
+    counts["false_positive_on_background"] = int(np.count_nonzero(annotated[unmatched] == 0))
+    return counts
+
+
 def report_for(pairs, bundle, augmented: bool) -> dict:
     predictions, seconds = segment_all(pairs, bundle, augmented)
     report = {"overall": score(pairs, predictions, lambda pair: True)}
@@ -103,6 +117,9 @@ def report_for(pairs, bundle, augmented: bool) -> dict:
     report["per_image_unet_ap50"] = {
         name: round(float(summary_row(image_result)["AP@0.5"]), 3)
         for (name, _, _), image_result in zip(pairs, unet["per_image"], strict=True)
+    }
+    report["unet_errors_at_iou_0.5"] = {
+        name: error_counts(gt, pred) for (name, _, gt), pred in zip(pairs, predictions["unet"], strict=True)
     }
     best_baseline = max(report["overall"][m]["AP@0.5"] for m in BASELINE_METHODS)
     report["unet_minus_best_baseline_ap50"] = round(report["overall"]["unet"]["AP@0.5"] - best_baseline, 4)
