@@ -37,6 +37,40 @@ def score_table(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+ERROR_KEYS = ("false_positive", "false_negative", "merge", "split", "false_positive_on_background")
+
+
+def per_image_table(section: dict[str, Any]) -> list[str]:
+    """Rows of the UNet's AP@0.5 and error counts per validation image, worst first."""
+    scores = section.get("per_image_unet_ap50", {})
+    errors = section.get("unet_errors_at_iou_0.5", {})
+    if not scores:
+        return []
+    lines = [
+        "| image | AP@0.5 | false pos. | false neg. | merges | splits | false pos. on unannotated pixels |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(scores, key=scores.get):
+        counts = errors.get(name, {})
+        cells = " | ".join(str(counts.get(key, "")) for key in ERROR_KEYS)
+        lines.append(f"| {name.removesuffix('_image')[:12]} | {scores[name]:.2f} | {cells} |")
+    return lines
+
+
+def augmentation_lines(section: dict[str, Any]) -> list[str]:
+    """What each test-time augmentation gains and costs (seconds for the whole set, this machine)."""
+    seconds, overall = section.get("seconds", {}), section.get("overall", {})
+    variants = [name for name in overall if name.startswith("unet+")]
+    if not variants:
+        return []
+    lines = ["", "## Test-time augmentation (same images, same thresholds)", ""]
+    for name in ["unet", *variants]:
+        lines.append(
+            f"- `{name}`: AP@0.5 {overall[name]['AP@0.5']:.3f}, {seconds.get(name, float('nan')):.1f} s for the set"
+        )
+    return lines
+
+
 def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
     config = bundle.config
     lineage = bundle.metadata.get("lineage", {})
@@ -71,6 +105,14 @@ def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
         *score_table(accuracy["dsb2018_val"]),
         "",
         f"UNet minus best baseline, AP@0.5: {accuracy['dsb2018_val']['unet_minus_best_baseline_ap50']:+.3f}",
+        *augmentation_lines(accuracy["dsb2018_val"]),
+        "",
+        "## Where the errors are (UNet, per validation image, IoU 0.5)",
+        "",
+        *per_image_table(accuracy["dsb2018_val"]),
+        "",
+        "The worst images, annotated outlines against predicted ones: `docs/images/val_errors.png` in the",
+        "repository (made by `training/plot_val_errors.py`).",
         "",
         "## Synthetic samples (napari-unet's own generator)",
         *score_table(accuracy.get("synthetic", {})),
@@ -99,6 +141,9 @@ def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
         "## Limits",
         "- Trained on 2D nuclei; other objects (whole cells) need fine-tuning on your data.",
         "- Z-stacks are segmented slice by slice and linked; there is no 3D model yet.",
+        "- Weakest on dense, blurred tissue (neighbouring nuclei merge) and on H&E, where the luminance",
+        "  input makes eosin-stained cytoplasm and red blood cells look like nuclei; fine-tune on a few",
+        "  corrected images of your own for those.",
         "",
     ]
     return "\n".join(lines)

@@ -75,11 +75,11 @@ def _check_range(owner: str, name: str, value: float, low: float, high: float) -
 
 
 NORMS = ("batch", "instance", "group", "none")
-MIN_SCALE, MAX_SCALE = 0.1, 8.0
-"""Range of ``InferenceConfig.scale``."""
 HEADS = ("bg_interior_boundary",)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BLEND_MODES = ("gaussian", "constant")
+MIN_SCALE, MAX_SCALE = 0.1, 8.0
+"""Range of ``InferenceConfig.scale``."""
 
 
 @dataclass(frozen=True)
