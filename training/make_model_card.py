@@ -63,7 +63,14 @@ def augmentation_lines(section: dict[str, Any]) -> list[str]:
     variants = [name for name in overall if name.startswith("unet+")]
     if not variants:
         return []
-    lines = ["", "## Test-time augmentation (same images, same thresholds)", ""]
+    lines = [
+        "",
+        "## Test-time augmentation (same images, same thresholds)",
+        "",
+        "The thresholds were tuned for the plain prediction; averaged probabilities are smoother and",
+        "want their own (`napari-unet tune --tta --multiscale ...`), so compare after retuning.",
+        "",
+    ]
     for name in ["unet", *variants]:
         lines.append(
             f"- `{name}`: AP@0.5 {overall[name]['AP@0.5']:.3f}, {seconds.get(name, float('nan')):.1f} s for the set"
@@ -93,7 +100,7 @@ def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
         "- 2018 Data Science Bowl (BBBC038, CC0): 40 training images (fluorescence and brightfield/H&E),",
         "  validated on 10 held-out images (`dsb2018/val`), which also chose the checkpoint and the",
         "  post-processing thresholds (so the validation scores below are slightly optimistic).",
-        f"- Last training stage: {lineage.get('steps')} steps in {lineage.get('seconds')} s on "
+        f"- Last training stage: {lineage.get('steps')} steps in {lineage.get('seconds', 0):.0f} s on "
         f"{lineage.get('device', 'cpu')} (all stages: see Reproduce).",
         "",
         "## Reproduce",

@@ -66,7 +66,7 @@ def main() -> None:
             axis.axis("off")
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.output, dpi=70)
+    figure.savefig(args.output, dpi=50)
     print(args.output)
 
 

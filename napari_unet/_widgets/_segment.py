@@ -177,7 +177,10 @@ class SegmentWidget(QWidget):
         self.scale = _float_spin(MIN_SCALE, MAX_SCALE, inference.scale, step=0.25)
         self.augment = QComboBox()
         self.augment.addItems(list(TEST_TIME_AUGMENTATION))
-        self.augment.setToolTip("Average several predictions for a little more accuracy, at the cost shown")
+        self.augment.setToolTip(
+            "Average the predictions of flipped and/or resized copies, at the cost shown. The model's thresholds "
+            "are tuned for 'off': averaged probabilities are smoother, so try a lower seed threshold (e.g. 0.9)"
+        )
         self.scale.setToolTip(
             "Resize the image by this factor before the network (labels keep the image's size): "
             "above 1 when nuclei are smaller than the model saw in training, below 1 when larger. "

@@ -38,4 +38,5 @@ def test_default_model_beats_every_baseline_on_real_nuclei() -> None:
         summary_row(evaluate_dataset(truth, [segment_baseline(image, method) for image, _ in pairs]))["AP@0.5"]
         for method in BASELINE_METHODS
     )
-    assert unet > best_baseline + 0.1, (unet, best_baseline)
+    # Measured when the model was bundled: 0.683 against 0.366 (watershed); the margins allow for BLAS noise.
+    assert unet >= 0.65 and unet > best_baseline + 0.25, (unet, best_baseline)
