@@ -39,7 +39,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -256,21 +256,6 @@ class GlobalNormalizer:
     stats: IntensityStats
     in_channels: int
 
-    @property
-    def low(self) -> float:
-        """Intensity mapped to 0."""
-        return self.stats.low
-
-    @property
-    def high(self) -> float:
-        """Intensity mapped to 1."""
-        return self.stats.high
-
-    @property
-    def invert(self) -> bool:
-        """Whether bright maps to 0."""
-        return self.stats.invert
-
     @classmethod
     def from_image(
         cls, image: LargeImage, cfg: NormalizeConfig, in_channels: int, band: int = 2048
@@ -447,7 +432,7 @@ def predict_large(
 
 
 def _stats(normalizer: GlobalNormalizer) -> dict[str, Any]:
-    return {"low": normalizer.low, "high": normalizer.high, "invert": normalizer.invert}
+    return asdict(normalizer.stats)
 
 
 def _segment_here(

@@ -162,7 +162,13 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """
     if min_size <= 1 or labels.size == 0:
         return labels
-    counts = np.bincount(labels.ravel())
+    return _remove_below(labels, np.bincount(labels.ravel()), min_size)
+
+
+def _remove_below(labels: np.ndarray, counts: np.ndarray, min_size: int) -> np.ndarray:
+    """:func:`remove_small_objects` given ``counts = np.bincount(labels.ravel())`` already measured."""
+    if min_size <= 1:
+        return labels
     small = counts < min_size
     small[0] = False
     if not small.any():
@@ -195,11 +201,11 @@ def remove_relatively_small_objects(labels: np.ndarray, fraction: float) -> np.n
     """
     if fraction <= 0 or labels.size == 0:
         return labels
-    areas = np.bincount(labels.ravel())[1:]
-    present = areas[areas > 0]
+    counts = np.bincount(labels.ravel())
+    present = counts[1:][counts[1:] > 0]
     if present.size == 0:
         return labels
-    return remove_small_objects(labels, int(np.ceil(fraction * float(np.median(present)))))
+    return _remove_below(labels, counts, int(np.ceil(fraction * float(np.median(present)))))
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:

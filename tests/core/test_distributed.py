@@ -174,7 +174,7 @@ def test_global_normalizer_decides_inversion_like_normalize_plane_on_colour():
     image[...] = (0, 0, 255)  # bright by max(R, G, B) though dark by luminance
     image[5:14, 5:14] = (0, 200, 0)
     normalizer = GlobalNormalizer.from_image(open_large_image(image), NormalizeConfig(), in_channels=1)
-    assert normalizer.invert
+    assert normalizer.stats.invert
     np.testing.assert_array_equal(normalizer(image), normalize_plane(image, NormalizeConfig(), 1))
 
 
@@ -182,7 +182,7 @@ def test_global_percentiles_do_not_follow_the_chunk():
     image = np.zeros((64, 64), np.float32)
     image[:, 32:] = 100.0  # a bright right half: per-chunk percentiles would map both halves to 0
     normalizer = GlobalNormalizer.from_image(open_large_image(image), NormalizeConfig(invert="never"), 1)
-    assert (normalizer.low, normalizer.high) == (0.0, 100.0)
+    assert (normalizer.stats.low, normalizer.stats.high) == (0.0, 100.0)
     np.testing.assert_allclose(normalizer(image[:, 40:]), 1.0)
     np.testing.assert_allclose(normalizer(image[:, :20]), 0.0)
 
