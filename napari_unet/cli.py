@@ -96,7 +96,25 @@ def _parse_methods(text: str) -> list[str]:
     return methods
 
 
-def _inference_config(args: argparse.Namespace) -> Any:
+AUTO_SCALE = "auto"
+"""``--scale auto``: measure the nuclei of each image and choose its factor (:mod:`napari_unet.core.sizing`)."""
+
+
+def _scale_arg(text: str) -> float | str:
+    """``--scale`` value: a number, or ``auto``."""
+    if text.strip().lower() == AUTO_SCALE:
+        return AUTO_SCALE
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
+def _inference_config(args: argparse.Namespace, bundle: Any = None) -> Any:
+    """Inference settings from the flags; ``--diameter`` needs the model (``bundle``, loaded when None).
+
+    ``--scale auto`` leaves the scale at 1: the caller measures each image (:func:`_fit_scale`).
+    """
     from napari_unet.core.config import InferenceConfig
 
     fields = {
@@ -104,12 +122,61 @@ def _inference_config(args: argparse.Namespace) -> Any:
         "tile_size": args.tile,
         "overlap": args.overlap,
         "batch_size": args.batch_size,
-        "scale": args.scale,
+        "scale": args.scale if isinstance(args.scale, float) else None,
     }
+    if getattr(args, "diameter", None) is not None:
+        fields["scale"] = _scale_for_diameter(args, bundle)
     for flag in ("tta", "multiscale"):
         if getattr(args, flag, False):
             fields[flag] = True
     return InferenceConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _scale_for_diameter(args: argparse.Namespace, bundle: Any) -> float:
+    """Scale that fits ``--diameter`` to the model's training diameters (printed for the record)."""
+    from napari_unet.core.sizing import DiameterRange
+
+    if args.scale is not None:
+        raise UserInputError("give --scale or --diameter, not both (--diameter chooses the scale)")
+    if bundle is None:
+        from napari_unet.core.store import load_model
+
+        bundle = load_model(args.model)
+    target = DiameterRange.of_model(bundle.metadata)
+    scale = target.scale_for(args.diameter)
+    if not args.quiet:
+        print(
+            f"nucleus diameter {args.diameter:g} px; the model was trained on {target.low:g}-{target.high:g} px "
+            f"-> scale {scale:g}",
+            file=sys.stderr,
+        )
+    return scale
+
+
+def _wants_auto_scale(args: argparse.Namespace) -> bool:
+    return getattr(args, "scale", None) == AUTO_SCALE
+
+
+def _refuse_auto_scale(args: argparse.Namespace, why: str) -> None:
+    if _wants_auto_scale(args):
+        raise UserInputError(
+            f"--scale auto is not available {why}; run 'napari-unet predict' with --scale auto on one typical "
+            "image, then pass the factor it prints with --scale"
+        )
+
+
+def _fit_scale(args: argparse.Namespace, bundle: Any, image: Any, axes: str | None, inference: Any) -> Any:
+    """``inference`` with the scale measured on ``image`` when ``--scale auto`` (else unchanged)."""
+    from dataclasses import replace
+
+    from napari_unet.core.sizing import estimate_scale
+
+    if not _wants_auto_scale(args):
+        return inference
+    estimate = estimate_scale(image, bundle, axes, inference)
+    if not args.quiet:
+        print(f"  {estimate.describe()}", file=sys.stderr)
+    return replace(inference, scale=estimate.scale)
 
 
 def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | None], Any]:
@@ -119,13 +186,16 @@ def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | No
         from napari_unet.core.store import load_model
 
         bundle = load_model(args.model)
-        inference = _inference_config(args)
+        inference = _inference_config(args, bundle)
 
         def run_unet(image: Any, axes: str | None) -> Any:
-            gen = iter_predict(image, bundle, axes=axes, inference=inference)
+            fitted = _fit_scale(args, bundle, image, axes, inference)
+            run_unet.scale_used = fitted.scale  # type: ignore[attr-defined]
+            gen = iter_predict(image, bundle, axes=axes, inference=fitted)
             return _progress_bar(gen, "unet", args.quiet).labels
 
         run_unet.bundle = bundle  # type: ignore[attr-defined]
+        run_unet.inference = inference  # type: ignore[attr-defined]
         return run_unet
 
     from napari_unet.core.baselines import segment_baseline
@@ -195,7 +265,10 @@ def _predict_file(args: argparse.Namespace, source: Path, target: Path, segment:
     image = read_image(source)
     labels = segment(image, args.axes)
     model = getattr(segment, "bundle", None)
-    info = provenance(model=model, settings=_settings(args), inputs=[source], method=args.method)
+    settings = _settings(args)
+    if hasattr(segment, "scale_used"):
+        settings["scale_used"] = segment.scale_used
+    info = provenance(model=model, settings=settings, inputs=[source], method=args.method)
     export_labels(labels, target, overwrite=args.overwrite, provenance=info)
     return int(labels.max()) if labels.size else 0
 
@@ -211,7 +284,7 @@ def _predict_large_file(args: argparse.Namespace, source: Path, target: Path, se
         bundle,
         target,
         chunk=args.chunk,
-        inference=_inference_config(args),
+        inference=_large_inference_config(args, bundle, source, segment.inference),
         axes=args.axes,
         overwrite=args.overwrite,
         scheduler=args.dask_scheduler,
@@ -220,11 +293,24 @@ def _predict_large_file(args: argparse.Namespace, source: Path, target: Path, se
     _progress_bar(gen, f"predict {source.name} (chunked)", args.quiet)
 
 
+def _large_inference_config(args: argparse.Namespace, bundle: Any, source: Path, inference: Any) -> Any:
+    """``inference`` for a large file; ``--scale auto`` measures a central window read from disk."""
+    from napari_unet.core.distributed import open_large_image
+    from napari_unet.core.sizing import WINDOW_PIXELS, central_slices
+
+    if not _wants_auto_scale(args):
+        return inference
+    with open_large_image(source, args.axes) as large:
+        window = large[central_slices(large.shape[:2], 2 * WINDOW_PIXELS)]
+    return _fit_scale(args, bundle, window, "YXC" if window.ndim == 3 else "YX", inference)
+
+
 def _predict_distributed(args: argparse.Namespace, inputs: list[Path], outdir: Path) -> int:
     from napari_unet.core.distributed import predict_folder
 
     if args.method != "unet":
         raise UserInputError("--dask-scheduler runs the UNet; drop it to run classical methods")
+    _refuse_auto_scale(args, "with --dask-scheduler (each image would be measured on the cluster)")
     gen = predict_folder(
         inputs,
         outdir,
@@ -302,6 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_output(args)
     gen = iter_train(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
     result = _progress_bar(gen, "train", args.quiet)
+    _record_training_diameters(result.bundle, labels)
     saved = _save_trained(result.bundle, args)
     summary = {
         "saved": str(saved),
@@ -313,6 +400,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2, default=str))
     print(f"use it with: napari-unet predict ... --model {saved}")
     return 0
+
+
+def _record_training_diameters(bundle: Any, labels: list[Any]) -> None:
+    """Store the training labels' nucleus diameters (for ``--scale auto``) unless inherited from the parent."""
+    from napari_unet.core.sizing import METADATA_KEY, diameter_range_of
+
+    if METADATA_KEY not in bundle.metadata:
+        bundle.metadata[METADATA_KEY] = diameter_range_of(labels)
 
 
 def _image_label_pairs(image_args: Sequence[str], label_args: Sequence[str]) -> list[tuple[Path, Path]]:
@@ -425,7 +520,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
-    gen = iter_tune_postprocess(bundle, images, labels, inference=_inference_config(args))
+    _refuse_auto_scale(args, "in tune (all images share one scale)")
+    gen = iter_tune_postprocess(bundle, images, labels, inference=_inference_config(args, bundle))
     result = _progress_bar(gen, "tune", args.quiet)
     tuned = replace(
         bundle,
@@ -534,9 +630,17 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scale",
+        type=_scale_arg,
+        default=None,
+        help="resize images by this factor before the network (>1 for nuclei smaller than the model's, <1 for "
+        "larger), or 'auto' to measure the nuclei of each image first",
+    )
+    parser.add_argument(
+        "--diameter",
         type=float,
         default=None,
-        help="resize images by this factor before the network (>1 for nuclei smaller than the model's, <1 for larger)",
+        metavar="PX",
+        help="typical nucleus diameter in pixels; sets the scale that fits it to the model's training sizes",
     )
 
 

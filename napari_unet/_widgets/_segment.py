@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -63,6 +63,9 @@ from napari_unet.core.editing import label_ids
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.normalize import SUPPORTED_AXES, infer_axes
 from napari_unet.core.progress import Progress
+
+if TYPE_CHECKING:
+    from napari_unet.core.sizing import SizeEstimate
 
 SETTINGS = "segment"
 AUTO = "auto"
@@ -186,6 +189,7 @@ class SegmentWidget(QWidget):
             "above 1 when nuclei are smaller than the model saw in training, below 1 when larger. "
             "Not remembered between sessions."
         )
+        self.scale_info = QLabel("")
         self.model_postprocess = PostprocessConfig()  # the selected model's saved values (see reset_postprocessing)
         self.foreground = _float_spin(0.0, 1.0, self.model_postprocess.foreground_threshold)
         self.seed = _float_spin(0.0, 1.0, self.model_postprocess.seed_threshold)
@@ -230,7 +234,17 @@ class SegmentWidget(QWidget):
         form.addRow("", self.device_info)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Tile overlap", self.overlap)
-        form.addRow("Scale (x)", self.scale)
+        estimate = QPushButton("Estimate")
+        estimate.setToolTip(
+            "Measure the nuclei of the image with the model (2 to 4 quick passes on its centre) and set the scale "
+            "that brings them to the sizes the model was trained on"
+        )
+        estimate.clicked.connect(self.estimate_scale)
+        scale_row = QHBoxLayout()
+        scale_row.addWidget(self.scale, 1)
+        scale_row.addWidget(estimate)
+        form.addRow("Scale (x)", scale_row)
+        form.addRow("", self.scale_info)
         form.addRow("Test-time augmentation", self.augment)
         run = QPushButton("Segment")
         run.clicked.connect(self.run)
@@ -381,6 +395,24 @@ class SegmentWidget(QWidget):
             notify_exception(exc, "Segmentation")
             return None
 
+    def estimate_scale(self) -> Any:
+        """Measure the chosen image's nuclei in a worker and set the scale from them; return the worker."""
+        try:
+            layer = check_image_layer(self.image.layer())
+            source = full_resolution(layer)  # lazy data stays lazy: only the central window is read
+            axes = infer_axes(tuple(source.shape), self.chosen_axes(layer))
+            model = self.model.reference()
+            job = _estimate_job(source, axes, model, self.inference_config(), self.postprocess_config())
+            return self.jobs.start(job, lambda estimate: self._on_estimated(layer, estimate))
+        except Exception as exc:
+            notify_exception(exc, "Scale estimate")
+            return None
+
+    def _on_estimated(self, layer: Image, estimate: SizeEstimate) -> None:
+        self.scale.setValue(estimate.scale)
+        self.scale_info.setText(estimate.describe())
+        info(f"'{layer.name}': {estimate.describe()}. Press 'Segment' to use it.")
+
     def _run_large(self, layer: Image, axes: str) -> Any:
         """Segment a large or lazy 2D layer chunk by chunk into a zarr store; return the worker."""
         if axes not in LARGE_AXES:
@@ -517,6 +549,23 @@ def _segment_job(
         prediction = yield from iter_predict(image, bundle, axes, inference, postprocess, cancel)
         settings = {"axes": axes, "inference": inference.to_dict(), "postprocess": postprocess.to_dict()}
         return SegmentResult(prediction, _pinned_reference(bundle, model), bundle.sha256, settings)
+
+    return job
+
+
+def _estimate_job(
+    source: Any, axes: str, model: str, inference: InferenceConfig, postprocess: PostprocessConfig
+) -> Callable[[Callable[[], bool]], Generator[Progress, None, SizeEstimate]]:
+    """Build the generator the worker runs: load the model, then measure the nuclei of ``source``."""
+
+    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, SizeEstimate]:
+        from napari_unet.core.sizing import estimate_scale
+        from napari_unet.core.store import load_model
+
+        yield Progress("load", 0, 0, f"Loading model {model}")
+        bundle = load_model(model)
+        yield Progress("estimate", 0, 0, "Measuring the nuclei (passes on the image's centre)")
+        return estimate_scale(source, bundle, axes, inference, postprocess, cancel)
 
     return job
 

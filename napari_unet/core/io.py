@@ -352,7 +352,7 @@ def _publish_replace(temp: Path, target: Path, scratch: Path) -> None:
         raise
 
 
-def _apply_default_permissions(path: Path) -> None:
+def apply_default_permissions(path: Path) -> None:
     """Give ``path`` (and everything under a folder) the permissions a plain ``open`` would (umask applied).
 
     Temporary files and folders are private (0600 / 0700); published results
@@ -377,7 +377,7 @@ def _atomic(path: PathLike, overwrite: bool, want_dir: bool) -> Iterator[Path]:
         yield temp
         if not temp.exists():
             raise RuntimeError(f"the writer produced no output at {temp}")
-        _apply_default_permissions(temp)
+        apply_default_permissions(temp)
         if overwrite:
             _publish_replace(temp, target, scratch)
         else:

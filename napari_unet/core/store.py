@@ -49,7 +49,7 @@ from torch import nn
 
 from napari_unet.core.config import ConfigError, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.io import atomic_write_dir, sha256_file, to_jsonable
+from napari_unet.core.io import apply_default_permissions, atomic_write_dir, sha256_file, to_jsonable
 
 MODEL_FORMAT = "napari-unet-model"
 MODEL_FORMAT_VERSION = 1
@@ -350,6 +350,7 @@ def _claim_next_version(bundle: ModelBundle, name: str, lineage: dict[str, Any],
         for child in staging.iterdir():
             child.unlink()
         _write_model_files(bundle, staging, metadata)
+        apply_default_permissions(staging)  # mkdtemp made it private
         target = model_root / f"v{version}"
         try:
             os.rename(staging, target)

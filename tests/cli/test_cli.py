@@ -133,6 +133,10 @@ def test_train_from_scratch_then_predict_with_it(dataset, model_dir, tmp_path, c
     code, stdout, err = run(args, capsys)
     assert code == 0, err
     assert "cli-test@v1" in stdout
+    from napari_unet.core.store import load_model
+
+    diameters = load_model("cli-test@v1").metadata["object_diameter"]  # measured on the training labels
+    assert diameters["images"] == 2 and 0 < diameters["low"] <= diameters["high"]
     code, stdout, _ = run(["models"], capsys)
     assert "cli-test" in stdout
     out = tmp_path / "pred"
@@ -276,3 +280,68 @@ def test_tune_saves_a_model_with_chosen_thresholds(dataset, tiny_model, tmp_path
     assert saved["postprocess"] == report["postprocess"]
     code, _, err = run(args, capsys)
     assert code == 2 and "exists" in err
+
+
+@pytest.fixture
+def tiny_nuclei_image(tmp_path: Path) -> Path:
+    """A fluorescence image whose nuclei (about 6 px across) are smaller than the bundled model's."""
+    image, _ = synthetic_nuclei(shape=(192, 192), n_nuclei=80, seed=3, radius_range=(2.5, 3.5))
+    path = tmp_path / "tiny_image.tif"
+    tifffile.imwrite(path, image)
+    return path
+
+
+def test_predict_scale_auto_measures_the_nuclei_and_records_the_scale(tiny_nuclei_image, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["predict", str(tiny_nuclei_image), "-o", str(out), "--scale", "auto"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "nucleus diameter about" in err
+    labels = tifffile.imread(out / "tiny_image_labels.tif")
+    assert labels.shape == (192, 192) and labels.max() > 10
+    provenance = json.loads((out / "tiny_image_labels.tif.provenance.json").read_text())
+    assert provenance["settings"]["scale"] == "auto"
+    assert provenance["settings"]["scale_used"] > 1.25
+
+
+def test_diameter_sets_the_scale_from_the_models_training_sizes(tiny_nuclei_image, tmp_path, capsys) -> None:
+    from napari_unet.core.sizing import DiameterRange
+    from napari_unet.core.store import load_model
+
+    expected = DiameterRange.of_model(load_model("default").metadata).scale_for(6.0)
+    out = tmp_path / "out"
+    code = main(["predict", str(tiny_nuclei_image), "-o", str(out), "--diameter", "6"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"-> scale {expected:g}" in err and "the model was trained on" in err
+    provenance = json.loads((out / "tiny_image_labels.tif.provenance.json").read_text())
+    assert expected > 1.25 and provenance["settings"]["scale_used"] == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--scale", "2", "--diameter", "6"], "not both"),
+        (["--diameter", "0"], "positive number of pixels"),
+        (["--scale", "auto", "--dask-scheduler", "local:1"], "not available with --dask-scheduler"),
+    ],
+)
+def test_bad_size_flags_give_clear_errors(extra, fragment, tiny_nuclei_image, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    code, _, err = run(["predict", str(tiny_nuclei_image), "-o", str(out), *extra], capsys)
+    assert code == 2
+    assert err.startswith("error:") and fragment in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_scale_must_be_a_number_or_auto(tiny_nuclei_image, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", str(tiny_nuclei_image), "-o", str(tmp_path / "out"), "--scale", "big"])
+    assert exited.value.code == 2
+    assert "expected a number or 'auto', got 'big'" in capsys.readouterr().err
+
+
+def test_tune_refuses_scale_auto(dataset, tiny_model, tmp_path, capsys) -> None:
+    args = ["tune", "--images", str(dataset), "--model", str(tiny_model), "--output", str(tmp_path / "t")]
+    code, _, err = run([*args, "--scale", "auto"], capsys)
+    assert code == 2 and "not available in tune" in err

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +224,16 @@ def test_version_numbers_skip_taken_folders(model_dir: Path) -> None:
     info = store.save_version(tiny_bundle(), "nuclei")
     assert info.version == 2
     assert [i.version for i in store.list_versions("nuclei")] == [2]  # the incomplete v1 is not a model
+
+
+def test_saved_versions_get_normal_permissions(model_dir: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        info = store.save_version(tiny_bundle(), "nuclei")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(info.path.stat().st_mode) == 0o755  # not the private 0700 of the staging folder
+    assert {stat.S_IMODE(p.stat().st_mode) for p in info.path.iterdir()} == {0o644}
 
 
 def test_lineage_round_trip(model_dir: Path) -> None:

@@ -229,3 +229,23 @@ def test_segment_at_a_scale_keeps_the_image_shape_and_is_not_remembered(make_nap
     assert layer.data.shape == (96, 96) and layer.data.max() > 0
     assert layer.metadata["napari_unet"]["settings"]["inference"]["scale"] == 1.5
     assert SegmentWidget(viewer).scale.value() == 1.0  # a magnification-specific choice starts fresh
+
+
+def test_estimate_sets_the_scale_from_the_nuclei(make_napari_viewer, qtbot, notifications):
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    viewer, widget = make_segment_widget(make_napari_viewer, "default")
+    image, _ = synthetic_nuclei(shape=(192, 192), n_nuclei=80, seed=3, radius_range=(2.5, 3.5))
+    viewer.add_image(image, name="tiny nuclei")
+    assert widget.estimate_scale() is not None
+    wait_until_idle(qtbot, widget)
+    assert widget.scale.value() > 1.25, "nuclei about 6 px across are enlarged toward the model's 12-39 px"
+    assert "nucleus diameter about" in widget.scale_info.text()
+    assert any("tiny nuclei" in message and "-> scale" in message for message in messages(notifications, "info"))
+    assert not messages(notifications, "error")
+
+
+def test_estimate_without_an_image_is_notified(make_napari_viewer, tiny_model, notifications):
+    _viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
+    assert widget.estimate_scale() is None
+    assert "image" in messages(notifications, "error")[-1]
