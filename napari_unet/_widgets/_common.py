@@ -141,9 +141,40 @@ def info(message: str) -> None:
 # --------------------------------------------------------------------------- layers
 
 
+SNAPSHOT_MEMORY_FRACTION = 0.5
+"""Largest share of the free RAM one layer copy may take (the rest is for the job working on it)."""
+
+
 def snapshot(layer: Layer) -> np.ndarray:
-    """Copy a layer's data into memory so the user may keep editing it meanwhile."""
-    return np.asarray(layer.data).copy()
+    """Copy a layer's data into memory so the user may keep editing it meanwhile.
+
+    Multiscale layers give their full-resolution level.
+
+    Raises
+    ------
+    UserInputError
+        If the copy would take more than :data:`SNAPSHOT_MEMORY_FRACTION` of
+        the free memory (a lazy layer far larger than RAM would otherwise
+        freeze the machine while it is read).
+
+    """
+    from napari_unet.core.memory import system_available_bytes
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    needed = int(np.prod(np.shape(data), dtype=np.int64)) * np.dtype(data.dtype).itemsize
+    available = system_available_bytes()
+    if needed > SNAPSHOT_MEMORY_FRACTION * available:
+        raise UserInputError(
+            f"'{layer.name}' needs {_size_text(needed)} in memory, more than half of the "
+            f"{_size_text(available)} free; work on a cropped region instead (add a slice of the layer's data "
+            "as a new layer, e.g. viewer.add_labels(layer.data[:4096, :4096]))"
+        )
+    return np.array(data, copy=True)
+
+
+def _size_text(n_bytes: int) -> str:
+    """``'67 MB'`` or ``'2.1 GB'``."""
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.0f} MB"
 
 
 def get_layer(viewer: Any, name: str) -> Layer | None:

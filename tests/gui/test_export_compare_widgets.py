@@ -144,3 +144,19 @@ def test_settings_are_remembered(make_napari_viewer, qtbot, tiny_model, sample):
     assert again.model.currentText() == tiny_model
     # post-processing thresholds are not remembered: they come from the selected model's tuned settings
     assert again.min_size.value() == model_postprocess(tiny_model).min_size != 42
+
+
+def test_layers_larger_than_free_memory_are_refused_before_reading(
+    exporter, qtbot, tmp_path, notifications, monkeypatch
+):
+    from napari_unet.core import memory
+
+    viewer, widget = exporter
+    viewer.add_labels(np.zeros((4096, 4096), np.uint32), name="big")  # 67 MB
+    monkeypatch.setattr(memory, "system_available_bytes", lambda: 100_000_000)  # copying it needs > half of it
+    widget.set_chosen_layers(["big", "truth"])
+    choose(widget, "npy")
+    assert widget.export() is None
+    error = messages(notifications, "error")[-1]
+    assert "'big' needs 67 MB in memory, more than half of the 100 MB free" in error and "cropped region" in error
+    assert not (tmp_path / "export").exists() or not any((tmp_path / "export").iterdir())
