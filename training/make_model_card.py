@@ -3,10 +3,10 @@
 Usage::
 
     python training/make_model_card.py MODEL_DIR --accuracy accuracy.json --speed speed.json \
-        [--tradeoff tradeoff.json] [--synthetic-ablation ablation.json]
+        [--tradeoff tradeoff.json] [--synthetic-ablation ablation.json] [--sizes sizes.json]
 
 ``accuracy.json`` is the output of ``benchmarks/bench_accuracy.py``, ``speed.json``
-of ``benchmarks/bench_inference.py``; ``tradeoff.json`` is a list of
+of ``benchmarks/bench_inference.py``, ``sizes.json`` of ``benchmarks/bench_sizes.py``; ``tradeoff.json`` is a list of
 ``{"name", "depth", "base_channels", "AP@0.5", "mpx_per_s", "parameters"}``
 rows and ``ablation.json`` a dict ``{"real only": AP, "real + synthetic": AP}``.
 """
@@ -78,7 +78,38 @@ def augmentation_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
-def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
+def size_lines(bundle, sizes: dict[str, Any]) -> list[str]:
+    """Training diameters and how ``--scale auto`` / ``--diameter`` fare on zoomed validation images."""
+    recorded = bundle.metadata.get("object_diameter")
+    if not recorded:
+        return []
+    lines = [
+        "",
+        "## Nucleus sizes",
+        "",
+        f"Median nucleus diameter of the training images: {recorded['median']} px; 80% of them lie between",
+        f"{recorded['low']} and {recorded['high']} px (`metadata.object_diameter`, the range `--scale auto` and",
+        "`--diameter` aim for).",
+    ]
+    zooms = sizes.get("zooms", {})
+    if zooms:
+        lines += [
+            "",
+            "Validation images resized by a zoom factor (`benchmarks/bench_sizes.py`), mean AP@0.5:",
+            "",
+            "| zoom | scale 1 | `--scale auto` | `--diameter` (true median) | estimate time / predict time |",
+            "|---|---|---|---|---|",
+        ]
+        for zoom, result in zooms.items():
+            ap = result["mean_AP@0.5"]
+            lines.append(
+                f"| {zoom}x | {ap['scale 1']:.3f} | {ap['auto']:.3f} | {ap['diameter']:.3f} | "
+                f"{result['median_estimate_over_predict_time']:.2f} |"
+            )
+    return lines
+
+
+def card(bundle, accuracy, speed, tradeoff, ablation, command: str, sizes: dict[str, Any] | None = None) -> str:
     config = bundle.config
     lineage = bundle.metadata.get("lineage", {})
     cpu = speed["devices"]["cpu"]
@@ -120,6 +151,8 @@ def card(bundle, accuracy, speed, tradeoff, ablation, command: str) -> str:
         "",
         "The worst images, annotated outlines against predicted ones: `docs/images/val_errors.png` in the",
         "repository (made by `training/plot_val_errors.py`).",
+        "",
+        *size_lines(bundle, sizes or {}),
         "",
         "## Synthetic samples (napari-unet's own generator)",
         *score_table(accuracy.get("synthetic", {})),
@@ -163,6 +196,7 @@ def main() -> None:
     parser.add_argument("--speed", type=Path, required=True)
     parser.add_argument("--tradeoff", type=Path, default=None)
     parser.add_argument("--synthetic-ablation", type=Path, default=None)
+    parser.add_argument("--sizes", type=Path, default=None, help="benchmarks/bench_sizes.py output")
     parser.add_argument("--command", type=Path, default=Path(__file__).with_name("train_default_model.sh"))
     args = parser.parse_args()
     bundle = load_model(args.model_dir)
@@ -170,8 +204,9 @@ def main() -> None:
     speed = json.loads(args.speed.read_text())
     tradeoff = json.loads(args.tradeoff.read_text()) if args.tradeoff else []
     ablation = json.loads(args.synthetic_ablation.read_text()) if args.synthetic_ablation else {}
+    sizes = json.loads(args.sizes.read_text()) if args.sizes else {}
     command = args.command.read_text().strip()
-    text = card(bundle, accuracy, speed, tradeoff, ablation, command)
+    text = card(bundle, accuracy, speed, tradeoff, ablation, command, sizes)
     (args.model_dir / "MODEL_CARD.md").write_text(text)
     summary = {
         "architecture": bundle.config.to_dict(),
@@ -183,6 +218,8 @@ def main() -> None:
         "speed": speed,
         "tradeoff": tradeoff,
         "synthetic_ablation": ablation,
+        "object_diameter": bundle.metadata.get("object_diameter"),
+        "sizes": sizes,
     }
     write_json(args.model_dir / "model_card.json", summary, overwrite=True)
     print(f"wrote {args.model_dir / 'MODEL_CARD.md'} and model_card.json")
