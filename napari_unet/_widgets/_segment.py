@@ -17,6 +17,7 @@ use the in-memory path as before.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -41,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._common import (
+    META_KEY,
     JobPanel,
     LayerCombo,
     ModelCombo,
@@ -130,11 +132,16 @@ def is_large(layer: Image, axes: str) -> bool:
     return axes in LARGE_AXES and sizes["Y"] * sizes["X"] > LARGE_PIXELS
 
 
+def large_store_dir() -> Path:
+    """Return the cache folder holding the labels of large images segmented in the viewer."""
+    return cache_dir() / "large"
+
+
 def large_store_path(image_name: str) -> Path:
-    """Return a new ``.zarr`` path in the cache folder for a chunked segmentation of ``image_name``."""
+    """Return a new ``.zarr`` path in :func:`large_store_dir` for a chunked segmentation of ``image_name``."""
     safe = re.sub(r"[^\w.-]+", "_", image_name).strip("._") or "image"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return cache_dir() / "large" / f"{safe}-{stamp}.zarr"
+    return large_store_dir() / f"{safe}-{stamp}.zarr"
 
 
 def open_lazy_labels(store: Path) -> Any:
@@ -465,11 +472,21 @@ class SegmentWidget(QWidget):
         same_shape = isinstance(existing, Labels) and tuple(existing.data.shape) == tuple(labels.shape)
         if self.new_layer.isChecked() or (existing is not None and not same_shape):
             name = unique_name(self.viewer, name)
+        replaced = get_layer(self.viewer, name)
+        old_store = replaced.metadata.get(META_KEY, {}).get("store") if replaced is not None else None
         layer = set_layer_data(self.viewer, name, labels, "labels", like=image_layer)
         layer_meta(layer).pop("prediction", None)  # a whole-image copy is what large images must avoid
         layer_meta(layer).update(meta)
         self.last_labels_layer = layer
+        if old_store and old_store != meta.get("store"):
+            self._delete_unused_store(Path(old_store))
         return layer
+
+    def _delete_unused_store(self, store: Path) -> None:
+        """Delete a cached labels store that no layer of the viewer shows any more (its layer was re-segmented)."""
+        in_use = {layer_meta(layer).get("store") for layer in self.viewer.layers if META_KEY in layer.metadata}
+        if str(store) not in in_use and store.parent == large_store_dir():
+            shutil.rmtree(store, ignore_errors=True)
 
     def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
         name = labels_layer_name(image_layer.name)

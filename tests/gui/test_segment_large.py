@@ -187,8 +187,15 @@ def test_dask_layer_is_streamed_chunk_by_chunk_and_updated_in_place(
     assert viewer.layers["lazy labels"] is layer
     assert [lyr.name for lyr in viewer.layers] == ["lazy", "lazy labels"]
     assert layer.metadata["napari_unet"]["store"] != first_store
-    assert len(list((cache / "large").glob("lazy-*.zarr"))) == 2
+    assert not Path(first_store).exists(), "the store no layer shows any more is deleted"
+    assert len(list((cache / "large").glob("lazy-*.zarr"))) == 1
     assert_same_objects(layer.data[:], expected)
+
+    widget.new_layer.setChecked(True)  # a second layer keeps its own store; both stay
+    spy.run(widget)
+    wait_until_idle(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers] == ["lazy", "lazy labels", "lazy labels [2]"]
+    assert len(list((cache / "large").glob("lazy-*.zarr"))) == 2
     assert not messages(notifications, "error")
 
 
