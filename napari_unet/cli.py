@@ -513,6 +513,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from napari_unet.core.store import load_model, save_model
     from napari_unet.core.tuning import iter_tune_postprocess
 
+    _refuse_auto_scale(args, "in tune (all images share one scale)")
     pairs = _image_label_pairs(args.images, args.labels or args.images)
     bundle = load_model(args.model)
     target = Path(args.output)
@@ -520,7 +521,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
-    _refuse_auto_scale(args, "in tune (all images share one scale)")
     gen = iter_tune_postprocess(bundle, images, labels, inference=_inference_config(args, bundle))
     result = _progress_bar(gen, "tune", args.quiet)
     tuned = replace(
