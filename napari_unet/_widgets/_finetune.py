@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._common import (
+    META_KEY,
     JobPanel,
     LayerCombo,
     ModelCombo,
@@ -65,7 +66,7 @@ class TrainingData:
     labels: list[np.ndarray] = field(default_factory=list)
     rois: list[list[np.ndarray] | None] = field(default_factory=list)
     previous: list[np.ndarray | None] = field(default_factory=list)
-    sources: list[tuple[np.ndarray, str, str]] = field(default_factory=list)  # (image, axes, image layer name)
+    sources: list[tuple[np.ndarray, str, str, float]] = field(default_factory=list)  # (image, axes, layer, scale)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class FineTuneOutcome:
     """What the worker hands back: the training result and any re-segmentations."""
 
     result: Any  # napari_unet.core.training.TrainResult
-    resegmented: list[tuple[str, Any]]  # (image layer name, Prediction)
+    resegmented: list[tuple[str, Any, float]]  # (image layer name, Prediction, scale it was predicted at)
 
 
 class FineTuneWidget(QWidget):
@@ -259,7 +260,9 @@ class FineTuneWidget(QWidget):
             notify_exception(exc, "Fine-tuning")
             return None
         FineTuneWidget.running = self.jobs.state
-        info(f"Fine-tuning {start} on {len(data.images)} plane(s); you can keep editing meanwhile.")
+        scales = sorted({scale for *_, scale in data.sources if scale != 1})
+        at_scale = f" resized {', '.join(f'{x:g}x' for x in scales)} as they were segmented" if scales else ""
+        info(f"Fine-tuning {start} on {len(data.images)} plane(s){at_scale}; you can keep editing meanwhile.")
         return worker
 
     def _snapshot_data(self, mode: str) -> TrainingData:
@@ -270,8 +273,9 @@ class FineTuneWidget(QWidget):
             axes = infer_axes(image.shape, image_axes_hint(image_layer))
             rois = self._rois_for(labels_layer) if mode == "rois" else None
             previous = self._previous_for(labels_layer) if mode == "changed" else None
-            _add_planes(data, image, labels, axes, rois, previous)
-            data.sources.append((image, axes, image_layer.name))
+            scale = segmentation_scale(labels_layer)
+            _add_planes(data, image, labels, axes, rois, previous, scale)
+            data.sources.append((image, axes, image_layer.name, scale))
         if not data.images:
             raise UserInputError("the labels hold no objects in any plane: paint or segment some nuclei first")
         return data
@@ -322,8 +326,8 @@ class FineTuneWidget(QWidget):
         self.last_outcome = outcome
         result = outcome.result
         self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
-        for image_name, prediction in outcome.resegmented:
-            self._write_resegmented(image_name, prediction, result.saved.spec)
+        for image_name, prediction, scale in outcome.resegmented:
+            self._write_resegmented(image_name, prediction, result.saved.spec, scale)
         bus.model_saved.emit(result.saved.spec)
         self.refresh_history()
         info(_summary(result))
@@ -332,11 +336,16 @@ class FineTuneWidget(QWidget):
         if isinstance(exc, Cancelled):
             info("Fine-tuning cancelled: no new version was saved, the previous model is kept.")
 
-    def _write_resegmented(self, image_name: str, prediction: Any, spec: str) -> None:
+    def _write_resegmented(self, image_name: str, prediction: Any, spec: str, scale: float) -> None:
         like = get_layer(self.viewer, image_name)
         layer = set_layer_data(self.viewer, image_name + RESEGMENTED_SUFFIX, prediction.labels, "labels", like=like)
         layer_meta(layer).update(
-            image=image_name, method="unet", model=spec, axes=prediction.axes, prediction=prediction.labels.copy()
+            image=image_name,
+            method="unet",
+            model=spec,
+            axes=prediction.axes,
+            prediction=prediction.labels.copy(),
+            settings={"inference": {"scale": scale}},  # fine-tuning on its corrections resizes the same way
         )
 
     # ------------------------------------------------------------------ history
@@ -401,9 +410,10 @@ def _finetune_job(
         resegmented = []
         if resegment:
             inference = InferenceConfig(device=cfg.device)
-            for image, axes, image_name in data.sources:
-                prediction = yield from iter_predict(image, result.bundle, axes, inference, None, cancel)
-                resegmented.append((image_name, prediction))
+            for image, axes, image_name, scale in data.sources:
+                scaled = replace(inference, scale=scale)
+                prediction = yield from iter_predict(image, result.bundle, axes, scaled, None, cancel)
+                resegmented.append((image_name, prediction, scale))
         return FineTuneOutcome(result, resegmented)
 
     return job
@@ -416,8 +426,15 @@ def _add_planes(
     axes: str,
     rois: list[np.ndarray] | None,
     previous: np.ndarray | None,
+    scale: float = 1.0,
 ) -> None:
-    """Append the 2D planes of one pair that hold objects (channels last, as training expects)."""
+    """Append the 2D planes of one pair that hold objects (channels last, as training expects).
+
+    Planes are resized by ``scale``, the factor the labels were segmented at, so
+    the model learns nuclei at the size it sees them when segmenting.
+    """
+    from napari_unet.core.sizing import rescale_training_plane
+
     if "C" in axes:
         image = np.moveaxis(image, axes.index("C"), -1)
     if axes[0] not in "ZT":  # one plane
@@ -426,10 +443,18 @@ def _add_planes(
     for index in range(labels.shape[0]):
         if not labels[index].any():
             continue
-        data.images.append(image[index])
-        data.labels.append(labels[index])
-        data.rois.append(rois)
-        data.previous.append(None if previous is None else previous[index])
+        plane_previous = None if previous is None else previous[index]
+        plane = rescale_training_plane(image[index], labels[index], scale, plane_previous, rois)
+        data.images.append(plane[0])
+        data.labels.append(plane[1])
+        data.previous.append(plane[2])
+        data.rois.append(plane[3])
+
+
+def segmentation_scale(labels_layer: Labels) -> float:
+    """``InferenceConfig.scale`` the Segment widget used for ``labels_layer`` (1 for labels made otherwise)."""
+    settings = labels_layer.metadata.get(META_KEY, {}).get("settings", {})
+    return float(settings.get("inference", {}).get("scale", 1.0))
 
 
 def _check_pair(image_layer: Image, labels_layer: Labels) -> None:

@@ -302,3 +302,64 @@ def _central_window(plane: Any, axes: str, edge: int) -> np.ndarray:
     ys, xs = central_slices(tuple(n for n, a in zip(np.shape(plane), axes, strict=True) if a != "C"), edge)
     index = tuple({"Y": ys, "X": xs, "C": slice(None)}[axis] for axis in axes)
     return validate_image(np.asarray(plane[index]))
+
+
+# --------------------------------------------------------------------------- training at a scale
+
+
+def rescale_training_plane(
+    image: np.ndarray,
+    labels: np.ndarray,
+    scale: float,
+    previous: np.ndarray | None = None,
+    rois: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[np.ndarray] | None]:
+    """Resize one training plane the way prediction at ``InferenceConfig.scale`` resizes images.
+
+    A model used at a scale should be fine-tuned at the same scale, so that it
+    learns nuclei at the size it will see them.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(Y, X)`` or channels-last ``(Y, X, C)``, any numeric dtype.
+    labels : numpy.ndarray
+        ``(Y, X)`` instance labels.
+    scale : float
+        Resize factor (1 returns the inputs unchanged).
+    previous : numpy.ndarray, optional
+        ``(Y, X)`` labels the corrections started from.
+    rois : list of numpy.ndarray, optional
+        Polygons or rectangles, each ``(K, 2)`` ``(y, x)`` vertices in pixels.
+
+    Returns
+    -------
+    image, labels, previous, rois
+        ``image`` bilinear (float32, anti-aliased when shrinking), labels
+        nearest-neighbour (ids kept), the vertices mapped to the new pixel grid.
+
+    """
+    from napari_unet.core.inference import resize_plane, scaled_shape
+
+    if scale == 1:
+        return image, labels, previous, rois
+    shape = scaled_shape(labels.shape, scale)
+    channels_first = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    resized = resize_plane(channels_first.astype(np.float32), shape)
+    image_out = resized[0] if image.ndim == 2 else np.moveaxis(resized, 0, -1)
+    factors = np.array(shape, dtype=np.float64) / np.array(labels.shape, dtype=np.float64)
+    rois_out = None if rois is None else [(np.asarray(r, np.float64) + 0.5) * factors - 0.5 for r in rois]
+    previous_out = None if previous is None else _resize_nearest(previous, shape)
+    return image_out, _resize_nearest(labels, shape), previous_out, rois_out
+
+
+def _resize_nearest(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of ``labels (Y, X)`` to ``shape_yx`` (pixel centres aligned; ids kept)."""
+    rows, cols = (_nearest_indices(old, new) for old, new in zip(labels.shape, shape_yx, strict=True))
+    return labels[np.ix_(rows, cols)]
+
+
+def _nearest_indices(old_size: int, new_size: int) -> np.ndarray:
+    """Source index of each of ``new_size`` pixels resampled from ``old_size`` (``(new_size,)`` intp)."""
+    centres = (np.arange(new_size) + 0.5) * (old_size / new_size)
+    return np.minimum(centres.astype(np.intp), old_size - 1)

@@ -150,3 +150,26 @@ def test_estimate_can_be_cancelled(bundled) -> None:
     image, _ = synthetic_nuclei((128, 128), 10, seed=2)
     with pytest.raises(Cancelled):
         estimate_scale(image, bundled, cancel=lambda: True)
+
+
+# --------------------------------------------------------------------------- training at a scale
+
+
+def test_rescale_training_plane_resizes_like_prediction() -> None:
+    from napari_unet.core.sizing import rescale_training_plane
+
+    labels = disks((40, 60), [(20, 20), (20, 42)], radius=6)
+    image = np.stack([labels > 0] * 3, axis=-1).astype(np.uint8) * 200
+    rois = [np.array([[0.0, 0.0], [9.0, 19.0]])]
+    big_image, big_labels, big_previous, big_rois = rescale_training_plane(image, labels, 2.0, labels.copy(), rois)
+    assert big_image.shape == (80, 120, 3) and big_image.dtype == np.float32
+    assert big_labels.shape == (80, 120) and big_labels.dtype == labels.dtype
+    assert set(np.unique(big_labels)) == {0, 1, 2}  # ids kept, no blending
+    np.testing.assert_array_equal(big_labels[::2, ::2], labels)  # every source pixel becomes a 2x2 block
+    np.testing.assert_array_equal(big_previous, big_labels)
+    np.testing.assert_allclose(big_rois[0], [[0.5, 0.5], [18.5, 38.5]])  # pixel centres map to block centres
+    assert object_diameters(big_labels) == pytest.approx(2 * object_diameters(labels), rel=0.05)
+
+    small_image, small_labels, previous, none_rois = rescale_training_plane(image[..., 0], labels, 0.5)
+    assert small_image.shape == small_labels.shape == (20, 30) and previous is None and none_rois is None
+    assert rescale_training_plane(image, labels, 1.0)[1] is labels

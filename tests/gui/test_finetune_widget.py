@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from napari_unet._widgets import FineTuneWidget
+from napari_unet._widgets._finetune import segmentation_scale
 from napari_unet.core import store
 from tests.gui.helpers import messages, wait_until_idle
 
@@ -139,3 +140,32 @@ def test_learning_rate_defaults_to_the_finetuning_rate_and_stays_editable(setup)
     assert widget.training_config().learning_rate == pytest.approx(3e-4)
     widget.learning_rate.setValue(1e-3)
     assert widget.training_config().learning_rate == pytest.approx(1e-3)
+
+
+def test_labels_segmented_at_a_scale_are_fine_tuned_and_resegmented_at_that_scale(setup, qtbot, notifications):
+    viewer, widget = setup
+    labels_layer = viewer.layers["nuclei labels"]
+    labels_layer.metadata["napari_unet"] = {"settings": {"inference": {"scale": 2.0}}}  # as the Segment widget saves
+    widget.mode.setCurrentText("Reviewed regions (ROIs)")
+    viewer.add_shapes(
+        [np.array([[0, 0], [0, 40], [40, 40], [40, 0]])], shape_type="polygon", name="nuclei labels reviewed"
+    )
+
+    data = widget._snapshot_data("rois")
+    height, width = labels_layer.data.shape
+    assert data.labels[0].shape == (2 * height, 2 * width) and data.images[0].shape == (2 * height, 2 * width)
+    assert set(np.unique(data.labels[0])) == set(np.unique(labels_layer.data))  # nearest: the same ids
+    np.testing.assert_allclose(data.rois[0][0].max(axis=0), [80.5, 80.5])  # the region grows with the image
+    assert data.sources[0][3] == 2.0
+
+    widget.budget_unit.setCurrentText("steps")
+    widget.budget.setValue(2)
+    widget.resegment.setChecked(True)
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget)
+    assert any("resized 2x as they were segmented" in m for m in messages(notifications, "info"))
+    image_name, prediction, scale = widget.last_outcome.resegmented[0]
+    assert image_name == "nuclei" and prediction.labels.shape == (height, width) and scale == 2.0
+    resegmented = viewer.layers["nuclei re-segmented"]
+    assert segmentation_scale(resegmented) == 2.0  # correcting and fine-tuning again keeps the scale
+    assert not messages(notifications, "error")
