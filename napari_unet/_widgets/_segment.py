@@ -340,6 +340,7 @@ class SegmentWidget(QWidget):
         self.fill_holes.setChecked(config.fill_holes)
 
     def _show_axes(self, *_: Any) -> None:
+        self.scale_info.setText("")  # a size measured on another image no longer applies
         layer = self.image.layer()
         if layer is None:
             self.axes_info.setText("no image layer")
