@@ -373,16 +373,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     pairs = _image_label_pairs(args.images, args.labels)
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
-    if args.synthetic:
-        _add_synthetic(images, labels, args.synthetic, args.seed or 0)
+    rois = [_read_rois(Path(p)) for p in args.rois] if args.rois else None
+    if rois is not None and len(rois) != len(images):
+        raise UserInputError(f"got {len(rois)} ROI file(s) for {len(images)} image(s); give one per image")
+    if args.scale != 1:
+        images, labels, rois = _rescale_training_data(images, labels, rois, args.scale)
+    if args.synthetic:  # made at the model's sizes, so after any resize
+        _add_synthetic(images, labels, rois, args.synthetic, args.seed or 0)
     val_images = val_labels = None
     if args.val_images or args.val_labels:
         val_pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
         val_images = [read_image(image) for image, _ in val_pairs]
         val_labels = [read_labels(label) for _, label in val_pairs]
-    rois = [_read_rois(Path(p)) for p in args.rois] if args.rois else None
-    if rois is not None and len(rois) != len(images):
-        raise UserInputError(f"got {len(rois)} ROI file(s) for {len(images)} image(s); give one per image")
     config = _training_config(args)
     bundle = _starting_bundle(args)
     _check_train_output(args)
@@ -402,6 +404,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rescale_training_data(
+    images: list[Any], labels: list[Any], rois: list[Any] | None, scale: float
+) -> tuple[list[Any], list[Any], list[Any] | None]:
+    """Resize 2D training pairs (and their ROIs) by ``--scale``, as ``predict --scale`` resizes images."""
+    import numpy as np
+
+    from napari_unet.core.config import MAX_SCALE, MIN_SCALE
+    from napari_unet.core.sizing import rescale_training_plane
+
+    if not MIN_SCALE <= scale <= MAX_SCALE:
+        raise UserInputError(f"--scale must be in [{MIN_SCALE}, {MAX_SCALE}], got {scale}")
+    if any(np.ndim(lab) != 2 for lab in labels):
+        raise UserInputError("--scale resizes 2D training images only; give one plane per image file")
+    planes = [
+        rescale_training_plane(image, lab, scale, rois=None if rois is None else rois[index])
+        for index, (image, lab) in enumerate(zip(images, labels, strict=True))
+    ]
+    scaled_rois = None if rois is None else [plane[3] for plane in planes]
+    return [plane[0] for plane in planes], [plane[1] for plane in planes], scaled_rois
+
+
 def _record_training_diameters(bundle: Any, labels: list[Any]) -> None:
     """Store the training labels' nucleus diameters (for ``--scale auto``) unless inherited from the parent."""
     from napari_unet.core.sizing import METADATA_KEY, diameter_range_of
@@ -419,8 +442,11 @@ def _image_label_pairs(image_args: Sequence[str], label_args: Sequence[str]) -> 
     return _pair(images, labels)
 
 
-def _add_synthetic(images: list[Any], labels: list[Any], count: int, seed: int) -> None:
-    """Append ``count`` synthetic images (alternating fluorescence and brightfield) with exact labels."""
+def _add_synthetic(images: list[Any], labels: list[Any], rois: list[Any] | None, count: int, seed: int) -> None:
+    """Append ``count`` synthetic images (alternating fluorescence and brightfield) with exact labels.
+
+    With ROIs, each synthetic image gets one covering it whole (its labels are exact everywhere).
+    """
     from napari_unet.core.synthetic import synthetic_nuclei
 
     for index in range(count):
@@ -428,6 +454,8 @@ def _add_synthetic(images: list[Any], labels: list[Any], count: int, seed: int) 
         image, label = synthetic_nuclei(shape=(256, 256), n_nuclei=30, seed=10_000 + seed * 1000 + index, kind=kind)
         images.append(image)
         labels.append(label)
+        if rois is not None:
+            rois.append([(0, 0, *label.shape)])
 
 
 def _read_rois(path: Path) -> list[Any]:
@@ -698,6 +726,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int, default=None, help="architecture when training from scratch")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N synthetic images to the training data")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize the training images (and labels, ROIs) by this factor: the --scale you predict with",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_train)

@@ -329,8 +329,9 @@ def rescale_training_plane(
         Resize factor (1 returns the inputs unchanged).
     previous : numpy.ndarray, optional
         ``(Y, X)`` labels the corrections started from.
-    rois : list of numpy.ndarray, optional
-        Polygons or rectangles, each ``(K, 2)`` ``(y, x)`` vertices in pixels.
+    rois : list, optional
+        Polygons (``(K, 2)`` arrays of ``(y, x)`` vertices) or rectangles
+        ``(y0, x0, y1, x1)`` (half-open pixel edges), as :mod:`~napari_unet.core.targets` takes them.
 
     Returns
     -------
@@ -348,9 +349,17 @@ def rescale_training_plane(
     resized = resize_plane(channels_first.astype(np.float32), shape)
     image_out = resized[0] if image.ndim == 2 else np.moveaxis(resized, 0, -1)
     factors = np.array(shape, dtype=np.float64) / np.array(labels.shape, dtype=np.float64)
-    rois_out = None if rois is None else [(np.asarray(r, np.float64) + 0.5) * factors - 0.5 for r in rois]
+    rois_out = None if rois is None else [_rescale_roi(roi, factors) for roi in rois]
     previous_out = None if previous is None else _resize_nearest(previous, shape)
     return image_out, _resize_nearest(labels, shape), previous_out, rois_out
+
+
+def _rescale_roi(roi: Any, factors: np.ndarray) -> Any:
+    """Map a rectangle's edges, or a polygon's vertices (pixel centres), onto a grid resized by ``factors (2,)``."""
+    array = np.asarray(roi, dtype=np.float64)
+    if array.shape == (4,):
+        return tuple(array * np.tile(factors, 2))
+    return (array + 0.5) * factors - 0.5
 
 
 def _resize_nearest(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:

@@ -345,3 +345,31 @@ def test_tune_refuses_scale_auto(dataset, tiny_model, tmp_path, capsys) -> None:
     args = ["tune", "--images", str(dataset), "--model", str(tiny_model), "--output", str(tmp_path / "t")]
     code, _, err = run([*args, "--scale", "auto"], capsys)
     assert code == 2 and "not available in tune" in err
+
+
+def test_train_at_a_scale_with_rois_and_synthetic_images(dataset, model_dir, tmp_path, capsys) -> None:
+    from napari_unet.core.sizing import diameter_range_of
+    from napari_unet.core.store import load_model
+
+    images = [str(dataset / "s1_image.tif"), str(dataset / "s2_image.tif")]
+    labels = [str(dataset / "s1_labels.tif"), str(dataset / "s2_labels.tif")]
+    rois = []
+    for index, roi in enumerate(([0, 0, 60, 80], [[0, 0], [0, 90], [80, 90], [80, 0]])):
+        rois.append(tmp_path / f"rois{index}.json")
+        rois[-1].write_text(json.dumps([roi]))
+    args = ["train", "--images", *images, "--labels", *labels, "--rois", *map(str, rois), "--from", "scratch"]
+    args += ["--annotation-mode", "rois", "--steps", "2", "--patch-size", "64", "--batch-size", "2"]
+    args += ["--depth", "2", "--base-channels", "4", "--scale", "2", "--output", "scaled"]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    recorded = load_model("scaled@v1").metadata["object_diameter"]
+    native = diameter_range_of([tifffile.imread(path) for path in labels])
+    assert recorded["images"] == 2
+    assert recorded["median"] == pytest.approx(2 * native["median"], rel=0.1)  # the sizes the network saw
+
+    code, _, err = run([*args[:-1], "scaled-synthetic", "--synthetic", "1"], capsys)
+    assert code == 0, err  # the synthetic image gets an ROI covering it, so the counts still match
+    assert load_model("scaled-synthetic@v1").metadata["object_diameter"]["images"] == 3
+
+    code, _, err = run([*args[:-1], "bad", "--scale", "0"], capsys)
+    assert code == 2 and "--scale must be in" in err

@@ -173,3 +173,5 @@ def test_rescale_training_plane_resizes_like_prediction() -> None:
     small_image, small_labels, previous, none_rois = rescale_training_plane(image[..., 0], labels, 0.5)
     assert small_image.shape == small_labels.shape == (20, 30) and previous is None and none_rois is None
     assert rescale_training_plane(image, labels, 1.0)[1] is labels
+    rectangle = rescale_training_plane(image, labels, 2.0, rois=[(0, 5, 10, 20)])[3][0]
+    assert rectangle == (0.0, 10.0, 20.0, 40.0)  # half-open pixel edges scale exactly
