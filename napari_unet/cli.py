@@ -390,7 +390,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_output(args)
     gen = iter_train(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
     result = _progress_bar(gen, "train", args.quiet)
-    _record_training_diameters(result.bundle, labels)
+    _record_training_diameters(result.bundle, images, labels)
     saved = _save_trained(result.bundle, args)
     summary = {
         "saved": str(saved),
@@ -425,12 +425,19 @@ def _rescale_training_data(
     return [plane[0] for plane in planes], [plane[1] for plane in planes], scaled_rois
 
 
-def _record_training_diameters(bundle: Any, labels: list[Any]) -> None:
-    """Store the training labels' nucleus diameters (for ``--scale auto``) unless inherited from the parent."""
-    from napari_unet.core.sizing import METADATA_KEY, diameter_range_of
+def _record_training_diameters(bundle: Any, images: list[Any], labels: list[Any]) -> None:
+    """Store the training nucleus diameters and how the model measures them, unless inherited from the parent.
 
-    if METADATA_KEY not in bundle.metadata:
-        bundle.metadata[METADATA_KEY] = diameter_range_of(labels)
+    ``--scale auto`` aims for this range; measuring costs a few quick passes per training image.
+    """
+    from napari_unet.core.sizing import METADATA_KEY, DiameterRange, diameter_range_of, measurement_bias
+
+    if METADATA_KEY in bundle.metadata:
+        return
+    record = diameter_range_of(labels)
+    target = DiameterRange(record["low"], record["high"])
+    record["measured_over_true"] = measurement_bias(bundle, images, labels, target)
+    bundle.metadata[METADATA_KEY] = record
 
 
 def _image_label_pairs(image_args: Sequence[str], label_args: Sequence[str]) -> list[tuple[Path, Path]]:

@@ -24,7 +24,7 @@ Diameters are those of the circle with an object's area.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -70,22 +70,30 @@ class DiameterRange:
     low, high : float
         Ends of the range (e.g. the 10th and 90th percentiles of the training
         images' median diameters); ``0 < low <= high``.
+    measured_over_true : float
+        How much larger :func:`estimate_scale` measures nuclei than they are
+        annotated (median over the training images; predicted outlines are a
+        little wider than drawn ones).  Measurements are divided by it.
 
     """
 
     low: float
     high: float
+    measured_over_true: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0 < self.low <= self.high) or not math.isfinite(self.high):
             raise UserInputError(f"diameter range must satisfy 0 < low <= high; got {self.low}, {self.high}")
+        if not 0.5 <= self.measured_over_true <= 2.0:
+            raise UserInputError(f"measured_over_true must be in [0.5, 2], got {self.measured_over_true}")
 
     @classmethod
     def of_model(cls, metadata: Mapping[str, Any]) -> DiameterRange:
         """Return the range recorded in a model's ``metadata``, else :data:`DEFAULT_DIAMETER_RANGE`."""
         recorded = metadata.get(METADATA_KEY)
         if isinstance(recorded, Mapping) and {"low", "high"} <= recorded.keys():
-            return cls(float(recorded["low"]), float(recorded["high"]))
+            bias = float(recorded.get("measured_over_true", 1.0))
+            return cls(float(recorded["low"]), float(recorded["high"]), bias)
         return cls(*DEFAULT_DIAMETER_RANGE)
 
     def scale_for(self, diameter: float) -> float:
@@ -183,6 +191,38 @@ def diameter_range_of(
     return {"low": low, "median": median, "high": high, "images": len(medians)}
 
 
+def measurement_bias(
+    bundle: Any, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], target: DiameterRange
+) -> float:
+    """Median ratio of the diameter :func:`estimate_scale` measures to the annotated one, over training pairs.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The trained model.
+    images, labels : sequences of numpy.ndarray
+        Training pairs: ``(Y, X)`` or ``(Y, X, C)`` images and ``(Y, X)`` labels.
+    target : DiameterRange
+        The training range (its own ``measured_over_true`` is ignored).
+
+    Returns
+    -------
+    float
+        The ratio, clipped to [0.8, 1.25]; 1 when no pair gives both diameters.
+
+    """
+    raw = DiameterRange(target.low, target.high)
+    ratios = []
+    for image, truth in zip(images, labels, strict=True):
+        true_diameter = median_diameter(np.asarray(truth)) if np.ndim(truth) == 2 else None
+        if true_diameter is None:
+            continue
+        measured = estimate_scale(image, bundle, "YXC" if np.ndim(image) == 3 else "YX", target=raw).diameter
+        if measured is not None:
+            ratios.append(measured / true_diameter)
+    return round(float(np.clip(np.median(ratios), 0.8, 1.25)), 3) if ratios else 1.0
+
+
 @dataclass(frozen=True)
 class SizeEstimate:
     """Result of :func:`estimate_scale`.
@@ -217,6 +257,7 @@ def estimate_scale(
     inference: InferenceConfig | None = None,
     postprocess: PostprocessConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    target: DiameterRange | None = None,
 ) -> SizeEstimate:
     """Measure the nuclei of ``image`` with the model and choose ``InferenceConfig.scale``.
 
@@ -236,10 +277,13 @@ def estimate_scale(
         Label extraction of the passes (``bundle.postprocess`` when omitted).
     cancel : callable, optional
         Checked between tiles; raises :class:`~napari_unet.core.errors.Cancelled`.
+    target : DiameterRange, optional
+        Range and measurement bias to use instead of the model's.
 
     Returns
     -------
     SizeEstimate
+        Diameters divided by ``target.measured_over_true``.
 
     Notes
     -----
@@ -257,7 +301,7 @@ def estimate_scale(
     """
     from napari_unet.core.inference import predict
 
-    target = DiameterRange.of_model(bundle.metadata)
+    target = target or DiameterRange.of_model(bundle.metadata)
     plane, plane_axes = _middle_plane(image, axes)
     base = replace(inference or InferenceConfig(), tta=False, multiscale=False)
 
@@ -265,7 +309,8 @@ def estimate_scale(
         window = _central_window(plane, plane_axes, round(WINDOW_PIXELS / scale))
         settings = replace(base, scale=scale)
         labels = predict(window, bundle, plane_axes, settings, postprocess, cancel).labels
-        return median_diameter(labels)
+        measured = median_diameter(labels)
+        return None if measured is None else measured / target.measured_over_true
 
     scale = FIRST_PASS_SCALE
     diameter = measure(scale)

@@ -62,16 +62,21 @@ def test_scale_for_refuses_non_positive_diameters(diameter) -> None:
 
 def test_range_comes_from_the_model_metadata_or_the_default() -> None:
     assert DiameterRange.of_model({METADATA_KEY: {"low": 5, "high": 9, "median": 7}}) == DiameterRange(5.0, 9.0)
+    recorded = {METADATA_KEY: {"low": 5, "high": 9, "measured_over_true": 1.1}}
+    assert DiameterRange.of_model(recorded) == DiameterRange(5.0, 9.0, 1.1)
     assert DiameterRange.of_model({}) == DiameterRange(*DEFAULT_DIAMETER_RANGE)
     assert DiameterRange.of_model({METADATA_KEY: "garbage"}) == DiameterRange(*DEFAULT_DIAMETER_RANGE)
     with pytest.raises(UserInputError, match="0 < low <= high"):
         DiameterRange(10.0, 5.0)
+    with pytest.raises(UserInputError, match="measured_over_true"):
+        DiameterRange(10.0, 20.0, 3.0)
 
 
 def test_bundled_model_records_its_training_diameters(bundled) -> None:
     record = bundled.metadata[METADATA_KEY]
     assert record["images"] == 40
     assert 8 < record["low"] < record["median"] < record["high"] < 60
+    assert 1.0 <= record["measured_over_true"] < 1.2  # predicted outlines are a little wider than drawn ones
 
 
 # --------------------------------------------------------------------------- measuring labels
@@ -144,6 +149,25 @@ def test_estimate_with_too_few_nuclei_keeps_scale_1(bundled) -> None:
     assert estimate.diameter is None and estimate.scale == 1.0
     assert [scale for scale, _ in estimate.passes] == [0.5, 1.0, 2.0, 4.0]  # doubling while nothing is found
     assert "too few nuclei" in estimate.describe()
+
+
+def test_measured_diameters_are_divided_by_the_models_bias(bundled) -> None:
+    image, _ = synthetic_nuclei((256, 256), 40, seed=1, radius_range=(7.0, 10.0))
+    unbiased = estimate_scale(image, bundled, target=DiameterRange(12.0, 40.0))
+    biased = estimate_scale(image, bundled, target=DiameterRange(12.0, 40.0, 1.25))
+    assert biased.diameter == pytest.approx(unbiased.diameter / 1.25)
+
+
+def test_measurement_bias_over_training_pairs(bundled) -> None:
+    from napari_unet.core.sizing import measurement_bias
+
+    pairs = [synthetic_nuclei((192, 192), 30, seed=seed, radius_range=(7.0, 10.0)) for seed in (4, 5)]
+    images, labels = [image for image, _ in pairs], [truth for _, truth in pairs]
+    bias = measurement_bias(bundled, images, labels, DiameterRange(12.0, 40.0, 1.5))  # its own bias is ignored
+    raw = [estimate_scale(image, bundled, target=DiameterRange(12.0, 40.0)).diameter for image in images]
+    expected = np.median([d / median_diameter(truth) for d, truth in zip(raw, labels, strict=True)])
+    assert bias == pytest.approx(np.clip(expected, 0.8, 1.25), abs=1e-3)
+    assert measurement_bias(bundled, [images[0]], [np.zeros((192, 192), np.uint8)], DiameterRange(12, 40)) == 1.0
 
 
 def test_estimate_can_be_cancelled(bundled) -> None:
