@@ -205,6 +205,11 @@ class SegmentWidget(QWidget):
         self.min_relative_size.setToolTip(
             "Remove objects smaller than this fraction of the image's median object area (fragments, debris; 0 = off)"
         )
+        self.min_confidence = _float_spin(0.0, 1.0, self.model_postprocess.min_confidence)
+        self.min_confidence.setToolTip(
+            "Remove objects whose mean foreground probability is below this: look-alikes (debris, stained "
+            "cytoplasm) the network is unsure of as a whole (0 = off)"
+        )
         self.split_distance = _spin(0, 1000, self.model_postprocess.split_distance)
         self.split_distance.setToolTip(
             "Split seed regions holding several nuclei whose centres lie at least this many pixels apart (0 = off)"
@@ -275,6 +280,7 @@ class SegmentWidget(QWidget):
         form.addRow("Seed threshold", self.seed)
         form.addRow("Minimum size (px)", self.min_size)
         form.addRow("Minimum size (x median)", self.min_relative_size)
+        form.addRow("Minimum confidence", self.min_confidence)
         form.addRow("Split fused nuclei (px, 0 = off)", self.split_distance)
         form.addRow("", self.fill_holes)
         reset = QPushButton("Model defaults")
@@ -336,6 +342,7 @@ class SegmentWidget(QWidget):
         self.seed.setValue(config.seed_threshold)
         self.min_size.setValue(config.min_size)
         self.min_relative_size.setValue(config.min_relative_size)
+        self.min_confidence.setValue(config.min_confidence)
         self.split_distance.setValue(config.split_distance)
         self.fill_holes.setChecked(config.fill_holes)
 
@@ -381,6 +388,7 @@ class SegmentWidget(QWidget):
             seed_threshold=self.seed.value(),
             min_size=self.min_size.value(),
             min_relative_size=self.min_relative_size.value(),
+            min_confidence=self.min_confidence.value(),
             split_distance=self.split_distance.value(),
             fill_holes=self.fill_holes.isChecked(),
         )

@@ -242,6 +242,10 @@ class PostprocessConfig(JsonConfig):
         least this many pixels apart are split (touching nuclei whose
         interiors fused); the watershed then runs on the foreground's
         distance transform.  0 disables.
+    min_confidence : float
+        Objects whose mean foreground probability (P(interior) + P(boundary))
+        is below this are removed: look-alikes the network is unsure of as a
+        whole.  0 disables.
 
     """
 
@@ -252,9 +256,11 @@ class PostprocessConfig(JsonConfig):
     min_relative_size: float = 0.0
     fill_holes: bool = True
     split_distance: int = 0
+    min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        _check_range(name, "min_confidence", self.min_confidence, 0.0, 1.0)
         _check_range(name, "foreground_threshold", self.foreground_threshold, 0.0, 1.0)
         _check_range(name, "seed_threshold", self.seed_threshold, 0.0, 1.0)
         _check_range(name, "min_seed_size", self.min_seed_size, 0, 10**6)

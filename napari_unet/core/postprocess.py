@@ -44,8 +44,10 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
     3. watershed on ``-P(interior)`` from the seeds, inside the foreground;
     4. foreground components that hold no seed become objects of their own;
     5. objects smaller than ``min_size`` pixels, then those smaller than
-       ``min_relative_size`` times the median object area, are removed, holes filled
-       (``fill_holes``), and labels renumbered 1..N.
+       ``min_relative_size`` times the median object area, are removed and
+       holes filled (``fill_holes``);
+    6. objects whose mean foreground probability is below ``min_confidence``
+       are removed, and labels renumbered 1..N.
 
     """
     cfg = cfg or PostprocessConfig()
@@ -66,6 +68,7 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
     labels = remove_relatively_small_objects(labels, cfg.min_relative_size)
     if cfg.fill_holes:
         labels = fill_label_holes(labels)
+    labels = remove_unconfident_objects(labels, 1.0 - probs[0], cfg.min_confidence)
     return sequential_labels(labels).astype(np.int32, copy=False)
 
 
@@ -206,6 +209,42 @@ def remove_relatively_small_objects(labels: np.ndarray, fraction: float) -> np.n
     if present.size == 0:
         return labels
     return _remove_below(labels, counts, int(np.ceil(fraction * float(np.median(present)))))
+
+
+def remove_unconfident_objects(labels: np.ndarray, foreground: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Set objects whose mean foreground probability is below ``min_confidence`` to background.
+
+    Debris, stained cytoplasm and other look-alikes often pass the pixel
+    threshold in places while the network is unsure of them as a whole.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(Y, X)`` non-negative integer labels.
+    foreground : numpy.ndarray
+        ``(Y, X)`` foreground probability, ``P(interior) + P(boundary)``.
+    min_confidence : float
+        Lowest mean foreground probability an object may have (0 keeps everything).
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of the same shape and dtype (``labels`` itself when nothing is
+        removed; never modified in place).  Ids are not renumbered.
+
+    """
+    if min_confidence <= 0 or labels.size == 0:
+        return labels
+    flat = labels.ravel()
+    counts = np.bincount(flat)
+    sums = np.bincount(flat, weights=foreground.ravel().astype(np.float64), minlength=counts.size)
+    unsure = (sums < min_confidence * counts) & (counts > 0)
+    unsure[0] = False
+    if not unsure.any():
+        return labels
+    lut = np.arange(counts.size, dtype=labels.dtype)
+    lut[unsure] = 0
+    return lut[labels]
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:

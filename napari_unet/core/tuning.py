@@ -17,7 +17,7 @@ from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.inference import predict
 from napari_unet.core.metrics import evaluate_dataset, summary_row
-from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.postprocess import probabilities_to_labels, remove_unconfident_objects
 from napari_unet.core.progress import CancelFlag, Progress, check_cancel
 from napari_unet.core.store import ModelBundle
 
@@ -26,6 +26,7 @@ SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_SIZES = (0, 20)
 MIN_RELATIVE_SIZES = (0.0, 0.2, 0.3)
 SPLIT_DISTANCES = (0, 4, 7)
+MIN_CONFIDENCES = (0.0, 0.85, 0.9)
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,25 @@ def candidate_configs(
     min_sizes: Sequence[int] = MIN_SIZES,
     split_distances: Sequence[int] = SPLIT_DISTANCES,
     min_relative_sizes: Sequence[float] = MIN_RELATIVE_SIZES,
+    min_confidences: Sequence[float] = MIN_CONFIDENCES,
 ) -> list[PostprocessConfig]:
-    """Return the grid of settings to try (``start``'s other fields are kept)."""
-    grid = itertools.product(foreground, seeds, min_sizes, split_distances, min_relative_sizes)
+    """Return the grid of settings to try (``start``'s other fields are kept).
+
+    ``min_confidence`` varies fastest, so neighbouring candidates share one
+    watershed (see :class:`_SharedWatershed`).
+    """
+    grid = itertools.product(foreground, seeds, min_sizes, split_distances, min_relative_sizes, min_confidences)
     return [
-        replace(start, foreground_threshold=f, seed_threshold=s, min_size=m, split_distance=d, min_relative_size=r)
-        for f, s, m, d, r in grid
+        replace(
+            start,
+            foreground_threshold=f,
+            seed_threshold=s,
+            min_size=m,
+            split_distance=d,
+            min_relative_size=r,
+            min_confidence=c,
+        )
+        for f, s, m, d, r, c in grid
     ]
 
 
@@ -114,21 +128,42 @@ def iter_tune_postprocess(
         probabilities.append(prediction.probabilities)
         yield Progress("predict", index + 1, len(images), f"image {index + 1}/{len(images)}")
     table = []
+    watershed = _SharedWatershed(probabilities)
     for index, config in enumerate(candidates):
         check_cancel(cancel)
-        row = _score(probabilities, labels, config)
+        row = _score(watershed(config), labels)
         table.append({**config.to_dict(), "AP@0.5": row["AP@0.5"], "AP@0.75": row["AP@0.75"]})
         yield Progress("tune", index + 1, len(candidates), f"AP@0.5 {row['AP@0.5']:.3f}")
     best_index = max(range(len(table)), key=lambda i: (table[i]["AP@0.5"], table[i]["AP@0.75"]))
     best = candidates[best_index]
     return TuningResult(
         best=best,
-        best_scores=_score(probabilities, labels, best),
-        baseline_scores=_score(probabilities, labels, bundle.postprocess),
+        best_scores=_score(watershed(best), labels),
+        baseline_scores=_score(watershed(bundle.postprocess), labels),
         table=table,
     )
 
 
-def _score(probabilities: list[np.ndarray], labels: Sequence[np.ndarray], config: PostprocessConfig) -> dict:
-    predictions = [probabilities_to_labels(p, config) for p in probabilities]
+class _SharedWatershed:
+    """Labels of every image for a config; configs differing only in ``min_confidence`` share one watershed.
+
+    Only the last watershed is kept (one label image per image), so memory does not grow with the grid.
+    """
+
+    def __init__(self, probabilities: list[np.ndarray]) -> None:
+        self.probabilities = probabilities
+        self._key: PostprocessConfig | None = None
+        self._labels: list[np.ndarray] = []
+
+    def __call__(self, config: PostprocessConfig) -> list[np.ndarray]:
+        key = replace(config, min_confidence=0.0)
+        if key != self._key:
+            self._key, self._labels = key, [probabilities_to_labels(p, key) for p in self.probabilities]
+        return [
+            remove_unconfident_objects(labels, 1.0 - p[0], config.min_confidence)
+            for labels, p in zip(self._labels, self.probabilities, strict=True)
+        ]
+
+
+def _score(predictions: list[np.ndarray], labels: Sequence[np.ndarray]) -> dict:
     return {k: float(v) for k, v in summary_row(evaluate_dataset(list(labels), predictions)).items()}

@@ -13,6 +13,7 @@ from napari_unet.core.postprocess import (
     relabel_stack_unique,
     remove_relatively_small_objects,
     remove_small_objects,
+    remove_unconfident_objects,
     sequential_labels,
 )
 
@@ -280,3 +281,25 @@ def test_split_distance_separates_nuclei_whose_interiors_fused():
     assert (split > 0).sum() == (fused > 0).sum()
     left, right = split[20, 12], split[20, 44]
     assert left != right and left > 0 and right > 0
+
+
+def test_objects_the_network_is_unsure_of_are_removed_only_when_asked():
+    truth = touching_discs()
+    probs = probabilities_for(truth)
+    unsure = truth == 2
+    probs[0, unsure] = 0.25  # still foreground (0.75 > 0.5) but less sure than the other disc (0.95)
+    probs[1:, unsure] *= 0.75 / probs[1:, unsure].sum(axis=0)
+    assert len(np.unique(probabilities_to_labels(probs, CFG))) == 3
+    labels = probabilities_to_labels(probs, PostprocessConfig(**{**CFG.to_dict(), "min_confidence": 0.8}))
+    assert set(np.unique(labels)) == {0, 1}
+    assert iou(labels == 1, truth == 1) > 0.9
+
+
+def test_remove_unconfident_objects_uses_the_mean_foreground_probability():
+    labels = np.array([[1, 1, 0, 2], [1, 1, 0, 2]], dtype=np.uint16)
+    foreground = np.array([[0.9, 1.0, 0.0, 0.6], [0.8, 0.9, 0.1, 0.9]], dtype=np.float32)  # means 0.9 and 0.75
+    np.testing.assert_array_equal(remove_unconfident_objects(labels, foreground, 0.8), np.where(labels == 2, 0, labels))
+    assert remove_unconfident_objects(labels, foreground, 0.7) is labels
+    assert remove_unconfident_objects(labels, foreground, 0.0) is labels
+    with pytest.raises(ValueError, match="min_confidence"):
+        PostprocessConfig(min_confidence=1.5)

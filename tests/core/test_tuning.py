@@ -18,10 +18,17 @@ CPU = InferenceConfig(device="cpu", tile_size=64)
 def test_candidate_grid_keeps_other_fields() -> None:
     start = PostprocessConfig(min_seed_size=7, fill_holes=False)
     grid = candidate_configs(
-        start, foreground=(0.4, 0.5), seeds=(0.6,), min_sizes=(0, 10), split_distances=(0,), min_relative_sizes=(0, 0.3)
+        start,
+        foreground=(0.4, 0.5),
+        seeds=(0.6,),
+        min_sizes=(0, 10),
+        split_distances=(0,),
+        min_relative_sizes=(0, 0.3),
+        min_confidences=(0, 0.9),
     )
-    assert len(grid) == 8
+    assert len(grid) == 16
     assert {c.min_relative_size for c in grid} == {0, 0.3}
+    assert [c.min_confidence for c in grid[:4]] == [0, 0.9, 0, 0.9]  # fastest: neighbours share a watershed
     assert all(c.min_seed_size == 7 and c.fill_holes is False for c in grid)
 
 
@@ -54,3 +61,17 @@ def test_stacks_are_refused() -> None:
     stack = np.stack([disc_image(), disc_image()])
     with pytest.raises(UserInputError, match="2D"):
         run_to_end(iter_tune_postprocess(threshold_bundle(), [stack], [label(stack > 500)], inference=CPU))
+
+
+def test_shared_watershed_gives_what_each_config_gives_alone() -> None:
+    from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.tuning import _SharedWatershed
+
+    rng = np.random.default_rng(0)
+    probabilities = [rng.dirichlet((2, 1, 1), size=(48, 48)).transpose(2, 0, 1).astype(np.float32) for _ in range(2)]
+    watershed = _SharedWatershed(probabilities)
+    for config in candidate_configs(PostprocessConfig(), foreground=(0.5,), seeds=(0.6,), min_sizes=(0,)):
+        for shared, p in zip(watershed(config), probabilities, strict=True):
+            alone = probabilities_to_labels(p, config)
+            np.testing.assert_array_equal(shared > 0, alone > 0)
+            assert len(np.unique(shared)) == len(np.unique(alone))

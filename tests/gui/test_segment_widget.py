@@ -130,7 +130,13 @@ def test_device_line_names_what_torch_sees(make_napari_viewer, tiny_model):
 
 
 TUNED = PostprocessConfig(
-    foreground_threshold=0.35, seed_threshold=0.75, min_seed_size=9, min_size=33, fill_holes=False, split_distance=5
+    foreground_threshold=0.35,
+    seed_threshold=0.75,
+    min_seed_size=9,
+    min_size=33,
+    fill_holes=False,
+    split_distance=5,
+    min_confidence=0.85,
 )
 
 
@@ -147,6 +153,7 @@ def form_values(widget: SegmentWidget) -> tuple:
         widget.min_size.value(),
         widget.split_distance.value(),
         widget.fill_holes.isChecked(),
+        widget.min_confidence.value(),
     )
 
 
@@ -167,8 +174,8 @@ def test_fields_follow_the_selected_models_postprocessing(
     tuned = save_untrained(isolated_dirs / "tuned", TUNED)
     plain = save_untrained(isolated_dirs / "plain", PostprocessConfig())
     store.save_version(store.load_model(tuned), "tuned")
-    tuned_values = (0.35, 0.75, 33, 5, False)
-    default_values = (0.5, 0.6, 15, 0, True)
+    tuned_values = (0.35, 0.75, 33, 5, False, 0.85)
+    default_values = (0.5, 0.6, 15, 0, True, 0.0)
 
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
