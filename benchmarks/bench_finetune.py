@@ -22,7 +22,7 @@ Prints one JSON object (progress goes to stderr).  Budgets default to
 Usage::
 
     python benchmarks/bench_finetune.py [--budgets 30,60,120] [--from default|scratch|both]
-        [--device auto|cpu|cuda] [--limit N] [--data DIR] [--model NAME_OR_PATH]
+        [--device auto|cpu|cuda] [--limit N] [--data DIR | --synthetic-brightfield N] [--model NAME_OR_PATH]
 """
 
 from __future__ import annotations
@@ -66,7 +66,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=TrainingConfig.patch_size)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for training (0 = all cores)")
     parser.add_argument("--per-image", action="store_true", help="one fine-tune per image instead of one for all")
+    parser.add_argument(
+        "--synthetic-brightfield",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"use N synthetic H&E-like images (seeds {SYNTHETIC_SEED}+i, never used in training) instead of --data",
+    )
     return parser.parse_args(argv)
+
+
+SYNTHETIC_SEED = 5000
+"""First seed of ``--synthetic-brightfield`` images (training's ``--synthetic`` uses 10000 and up)."""
+
+
+def synthetic_brightfield_pairs(count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``count`` (id, H&E-like RGB image (256, 256, 3), labels (256, 256)) from napari-unet's generator."""
+    from napari_unet.core.synthetic import synthetic_nuclei
+
+    pairs = []
+    for index in range(count):
+        image, labels = synthetic_nuclei((256, 256), 35, seed=SYNTHETIC_SEED + index, kind="brightfield")
+        pairs.append((f"bf{index}", image, labels))
+    return pairs
 
 
 def image_pairs(folder: Path, limit: int | None) -> list[tuple[str, Path, Path]]:
@@ -184,15 +206,20 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if not args.data.is_dir():
-        return {"skipped": f"no data folder {args.data}"}
-    pairs = image_pairs(args.data, args.limit)
-    if not pairs:
-        return {"skipped": f"no <id>_image.tif + <id>_labels.tif pairs in {args.data}"}
+    if args.synthetic_brightfield:
+        data = synthetic_brightfield_pairs(args.synthetic_brightfield)
+        source = f"synthetic brightfield, seeds {SYNTHETIC_SEED}..{SYNTHETIC_SEED + len(data) - 1}"
+    else:
+        if not args.data.is_dir():
+            return {"skipped": f"no data folder {args.data}"}
+        pairs = image_pairs(args.data, args.limit)
+        if not pairs:
+            return {"skipped": f"no <id>_image.tif + <id>_labels.tif pairs in {args.data}"}
+        data = [(image_id, read_image(i), read_labels(lb)) for image_id, i, lb in pairs]
+        source = str(args.data)
     device = resolve_device(args.device)
     budgets = [float(b) for b in (args.budgets or ("5,10" if device.type == "cuda" else "30,60,120")).split(",")]
     bundles, skipped = starting_bundles(args)
-    data = [(image_id, read_image(i), read_labels(lb)) for image_id, i, lb in pairs]
     groups = [[item] for item in data] if args.per_image else [data]
     results = []
     for group in groups:
@@ -201,13 +228,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {
         "benchmark": "finetune",
         "protocol": "fine-tune on the left half (rois), score the right half",
+        "data": source,
         "mode": "per-image" if args.per_image else "joint",
         "device": str(device),
         "cpu_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "budgets_s": budgets,
-        "n_images": len(pairs),
+        "n_images": len(data),
         "skipped_starts": skipped,
         "summary": summarize(results),
         "results": results,

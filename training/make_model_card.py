@@ -91,6 +91,11 @@ def size_lines(bundle, sizes: dict[str, Any]) -> list[str]:
         f"{recorded['low']} and {recorded['high']} px (`metadata.object_diameter`, the range `--scale auto` and",
         "`--diameter` aim for).",
     ]
+    if "measured_over_true" in recorded:
+        lines += [
+            f"On the training images the model's outlines measure {recorded['measured_over_true']}x the annotated",
+            "diameter (median), so `--scale auto` divides what it measures by that.",
+        ]
     zooms = sizes.get("zooms", {})
     if zooms:
         lines += [
