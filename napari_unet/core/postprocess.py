@@ -172,12 +172,16 @@ def _remove_below(labels: np.ndarray, counts: np.ndarray, min_size: int) -> np.n
     """:func:`remove_small_objects` given ``counts = np.bincount(labels.ravel())`` already measured."""
     if min_size <= 1:
         return labels
-    small = counts < min_size
-    small[0] = False
-    if not small.any():
+    return _drop_ids(labels, counts < min_size)
+
+
+def _drop_ids(labels: np.ndarray, drop: np.ndarray) -> np.ndarray:
+    """Set the ids flagged in ``drop`` (bool, one entry per id from 0 up) to background; id 0 is never flagged."""
+    drop[0] = False
+    if not drop.any():
         return labels
-    lut = np.arange(counts.size, dtype=labels.dtype)
-    lut[small] = 0
+    lut = np.arange(drop.size, dtype=labels.dtype)
+    lut[drop] = 0
     return lut[labels]
 
 
@@ -238,13 +242,7 @@ def remove_unconfident_objects(labels: np.ndarray, foreground: np.ndarray, min_c
     flat = labels.ravel()
     counts = np.bincount(flat)
     sums = np.bincount(flat, weights=foreground.ravel().astype(np.float64), minlength=counts.size)
-    unsure = (sums < min_confidence * counts) & (counts > 0)
-    unsure[0] = False
-    if not unsure.any():
-        return labels
-    lut = np.arange(counts.size, dtype=labels.dtype)
-    lut[unsure] = 0
-    return lut[labels]
+    return _drop_ids(labels, (sums < min_confidence * counts) & (counts > 0))
 
 
 def fill_label_holes(labels: np.ndarray) -> np.ndarray:
