@@ -52,7 +52,7 @@ def score_image(bundle: ModelBundle, target: DiameterRange, name: str, image: np
     start = time.perf_counter()
     estimate = estimate_scale(image, bundle)
     estimate_seconds = time.perf_counter() - start
-    true_diameter = median_diameter(labels, min_objects=1)
+    true_diameter = median_diameter(labels) or median_diameter(labels, min_objects=1)  # 1-2 nuclei: no median rule
     scales = {"scale 1": 1.0, "auto": estimate.scale, "diameter": target.scale_for(true_diameter)}
     row = {"image": name, "true_diameter": round(true_diameter, 1), "measured_diameter": estimate.diameter}
     for way, scale in scales.items():
