@@ -260,13 +260,13 @@ class PostprocessConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        _check_range(name, "min_confidence", self.min_confidence, 0.0, 1.0)
         _check_range(name, "foreground_threshold", self.foreground_threshold, 0.0, 1.0)
         _check_range(name, "seed_threshold", self.seed_threshold, 0.0, 1.0)
         _check_range(name, "min_seed_size", self.min_seed_size, 0, 10**6)
         _check_range(name, "min_size", self.min_size, 0, 10**9)
         _check_range(name, "min_relative_size", self.min_relative_size, 0.0, 1.0)
         _check_range(name, "split_distance", self.split_distance, 0, 1000)
+        _check_range(name, "min_confidence", self.min_confidence, 0.0, 1.0)
 
 
 ANNOTATION_MODES = ("full", "rois", "changed")
