@@ -25,16 +25,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_accuracy import DEFAULT_DATA, load_pairs  # a sibling script: benchmarks/ is on sys.path
 from skimage.transform import resize
 
 from napari_unet.core.config import InferenceConfig
 from napari_unet.core.inference import predict
-from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.metrics import match_instances
 from napari_unet.core.sizing import DiameterRange, estimate_scale, median_diameter
 from napari_unet.core.store import ModelBundle, load_model
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
 
 
 def zoomed(image: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +84,7 @@ def main() -> None:
         return
     bundle = load_model(args.model)
     target = DiameterRange.of_model(bundle.metadata)
-    pairs = []
-    for image_path in sorted(args.data.glob("*_image.tif")):
-        labels_path = image_path.with_name(image_path.name.replace("_image", "_labels"))
-        pairs.append((image_path.stem[:4], read_image(image_path), read_labels(labels_path)))
+    pairs = [(name[:4], image, labels) for name, image, labels in load_pairs(args.data)]
     results = {
         "model": args.model,
         "training_diameters": {"low": target.low, "high": target.high},

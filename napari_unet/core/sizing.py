@@ -33,7 +33,7 @@ from skimage.segmentation import clear_border
 
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.normalize import infer_axes, validate_image
+from napari_unet.core.normalize import infer_axes
 
 METADATA_KEY = "object_diameter"
 """Key of the training diameters in a model's metadata."""
@@ -343,10 +343,10 @@ def central_slices(shape_yx: tuple[int, ...], edge: int) -> tuple[slice, slice]:
 
 
 def _central_window(plane: Any, axes: str, edge: int) -> np.ndarray:
-    """Return the central ``edge x edge`` (at most) window of ``plane``, read into memory and validated."""
+    """Return the central ``edge x edge`` (at most) window of ``plane``, read into memory (``predict`` validates it)."""
     ys, xs = central_slices(tuple(n for n, a in zip(np.shape(plane), axes, strict=True) if a != "C"), edge)
     index = tuple({"Y": ys, "X": xs, "C": slice(None)}[axis] for axis in axes)
-    return validate_image(np.asarray(plane[index]))
+    return np.asarray(plane[index])
 
 
 # --------------------------------------------------------------------------- training at a scale

@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.inference import predict
+from napari_unet.core.inference import foreground_probability, predict
 from napari_unet.core.metrics import evaluate_dataset, summary_row
 from napari_unet.core.postprocess import probabilities_to_labels, remove_unconfident_objects
 from napari_unet.core.progress import CancelFlag, Progress, check_cancel
@@ -152,6 +152,7 @@ class _SharedWatershed:
 
     def __init__(self, probabilities: list[np.ndarray]) -> None:
         self.probabilities = probabilities
+        self.foregrounds = [foreground_probability(p) for p in probabilities]  # once, not once per candidate
         self._key: PostprocessConfig | None = None
         self._labels: list[np.ndarray] = []
 
@@ -160,8 +161,8 @@ class _SharedWatershed:
         if key != self._key:
             self._key, self._labels = key, [probabilities_to_labels(p, key) for p in self.probabilities]
         return [
-            remove_unconfident_objects(labels, 1.0 - p[0], config.min_confidence)
-            for labels, p in zip(self._labels, self.probabilities, strict=True)
+            remove_unconfident_objects(labels, foreground, config.min_confidence)
+            for labels, foreground in zip(self._labels, self.foregrounds, strict=True)
         ]
 
 
