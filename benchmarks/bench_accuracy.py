@@ -28,7 +28,7 @@ import numpy as np
 from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
 from napari_unet.core.config import InferenceConfig
 from napari_unet.core.inference import predict
-from napari_unet.core.io import read_image, read_labels
+from napari_unet.core.io import read_annotated_folder
 from napari_unet.core.metrics import error_maps, evaluate_dataset, summary_row
 from napari_unet.core.normalize import is_bright_background
 from napari_unet.core.store import load_model
@@ -42,14 +42,6 @@ UNET_VARIANTS = {
     "unet+multiscale": InferenceConfig(multiscale=True),
     "unet+tta+multiscale": InferenceConfig(tta=True, multiscale=True),
 }
-
-
-def load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    pairs = []
-    for image_path in sorted(folder.glob("*_image.tif")):
-        labels_path = image_path.with_name(image_path.name.replace("_image", "_labels"))
-        pairs.append((image_path.stem, read_image(image_path), read_labels(labels_path)))
-    return pairs
 
 
 def synthetic_pairs(count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -137,7 +129,7 @@ def main() -> None:
     bundle = load_model(args.model)
     output = {"model": bundle.name, "model_sha256": bundle.sha256, "postprocess": bundle.postprocess.to_dict()}
     if args.data.is_dir():
-        output["dsb2018_val"] = report_for(load_pairs(args.data), bundle, args.augmented)
+        output["dsb2018_val"] = report_for(read_annotated_folder(args.data), bundle, args.augmented)
     else:
         output["dsb2018_val"] = {"skipped": f"{args.data} not found (needs ../shared/data)"}
     if args.synthetic:

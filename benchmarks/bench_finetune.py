@@ -42,7 +42,7 @@ import torch
 from napari_unet.core.config import InferenceConfig, TrainingConfig
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.inference import predict, resolve_device
-from napari_unet.core.io import read_image, read_labels
+from napari_unet.core.io import read_annotated_folder
 from napari_unet.core.metrics import evaluate_dataset, summary_row
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.store import ModelBundle, load_model
@@ -89,15 +89,6 @@ def synthetic_brightfield_pairs(count: int) -> list[tuple[str, np.ndarray, np.nd
         image, labels = synthetic_nuclei((256, 256), 35, seed=SYNTHETIC_SEED + index, kind="brightfield")
         pairs.append((f"bf{index}", image, labels))
     return pairs
-
-
-def image_pairs(folder: Path, limit: int | None) -> list[tuple[str, Path, Path]]:
-    pairs = []
-    for image_path in sorted(folder.glob("*_image.tif")):
-        labels_path = image_path.with_name(image_path.name.replace("_image.tif", "_labels.tif"))
-        if labels_path.is_file():
-            pairs.append((image_path.name.removesuffix("_image.tif"), image_path, labels_path))
-    return pairs[:limit] if limit else pairs
 
 
 def right_half_scores(image: np.ndarray, labels: np.ndarray, bundle: ModelBundle, device: str) -> dict[str, float]:
@@ -212,10 +203,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         if not args.data.is_dir():
             return {"skipped": f"no data folder {args.data}"}
-        pairs = image_pairs(args.data, args.limit)
-        if not pairs:
+        data = read_annotated_folder(args.data, args.limit)
+        if not data:
             return {"skipped": f"no <id>_image.tif + <id>_labels.tif pairs in {args.data}"}
-        data = [(image_id, read_image(i), read_labels(lb)) for image_id, i, lb in pairs]
         source = str(args.data)
     device = resolve_device(args.device)
     budgets = [float(b) for b in (args.budgets or ("5,10" if device.type == "cuda" else "30,60,120")).split(",")]

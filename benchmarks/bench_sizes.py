@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_accuracy import DEFAULT_DATA, load_pairs  # a sibling script: benchmarks/ is on sys.path
+from bench_accuracy import DEFAULT_DATA  # a sibling script: benchmarks/ is on sys.path
 from skimage.transform import resize
 
 from napari_unet.core.config import InferenceConfig
 from napari_unet.core.inference import predict
+from napari_unet.core.io import read_annotated_folder
 from napari_unet.core.metrics import match_instances
 from napari_unet.core.sizing import DiameterRange, estimate_scale, median_diameter
 from napari_unet.core.store import ModelBundle, load_model
@@ -84,7 +85,7 @@ def main() -> None:
         return
     bundle = load_model(args.model)
     target = DiameterRange.of_model(bundle.metadata)
-    pairs = [(name[:4], image, labels) for name, image, labels in load_pairs(args.data)]
+    pairs = [(name[:4], image, labels) for name, image, labels in read_annotated_folder(args.data)]
     results = {
         "model": args.model,
         "training_diameters": {"low": target.low, "high": target.high},

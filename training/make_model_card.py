@@ -3,10 +3,12 @@
 Usage::
 
     python training/make_model_card.py MODEL_DIR --accuracy accuracy.json --speed speed.json \
-        [--tradeoff tradeoff.json] [--synthetic-ablation ablation.json] [--sizes sizes.json]
+        [--tradeoff tradeoff.json] [--synthetic-ablation ablation.json] [--sizes sizes.json] \
+        [--ceiling ceiling.json]
 
 ``accuracy.json`` is the output of ``benchmarks/bench_accuracy.py``, ``speed.json``
-of ``benchmarks/bench_inference.py``, ``sizes.json`` of ``benchmarks/bench_sizes.py``; ``tradeoff.json`` is a list of
+of ``benchmarks/bench_inference.py``, ``sizes.json`` of ``benchmarks/bench_sizes.py``, ``ceiling.json`` of
+``benchmarks/bench_ceiling.py``; ``tradeoff.json`` is a list of
 ``{"name", "depth", "base_channels", "AP@0.5", "mpx_per_s", "parameters"}``
 rows and ``ablation.json`` a dict ``{"real only": AP, "real + synthetic": AP}``.
 """
@@ -114,7 +116,50 @@ def size_lines(bundle, sizes: dict[str, Any]) -> list[str]:
     return lines
 
 
-def card(bundle, accuracy, speed, tradeoff, ablation, command: str, sizes: dict[str, Any] | None = None) -> str:
+def ceiling_lines(ceiling: dict[str, Any]) -> list[str]:
+    """What bounds the score: oracle per-image thresholds on val, and the fit to the training images."""
+    if "val" not in ceiling:
+        return []
+    val, train = ceiling["val"], ceiling["train"]
+    settings = 1
+    for values in ceiling["oracle_grid"].values():
+        settings *= len(values)
+    return [
+        "## What limits the score",
+        "",
+        f"- Thresholds chosen for each validation image separately, knowing its ground truth (the best of "
+        f"{settings} settings",
+        f"  per image): mean AP@0.5 {val['oracle_mean_ap50']:.3f}, against {val['shipped_mean_ap50']:.3f} with "
+        "the shipped thresholds.",
+        "  No choice of these settings can do better with these probabilities: the network limits the score.",
+        f"- On its own {train['n_images']} training images the model scores AP@0.5 {train['shipped_mean_ap50']:.3f}: "
+        "it barely fits",
+        "  the images it learned from (2 CPU cores, about 165 minutes of training in all).",
+        "",
+        "Measured by `benchmarks/bench_ceiling.py`.",
+        "",
+    ]
+
+
+def ceiling_summary(ceiling: dict[str, Any]) -> dict[str, Any]:
+    """The means of a ``bench_ceiling.py`` report (``val_shipped_mean_ap50``, ...) without its per-image rows."""
+    summary = {key: value for key, value in ceiling.items() if key not in ("val", "train")}
+    for split in ("val", "train"):
+        means = {key: value for key, value in ceiling.get(split, {}).items() if key.endswith("_mean_ap50")}
+        summary.update({f"{split}_{key}": value for key, value in means.items()})
+    return summary
+
+
+def card(
+    bundle,
+    accuracy,
+    speed,
+    tradeoff,
+    ablation,
+    command: str,
+    sizes: dict[str, Any] | None = None,
+    ceiling: dict[str, Any] | None = None,
+) -> str:
     config = bundle.config
     lineage = bundle.metadata.get("lineage", {})
     cpu = speed["devices"]["cpu"]
@@ -157,6 +202,7 @@ def card(bundle, accuracy, speed, tradeoff, ablation, command: str, sizes: dict[
         "The worst images, annotated outlines against predicted ones: `docs/images/val_errors.png` in the",
         "repository (made by `training/plot_val_errors.py`).",
         "",
+        *ceiling_lines(ceiling or {}),
         *size_lines(bundle, sizes or {}),
         "",
         "## Synthetic samples (napari-unet's own generator)",
@@ -202,6 +248,7 @@ def main() -> None:
     parser.add_argument("--tradeoff", type=Path, default=None)
     parser.add_argument("--synthetic-ablation", type=Path, default=None)
     parser.add_argument("--sizes", type=Path, default=None, help="benchmarks/bench_sizes.py output")
+    parser.add_argument("--ceiling", type=Path, default=None, help="benchmarks/bench_ceiling.py output")
     parser.add_argument("--command", type=Path, default=Path(__file__).with_name("train_default_model.sh"))
     args = parser.parse_args()
     bundle = load_model(args.model_dir)
@@ -211,7 +258,8 @@ def main() -> None:
     ablation = json.loads(args.synthetic_ablation.read_text()) if args.synthetic_ablation else {}
     sizes = json.loads(args.sizes.read_text()) if args.sizes else {}
     command = args.command.read_text().strip()
-    text = card(bundle, accuracy, speed, tradeoff, ablation, command, sizes)
+    ceiling = json.loads(args.ceiling.read_text()) if args.ceiling else {}
+    text = card(bundle, accuracy, speed, tradeoff, ablation, command, sizes, ceiling)
     (args.model_dir / "MODEL_CARD.md").write_text(text)
     summary = {
         "architecture": bundle.config.to_dict(),
@@ -225,6 +273,7 @@ def main() -> None:
         "synthetic_ablation": ablation,
         "object_diameter": bundle.metadata.get("object_diameter"),
         "sizes": sizes,
+        "ceiling": ceiling_summary(ceiling),
     }
     write_json(args.model_dir / "model_card.json", summary, overwrite=True)
     print(f"wrote {args.model_dir / 'MODEL_CARD.md'} and model_card.json")

@@ -21,7 +21,7 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from napari_unet.core.inference import predict
-from napari_unet.core.io import read_image, read_labels
+from napari_unet.core.io import read_annotated_folder
 from napari_unet.core.metrics import evaluate_image
 from napari_unet.core.normalize import normalize_plane
 from napari_unet.core.store import load_model
@@ -48,12 +48,10 @@ def main() -> None:
     plt.switch_backend("Agg")
     bundle = load_model(args.model)
     rows = []
-    for image_path in sorted(args.data.glob("*_image.tif")):
-        image = read_image(image_path)
-        truth = read_labels(image_path.with_name(image_path.name.replace("_image", "_labels")))
+    for name, image, truth in read_annotated_folder(args.data):
         labels = predict(image, bundle).labels
         ap50 = evaluate_image(truth, labels)["per_threshold"][0]["accuracy"]
-        rows.append((ap50, image_path.stem.removesuffix("_image"), image, truth, labels))
+        rows.append((ap50, name, image, truth, labels))
     rows.sort(key=lambda row: row[0])
     figure, axes = plt.subplots(args.count, 2, figsize=(10, 4.2 * args.count), squeeze=False)
     for (ap50, name, image, truth, labels), (left, right) in zip(rows, axes, strict=False):

@@ -144,6 +144,32 @@ def read_labels(path: PathLike) -> np.ndarray:
     return as_label_array(array, source=str(path))
 
 
+def read_annotated_folder(folder: PathLike, limit: int | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Read the ``<id>_image.tif`` files of a folder with their ``<id>_labels.tif`` (the DSB 2018 layout).
+
+    Parameters
+    ----------
+    folder : path
+        Folder holding the pairs; images without a labels file are skipped.
+    limit : int, optional
+        Read at most this many pairs (in name order).
+
+    Returns
+    -------
+    list of (str, array (Y, X) or (Y, X, C), int array (Y, X))
+        ``(id, image, labels)`` in name order.
+
+    """
+    pairs = []
+    for image_path in sorted(Path(folder).glob("*_image.tif")):
+        labels_path = image_path.with_name(image_path.name.replace("_image.tif", "_labels.tif"))
+        if labels_path.is_file():
+            pairs.append((image_path.name.removesuffix("_image.tif"), read_image(image_path), read_labels(labels_path)))
+        if limit is not None and len(pairs) == limit:
+            break
+    return pairs
+
+
 def as_label_array(array: np.ndarray, source: str = "labels") -> np.ndarray:
     """Return ``array`` as a non-negative integer label array.
 

@@ -127,21 +127,55 @@ def iter_tune_postprocess(
             raise UserInputError("post-processing tuning works on 2D images; give single planes, not stacks")
         probabilities.append(prediction.probabilities)
         yield Progress("predict", index + 1, len(images), f"image {index + 1}/{len(images)}")
+    return (yield from iter_choose_postprocess(probabilities, labels, candidates, bundle.postprocess, cancel))
+
+
+def iter_choose_postprocess(
+    probabilities: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    candidates: Sequence[PostprocessConfig],
+    current: PostprocessConfig,
+    cancel: CancelFlag = None,
+) -> Generator[Progress, None, TuningResult]:
+    """Score every candidate on cached network probabilities and return the best.
+
+    Parameters
+    ----------
+    probabilities : sequence of float arrays (K, Y, X)
+        Class probabilities of each image (see :func:`napari_unet.core.inference.predict`).
+    labels : sequence of int arrays (Y, X)
+        Ground-truth instance labels of each image.
+    candidates : sequence of PostprocessConfig
+        Settings to try; ties in AP@0.5 go to the higher AP@0.75, then to the earlier candidate.
+    current : PostprocessConfig
+        The settings in use now, scored as ``baseline_scores``.
+    cancel : callable, optional
+        Checked between candidates.
+
+    Yields
+    ------
+    Progress
+        ``stage="tune"`` per candidate.
+
+    Returns
+    -------
+    TuningResult
+
+    """
+    watershed = _SharedWatershed(list(probabilities))
+
+    def score(config: PostprocessConfig) -> dict[str, float]:
+        return {k: float(v) for k, v in summary_row(evaluate_dataset(list(labels), watershed(config))).items()}
+
     table = []
-    watershed = _SharedWatershed(probabilities)
     for index, config in enumerate(candidates):
         check_cancel(cancel)
-        row = _score(watershed(config), labels)
+        row = score(config)
         table.append({**config.to_dict(), "AP@0.5": row["AP@0.5"], "AP@0.75": row["AP@0.75"]})
         yield Progress("tune", index + 1, len(candidates), f"AP@0.5 {row['AP@0.5']:.3f}")
     best_index = max(range(len(table)), key=lambda i: (table[i]["AP@0.5"], table[i]["AP@0.75"]))
     best = candidates[best_index]
-    return TuningResult(
-        best=best,
-        best_scores=_score(watershed(best), labels),
-        baseline_scores=_score(watershed(bundle.postprocess), labels),
-        table=table,
-    )
+    return TuningResult(best=best, best_scores=score(best), baseline_scores=score(current), table=table)
 
 
 class _SharedWatershed:
@@ -164,7 +198,3 @@ class _SharedWatershed:
             remove_unconfident_objects(labels, foreground, config.min_confidence)
             for labels, foreground in zip(self._labels, self.foregrounds, strict=True)
         ]
-
-
-def _score(predictions: list[np.ndarray], labels: Sequence[np.ndarray]) -> dict:
-    return {k: float(v) for k, v in summary_row(evaluate_dataset(list(labels), predictions)).items()}

@@ -453,3 +453,21 @@ def test_published_files_and_folders_get_normal_permissions(tmp_path):
     assert stat.S_IMODE(tif.stat().st_mode) == 0o644
     assert stat.S_IMODE(zarr_store.stat().st_mode) == 0o755
     assert all(stat.S_IMODE(p.stat().st_mode) in (0o644, 0o755) for p in zarr_store.rglob("*"))
+
+
+def test_annotated_folder_pairs_images_with_their_labels_in_name_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    written = {}
+    for image_id in ("b2", "a1", "c3"):
+        image, labels = rng.integers(0, 255, (8, 10), dtype=np.uint8), rng.integers(0, 4, (8, 10), dtype=np.uint16)
+        tifffile.imwrite(tmp_path / f"{image_id}_image.tif", image)
+        if image_id != "c3":  # an image nobody annotated is skipped
+            tifffile.imwrite(tmp_path / f"{image_id}_labels.tif", labels)
+        written[image_id] = (image, labels)
+    pairs = io.read_annotated_folder(tmp_path)
+    assert [name for name, _, _ in pairs] == ["a1", "b2"]
+    for name, image, labels in pairs:
+        np.testing.assert_array_equal(image, written[name][0])
+        np.testing.assert_array_equal(labels, written[name][1])
+    assert [name for name, _, _ in io.read_annotated_folder(tmp_path, limit=1)] == ["a1"]
+    assert io.read_annotated_folder(tmp_path / "nothing-here") == []

@@ -75,3 +75,26 @@ def test_shared_watershed_gives_what_each_config_gives_alone() -> None:
             alone = probabilities_to_labels(p, config)
             np.testing.assert_array_equal(shared > 0, alone > 0)
             assert len(np.unique(shared)) == len(np.unique(alone))
+
+
+def blob_probabilities(shape: tuple[int, int], boxes) -> np.ndarray:
+    """Class probabilities (3, Y, X): interior 1 inside each box, background 1 elsewhere."""
+    probabilities = np.zeros((3, *shape), np.float32)
+    probabilities[0] = 1
+    for box in boxes:
+        probabilities[(0, *box)], probabilities[(1, *box)] = 0, 1
+    return probabilities
+
+
+def test_ties_go_to_the_earlier_candidate() -> None:
+    from napari_unet.core.tuning import iter_choose_postprocess
+
+    box = (slice(4, 12), slice(4, 12))
+    truth = np.zeros((16, 16), np.int32)
+    truth[box] = 1
+    first, second = PostprocessConfig(min_size=0), PostprocessConfig(min_size=10)
+    result = run_to_end(
+        iter_choose_postprocess([blob_probabilities((16, 16), [box])], [truth], [first, second], second)
+    )
+    assert result.best == first and result.best_scores == result.baseline_scores
+    assert [row["AP@0.5"] for row in result.table] == [1.0, 1.0]
