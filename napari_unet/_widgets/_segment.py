@@ -228,6 +228,7 @@ class SegmentWidget(QWidget):
         self.image.currentTextChanged.connect(self._show_axes)
         self.axes.currentTextChanged.connect(self._show_axes)
         self._show_axes()
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ layout
 
@@ -496,6 +497,22 @@ class SegmentWidget(QWidget):
         in_use = {layer_meta(layer).get("store") for layer in self.viewer.layers if META_KEY in layer.metadata}
         if str(store) not in in_use and store.parent == large_store_dir():
             shutil.rmtree(store, ignore_errors=True)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        """Say where the labels of a removed large-image layer stay on disk, and how much space they take.
+
+        They are not deleted: they may hold edits the user has not exported.
+        """
+        store = event.value.metadata.get(META_KEY, {}).get("store")
+        if not store or Path(store).parent != large_store_dir() or not Path(store).is_dir():
+            return
+        if any(layer.metadata.get(META_KEY, {}).get("store") == store for layer in self.viewer.layers):
+            return
+        size = sum(path.stat().st_size for path in Path(store).rglob("*") if path.is_file())
+        info(
+            f"'{event.value.name}' was removed; its labels stay on disk ({size / 2**20:.1f} MB) in {store}. "
+            "Open that folder again with File > Open, or delete it to free the space."
+        )
 
     def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
         name = labels_layer_name(image_layer.name)

@@ -196,6 +196,14 @@ def test_dask_layer_is_streamed_chunk_by_chunk_and_updated_in_place(
     wait_until_idle(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == ["lazy", "lazy labels", "lazy labels [2]"]
     assert len(list((cache / "large").glob("lazy-*.zarr"))) == 2
+
+    second_store = viewer.layers["lazy labels [2]"].metadata["napari_unet"]["store"]
+    viewer.layers.remove("lazy labels [2]")  # the user's edits may be in it: kept, and the user told where
+    assert Path(second_store).is_dir()
+    assert "'lazy labels [2]' was removed; its labels stay on disk (" in messages(notifications, "info")[-1]
+    assert second_store in messages(notifications, "info")[-1]
+    viewer.layers.remove("lazy")  # not a cached labels layer: nothing to say
+    assert "'lazy' was removed" not in messages(notifications, "info")[-1]
     assert not messages(notifications, "error")
 
 
