@@ -144,6 +144,26 @@ def large_store_path(image_name: str) -> Path:
     return large_store_dir() / f"{safe}-{stamp}.zarr"
 
 
+def accuracy_note(model: str) -> str:
+    """Return a sentence (with a leading space) giving the measured accuracy of ``model``, or ``""``.
+
+    The bundled model's comes from its model card (per modality); a trained
+    model's from the nuclei held out while it was trained.
+    """
+    from napari_unet.core.store import list_models
+
+    metrics = next((info.metrics for info in list_models() if info.spec == model), {})
+    fluorescence, brightfield = metrics.get("val_ap50_fluorescence"), metrics.get("val_ap50_brightfield")
+    if fluorescence is not None and brightfield is not None:
+        return (
+            f" Its measured AP@0.5: {fluorescence:.2f} on fluorescence and {brightfield:.2f} on H&E/brightfield "
+            "validation images (its model card has the details)."
+        )
+    if isinstance(metrics.get("val_ap50"), float):
+        return f" It scored AP@0.5 {metrics['val_ap50']:.2f} on the nuclei held out when it was trained."
+    return ""
+
+
 def open_lazy_labels(store: Path) -> Any:
     """Open the labels :func:`~napari_unet.core.distributed.predict_large` wrote, lazily and writable."""
     import zarr
@@ -464,7 +484,10 @@ class SegmentWidget(QWidget):
         if self.keep_probabilities.isChecked():
             self._write_probability(image_layer, prediction.probabilities)
         n_objects = len(label_ids(prediction.labels))
-        info(f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'.")
+        info(
+            f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'."
+            f"{accuracy_note(result.model)}"
+        )
 
     def _on_large_segmented(self, image_layer: Image, result: LargeSegmentResult) -> None:
         meta = _labels_metadata(image_layer, result, "YX", store=str(result.store))
@@ -472,7 +495,7 @@ class SegmentWidget(QWidget):
         self._cache = {"large": True, "layer": layer}
         info(
             f"Segmented '{image_layer.name}' with {result.model} chunk by chunk into '{layer.name}'; "
-            f"the labels stay on disk (edits are saved there): {result.store}"
+            f"the labels stay on disk (edits are saved there): {result.store}.{accuracy_note(result.model)}"
         )
 
     def _write_large_labels(self, image_layer: Image, labels: Any, meta: dict[str, Any]) -> Labels:

@@ -55,6 +55,7 @@ MODEL_FORMAT = "napari-unet-model"
 MODEL_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
+MODEL_CARD_JSON = "model_card.json"  # written by training/make_model_card.py; holds the measured accuracy
 BUNDLED_NAME = "default"
 MODEL_DIR_ENV = "NAPARI_UNET_MODEL_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -186,7 +187,8 @@ class ModelInfo:
     created : str or None
         ISO time it was saved.
     metrics : dict
-        Scores recorded in its lineage (e.g. validation AP).
+        Its measured scores (see :func:`recorded_metrics`): from its model card
+        when it has one (the bundled model), else from its training lineage.
     parent : str or None
         ``name@vN`` (or name) of the model it was derived from.
     sha256 : str or None
@@ -607,10 +609,55 @@ def _info_from_folder(folder: Path, name: str | None = None, version: int | None
         version=version if version is not None else metadata.get("version"),
         path=folder,
         created=lineage.get("created") or metadata.get("created"),
-        metrics=dict(lineage.get("metrics") or metadata.get("metrics") or {}),
+        metrics=recorded_metrics(folder, metadata),
         parent=parent_spec,
         sha256=metadata.get("sha256"),
     )
+
+
+def recorded_metrics(folder: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Return the measured scores a model folder records.
+
+    Parameters
+    ----------
+    folder : Path
+        The model folder.
+    metadata : dict
+        Its ``model.json`` metadata.
+
+    Returns
+    -------
+    dict
+        From ``model_card.json`` when the folder has one (the bundled model):
+        ``val_ap50`` and, per modality, ``val_ap50_fluorescence`` /
+        ``val_ap50_brightfield`` (per-image mean AP@0.5 on the validation
+        images the card names).  Otherwise the scores its training recorded
+        (``val_ap50`` on the held-out validation nuclei, ...); empty when none.
+
+    """
+    card_scores = _model_card_scores(folder / MODEL_CARD_JSON)
+    if card_scores:
+        return card_scores
+    lineage = metadata.get("lineage") or {}
+    return dict(lineage.get("metrics") or metadata.get("metrics") or {})
+
+
+def _model_card_scores(path: Path) -> dict[str, float]:
+    try:
+        validation = json.loads(path.read_text(encoding="utf-8"))["validation"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    scores = {}
+    for subset, key in (
+        ("overall", "val_ap50"),
+        ("fluorescence", "val_ap50_fluorescence"),
+        ("brightfield", "val_ap50_brightfield"),
+    ):
+        try:
+            scores[key] = float(validation[subset]["unet"]["AP@0.5"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return scores
 
 
 def list_versions(name: str) -> list[ModelInfo]:

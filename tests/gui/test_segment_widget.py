@@ -256,3 +256,27 @@ def test_estimate_without_an_image_is_notified(make_napari_viewer, tiny_model, n
     _viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     assert widget.estimate_scale() is None
     assert "image" in messages(notifications, "error")[-1]
+
+
+def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot, tiny_model, sample, notifications):
+    from napari_unet.core.store import list_models, load_model, save_version
+
+    viewer, widget = make_segment_widget(make_napari_viewer, "default")
+    widget.image.set_layer(viewer.add_image(sample[0], name="nuclei"))
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    measured = list_models()[0].metrics  # the bundled model's, from its model card
+    assert messages(notifications, "info")[-1].endswith(
+        f"Its measured AP@0.5: {measured['val_ap50_fluorescence']:.2f} on fluorescence and "
+        f"{measured['val_ap50_brightfield']:.2f} on H&E/brightfield validation images (its model card has the details)."
+    )
+
+    trained = save_version(load_model(tiny_model), "tiny", {"metrics": {"val_ap50": 0.62}})  # as training records
+    widget.model.refresh()
+    widget.model.select(trained.spec)
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    assert messages(notifications, "info")[-1].endswith(
+        "It scored AP@0.5 0.62 on the nuclei held out when it was trained."
+    )
+    assert not messages(notifications, "error")
