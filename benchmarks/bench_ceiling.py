@@ -3,11 +3,11 @@
 Two numbers bound what post-processing can still add:
 
 1. **Oracle thresholds on val**: for every validation image separately, the
-   best AP@0.5 over a grid of foreground / seed / split / relative size /
-   confidence settings, chosen knowing that image's ground truth.  No choice
-   of these settings can beat it with these probabilities, so a mean below
-   the target means the network's probabilities, not the thresholds, are
-   what limit the score.
+   best AP@0.5 among the shipped settings and a grid of foreground / seed /
+   split / relative size / confidence settings, chosen knowing that image's
+   ground truth.  A mean far below the target says that no threshold setting
+   near the tried ones closes the gap: the network's probabilities are what
+   limit the score.
 2. **AP@0.5 on the training images** with the shipped thresholds: how well
    the network fits the images it learned from.
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.config import PostprocessConfig
 from napari_unet.core.inference import predict
 from napari_unet.core.io import read_annotated_folder
 from napari_unet.core.progress import run_to_end
@@ -67,11 +68,13 @@ def image_scores(bundle: ModelBundle, image: np.ndarray, truth: np.ndarray, orac
 
 
 def split_scores(bundle: ModelBundle, folder: Path, oracle: bool) -> dict[str, Any]:
-    """Per-image and mean scores of every annotated image in ``folder``."""
+    """Per-image and mean scores of every annotated image in ``folder`` (``{"skipped": ...}`` when it has none)."""
     per_image = {}
     for name, image, truth in read_annotated_folder(folder):
         per_image[name] = image_scores(bundle, image, truth, oracle)
         print(f"{folder.name} {name[:12]}: {per_image[name]}", file=sys.stderr, flush=True)
+    if not per_image:
+        return {"skipped": f"no <id>_image.tif + <id>_labels.tif pairs in {folder}"}
     keys = ("shipped", "oracle") if oracle else ("shipped",)
     means = {f"{key}_mean_ap50": round(float(np.mean([r[key] for r in per_image.values()])), 4) for key in keys}
     return {"n_images": len(per_image), **means, "per_image": per_image}
@@ -91,6 +94,7 @@ def main() -> None:
         "benchmark": "ceiling",
         "model": args.model,
         "oracle_grid": ORACLE_GRID,
+        "oracle_candidates": 1 + len(candidate_configs(PostprocessConfig(), min_sizes=(0,), **ORACLE_GRID)),
         "val": split_scores(bundle, args.data / "val", oracle=True),
         "train": split_scores(bundle, args.data / "train", oracle=False),
         "seconds": round(time.perf_counter() - started, 1),

@@ -53,6 +53,7 @@ from napari_unet._widgets._common import (
     info,
     layer_meta,
     load_settings,
+    logger,
     notify_exception,
     save_settings,
     set_layer_data,
@@ -144,15 +145,29 @@ def large_store_path(image_name: str) -> Path:
     return large_store_dir() / f"{safe}-{stamp}.zarr"
 
 
-def accuracy_note(model: str) -> str:
-    """Return a sentence (with a leading space) giving the measured accuracy of ``model``, or ``""``.
+def accuracy_note(model_sha256: str) -> str:
+    """Return a sentence (with a leading space) giving the measured accuracy of a model, or ``""``.
 
-    The bundled model's comes from its model card (per modality); a trained
-    model's from the nuclei held out while it was trained.
+    Parameters
+    ----------
+    model_sha256 : str
+        Hash of the model's weights: the saved model with these weights is
+        looked up, however the model was loaded.
+
+    Notes
+    -----
+    The bundled model's accuracy comes from its model card (per modality); a
+    trained model's from its validation data while it was trained.
+
     """
     from napari_unet.core.store import list_models
 
-    metrics = next((info.metrics for info in list_models() if info.spec == model), {})
+    try:
+        infos = list_models()
+    except Exception:  # a broken store must not stop the result from being shown
+        logger.warning("could not list models", exc_info=True)
+        return ""
+    metrics = next((info.metrics for info in infos if info.sha256 == model_sha256 and info.metrics), {})
     fluorescence, brightfield = metrics.get("val_ap50_fluorescence"), metrics.get("val_ap50_brightfield")
     if fluorescence is not None and brightfield is not None:
         return (
@@ -160,7 +175,7 @@ def accuracy_note(model: str) -> str:
             "validation images (its model card has the details)."
         )
     if isinstance(metrics.get("val_ap50"), float):
-        return f" It scored AP@0.5 {metrics['val_ap50']:.2f} on the nuclei held out when it was trained."
+        return f" It scored AP@0.5 {metrics['val_ap50']:.2f} on its validation data when it was trained."
     return ""
 
 
@@ -486,7 +501,7 @@ class SegmentWidget(QWidget):
         n_objects = len(label_ids(prediction.labels))
         info(
             f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'."
-            f"{accuracy_note(result.model)}"
+            f"{accuracy_note(result.model_sha256)}"
         )
 
     def _on_large_segmented(self, image_layer: Image, result: LargeSegmentResult) -> None:
@@ -495,7 +510,7 @@ class SegmentWidget(QWidget):
         self._cache = {"large": True, "layer": layer}
         info(
             f"Segmented '{image_layer.name}' with {result.model} chunk by chunk into '{layer.name}'; "
-            f"the labels stay on disk (edits are saved there): {result.store}.{accuracy_note(result.model)}"
+            f"the labels stay on disk (edits are saved there): {result.store}.{accuracy_note(result.model_sha256)}"
         )
 
     def _write_large_labels(self, image_layer: Image, labels: Any, meta: dict[str, Any]) -> Labels:
@@ -533,8 +548,9 @@ class SegmentWidget(QWidget):
             return
         size = sum(path.stat().st_size for path in Path(store).rglob("*") if path.is_file())
         info(
-            f"'{event.value.name}' was removed; its labels stay on disk ({size / 2**20:.1f} MB) in {store}. "
-            "Open that folder again with File > Open, or delete it to free the space."
+            f"'{event.value.name}' was removed; its labels stay on disk ({size / 2**20:.1f} MB) in the OME-Zarr "
+            f"store {store}. Export them with 'napari-unet export {store} -o FOLDER', or delete the store to free "
+            "the space."
         )
 
     def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:

@@ -152,7 +152,7 @@ def read_annotated_folder(folder: PathLike, limit: int | None = None) -> list[tu
     folder : path
         Folder holding the pairs; images without a labels file are skipped.
     limit : int, optional
-        Read at most this many pairs (in name order).
+        Read at most this many pairs (in name order; None: all).
 
     Returns
     -------
@@ -162,11 +162,11 @@ def read_annotated_folder(folder: PathLike, limit: int | None = None) -> list[tu
     """
     pairs = []
     for image_path in sorted(Path(folder).glob("*_image.tif")):
+        if limit is not None and len(pairs) >= limit:
+            break
         labels_path = image_path.with_name(image_path.name.replace("_image.tif", "_labels.tif"))
         if labels_path.is_file():
             pairs.append((image_path.name.removesuffix("_image.tif"), read_image(image_path), read_labels(labels_path)))
-        if limit is not None and len(pairs) == limit:
-            break
     return pairs
 
 

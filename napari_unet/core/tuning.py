@@ -161,7 +161,18 @@ def iter_choose_postprocess(
     -------
     TuningResult
 
+    Raises
+    ------
+    UserInputError
+        Without candidates, or when probabilities and labels do not pair up.
+
     """
+    if not candidates:
+        raise UserInputError("no post-processing settings to try; give at least one candidate")
+    if not probabilities or len(probabilities) != len(labels):
+        raise UserInputError(
+            f"choosing settings needs probabilities with labels; got {len(probabilities)} and {len(labels)}"
+        )
     watershed = _SharedWatershed(list(probabilities))
 
     def score(config: PostprocessConfig) -> dict[str, float]:

@@ -470,4 +470,5 @@ def test_annotated_folder_pairs_images_with_their_labels_in_name_order(tmp_path:
         np.testing.assert_array_equal(image, written[name][0])
         np.testing.assert_array_equal(labels, written[name][1])
     assert [name for name, _, _ in io.read_annotated_folder(tmp_path, limit=1)] == ["a1"]
+    assert io.read_annotated_folder(tmp_path, limit=0) == []
     assert io.read_annotated_folder(tmp_path / "nothing-here") == []

@@ -77,7 +77,7 @@ def test_shared_watershed_gives_what_each_config_gives_alone() -> None:
             assert len(np.unique(shared)) == len(np.unique(alone))
 
 
-def blob_probabilities(shape: tuple[int, int], boxes) -> np.ndarray:
+def blob_probabilities(shape: tuple[int, int], boxes: list[tuple[slice, slice]]) -> np.ndarray:
     """Class probabilities (3, Y, X): interior 1 inside each box, background 1 elsewhere."""
     probabilities = np.zeros((3, *shape), np.float32)
     probabilities[0] = 1
@@ -98,3 +98,13 @@ def test_ties_go_to_the_earlier_candidate() -> None:
     )
     assert result.best == first and result.best_scores == result.baseline_scores
     assert [row["AP@0.5"] for row in result.table] == [1.0, 1.0]
+
+
+def test_choosing_needs_candidates_and_paired_inputs() -> None:
+    from napari_unet.core.tuning import iter_choose_postprocess
+
+    probabilities, truth = [blob_probabilities((16, 16), [])], [np.zeros((16, 16), np.int32)]
+    with pytest.raises(UserInputError, match="at least one candidate"):
+        run_to_end(iter_choose_postprocess(probabilities, truth, [], PostprocessConfig()))
+    with pytest.raises(UserInputError, match="got 1 and 2"):
+        run_to_end(iter_choose_postprocess(probabilities, truth * 2, [PostprocessConfig()], PostprocessConfig()))

@@ -277,6 +277,6 @@ def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot
     widget.run()
     wait_until_idle(qtbot, widget)
     assert messages(notifications, "info")[-1].endswith(
-        "It scored AP@0.5 0.62 on the nuclei held out when it was trained."
+        "It scored AP@0.5 0.62 on its validation data when it was trained."
     )
     assert not messages(notifications, "error")
