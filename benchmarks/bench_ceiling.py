@@ -46,12 +46,15 @@ ORACLE_GRID = {
 }
 
 
+def oracle_candidates(shipped: PostprocessConfig) -> list[PostprocessConfig]:
+    """The shipped settings, then :data:`ORACLE_GRID` around them (their ``min_size`` kept)."""
+    return [shipped, *candidate_configs(shipped, min_sizes=(shipped.min_size,), **ORACLE_GRID)]
+
+
 def image_scores(bundle: ModelBundle, image: np.ndarray, truth: np.ndarray, oracle: bool) -> dict[str, Any]:
-    """AP@0.5 of one image with the shipped thresholds and (``oracle``) with the best of :data:`ORACLE_GRID`."""
+    """AP@0.5 of one image with the shipped thresholds and (``oracle``) with the best of :func:`oracle_candidates`."""
     probabilities = predict(image, bundle).probabilities
-    candidates = [bundle.postprocess]
-    if oracle:
-        candidates += candidate_configs(bundle.postprocess, min_sizes=(bundle.postprocess.min_size,), **ORACLE_GRID)
+    candidates = oracle_candidates(bundle.postprocess) if oracle else [bundle.postprocess]
     result = run_to_end(iter_choose_postprocess([probabilities], [truth], candidates, bundle.postprocess))
     row = {"shipped": round(result.baseline_scores["AP@0.5"], 4)}
     if oracle:
@@ -94,7 +97,7 @@ def main() -> None:
         "benchmark": "ceiling",
         "model": args.model,
         "oracle_grid": ORACLE_GRID,
-        "oracle_candidates": 1 + len(candidate_configs(PostprocessConfig(), min_sizes=(0,), **ORACLE_GRID)),
+        "oracle_candidates": len(oracle_candidates(bundle.postprocess)),
         "val": split_scores(bundle, args.data / "val", oracle=True),
         "train": split_scores(bundle, args.data / "train", oracle=False),
         "seconds": round(time.perf_counter() - started, 1),

@@ -530,10 +530,14 @@ class SegmentWidget(QWidget):
             self._delete_unused_store(Path(old_store))
         return layer
 
+    def _is_unused_cached_store(self, store: Path) -> bool:
+        """Return True when ``store`` is a labels store in the large-image cache that no layer shows."""
+        in_use = {layer.metadata.get(META_KEY, {}).get("store") for layer in self.viewer.layers}
+        return store.parent == large_store_dir() and str(store) not in in_use
+
     def _delete_unused_store(self, store: Path) -> None:
         """Delete a cached labels store that no layer of the viewer shows any more (its layer was re-segmented)."""
-        in_use = {layer_meta(layer).get("store") for layer in self.viewer.layers if META_KEY in layer.metadata}
-        if str(store) not in in_use and store.parent == large_store_dir():
+        if self._is_unused_cached_store(store):
             shutil.rmtree(store, ignore_errors=True)
 
     def _on_layer_removed(self, event: Any) -> None:
@@ -542,9 +546,7 @@ class SegmentWidget(QWidget):
         They are not deleted: they may hold edits the user has not exported.
         """
         store = event.value.metadata.get(META_KEY, {}).get("store")
-        if not store or Path(store).parent != large_store_dir() or not Path(store).is_dir():
-            return
-        if any(layer.metadata.get(META_KEY, {}).get("store") == store for layer in self.viewer.layers):
+        if not store or not Path(store).is_dir() or not self._is_unused_cached_store(Path(store)):
             return
         size = sum(path.stat().st_size for path in Path(store).rglob("*") if path.is_file())
         info(
