@@ -75,7 +75,10 @@ def _check_range(owner: str, name: str, value: float, low: float, high: float) -
 
 
 NORMS = ("batch", "instance", "group", "none")
-HEADS = ("bg_interior_boundary",)
+HEADS = ("bg_interior_boundary", "bg_interior_boundary_distance")
+"""Output heads: 3 class logits; or those plus a 4th channel, the distance to the object's edge (see model.py)."""
+HEAD_CHANNELS = {"bg_interior_boundary": 3, "bg_interior_boundary_distance": 4}
+INVERT_POLICIES = ("auto", "auto_gray", "never", "always")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BLEND_MODES = ("gaussian", "constant")
 MIN_SCALE, MAX_SCALE = 0.1, 8.0
@@ -93,7 +96,8 @@ class ModelConfig(JsonConfig):
     in_channels : int
         Channels the network reads (1 for gray; 3 for RGB models).
     out_channels : int
-        Channels the network writes; 3 for the ``bg_interior_boundary`` head.
+        Channels the network writes: 3 for the ``bg_interior_boundary`` head,
+        4 for ``bg_interior_boundary_distance``.
     depth : int
         Number of down-sampling steps (the network sees ``2**depth`` pixel
         blocks; inference pads inputs to a multiple of that).
@@ -128,6 +132,10 @@ class ModelConfig(JsonConfig):
         _check_range(name, "dropout", self.dropout, 0.0, 0.9)
         _check_choice(name, "norm", self.norm, NORMS)
         _check_choice(name, "head", self.head, HEADS)
+        if self.out_channels != HEAD_CHANNELS[self.head]:
+            raise ConfigError(
+                f"{name}.out_channels must be {HEAD_CHANNELS[self.head]} for head {self.head!r}, got {self.out_channels}"
+            )
 
     @property
     def size_multiple(self) -> int:
@@ -146,7 +154,10 @@ class NormalizeConfig(JsonConfig):
     invert : str
         ``auto`` inverts images whose background is bright (brightfield,
         H&E: dark nuclei on a light background) so nuclei are always bright;
-        ``never`` / ``always`` force it.
+        ``auto_gray`` does so for grey images only and never inverts colour
+        ones (models that read colour learn stained nuclei as they are, so a
+        brightness guess never decides which side is nuclei); ``never`` /
+        ``always`` force it.
 
     """
 
@@ -160,7 +171,7 @@ class NormalizeConfig(JsonConfig):
         _check_range(name, "high_percentile", self.high_percentile, 0.0, 100.0)
         if self.low_percentile >= self.high_percentile:
             raise ConfigError(f"{name}: low_percentile must be below high_percentile")
-        _check_choice(name, "invert", self.invert, ("auto", "never", "always"))
+        _check_choice(name, "invert", self.invert, INVERT_POLICIES)
 
 
 @dataclass(frozen=True)

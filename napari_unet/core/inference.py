@@ -352,10 +352,28 @@ def _tile_probabilities(
         flipped = inputs.flip(dims) if dims else inputs
         with _autocast(device, cfg.amp):
             logits = network(flipped)
-        probabilities = torch.softmax(logits.float(), dim=1)
+        probabilities = output_probabilities(logits)
         probabilities = probabilities.flip(dims) if dims else probabilities
         total = probabilities if total is None else total.add_(probabilities)
     return total / len(flips)
+
+
+def output_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Network logits ``(N, K, *S)`` -> probabilities: softmax over the 3 classes, sigmoid of a 4th (distance) channel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, K, *S)`` float32: background, interior, boundary (summing to 1)
+        and, for the ``bg_interior_boundary_distance`` head, the predicted
+        distance to the object's edge as a fraction of the object's largest
+        (0 at the edge, 1 at the centre).
+
+    """
+    classes = torch.softmax(logits[:, :3].float(), dim=1)
+    if logits.shape[1] == 3:
+        return classes
+    return torch.cat([classes, torch.sigmoid(logits[:, 3:].float())], dim=1)
 
 
 def _gather_tiles(source: torch.Tensor, batch: Sequence[tuple[slice, slice]]) -> torch.Tensor:

@@ -416,7 +416,9 @@ def _channel_stats(
     """
     unique = list({id(c): c for c in channels}.values())
     pooled = np.concatenate([_sample(c).ravel() for c in unique]) if len(unique) > 1 else _sample(unique[0])
-    decide = cfg.invert == "auto"
+    decide = cfg.invert == "auto" or (cfg.invert == "auto_gray" and brightness is None)
+    if cfg.invert == "auto_gray" and not decide:
+        return _stats_without_inversion(pooled, cfg)
     q = [cfg.low_percentile, cfg.high_percentile]
     if decide and brightness is None:
         q += list(_INVERT_PERCENTILES)
@@ -431,15 +433,41 @@ def _channel_stats(
     return IntensityStats(low, high, _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES))))
 
 
+def _stats_without_inversion(pooled: np.ndarray, cfg: NormalizeConfig) -> IntensityStats:
+    low, high = (float(v) for v in np.percentile(pooled, [cfg.low_percentile, cfg.high_percentile]))
+    if high <= low:
+        low, high = float(pooled.min()), float(pooled.max())
+    return IntensityStats(low, high, False)
+
+
 def _is_bright(dark: float, median: float, bright: float) -> bool:
     return bright > dark and (median - dark) / (bright - dark) > _INVERT_DECISION_FRACTION
 
 
 def _brightness(plane: np.ndarray) -> np.ndarray | None:
-    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for gray."""
+    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for gray.
+
+    An RGB plane whose three channels are (nearly) equal is gray: a gray
+    picture saved as RGB.
+    """
     if plane.shape[-1] < 3:
         return None
-    return _sample(plane)[..., :3].max(axis=-1)
+    rgb = _sample(plane)[..., :3]
+    return None if is_gray_rgb(rgb) else rgb.max(axis=-1)
+
+
+GRAY_RGB_TOLERANCE = 0.01
+"""RGB planes whose channels differ by at most this fraction of their range, on average, count as gray."""
+
+
+def is_gray_rgb(rgb: np.ndarray) -> bool:
+    """Whether an RGB image ``(Y, X, 3)`` is a gray picture: its channels differ by under 1% of its range on average."""
+    low, high = float(rgb.min()), float(rgb.max())
+    if high <= low:
+        return True
+    work = rgb.astype(np.float32, copy=False)
+    spread = np.abs(work[..., 0] - work[..., 1]).mean() + np.abs(work[..., 1] - work[..., 2]).mean()
+    return bool(spread <= GRAY_RGB_TOLERANCE * (high - low))
 
 
 def _scale(channels: list[np.ndarray], stats: IntensityStats) -> np.ndarray:

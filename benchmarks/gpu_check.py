@@ -1,0 +1,105 @@
+"""GPU check: the bundled model's inference speed on CUDA and a 10 s fine-tune, as one JSON object.
+
+Runs on a GPU machine with torch, numpy, scipy, scikit-image, tifffile and
+safetensors (no napari needed).  Rows:
+
+- ``inference``: network (``predict_probabilities``) and end-to-end
+  (``predict``) megapixels/s on synthetic images of the given sizes;
+- ``network_only``: ``predict_probabilities`` alone on larger sizes (their
+  end-to-end time is CPU post-processing);
+- ``fine_tune``: steps done in 10 s on CUDA and whether the weights changed.
+
+Usage: python benchmarks/gpu_check.py [--sizes 4096] [--network-sizes 16384] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_inference import bench_size, matmul_gflops
+
+from napari_unet.core.config import InferenceConfig, TrainingConfig
+from napari_unet.core.inference import predict_probabilities
+from napari_unet.core.model import flops_per_pixel
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.store import load_model
+from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.training import iter_train
+
+
+def network_only(bundle, size: int) -> dict:
+    """Seconds and megapixels/s of ``predict_probabilities`` on a random ``size``² plane (best of 2 after a warm-up)."""
+    plane = np.random.default_rng(0).random((bundle.config.in_channels, size, size), dtype=np.float32)
+    config = InferenceConfig(device="cuda")
+    times = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        predict_probabilities(bundle, plane, config)
+        times.append(time.perf_counter() - start)
+    best = min(times[1:])
+    return {"size": size, "network_s": best, "network_mpx_per_s": size * size / 1e6 / best}
+
+
+def fine_tune(bundle, seconds: float) -> dict:
+    """A ``seconds`` fine-tune on CUDA from ``bundle`` on one synthetic image."""
+    image, labels = synthetic_nuclei(shape=(512, 512), n_nuclei=60, seed=3)
+    cfg = TrainingConfig(max_seconds=seconds, device="cuda", val_fraction=0.0, batch_size=8, patch_size=256)
+    before = {k: v.detach().clone() for k, v in bundle.network.state_dict().items()}
+    result = run_to_end(iter_train(bundle, [image], [labels], cfg))
+    after = result.bundle.network.state_dict()
+    changed = max(
+        float((after[k].float().cpu() - before[k].float().cpu()).abs().max())
+        for k in before
+        if before[k].is_floating_point()
+    )
+    steps = [r for r in result.history if "loss" in r]
+    return {"seconds": seconds, "steps": len(steps), "max_weight_change": changed, "last_loss": steps[-1]["loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--sizes", default="4096")
+    parser.add_argument("--network-sizes", default="16384")
+    parser.add_argument("--fine-tune-seconds", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device")
+    bundle = load_model(args.model)
+    report: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "model": bundle.name,
+        "flops_per_pixel": flops_per_pixel(bundle.config),
+        "matmul_gflops_fp32": matmul_gflops(torch.device("cuda"), n=4096),
+    }
+    sections = {
+        "inference": lambda: [bench_size(bundle, int(s), "cuda", 2) for s in args.sizes.split(",") if s],
+        "network_only": lambda: [network_only(bundle, int(s)) for s in args.network_sizes.split(",") if s],
+        "fine_tune": lambda: fine_tune(bundle, args.fine_tune_seconds),
+    }
+    for name, run in sections.items():
+        try:
+            report[name] = run()
+        except Exception as exc:  # a check reports every failure and goes on
+            report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps({name: report[name]}), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

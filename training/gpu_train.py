@@ -1,0 +1,424 @@
+"""Train one default-model candidate from the data pack, with every augmentation on the GPU.
+
+Made for a GPU machine that has torch, numpy, scipy, scikit-image and
+Pillow but no ``../shared``: it reads ``data_pack/nuclei_v2.npz``
+(:mod:`data_pack`) and napari-unet's own network (:mod:`napari_unet.core.model`),
+trains for a wall-clock budget with bf16 autocast and channels-last, and writes
+the exponential moving average of the weights as ``<out>/<name>.safetensors``
+(the model config in its metadata) and a JSON log ``<logs>/<name>.json``.
+It runs on the CPU too (for a smoke test): no autocast there.
+
+Per training sample, on the device: an image is drawn (groups weighted, see
+``GROUP_WEIGHTS``; images within a group by the square root of their area),
+a random rotation, flip and zoom (log-uniform in ``ZOOM``) are applied in one
+``grid_sample`` (labels by nearest neighbour), the 3-class target
+(background / interior / boundary, as :func:`napari_unet.core.targets.labels_to_classes`)
+is rebuilt from the resampled labels, and contrast, brightness, gamma, blur,
+noise and (colour images) channel jitter are applied.  Grey fluorescence images
+are sometimes put in one colour channel of an otherwise black RGB image, as
+RGB fluorescence files are.  Pixels outside the source image weigh 0.
+
+Usage::
+
+    python training/gpu_train.py --name rgb_b16 --in-channels 3 --base-channels 16 --seconds 390 --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from torch.nn import functional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_pack import PackedImage, load_pack
+from napari_unet.core.config import ModelConfig
+from napari_unet.core.losses import class_weights_from_targets, segmentation_loss
+from napari_unet.core.model import UNet, count_parameters
+
+GROUP_WEIGHTS = {"fluorescence": 0.35, "brightfield": 0.12, "colour": 0.25, "tissue": 0.28}
+ZOOM = (0.7, 1.45)
+FOREGROUND_CENTRED = 0.5
+PSEUDO_COLOUR = 0.1
+
+
+@dataclass
+class DeviceImage:
+    """One training image on the device.
+
+    Attributes
+    ----------
+    smooth : tensor (C + 2, Y, X) float32
+        Normalised image channels, normalised distance to the object edge, ones (validity).
+    labels : tensor (1, Y, X) float32
+        Instance labels.
+    foreground : array (K, 2) int
+        Sampled ``(y, x)`` foreground pixels for foreground-centred crops.
+    colour, fluorescence : bool
+        Whether the image is RGB; whether it is grey fluorescence.
+
+    """
+
+    smooth: torch.Tensor
+    labels: torch.Tensor
+    foreground: np.ndarray
+    colour: bool
+    fluorescence: bool
+
+
+def edge_distance(labels: np.ndarray) -> np.ndarray:
+    """Distance to the object's edge divided by the object's largest distance, ``(Y, X)`` float32 in [0, 1]."""
+    out = np.zeros(labels.shape, dtype=np.float32)
+    for index, window in enumerate(ndi.find_objects(labels), start=1):
+        if window is None:
+            continue
+        window = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in window)
+        mask = labels[window] == index
+        distance = ndi.distance_transform_edt(mask)
+        out[window][mask] = distance[mask] / max(float(distance.max()), 1.0)
+    return out
+
+
+def to_device(item: PackedImage, in_channels: int, device: torch.device, rng: np.random.Generator) -> DeviceImage:
+    """Move one packed image (normalised, with its distance map) to ``device``."""
+    image = item.normalized()[:in_channels]
+    if in_channels == 1 and item.image.shape[-1] == 3:
+        raise ValueError(f"{item.key} is colour; a 1-channel model trains on grey groups only")
+    distance = edge_distance(item.labels)
+    smooth = np.concatenate([image, distance[None], np.ones_like(distance)[None]]).astype(np.float32)
+    ys, xs = np.nonzero(item.labels)
+    pick = rng.choice(len(ys), size=min(len(ys), 4096), replace=False) if len(ys) else np.zeros(0, dtype=int)
+    return DeviceImage(
+        smooth=torch.from_numpy(smooth).to(device),
+        labels=torch.from_numpy(item.labels.astype(np.float32)[None]).to(device),
+        foreground=np.stack([ys[pick], xs[pick]], axis=1),
+        colour=item.image.shape[-1] == 3,
+        fluorescence=item.group == "fluorescence",
+    )
+
+
+class Sampler:
+    """Draws augmented training batches from images on the device."""
+
+    def __init__(self, images: list[DeviceImage], groups: list[str], patch: int, seed: int) -> None:
+        self.images, self.patch = images, patch
+        self.rng = np.random.default_rng(seed)
+        weights = np.array([GROUP_WEIGHTS[g] / sum(1 for h in groups if h == g) for g in groups], dtype=np.float64)
+        area = np.array([math.sqrt(i.labels.shape[-1] * i.labels.shape[-2]) for i in images])
+        share = {g: area[[k for k, h in enumerate(groups) if h == g]].mean() for g in set(groups)}
+        weights *= area / np.array([share[g] for g in groups])
+        self.probabilities = weights / weights.sum()
+        device = images[0].labels.device
+        offsets = torch.arange(patch, device=device, dtype=torch.float32) - patch / 2 + 0.5
+        self.offsets = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (P, P, 2) as (u_y, u_x)
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``image (N, C, P, P)``, ``classes (N, P, P)`` int64, ``distance (N, P, P)``, ``weight (N, P, P)``.
+
+        The random draws happen on the host and reach the device in one
+        non-blocking copy, so drawing a batch never waits for the GPU.
+        """
+        picks = self.rng.choice(len(self.images), size=size, p=self.probabilities)
+        params = np.stack([self._transform(self.images[index]) for index in picks])  # (N, 8)
+        params = _to_device(params, self.offsets.device)
+        grids = self._grids(params)
+        smooth, labels = [], []
+        for number, index in enumerate(picks):
+            item, grid = self.images[index], grids[number : number + 1]
+            smooth.append(functional.grid_sample(item.smooth[None], grid, align_corners=False))
+            labels.append(functional.grid_sample(item.labels[None], grid, mode="nearest", align_corners=False))
+        smooth_t, labels_t = torch.cat(smooth), torch.cat(labels)[:, 0]
+        image, distance, valid = smooth_t[:, :-2], smooth_t[:, -2], smooth_t[:, -1]
+        image = self._intensity(image, params[:, 8:10].bool())
+        return image, classes_from_labels(labels_t), distance.clamp(0, 1), (valid > 0.999).float()
+
+    def _transform(self, item: DeviceImage) -> np.ndarray:
+        """Host-side draw for one sample: 2x2 matrix, centre (y, x), image size (y, x), colour, fluorescence."""
+        height, width = item.labels.shape[-2:]
+        if len(item.foreground) and self.rng.random() < FOREGROUND_CENTRED:
+            centre_y, centre_x = item.foreground[self.rng.integers(len(item.foreground))]
+        else:
+            centre_y, centre_x = self.rng.uniform(0, height), self.rng.uniform(0, width)
+        zoom = math.exp(self.rng.uniform(math.log(ZOOM[0]), math.log(ZOOM[1])))
+        angle = self.rng.uniform(0, 2 * math.pi)
+        flip = -1.0 if self.rng.random() < 0.5 else 1.0
+        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+        return np.array(
+            [cos, -sin * flip, sin, cos * flip, centre_y, centre_x, height, width, item.colour, item.fluorescence],
+            dtype=np.float32,
+        )
+
+    def _grids(self, params: torch.Tensor) -> torch.Tensor:
+        """``grid_sample`` grids ``(N, P, P, 2)`` (x, y in [-1, 1]) from the drawn transforms ``(N, 10)``."""
+        matrix = params[:, :4].view(-1, 1, 1, 2, 2)
+        source = (matrix @ self.offsets[None, ..., None])[..., 0] + params[:, None, None, 4:6]
+        size = params[:, None, None, 6:8]
+        normalised = (2 * source + 1) / size - 1  # (N, P, P, 2) as (y, x)
+        return normalised.flip(-1)
+
+    def _intensity(self, image: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+        """Intensity augmentations of ``image (N, C, P, P)``; ``flags (N, 2)``: colour, grey fluorescence."""
+        n, channels = image.shape[:2]
+        device = image.device
+        rand = lambda *shape: torch.rand(*shape, device=device)  # noqa: E731
+        contrast = torch.exp((rand(n, 1, 1, 1) * 2 - 1) * math.log(1.35))
+        image = image * contrast + (rand(n, 1, 1, 1) - 0.5) * 0.2
+        colour = flags[:, 0].view(n, 1, 1, 1)
+        if channels == 3:
+            jitter = 1 + (rand(n, 3, 1, 1) - 0.5) * 0.2
+            image = torch.where(colour, image * jitter + (rand(n, 3, 1, 1) - 0.5) * 0.1, image)
+        gamma = torch.exp((rand(n, 1, 1, 1) * 2 - 1) * math.log(1.5))
+        use_gamma = rand(n, 1, 1, 1) < 0.3
+        image = torch.where(use_gamma, image.clamp(min=0) ** gamma, image)
+        image = torch.where(rand(n, 1, 1, 1) < 0.2, gaussian_blur(image, float(self.rng.uniform(0.6, 1.6))), image)
+        noise = torch.randn_like(image) * rand(n, 1, 1, 1) * 0.06
+        image = torch.where(rand(n, 1, 1, 1) < 0.3, image + noise, image)
+        if channels == 3:
+            fluorescence = flags[:, 1].view(n, 1, 1, 1)
+            keep = functional.one_hot(torch.randint(0, 3, (n,), device=device), 3).view(n, 3, 1, 1).bool()
+            pseudo = fluorescence & (rand(n, 1, 1, 1) < PSEUDO_COLOUR)
+            image = torch.where(pseudo & ~keep, torch.zeros_like(image), image)
+        return image
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy a host array to ``device`` without blocking (through pinned memory on CUDA)."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur every channel of ``image (N, C, Y, X)`` with a Gaussian of ``sigma`` pixels."""
+    radius = max(1, round(3 * sigma))
+    x = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = image.shape[1]
+    out = functional.conv2d(
+        functional.pad(image, (radius, radius, 0, 0), mode="reflect"),
+        kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
+    return functional.conv2d(
+        functional.pad(out, (0, 0, radius, radius), mode="reflect"),
+        kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
+
+
+def classes_from_labels(labels: torch.Tensor) -> torch.Tensor:
+    """3-class target ``(N, Y, X)`` int64 from instance labels ``(N, Y, X)``: inner rim (4-neighbours) is boundary."""
+    padded = functional.pad(labels[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    centre = padded[:, 1:-1, 1:-1]
+    differs = (
+        (padded[:, :-2, 1:-1] != centre)
+        | (padded[:, 2:, 1:-1] != centre)
+        | (padded[:, 1:-1, :-2] != centre)
+        | (padded[:, 1:-1, 2:] != centre)
+    )
+    foreground = labels > 0
+    return foreground.long() + (foreground & differs).long()
+
+
+def training_loss(
+    logits: torch.Tensor,
+    classes: torch.Tensor,
+    distance: torch.Tensor,
+    weight: torch.Tensor,
+    class_weights: torch.Tensor,
+) -> torch.Tensor:
+    """CE + Dice on the 3 class channels; plus BCE on the distance channel when the network has a fourth."""
+    loss = segmentation_loss(logits[:, :3], classes, weight, class_weights=class_weights)
+    if logits.shape[1] == 4:
+        per_pixel = functional.binary_cross_entropy_with_logits(logits[:, 3].float(), distance, reduction="none")
+        loss = loss + (per_pixel * weight).sum() / weight.sum().clamp(min=1.0)
+    return loss
+
+
+class Ema:
+    """Exponential moving average of a network's parameters and float buffers."""
+
+    def __init__(self, network: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        self.float_keys = [k for k, v in self.state.items() if v.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, network: torch.nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        live = network.state_dict()
+        torch._foreach_lerp_([self.state[k] for k in self.float_keys], [live[k] for k in self.float_keys], 1 - decay)
+        for key in self.state:
+            if key not in self.float_keys:
+                self.state[key].copy_(live[key])
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], half: bool) -> None:
+    """Write ``state`` as safetensors (float16 when ``half``) through a temporary file."""
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
+    temporary = path.with_name(path.name + ".partial")
+    save_file(tensors, str(temporary), metadata=metadata)
+    temporary.replace(path)
+
+
+def val_loss(network: torch.nn.Module, batches: list, class_weights: torch.Tensor, amp: bool) -> float:
+    """Mean training loss of ``network`` (eval mode) on fixed validation batches."""
+    network.eval()
+    total = 0.0
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        for image, classes, distance, weight in batches:
+            total += float(training_loss(network(image), classes, distance, weight, class_weights))
+    network.train()
+    return total / len(batches)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--pack", type=Path, default=Path("data_pack/nuclei_v2.npz"))
+    parser.add_argument("--in-channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--distance", action="store_true", help="add a distance-to-edge output (4th channel)")
+    parser.add_argument("--groups", default=",".join(GROUP_WEIGHTS), help="image groups to train on")
+    parser.add_argument("--seconds", type=float, default=390.0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--patch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--init", type=Path, default=None, help="start from these weights (a .safetensors file)")
+    parser.add_argument(
+        "--snapshot-at", type=float, default=0.0, help="also save the EMA weights as <name>_mid at this budget fraction"
+    )
+    parser.add_argument("--warmup", type=int, default=300, help="steps of linear learning-rate warm-up")
+    parser.add_argument("--limit", type=int, default=0, help="use at most this many images (smoke tests)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--logs", type=Path, default=None, help="folder for the JSON log (default: --out)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    amp = device.type == "cuda"
+    torch.backends.cudnn.benchmark = True
+    groups = args.groups.split(",")
+    rng = np.random.default_rng(args.seed)
+    packed = [p for p in load_pack(args.pack, ("train", "val")) if p.group in groups]
+    if args.limit:
+        packed = packed[: args.limit]
+    train = [p for p in packed if p.split == "train"]
+    val = [p for p in packed if p.split == "val"] or train[:2]
+    sampler = Sampler(
+        [to_device(p, args.in_channels, device, rng) for p in train], [p.group for p in train], args.patch, args.seed
+    )
+    val_sampler = Sampler(
+        [to_device(p, args.in_channels, device, rng) for p in val], [p.group for p in val], args.patch, 1
+    )
+    val_batches = [val_sampler.batch(args.batch) for _ in range(4)]
+    warm = [sampler.batch(args.batch) for _ in range(8)]
+    class_weights = torch.as_tensor(
+        class_weights_from_targets([b[1].cpu().numpy() for b in warm], [b[3].cpu().numpy() for b in warm]),
+        device=device,
+    )
+    config = ModelConfig(
+        in_channels=args.in_channels, out_channels=4 if args.distance else 3, base_channels=args.base_channels
+    )
+    network = UNet(config)
+    if args.init is not None:
+        from safetensors.torch import load_file
+
+        network.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(args.init)).items()}
+        )
+    network = network.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4, fused=device.type == "cuda")
+    ema = Ema(network, decay=0.999)
+    log = {
+        "name": args.name,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "model_config": config.to_dict(),
+        "head": "bg_interior_boundary_distance" if args.distance else "bg_interior_boundary",
+        "parameters": count_parameters(network),
+        "train_images": len(train),
+        "val_images": len(val),
+        "class_weights": class_weights.tolist(),
+        "device": torch.cuda.get_device_name() if amp else "cpu",
+        "setup_s": time.perf_counter() - started,
+        "records": [],
+    }
+    train_start, step, last_log, samples = time.perf_counter(), 0, 0.0, 0
+    warmup = max(1, args.warmup)
+    losses: list[float] = []
+    metadata = {"model_config": json.dumps(config.to_dict()), "head": log["head"], "name": args.name}
+    half = args.base_channels > 16
+    snapshot_pending = args.snapshot_at > 0
+    while (elapsed := time.perf_counter() - train_start) < args.seconds:
+        fraction = elapsed / args.seconds
+        if snapshot_pending and fraction >= args.snapshot_at:
+            snapshot_pending = False
+            args.out.mkdir(parents=True, exist_ok=True)
+            save_weights(ema.state, args.out / f"{args.name}_mid.safetensors", {**metadata, "steps": str(step)}, half)
+            log["snapshot_step"] = step
+        lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * fraction))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        image, classes, distance, weight = sampler.batch(args.batch)
+        image = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = network(image)
+        loss = training_loss(logits, classes, distance, weight, class_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update(network, step)
+        step += 1
+        samples += args.batch
+        if step % 10 == 1:
+            losses.append(float(loss.detach()))  # synchronises: only every 10th step
+        if elapsed - last_log > 30 or step == 1:
+            last_log = elapsed
+            record = {
+                "step": step,
+                "elapsed_s": round(elapsed, 1),
+                "lr": lr,
+                "samples_per_s": samples / max(elapsed, 1e-6),
+                "train_loss": float(np.mean(losses[-20:])),
+            }
+            log["records"].append(record)
+            print(json.dumps({"name": args.name, **record}), flush=True)
+    ema_network = UNet(config).to(device).to(memory_format=torch.channels_last)
+    ema_network.load_state_dict(ema.state)
+    log.update(
+        steps=step,
+        samples=samples,
+        train_s=time.perf_counter() - train_start,
+        val_loss_live=val_loss(network, val_batches, class_weights, amp),
+        val_loss_ema=val_loss(ema_network, val_batches, class_weights, amp),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_weights(ema.state, args.out / f"{args.name}.safetensors", {**metadata, "steps": str(step)}, half)
+    logs = args.logs or args.out
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{args.name}.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps({k: v for k, v in log.items() if k != "records"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
