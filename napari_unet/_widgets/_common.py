@@ -6,10 +6,12 @@ Qt widgets and the engine in :mod:`napari_unet.core`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -211,20 +213,78 @@ def image_axes_hint(layer: Image) -> str | None:
     return "YXC" if layer.rgb else None
 
 
-def set_layer_data(viewer: Any, name: str, data: np.ndarray, kind: str, like: Layer | None = None, **kwargs: Any):
+def set_layer_data(viewer: Any, name: str, data: Any, kind: str, like: Layer | None = None, **kwargs: Any):
     """Update layer ``name`` in place, or add it (``kind`` ``"labels"`` or ``"image"``) aligned with ``like``.
+
+    A Labels layer that holds edits (:func:`holds_edits`) is never overwritten:
+    the data goes to a new layer (``name [2]``, ...) and a notice says so.
+    Labels this function writes are remembered (:func:`mark_written`), so a
+    later call replaces them as long as nobody edited them.
 
     Returns the layer.
     """
-    if name in viewer.layers and _kind_of(viewer.layers[name]) == kind:
-        layer = viewer.layers[name]
-        layer.data = data
-        return layer
+    existing = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401 (LayerList.get differs)
+    if existing is not None and _kind_of(existing) == kind:
+        if kind != "labels" or not holds_edits(existing):
+            existing.data = data
+            if kind == "labels":
+                mark_written(existing)
+            return existing
+        info(f"'{name}' holds edits, so it was kept; the new labels are in '{unique_name(viewer, name)}'.")
     if like is not None:
         kwargs.setdefault("scale", tuple(like.scale)[-data.ndim :])
         kwargs.setdefault("translate", tuple(like.translate)[-data.ndim :])
     adder = viewer.add_labels if kind == "labels" else viewer.add_image
-    return adder(data, name=unique_name(viewer, name), **kwargs)
+    layer = adder(data, name=unique_name(viewer, name), **kwargs)
+    if kind == "labels":
+        mark_written(layer)
+    return layer
+
+
+WRITTEN_KEY = "written_digest"
+"""``layer_meta`` key: digest of the labels napari-unet last wrote into the layer (``"lazy"`` for on-disk labels)."""
+EDITED_KEY = "edited"
+"""``layer_meta`` key: True once the layer was painted, filled or changed by a Correct helper."""
+
+
+def labels_digest(data: Any) -> str:
+    """Return a digest of in-memory labels (shape, dtype and bytes); ``"lazy"`` for arrays that are not NumPy."""
+    if not isinstance(data, np.ndarray):
+        return "lazy"
+    digest = hashlib.blake2b(np.ascontiguousarray(data).view(np.uint8).ravel(), digest_size=16)
+    return f"{data.shape}:{data.dtype}:{digest.hexdigest()}"
+
+
+def mark_written(layer: Labels) -> None:
+    """Remember that napari-unet wrote ``layer``'s current data, and watch it for edits from now on."""
+    meta = layer_meta(layer)
+    meta[WRITTEN_KEY] = labels_digest(layer.data)
+    meta[EDITED_KEY] = False
+    if layer not in _WATCHED:
+        _WATCHED.add(layer)
+        layer.events.paint.connect(_mark_edited)
+
+
+_WATCHED: weakref.WeakSet[Labels] = weakref.WeakSet()
+"""Labels layers whose paint events mark them edited."""
+
+
+def _mark_edited(event: Any) -> None:
+    layer_meta(event.source)[EDITED_KEY] = True
+
+
+def holds_edits(layer: Labels) -> bool:
+    """Whether ``layer`` holds labels napari-unet did not write: painted, corrected, or made by someone else.
+
+    In-memory labels are compared with the digest of what napari-unet last
+    wrote; on-disk (lazy) labels count as edited once a paint, fill or
+    Correct helper touched them.
+    """
+    meta = layer.metadata.get(META_KEY, {})
+    written = meta.get(WRITTEN_KEY)
+    if written is None or meta.get(EDITED_KEY, False):
+        return True
+    return written != "lazy" and written != labels_digest(layer.data)
 
 
 def _kind_of(layer: Layer) -> str:

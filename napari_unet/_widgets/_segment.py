@@ -42,13 +42,16 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._common import (
+    EDITED_KEY,
     META_KEY,
+    WRITTEN_KEY,
     JobPanel,
     LayerCombo,
     ModelCombo,
     cache_dir,
     check_image_layer,
     get_layer,
+    holds_edits,
     image_axes_hint,
     info,
     layer_meta,
@@ -515,10 +518,10 @@ class SegmentWidget(QWidget):
 
     def _write_large_labels(self, image_layer: Image, labels: Any, meta: dict[str, Any]) -> Labels:
         """Show lazily opened labels: update the same-named layer of the same shape, else add a new layer."""
-        name = labels_layer_name(image_layer.name)
+        name = self._labels_target(image_layer)
         existing = get_layer(self.viewer, name)
         same_shape = isinstance(existing, Labels) and tuple(existing.data.shape) == tuple(labels.shape)
-        if self.new_layer.isChecked() or (existing is not None and not same_shape):
+        if existing is not None and not same_shape:
             name = unique_name(self.viewer, name)
         replaced = get_layer(self.viewer, name)
         old_store = replaced.metadata.get(META_KEY, {}).get("store") if replaced is not None else None
@@ -555,10 +558,28 @@ class SegmentWidget(QWidget):
             "the space."
         )
 
-    def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
-        name = labels_layer_name(image_layer.name)
+    def _labels_target(self, image_layer: Image) -> str:
+        """Name of the Labels layer a segmentation of ``image_layer`` goes to.
+
+        ``<image> labels``, unless it holds edits (:func:`holds_edits`): then
+        the newest unedited ``<image> labels [N]`` napari-unet wrote for this
+        image, or a new layer (:func:`set_layer_data` adds it and says so).
+        """
+        base = labels_layer_name(image_layer.name)
         if self.new_layer.isChecked():
-            name = unique_name(self.viewer, name)
+            return unique_name(self.viewer, base)
+        existing = get_layer(self.viewer, base)
+        if not isinstance(existing, Labels) or not holds_edits(existing):
+            return base
+        for layer in reversed(list(self.viewer.layers)):
+            same_image = layer_meta(layer).get("image") == image_layer.name if isinstance(layer, Labels) else False
+            if same_image and layer.name.startswith(f"{base} [") and not holds_edits(layer):
+                info(f"'{base}' holds edits, so it was kept; the new labels are in '{layer.name}'.")
+                return layer.name
+        return base
+
+    def _write_labels(self, image_layer: Image, labels: np.ndarray, meta: dict[str, Any]) -> Labels:
+        name = self._labels_target(image_layer)
         layer = set_layer_data(self.viewer, name, labels, "labels", like=image_layer)
         layer_meta(layer).update(meta, prediction=labels.copy())
         self.last_labels_layer = layer
@@ -598,7 +619,12 @@ class SegmentWidget(QWidget):
         except Exception as exc:
             notify_exception(exc, "Post-processing")
             return None
-        layer.data = labels
+        edited = holds_edits(layer)
+        meta = dict(layer_meta(layer)) if edited else layer_meta(layer)
+        layer = set_layer_data(self.viewer, layer.name, labels, "labels", like=layer)
+        if edited:  # a new layer: same provenance, this post-processing
+            layer_meta(layer).update({k: v for k, v in meta.items() if k not in (WRITTEN_KEY, EDITED_KEY)})
+            self._cache["layer"] = layer
         meta = layer_meta(layer)
         meta["prediction"] = labels.copy()
         meta.setdefault("settings", {})["postprocess"] = config.to_dict()

@@ -79,6 +79,7 @@ HEADS = ("bg_interior_boundary", "bg_interior_boundary_distance")
 """Output heads: 3 class logits; or those plus a 4th channel, the distance to the object's edge (see model.py)."""
 HEAD_CHANNELS = {"bg_interior_boundary": 3, "bg_interior_boundary_distance": 4}
 INVERT_POLICIES = ("auto", "auto_gray", "never", "always")
+BRANCHES = ("single", "gray_colour")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BLEND_MODES = ("gaussian", "constant")
 MIN_SCALE, MAX_SCALE = 0.1, 8.0
@@ -109,6 +110,13 @@ class ModelConfig(JsonConfig):
         Dropout probability in the bottleneck.
     head : str
         Meaning of the output channels (see :mod:`napari_unet.core.model`).
+    branches : str
+        ``single``: one UNet.  ``gray_colour``: two UNets of this shape in one
+        model (``in_channels`` must be 3), a 1-channel one for grey inputs and
+        a 3-channel one for colour inputs; each input tile goes to the grey
+        branch when its three channels are equal (a grey image, repeated)
+        and to the colour branch otherwise (see
+        :class:`napari_unet.core.model.GrayColourUNet`).
 
     """
 
@@ -120,6 +128,7 @@ class ModelConfig(JsonConfig):
     norm: str = "batch"
     dropout: float = 0.0
     head: str = "bg_interior_boundary"
+    branches: str = "single"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -132,10 +141,12 @@ class ModelConfig(JsonConfig):
         _check_range(name, "dropout", self.dropout, 0.0, 0.9)
         _check_choice(name, "norm", self.norm, NORMS)
         _check_choice(name, "head", self.head, HEADS)
+        _check_choice(name, "branches", self.branches, BRANCHES)
+        if self.branches == "gray_colour" and self.in_channels != 3:
+            raise ConfigError(f"{name}: branches 'gray_colour' reads 3 channels; got in_channels={self.in_channels}")
         if self.out_channels != HEAD_CHANNELS[self.head]:
-            raise ConfigError(
-                f"{name}.out_channels must be {HEAD_CHANNELS[self.head]} for head {self.head!r}, got {self.out_channels}"
-            )
+            expected = HEAD_CHANNELS[self.head]
+            raise ConfigError(f"{name}.out_channels must be {expected} for head {self.head!r}, got {self.out_channels}")
 
     @property
     def size_multiple(self) -> int:

@@ -24,6 +24,8 @@ The network accepts inputs whose spatial sizes are multiples of
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -119,8 +121,59 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def build_model(config: ModelConfig) -> UNet:
-    """Return a freshly initialised :class:`UNet` for ``config``."""
+class GrayColourUNet(nn.Module):
+    """Two UNets in one model: a 1-channel one for grey inputs and a 3-channel one for colour inputs.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        ``branches="gray_colour"``, ``in_channels=3``; both branches share its
+        depth, width, norm and head.
+
+    Notes
+    -----
+    ``forward`` maps ``(N, 3, *S)`` to logits ``(N, out_channels, *S)``.  An
+    input whose three channels are equal everywhere (a grey image, repeated
+    by :func:`napari_unet.core.normalize.normalize_plane`) goes to ``gray``
+    as its first channel; any other input to ``colour``.  Grey and colour
+    images are different problems (bright fluorescent or inverted
+    brightfield nuclei versus stained ones): two small networks, each
+    trained on its own kind, segment both better than one network of either
+    width trained on both (``benchmarks/results/default_model_v2.json``),
+    at the cost of one small network per tile.  A colour tile whose pixels
+    all have equal R, G and B (a saturated white area) goes to the grey branch.
+
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.gray = UNet(replace(config, in_channels=1, branches="single"))
+        self.colour = UNet(replace(config, branches="single"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(N, out_channels, *S)`` for input ``(N, 3, *S)``."""
+        gray = is_gray_input(x)
+        if bool(gray.all()):
+            return self.gray(x[:, :1])
+        if not bool(gray.any()):
+            return self.colour(x)
+        gray_logits, colour_logits = self.gray(x[gray, :1]), self.colour(x[~gray])
+        out = gray_logits.new_empty((x.shape[0], *gray_logits.shape[1:]))
+        out[gray], out[~gray] = gray_logits, colour_logits
+        return out
+
+
+def is_gray_input(x: torch.Tensor) -> torch.Tensor:
+    """Per sample of ``x (N, 3, *S)``: whether its three channels are equal everywhere; ``(N,)`` bool."""
+    flat = x.flatten(2)
+    return ((flat[:, 0] == flat[:, 1]) & (flat[:, 1] == flat[:, 2])).all(dim=1)
+
+
+def build_model(config: ModelConfig) -> UNet | GrayColourUNet:
+    """Return a freshly initialised network for ``config`` (:class:`GrayColourUNet` for ``branches="gray_colour"``)."""
+    if config.branches == "gray_colour":
+        return GrayColourUNet(config)
     return UNet(config)
 
 
@@ -133,7 +186,8 @@ def flops_per_pixel(config: ModelConfig) -> float:
     """Approximate multiply-accumulate x2 (FLOPs) per input pixel of a forward pass.
 
     Counts convolutions and transposed convolutions only (norms and
-    activations are negligible).  For 2D models.
+    activations are negligible).  For 2D models; a ``gray_colour`` model
+    runs one branch per pixel (its colour branch is counted).
     """
     widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
     flops = 0.0

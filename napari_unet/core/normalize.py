@@ -30,7 +30,7 @@ statistics once (e.g. on a regular subsample of the whole image) and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -262,12 +262,18 @@ class IntensityStats:
         Intensities mapped to 0 and 1 (``high <= low``: no range, everything maps to 0).
     invert : bool
         Whether bright maps to 0 and dark to 1 (bright-background images).
+    gray_rgb : bool
+        Whether the image is an RGB picture of a grey image (see
+        :func:`is_gray_rgb`): a 3-channel model then reads its luminance
+        three times, exactly as a grey image, and a 1-channel model its
+        luminance as always.
 
     """
 
     low: float
     high: float
     invert: bool
+    gray_rgb: bool = False
 
 
 def intensity_stats(image: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> IntensityStats:
@@ -295,7 +301,9 @@ def intensity_stats(image: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
 
     """
     plane = _with_channel_axis(image)
-    return _channel_stats(_match_channels(plane, in_channels), cfg, _brightness(plane))
+    gray_rgb = _is_gray_rgb_plane(plane)
+    stats = _channel_stats(_match_channels(plane, in_channels, gray_rgb), cfg, _brightness(plane, gray_rgb))
+    return replace(stats, gray_rgb=gray_rgb)
 
 
 def apply_stats(image: np.ndarray, stats: IntensityStats, in_channels: int) -> np.ndarray:
@@ -321,7 +329,7 @@ def apply_stats(image: np.ndarray, stats: IntensityStats, in_channels: int) -> n
         If the channel count cannot be mapped onto ``in_channels``.
 
     """
-    return _scale(_match_channels(_with_channel_axis(image), in_channels), stats)
+    return _scale(_match_channels(_with_channel_axis(image), in_channels, stats.gray_rgb), stats)
 
 
 def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> np.ndarray:
@@ -365,19 +373,25 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
 
     """
     plane = _with_channel_axis(plane)
-    channels = _match_channels(plane, in_channels)
-    return _scale(channels, _channel_stats(channels, cfg, _brightness(plane)))
+    gray_rgb = _is_gray_rgb_plane(plane)
+    channels = _match_channels(plane, in_channels, gray_rgb)
+    return _scale(channels, _channel_stats(channels, cfg, _brightness(plane, gray_rgb)))
 
 
 def _with_channel_axis(image: np.ndarray) -> np.ndarray:
     return image[..., np.newaxis] if image.ndim == 2 else image
 
 
-def _match_channels(plane: np.ndarray, in_channels: int) -> list[np.ndarray]:
-    """Return ``in_channels`` (Y, X) arrays (views where possible) from a (Y, X, C) plane."""
+def _match_channels(plane: np.ndarray, in_channels: int, gray_rgb: bool = False) -> list[np.ndarray]:
+    """Return ``in_channels`` (Y, X) arrays (views where possible) from a (Y, X, C) plane.
+
+    A grey picture saved as RGB (``gray_rgb``) gives its luminance, repeated.
+    """
     n = plane.shape[-1]
     if n == 4 and in_channels != 4:
         plane, n = plane[..., :3], 3
+    if n == 3 and gray_rgb:
+        return [_luminance(plane)] * in_channels
     if n == in_channels:
         return [plane[..., c] for c in range(n)]
     if n == 3 and in_channels == 1:
@@ -444,16 +458,16 @@ def _is_bright(dark: float, median: float, bright: float) -> bool:
     return bright > dark and (median - dark) / (bright - dark) > _INVERT_DECISION_FRACTION
 
 
-def _brightness(plane: np.ndarray) -> np.ndarray | None:
-    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for gray.
-
-    An RGB plane whose three channels are (nearly) equal is gray: a gray
-    picture saved as RGB.
-    """
-    if plane.shape[-1] < 3:
+def _brightness(plane: np.ndarray, gray_rgb: bool) -> np.ndarray | None:
+    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for gray ones."""
+    if plane.shape[-1] < 3 or gray_rgb:
         return None
-    rgb = _sample(plane)[..., :3]
-    return None if is_gray_rgb(rgb) else rgb.max(axis=-1)
+    return _sample(plane)[..., :3].max(axis=-1)
+
+
+def _is_gray_rgb_plane(plane: np.ndarray) -> bool:
+    """Whether a (Y, X, C) plane has 3 or 4 channels whose RGB is grey (see :func:`is_gray_rgb`)."""
+    return plane.shape[-1] in (3, 4) and is_gray_rgb(_sample(plane)[..., :3])
 
 
 GRAY_RGB_TOLERANCE = 0.01
@@ -498,7 +512,7 @@ def is_bright_background(plane: np.ndarray) -> bool:
 
     """
     plane = _with_channel_axis(plane)
-    brightness = _brightness(plane)
+    brightness = _brightness(plane, _is_gray_rgb_plane(plane))
     if brightness is None:
         brightness = _sample(plane).mean(axis=-1) if plane.shape[-1] > 1 else _sample(plane[..., 0])
     return _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES)))

@@ -284,3 +284,27 @@ def test_lazy_stacks_are_refused_with_a_notice(make_napari_viewer, qtbot, tiny_m
     assert "lazy stacks are not supported yet" in messages(notifications, "error")[-1]
     assert "stack labels" not in viewer.layers
     assert not (cache / "large").exists()
+
+
+def test_resegmenting_a_painted_large_layer_keeps_it_and_its_store(
+    make_napari_viewer, qtbot, pixel_model, small_chunks, cache, notifications
+):
+    image = disc_image()
+    viewer, widget = make_segment_widget(make_napari_viewer, "pixel")
+    viewer.add_image(da.from_array(image, chunks=64), name="lazy")
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    layer = viewer.layers["lazy labels"]
+    store = Path(layer.metadata["napari_unet"]["store"])
+    with layer.block_history():  # a brush stroke: written straight into the store
+        layer.data_setitem((np.array([3, 3]), np.array([4, 5])), 4242)
+
+    widget.run()
+    wait_until_idle(qtbot, widget)
+
+    assert viewer.layers["lazy labels"] is layer and store.is_dir(), "the edited layer and its store stay"
+    assert read_labels(store)[3, 4] == 4242
+    fresh = viewer.layers["lazy labels [2]"]
+    assert Path(fresh.metadata["napari_unet"]["store"]) != store
+    assert any("holds edits" in m for m in messages(notifications, "info"))
+    assert not messages(notifications, "error")
