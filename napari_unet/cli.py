@@ -521,11 +521,24 @@ def _is_folder_output(output: str) -> bool:
 def _check_train_output(args: argparse.Namespace) -> None:
     """Fail before training, not after, when the output folder cannot be written."""
     if _is_folder_output(args.output):
-        target = Path(args.output)
-        if target.exists() and not args.overwrite:
-            raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
-        if not target.parent.is_dir():
-            raise UserInputError(f"folder {target.parent} does not exist; create it or choose another --output")
+        _check_model_output(Path(args.output), args.overwrite)
+        if not Path(args.output).parent.is_dir():
+            raise UserInputError(
+                f"folder {Path(args.output).parent} does not exist; create it or choose another --output"
+            )
+
+
+def _check_model_output(target: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that exists without --overwrite or that is not a model folder."""
+    from napari_unet.core.io import not_ours_message
+    from napari_unet.core.store import is_model_folder
+
+    if not target.exists():
+        return
+    if not overwrite:
+        raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
+    if not target.is_dir() or not is_model_folder(target):
+        raise UserInputError(not_ours_message(target))
 
 
 def _save_trained(bundle: Any, args: argparse.Namespace) -> str:
@@ -552,8 +565,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     pairs = _image_label_pairs(args.images, args.labels or args.images)
     bundle = load_model(args.model)
     target = Path(args.output)
-    if target.exists() and not args.overwrite:
-        raise UserInputError(f"output {target} exists; pass --overwrite or choose another --output")
+    _check_model_output(target, args.overwrite)
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
     gen = iter_tune_postprocess(bundle, images, labels, inference=_inference_config(args, bundle))

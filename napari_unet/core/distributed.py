@@ -399,7 +399,7 @@ def predict_large(
         ``output_zarr_path``.
 
     """
-    from napari_unet.core.io import atomic_write_dir
+    from napari_unet.core.io import atomic_write_dir, is_own_zarr
 
     inference = inference or InferenceConfig()
     postprocess = postprocess or bundle.postprocess
@@ -414,7 +414,7 @@ def predict_large(
         normalizer = GlobalNormalizer.from_image(image, bundle.normalize, bundle.config.in_channels)
         yield Progress("predict", 1, total, f"Segmenting {len(plans)} chunk(s) of {chunk} px", _stats(normalizer))
         stitcher = Stitcher(image.shape[:2], chunk, halo)
-        with atomic_write_dir(output_zarr_path, overwrite=overwrite) as temp:
+        with atomic_write_dir(output_zarr_path, overwrite=overwrite, replaceable=is_own_zarr) as temp:
             labels = create_label_store(temp, image.shape[:2], chunk)
             if remote is None:
                 windows = _segment_here(image, plans, bundle, normalizer, inference, postprocess, cancel)
@@ -459,8 +459,11 @@ def create_label_store(path: PathLike, shape_yx: tuple[int, ...], chunk: int) ->
     """
     import zarr
 
+    from napari_unet.core.io import owner_attributes
+
     major = int(zarr.__version__.split(".")[0])
     root = zarr.open_group(str(path), mode="w", **({"zarr_format": 2} if major >= 3 else {}))
+    root.attrs.update(owner_attributes())
     group = root.require_group("labels").require_group(LABEL_NAME)
     root["labels"].attrs.update({"labels": [LABEL_NAME]})
     chunks = (min(chunk, int(shape_yx[0])), min(chunk, int(shape_yx[1])))

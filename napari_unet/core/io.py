@@ -40,7 +40,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
@@ -322,8 +322,14 @@ def list_images(folder: PathLike, pattern: str = "*") -> list[Path]:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _check_target(path: Path, overwrite: bool, want_dir: bool) -> Path:
-    """Validate the parent folder and an existing target; return the parent."""
+def _check_target(
+    path: Path, overwrite: bool, want_dir: bool, replaceable: Callable[[Path], bool] | None = None
+) -> Path:
+    """Validate the parent folder and an existing target; return the parent.
+
+    An existing folder is replaced only when ``replaceable(path)`` says
+    napari-unet wrote it (never when ``replaceable`` is None).
+    """
     parent = path.parent
     if not parent.exists():
         raise UserInputError(f"cannot write {path.name}: folder {parent} does not exist; create it first")
@@ -334,7 +340,51 @@ def _check_target(path: Path, overwrite: bool, want_dir: bool) -> Path:
             raise UserInputError(f"{path} exists; pass overwrite=True / --overwrite to replace it")
         if path.is_dir() and not want_dir:
             raise UserInputError(f"{path} is a folder; choose a file name")
+        if path.is_dir() and not path.is_symlink() and (replaceable is None or not replaceable(path)):
+            raise UserInputError(not_ours_message(path))
+        if want_dir and not path.is_dir():
+            raise UserInputError(f"{path} is a file; --overwrite replaces only a folder napari-unet wrote there")
     return parent
+
+
+def not_ours_message(path: Path) -> str:
+    """Why ``path`` (an existing file or folder napari-unet did not write) is not replaced."""
+    entries = sorted(entry.name for entry in path.iterdir())[:3] if path.is_dir() else []
+    listed = f" (it holds {', '.join(entries)}{', ...' if len(entries) == 3 else ''})" if entries else ""
+    return (
+        f"{path} is a {'folder' if path.is_dir() else 'file'} napari-unet did not write{listed}; --overwrite replaces "
+        "only napari-unet's own model folders and label stores. Choose another name, or move it away yourself."
+    )
+
+
+OWNER_ATTRIBUTE = "napari_unet"
+"""Root attribute of the zarr stores napari-unet writes; only such stores are replaced by ``overwrite``."""
+
+
+def is_own_zarr(path: PathLike) -> bool:
+    """Whether ``path`` is a zarr store napari-unet wrote (its root attributes hold :data:`OWNER_ATTRIBUTE`)."""
+    path = Path(path)
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            document = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        attributes = document.get(key, {}) if key else document
+        if isinstance(attributes, dict) and OWNER_ATTRIBUTE in attributes:
+            return True
+    return False
+
+
+def owner_attributes() -> dict[str, Any]:
+    """Root attributes marking a zarr store as written by napari-unet (see :func:`is_own_zarr`)."""
+    return {OWNER_ATTRIBUTE: {"written_by": "napari-unet", "version": _package_version()}}
+
+
+def _package_version() -> str:
+    try:
+        return _metadata.version("napari-unet")
+    except _metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _make_temp_dir(parent: Path, name: str) -> Path:
@@ -392,9 +442,11 @@ def apply_default_permissions(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _atomic(path: PathLike, overwrite: bool, want_dir: bool) -> Iterator[Path]:
+def _atomic(
+    path: PathLike, overwrite: bool, want_dir: bool, replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     target = Path(path)
-    parent = _check_target(target, overwrite, want_dir)
+    parent = _check_target(target, overwrite, want_dir, replaceable)
     scratch = _make_temp_dir(parent, target.name)
     temp = scratch / target.name
     try:
@@ -445,14 +497,19 @@ def atomic_write_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]
 
 
 @contextlib.contextmanager
-def atomic_write_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_write_dir(
+    path: PathLike, overwrite: bool = False, replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """Like :func:`atomic_write_path` for a folder (zarr store, model folder).
 
     Yields an existing, empty temporary folder with the target's name.  On
     success it is renamed to ``path``; with ``overwrite`` an existing target
-    is first moved aside and deleted only after the new folder is in place.
+    is first moved aside and deleted only after the new folder is in place,
+    and only when ``replaceable(path)`` recognises it as napari-unet's own
+    (a model folder, a store it wrote): any other folder is refused with a
+    :class:`UserInputError` and left untouched.
     """
-    with _atomic(path, overwrite, want_dir=True) as temp:
+    with _atomic(path, overwrite, want_dir=True, replaceable=replaceable) as temp:
         yield temp
 
 
@@ -802,8 +859,11 @@ def _zarr_root(path: Path) -> Any:
     import zarr
 
     if _zarr_major() >= 3:
-        return zarr.open_group(str(path), mode="w", zarr_format=2)
-    return zarr.open_group(str(path), mode="w")  # pragma: no cover - zarr 2
+        root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    else:  # pragma: no cover - zarr 2
+        root = zarr.open_group(str(path), mode="w")
+    root.attrs.update(owner_attributes())
+    return root
 
 
 def _zarr_write_array(group: Any, name: str, data: np.ndarray) -> None:
@@ -942,7 +1002,8 @@ def export_labels(
     axes = _check_axes(axes, labels.ndim)
     outputs = [target] + ([provenance_path(target)] if provenance is not None else [])
     for output in outputs:
-        _check_target(output, overwrite, want_dir=fmt == "zarr" and output == target)
+        is_store = fmt == "zarr" and output == target
+        _check_target(output, overwrite, want_dir=is_store, replaceable=is_own_zarr if is_store else None)
     _write_export(labels, target, fmt, overwrite, image, axes, label_name)
     if provenance is not None:
         record = dict(provenance)
@@ -970,7 +1031,7 @@ def _write_export(
         write_csv(measure_objects(labels, image), target, overwrite)
         return
     if fmt == "zarr":
-        with atomic_write_dir(target, overwrite) as temp:
+        with atomic_write_dir(target, overwrite, replaceable=is_own_zarr) as temp:
             _write_zarr(labels, temp, axes, image, label_name)
         return
     writers = {

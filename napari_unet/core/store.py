@@ -326,11 +326,29 @@ def save_model(bundle: ModelBundle, folder: str | os.PathLike, overwrite: bool =
     except OSError as exc:
         raise UserInputError(f"cannot create the folder {folder.parent} ({exc}); choose another location") from exc
     metadata = _saved_metadata(bundle)
-    with atomic_write_dir(folder, overwrite=overwrite) as temp:
+    with atomic_write_dir(folder, overwrite=overwrite, replaceable=is_model_folder) as temp:
         _write_model_files(bundle, temp, metadata)
     bundle.metadata = metadata
     bundle.path = folder
     return folder
+
+
+MODEL_FOLDER_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, "MODEL_CARD.md", MODEL_CARD_JSON})
+"""The files a model folder may hold for ``save_model(..., overwrite=True)`` to replace it."""
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a napari-unet model folder and nothing else (so overwriting it loses nothing else).
+
+    It must hold a ``model.json`` of this format and no file or folder other
+    than those in :data:`MODEL_FOLDER_FILES`.
+    """
+    try:
+        names = {entry.name for entry in folder.iterdir()}
+        document = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("format") == MODEL_FORMAT and names <= MODEL_FOLDER_FILES
 
 
 def _lineage(bundle: ModelBundle, lineage: dict[str, Any] | None) -> dict[str, Any]:

@@ -373,3 +373,18 @@ def test_train_at_a_scale_with_rois_and_synthetic_images(dataset, model_dir, tmp
 
     code, _, err = run([*args[:-1], "bad", "--scale", "0"], capsys)
     assert code == 2 and "--scale must be in" in err
+
+
+def test_train_overwrite_refuses_a_folder_that_is_not_a_model(dataset, model_dir, tmp_path, capsys) -> None:
+    folder = tmp_path / "thesis"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.docx").write_bytes(b"chapter 1")
+    (folder / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    before = {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    args = ["train", "--images", str(dataset), "--labels", str(dataset), "--from", "scratch", "--depth", "2"]
+    args += ["--base-channels", "4", "--steps", "2", "--output", str(folder), "--overwrite"]
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert "napari-unet did not write" in err and "Traceback" not in err
+    assert {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".thesis")) == []

@@ -286,11 +286,44 @@ def test_failing_writer_keeps_existing_target(tmp_path: Path) -> None:
     folder = tmp_path / "store.zarr"
     folder.mkdir()
     (folder / "keep").write_text("old")
-    with pytest.raises(RuntimeError), io.atomic_write_dir(folder, overwrite=True) as temp:
+    ours = lambda path: True  # noqa: E731 - the folder counts as napari-unet's for this test
+    with pytest.raises(RuntimeError), io.atomic_write_dir(folder, overwrite=True, replaceable=ours) as temp:
         (temp / "new").write_text("new")
         raise RuntimeError("boom")
     assert listing(folder) == ["keep"]
     assert listing(tmp_path) == ["store.zarr", "x.csv"]
+
+
+def tree_digest(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def foreign_folder(path: Path) -> Path:
+    """A folder napari-unet did not write: a thesis and a data file in a sub-folder."""
+    (path / "sub").mkdir(parents=True)
+    (path / "thesis.docx").write_bytes(b"chapter 1")
+    (path / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    return path
+
+
+def test_overwrite_refuses_a_folder_napari_unet_did_not_write(tmp_path: Path) -> None:
+    folder = foreign_folder(tmp_path / "results.zarr")
+    before = tree_digest(folder)
+    with pytest.raises(UserInputError, match=r"napari-unet did not write .*sub, thesis\.docx"):
+        io.export_labels(make_labels(), folder, overwrite=True)
+    with pytest.raises(UserInputError, match="did not write"), io.atomic_write_dir(folder, overwrite=True):
+        pass
+    assert tree_digest(folder) == before
+    assert listing(tmp_path) == ["results.zarr"], "no temporary folder is left behind"
+
+
+def test_a_store_napari_unet_wrote_is_recognised_and_replaced(tmp_path: Path) -> None:
+    io.export_labels(make_labels(), tmp_path / "out.zarr")
+    assert io.is_own_zarr(tmp_path / "out.zarr")
+    assert not io.is_own_zarr(foreign_folder(tmp_path / "other.zarr"))
+    io.export_labels(make_stack(), tmp_path / "out.zarr", overwrite=True)
+    np.testing.assert_array_equal(io.read_labels(tmp_path / "out.zarr"), make_stack())
 
 
 def test_writer_that_writes_nothing_is_an_error(tmp_path: Path) -> None:

@@ -104,6 +104,24 @@ def test_save_model_refuses_overwrite_then_replaces(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_save_model_overwrite_replaces_only_a_model_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "thesis"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.docx").write_bytes(b"chapter 1")
+    (folder / "sub" / "data.csv").write_text("a,b\n")
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(UserInputError, match="napari-unet did not write"):
+        store.save_model(tiny_bundle(), folder, overwrite=True)
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+    model = store.save_model(tiny_bundle(seed=1), tmp_path / "model")
+    (model / "notes.txt").write_text("mine")  # a model folder the user added a file to is theirs too
+    assert not store.is_model_folder(model)
+    with pytest.raises(UserInputError, match=r"notes\.txt"):
+        store.save_model(tiny_bundle(seed=2), model, overwrite=True)
+    assert (model / "notes.txt").read_text() == "mine"
+
+
 def test_failed_save_leaves_no_folder(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args, **kwargs):
         raise OSError("disk full")
