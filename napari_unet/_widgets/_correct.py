@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from napari.layers import Labels, Points, Shapes
+from napari.layers import Image, Labels, Points, Shapes
 from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
@@ -191,7 +191,7 @@ class CorrectWidget(QWidget):
             if len(ids) != 1 or len(points) < 2:
                 found = sorted(ids) or "background only"
                 raise UserInputError(f"click two or more points inside ONE object to split it (points hit: {found})")
-            return editing.split_label(data, ids.pop(), seeds=points)
+            return editing.split_label(data, ids.pop(), seeds=points, image=self._nuclei_brightness(data.shape))
 
         changed = self._edit("Split", compute)
         if changed is not None:
@@ -199,10 +199,31 @@ class CorrectWidget(QWidget):
         return changed
 
     def split_selected(self) -> int | None:
-        """Split the layer's selected label at the maxima of its distance map."""
+        """Split the layer's selected label in two, at the two highest maxima of its distance map."""
         layer = self.labels.layer()
         label_id = int(layer.selected_label) if isinstance(layer, Labels) else 0
-        return self._edit("Split", lambda data: editing.split_label(data, label_id))
+        return self._edit(
+            "Split", lambda data: editing.split_label(data, label_id, image=self._nuclei_brightness(data.shape))
+        )
+
+    def _nuclei_brightness(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """Return the labels' source image normalised with nuclei bright (for the cut); None when not at hand.
+
+        The image is the layer the labels were segmented from (their
+        metadata names it); only a 2D image of the labels' shape is used.
+        """
+        from napari_unet.core.config import NormalizeConfig
+        from napari_unet.core.normalize import normalize_plane
+
+        labels = self.labels.layer()
+        name = layer_meta(labels).get("image") if labels is not None else None
+        image = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 (no LayerList.get)
+        if not isinstance(image, Image) or len(shape) != 2 or image.multiscale:
+            return None
+        data = np.asarray(image.data)
+        if data.shape[:2] != shape or data.ndim not in (2, 3):
+            return None
+        return normalize_plane(data, NormalizeConfig(), 1)[0]
 
     def next_free_label(self) -> int | None:
         """Select the first unused label and switch the layer to painting."""
@@ -248,8 +269,12 @@ class CorrectWidget(QWidget):
         return coords
 
     def _clear_points(self) -> None:
+        """Empty the points layer and make the labels layer active again, so Ctrl+Z undoes the edit."""
         if POINTS_NAME in self.viewer.layers:
             self.viewer.layers[POINTS_NAME].data = np.empty((0, self.viewer.layers[POINTS_NAME].ndim))
+        labels = self.labels.layer()
+        if labels is not None and labels in self.viewer.layers:
+            self.viewer.layers.selection.active = labels
 
     def _typed_ids(self) -> list[int]:
         text = self.merge_ids.text().replace(";", ",").replace(" ", ",")

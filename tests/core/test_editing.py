@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from napari_unet.core import editing
+from napari_unet.core.config import NormalizeConfig
 from napari_unet.core.errors import UserInputError
+from napari_unet.core.io import read_annotated_folder
+from napari_unet.core.normalize import normalize_plane
 
 
 def two_blobs() -> np.ndarray:
@@ -131,3 +137,67 @@ def test_works_on_stacks():
     labels[1, 0, 0] = 2
     out = editing.delete_small_objects(labels, 2)
     assert out[1, 0, 0] == 0 and out[0, 0, 0] == 1
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize(
+    ("radii", "gap", "clicks"),
+    [
+        ((12, 6), 16, "centres"),  # unequal sizes, a narrow neck
+        ((10, 10), 17, "centres"),  # equal sizes, a wide neck
+        ((12, 6), 16, "off-centre"),  # clicks away from the centres (as a hurried user clicks)
+        ((15, 8), 18, "centres"),  # a convex blob: no neck to speak of
+    ],
+)
+def test_split_at_two_clicks_recovers_both_nuclei(radii, gap, clicks):
+    yy, xx = np.mgrid[:64, :72]
+    centres = [(32, 20), (32, 20 + gap)]
+    discs = [(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r for (cy, cx), r in zip(centres, radii, strict=True)]
+    truth = [discs[0], discs[1] & ~discs[0]]
+    labels = (discs[0] | discs[1]).astype(np.int32) * 4
+    seeds = centres if clicks == "centres" else [(35, 14), (30, 20 + gap + 2)]
+    out = editing.split_label(labels, 4, seeds=seeds)
+    pieces = [out == value for value in np.unique(out) if value]
+    assert len(pieces) == 2
+    for nucleus in truth:
+        assert max(_iou(piece, nucleus) for piece in pieces) >= 0.8
+
+
+def test_split_refuses_clicks_it_cannot_honour_and_changes_nothing():
+    labels = two_blobs()
+    with pytest.raises(UserInputError, match="nothing was changed"):
+        editing.split_label(labels, 3, seeds=[(10, 4), (10, 5)])  # two neighbouring pixels at one end
+
+
+def test_split_selected_makes_two_pieces_not_three():
+    yy, xx = np.mgrid[:40, :90]
+    blob = np.zeros((40, 90), np.int32)
+    for cx in (18, 45, 72):
+        blob[(yy - 20) ** 2 + (xx - cx) ** 2 <= 12**2] = 1
+    out = editing.split_label(blob, 1, min_distance=5)
+    assert len([v for v in np.unique(out) if v]) == 2
+
+
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018" / "val").is_dir(),
+    reason="needs ../shared/data (absent in a fresh clone)",
+)
+def test_split_recovers_real_fused_nuclei():
+    """Touching nuclei of the DSB validation images, merged, then split at their centroids with the image."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_split
+
+    report_rng = np.random.default_rng(0)
+    cases = []
+    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "dsb2018" / "val"
+    for _, image, labels in read_annotated_folder(data):
+        plane = normalize_plane(image, NormalizeConfig(), 1)[0]
+        cases += [(plane, labels, a, b) for a, b in bench_split.touching_pairs(labels, 4, 60, report_rng)]
+    assert len(cases) >= 10
+    current = bench_split.score(bench_split.current_split, cases, 0.0)
+    previous = bench_split.score(bench_split.previous_split, cases, 0.0)
+    assert current["success_rate"] >= 0.75
+    assert current["mean_worse_iou"] > previous["mean_worse_iou"] + 0.05

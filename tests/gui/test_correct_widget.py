@@ -63,8 +63,45 @@ def test_merge_and_split_with_clicked_points(corrected, notifications):
     assert len(points.data) == 0, "points are cleared after use"
 
     points.data = np.array([[20, 12], [38, 38]])  # labels 3 and 8
+    before_merge = layer.data.copy()
     widget.merge()
     assert layer.data[38, 38] == 3 and layer.data[20, 12] == 3
+    assert not messages(notifications, "error")
+    assert _viewer.layers.selection.active is layer, "the labels are active again, so Ctrl+Z undoes the merge"
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before_merge)
+
+
+def test_split_that_cannot_honour_the_clicks_changes_nothing(corrected, notifications):
+    _viewer, widget, layer = corrected
+    original = layer.data.copy()
+    points = widget.start_points()
+    points.data = np.array([[20, 9], [20, 10]])  # two clicks side by side at the rim of one disc
+    assert widget.split_at_points() is None
+    np.testing.assert_array_equal(layer.data, original)
+    assert "nothing was changed" in messages(notifications, "error")[-1]
+
+
+def test_split_follows_the_dark_seam_of_the_image(make_napari_viewer, notifications):
+    """Two nuclei of unequal size fused into one convex blob: only the image shows where one ends."""
+    yy, xx = np.mgrid[:60, :60]
+    big, small = (yy - 30) ** 2 + (xx - 24) ** 2 <= 14**2, (yy - 30) ** 2 + (xx - 41) ** 2 <= 7**2
+    image = np.where(big | small, 200.0, 10.0)
+    seam = np.abs(np.sqrt((yy - 30) ** 2 + (xx - 24) ** 2) - 14.5) < 1.2
+    image[seam & small] = 60.0  # the dim rim between the two nuclei
+    viewer = make_napari_viewer()
+    widget = CorrectWidget(viewer)
+    viewer.add_image(image, name="fused")
+    layer = viewer.add_labels(
+        (big | small).astype(np.int32), name="fused labels", metadata={"napari_unet": {"image": "fused"}}
+    )
+    widget.labels.set_layer(layer)
+    widget.start_points().data = np.array([[30, 22], [30, 43]])
+    widget.split_at_points()
+    pieces = [layer.data == value for value in (1, 2)]
+    truth = [big, small & ~big]
+    for piece, nucleus in zip(pieces, truth, strict=True):
+        assert (piece & nucleus).sum() / (piece | nucleus).sum() >= 0.8
     assert not messages(notifications, "error")
 
 
