@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -34,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from data_pack import SOURCES, SPLITS_FILE
+from napari_unet.core.baselines import segment_baseline
 from napari_unet.core.config import PostprocessConfig
 from napari_unet.core.inference import foreground_probability, predict
 from napari_unet.core.io import read_image, read_labels, write_json
@@ -43,6 +45,13 @@ from napari_unet.core.store import ModelBundle, load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAMILIES = {"grey": ("fluorescence", "brightfield"), "colour": ("colour",), "tissue": ("tissue",)}
+BASELINE_GRIDS = {
+    "otsu": {"sigma": (0.0, 1.0, 2.0), "min_size": (15, 30)},
+    "li": {"sigma": (0.0, 1.0, 2.0), "min_size": (15, 30)},
+    "local": {"block_size": (25, 51, 101), "local_offset": (0.02, 0.05, 0.1), "min_size": (15, 30)},
+    "watershed": {"min_distance": (3, 5, 8), "sigma": (1.0, 2.0), "min_size": (15, 30)},
+}
+"""Settings of each classical baseline tried on ``val`` (the best, by the same family score, is reported)."""
 TUNE_GRID = {
     "foreground_threshold": (0.4, 0.5, 0.6),
     "seed_threshold": (0.6, 0.7, 0.8, 0.9, 0.95),
@@ -189,6 +198,24 @@ def evaluate_model(
     return result
 
 
+def evaluate_baseline(method: str, val: list[dict], test: list[dict]) -> dict:
+    """Tune ``method`` over :data:`BASELINE_GRIDS` by the family score on ``val``; return its val and test scores."""
+    grid = BASELINE_GRIDS[method]
+    names = list(grid)
+    best, best_score = {}, -1.0
+    for values in itertools.product(*(grid[name] for name in names)):
+        settings = dict(zip(names, values, strict=True))
+        labels = [segment_baseline(item["image"], method, **settings) for item in val]
+        score = family_score(val, per_image_ap(val, labels))
+        if score > best_score:
+            best, best_score = settings, score
+    result = {"method": method, "settings": best, "tuned_val_score": best_score}
+    for name, items in (("val", val), ("test", test)):
+        labels = [segment_baseline(item["image"], method, **best) for item in items]
+        result[name] = report(items, per_image_ap(items, labels))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["default"])
@@ -196,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path("out/cache/probabilities"))
     parser.add_argument("--no-tune", action="store_true", help="keep each model's own thresholds")
+    parser.add_argument("--baselines", default="", help="comma-separated classical methods to tune and score too")
     parser.add_argument("--distance-seeds", action="store_true", help="seed distance-head models from their distance")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -208,12 +236,18 @@ def main(argv: list[str] | None = None) -> None:
         brief = {k: results[spec][k] for k in ("tuned_val_score", "postprocess")}
         brief |= {name: results[spec][name]["families"] for name in ("val", "test")}
         print(json.dumps({spec: brief}), flush=True)
+    baselines = {}
+    for method in filter(None, args.baselines.split(",")):
+        baselines[method] = evaluate_baseline(method, val, test)
+        print(json.dumps({method: {k: baselines[method][k] for k in ("settings", "tuned_val_score")}}), flush=True)
     document = {
         "split_file": str(SPLITS_FILE.name),
         "n_val": len(val),
         "n_test": len(test),
         "tune_grid": TUNE_GRID,
         "models": results,
+        "baselines": baselines,
+        "baseline_grids": {m: BASELINE_GRIDS[m] for m in baselines},
     }
     for pair in args.route:
         document.setdefault("routed", {})[pair] = routed_from_reports(pair, results, val, test)

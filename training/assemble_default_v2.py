@@ -28,7 +28,6 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_pack import SPLITS_FILE, load_pack
-
 from napari_unet.core.config import ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.store import ModelBundle, save_model
 
@@ -90,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     config = ModelConfig(
         in_channels=3, depth=branch_config.depth, base_channels=branch_config.base_channels, branches="gray_colour"
     )
-    postprocess = (
-        PostprocessConfig.from_json(args.postprocess.read_text()) if args.postprocess else PostprocessConfig()
-    )
+    postprocess = PostprocessConfig.from_json(args.postprocess.read_text()) if args.postprocess else PostprocessConfig()
     bundle = ModelBundle.new(config, normalize=NormalizeConfig(invert="auto_gray"), postprocess=postprocess)
     bundle.network.load_state_dict({**gray_state, **colour_state}, strict=True)
     bundle.network.eval()

@@ -265,10 +265,12 @@ class Ema:
                 self.state[key].copy_(live[key])
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], half: bool) -> None:
-    """Write ``state`` as safetensors (float16 when ``half``) through a temporary file."""
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``state`` as safetensors through a temporary file (float16 above base 16, to stay under 16 MiB)."""
     from safetensors.torch import save_file
 
+    half = json.loads(metadata["model_config"])["base_channels"] > 16
+    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
     temporary = path.with_name(path.name + ".partial")
     save_file(tensors, str(temporary), metadata=metadata)
@@ -294,7 +296,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--distance", action="store_true", help="add a distance-to-edge output (4th channel)")
     parser.add_argument("--groups", default=",".join(GROUP_WEIGHTS), help="image groups to train on")
-    parser.add_argument("--seconds", type=float, default=390.0)
+    parser.add_argument("--seconds", type=float, default=390.0, help="wall-clock budget of this invocation")
+    parser.add_argument(
+        "--steps", type=int, default=0, help="schedule over this many steps (across resumed runs) instead of --seconds"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--patch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -306,9 +311,197 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=300, help="steps of linear learning-rate warm-up")
     parser.add_argument("--limit", type=int, default=0, help="use at most this many images (smoke tests)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="resume from / save the full training state (optimizer, step) here",
+    )
+    parser.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoint saves")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=None, help="folder for the JSON log (default: --out)")
     return parser.parse_args(argv)
+
+
+@dataclass
+class Run:
+    """Everything one training invocation works with."""
+
+    config: ModelConfig
+    sampler: Sampler
+    val_batches: list
+    class_weights: torch.Tensor
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: Ema
+    log: dict
+    step: int = 0
+    samples: int = 0
+
+
+def build_run(args: argparse.Namespace, device: torch.device) -> Run:
+    """Load the data onto ``device``, build the network (from ``--init``), optimizer and EMA."""
+    rng = np.random.default_rng(args.seed)
+    groups = args.groups.split(",")
+    packed = [p for p in load_pack(args.pack, ("train", "val")) if p.group in groups]
+    packed = packed[: args.limit] if args.limit else packed
+    train = [p for p in packed if p.split == "train"]
+    val = [p for p in packed if p.split == "val"] or train[:2]
+    images = [to_device(p, args.in_channels, device, rng) for p in train]
+    sampler = Sampler(images, [p.group for p in train], args.patch, args.seed)
+    val_images = [to_device(p, args.in_channels, device, rng) for p in val]
+    val_batches = [Sampler(val_images, [p.group for p in val], args.patch, 1).batch(args.batch) for _ in range(4)]
+    warm = [sampler.batch(args.batch) for _ in range(8)]
+    targets, weights = [b[1].cpu().numpy() for b in warm], [b[3].cpu().numpy() for b in warm]
+    class_weights = torch.as_tensor(class_weights_from_targets(targets, weights), device=device)
+    head = "bg_interior_boundary_distance" if args.distance else "bg_interior_boundary"
+    config = ModelConfig(
+        in_channels=args.in_channels,
+        out_channels=4 if args.distance else 3,
+        base_channels=args.base_channels,
+        head=head,
+    )
+    network = UNet(config)
+    if args.init is not None:
+        network.load_state_dict(_float_state(args.init))
+    network = network.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4, fused=device.type == "cuda")
+    log = {
+        "name": args.name,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "model_config": config.to_dict(),
+        "head": head,
+        "parameters": count_parameters(network),
+        "train_images": len(train),
+        "val_images": len(val),
+        "class_weights": class_weights.tolist(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "records": [],
+    }
+    return Run(config, sampler, val_batches, class_weights, network, optimizer, Ema(network, decay=0.999), log)
+
+
+def _float_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+
+def save_checkpoint(run: Run, path: Path) -> None:
+    """Write the whole training state (weights, EMA, optimizer, step, random states) through a temporary file."""
+    state = {
+        "network": run.network.state_dict(),
+        "ema": run.ema.state,
+        "optimizer": run.optimizer.state_dict(),
+        "step": run.step,
+        "samples": run.samples,
+        "records": run.log["records"],
+        "sampler_rng": run.sampler.rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def load_checkpoint(run: Run, path: Path) -> None:
+    """Continue ``run`` from a :func:`save_checkpoint` file."""
+    state = torch.load(path, map_location=next(run.network.parameters()).device, weights_only=False)
+    run.network.load_state_dict(state["network"])
+    run.ema.state = state["ema"]
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.step, run.samples = int(state["step"]), int(state["samples"])
+    run.log["records"] = list(state["records"])
+    run.sampler.rng.bit_generator.state = state["sampler_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    run.log["resumed_from_step"] = run.step
+
+
+def schedule_fraction(run: Run, args: argparse.Namespace, elapsed: float) -> float:
+    """How far along the learning-rate schedule is: by steps with ``--steps``, else by this run's seconds."""
+    return run.step / args.steps if args.steps else elapsed / args.seconds
+
+
+def train_step(run: Run, args: argparse.Namespace, lr: float, amp: bool) -> torch.Tensor:
+    """One optimizer step on a fresh augmented batch; returns the loss (not synchronised)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    image, classes, distance, weight = run.sampler.batch(args.batch)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        logits = run.network(image.contiguous(memory_format=torch.channels_last))
+    loss = training_loss(logits, classes, distance, weight, run.class_weights)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.ema.update(run.network, run.step)
+    run.step += 1
+    run.samples += args.batch
+    return loss
+
+
+def train(run: Run, args: argparse.Namespace, amp: bool) -> None:
+    """Train until ``--steps`` are done or ``--seconds`` have passed, logging and checkpointing as it goes."""
+    metadata = _weights_metadata(run, args)
+    started = last_log = last_checkpoint = time.perf_counter()
+    snapshot_pending = args.snapshot_at > 0
+    losses: list[float] = []
+    first_sample = run.samples
+    while (elapsed := time.perf_counter() - started) < args.seconds and not (args.steps and run.step >= args.steps):
+        fraction = min(1.0, schedule_fraction(run, args, elapsed))
+        if snapshot_pending and fraction >= args.snapshot_at:
+            snapshot_pending = False
+            save_weights(run.ema.state, args.out / f"{args.name}_mid.safetensors", {**metadata, "steps": str(run.step)})
+            run.log["snapshot_step"] = run.step
+        lr = args.lr * min(1.0, (run.step + 1) / max(1, args.warmup)) * 0.5 * (1 + math.cos(math.pi * fraction))
+        loss = train_step(run, args, lr, amp)
+        if run.step % 10 == 1:
+            losses.append(float(loss.detach()))  # synchronises: only every 10th step
+        now = time.perf_counter()
+        if now - last_log > 30 or run.step == 1:
+            last_log = now
+            _record(run, args, elapsed, lr, losses, (run.samples - first_sample) / max(elapsed, 1e-6))
+        if args.checkpoint is not None and now - last_checkpoint > args.checkpoint_every:
+            last_checkpoint = now
+            save_checkpoint(run, args.checkpoint)
+    run.log["train_s"] = time.perf_counter() - started
+
+
+def _record(
+    run: Run, args: argparse.Namespace, elapsed: float, lr: float, losses: list[float], samples_per_s: float
+) -> None:
+    record = {
+        "step": run.step,
+        "elapsed_s": round(elapsed, 1),
+        "lr": lr,
+        "samples_per_s": samples_per_s,
+        "train_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
+    }
+    run.log["records"].append(record)
+    print(json.dumps({"name": args.name, **record}), flush=True)
+
+
+def _weights_metadata(run: Run, args: argparse.Namespace) -> dict[str, str]:
+    return {"model_config": json.dumps(run.config.to_dict()), "head": run.log["head"], "name": args.name}
+
+
+def finish(run: Run, args: argparse.Namespace, amp: bool) -> None:
+    """Score the live and EMA weights on the validation batches; write the EMA weights and the log."""
+    ema_network = UNet(run.config).to(next(run.network.parameters()).device).to(memory_format=torch.channels_last)
+    ema_network.load_state_dict(run.ema.state)
+    run.log.update(
+        steps=run.step,
+        samples=run.samples,
+        val_loss_live=val_loss(run.network, run.val_batches, run.class_weights, amp),
+        val_loss_ema=val_loss(ema_network, run.val_batches, run.class_weights, amp),
+        finished=not args.steps or run.step >= args.steps,
+    )
+    metadata = {**_weights_metadata(run, args), "steps": str(run.step)}
+    save_weights(run.ema.state, args.out / f"{args.name}.safetensors", metadata)
+    logs = args.logs or args.out
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{args.name}.json").write_text(json.dumps(run.log, indent=1))
+    print(json.dumps({k: v for k, v in run.log.items() if k != "records"}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,106 +511,16 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     amp = device.type == "cuda"
     torch.backends.cudnn.benchmark = True
-    groups = args.groups.split(",")
-    rng = np.random.default_rng(args.seed)
-    packed = [p for p in load_pack(args.pack, ("train", "val")) if p.group in groups]
-    if args.limit:
-        packed = packed[: args.limit]
-    train = [p for p in packed if p.split == "train"]
-    val = [p for p in packed if p.split == "val"] or train[:2]
-    sampler = Sampler(
-        [to_device(p, args.in_channels, device, rng) for p in train], [p.group for p in train], args.patch, args.seed
-    )
-    val_sampler = Sampler(
-        [to_device(p, args.in_channels, device, rng) for p in val], [p.group for p in val], args.patch, 1
-    )
-    val_batches = [val_sampler.batch(args.batch) for _ in range(4)]
-    warm = [sampler.batch(args.batch) for _ in range(8)]
-    class_weights = torch.as_tensor(
-        class_weights_from_targets([b[1].cpu().numpy() for b in warm], [b[3].cpu().numpy() for b in warm]),
-        device=device,
-    )
-    config = ModelConfig(
-        in_channels=args.in_channels, out_channels=4 if args.distance else 3, base_channels=args.base_channels
-    )
-    network = UNet(config)
-    if args.init is not None:
-        from safetensors.torch import load_file
-
-        network.load_state_dict(
-            {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(args.init)).items()}
-        )
-    network = network.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4, fused=device.type == "cuda")
-    ema = Ema(network, decay=0.999)
-    log = {
-        "name": args.name,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "model_config": config.to_dict(),
-        "head": "bg_interior_boundary_distance" if args.distance else "bg_interior_boundary",
-        "parameters": count_parameters(network),
-        "train_images": len(train),
-        "val_images": len(val),
-        "class_weights": class_weights.tolist(),
-        "device": torch.cuda.get_device_name() if amp else "cpu",
-        "setup_s": time.perf_counter() - started,
-        "records": [],
-    }
-    train_start, step, last_log, samples = time.perf_counter(), 0, 0.0, 0
-    warmup = max(1, args.warmup)
-    losses: list[float] = []
-    metadata = {"model_config": json.dumps(config.to_dict()), "head": log["head"], "name": args.name}
-    half = args.base_channels > 16
-    snapshot_pending = args.snapshot_at > 0
-    while (elapsed := time.perf_counter() - train_start) < args.seconds:
-        fraction = elapsed / args.seconds
-        if snapshot_pending and fraction >= args.snapshot_at:
-            snapshot_pending = False
-            args.out.mkdir(parents=True, exist_ok=True)
-            save_weights(ema.state, args.out / f"{args.name}_mid.safetensors", {**metadata, "steps": str(step)}, half)
-            log["snapshot_step"] = step
-        lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * fraction))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        image, classes, distance, weight = sampler.batch(args.batch)
-        image = image.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = network(image)
-        loss = training_loss(logits, classes, distance, weight, class_weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema.update(network, step)
-        step += 1
-        samples += args.batch
-        if step % 10 == 1:
-            losses.append(float(loss.detach()))  # synchronises: only every 10th step
-        if elapsed - last_log > 30 or step == 1:
-            last_log = elapsed
-            record = {
-                "step": step,
-                "elapsed_s": round(elapsed, 1),
-                "lr": lr,
-                "samples_per_s": samples / max(elapsed, 1e-6),
-                "train_loss": float(np.mean(losses[-20:])),
-            }
-            log["records"].append(record)
-            print(json.dumps({"name": args.name, **record}), flush=True)
-    ema_network = UNet(config).to(device).to(memory_format=torch.channels_last)
-    ema_network.load_state_dict(ema.state)
-    log.update(
-        steps=step,
-        samples=samples,
-        train_s=time.perf_counter() - train_start,
-        val_loss_live=val_loss(network, val_batches, class_weights, amp),
-        val_loss_ema=val_loss(ema_network, val_batches, class_weights, amp),
-    )
+    run = build_run(args, device)
+    if args.checkpoint is not None and args.checkpoint.is_file():
+        load_checkpoint(run, args.checkpoint)
+        print(json.dumps({"name": args.name, "resumed_at_step": run.step}), flush=True)
+    run.log["setup_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    save_weights(ema.state, args.out / f"{args.name}.safetensors", {**metadata, "steps": str(step)}, half)
-    logs = args.logs or args.out
-    logs.mkdir(parents=True, exist_ok=True)
-    (logs / f"{args.name}.json").write_text(json.dumps(log, indent=1))
-    print(json.dumps({k: v for k, v in log.items() if k != "records"}), flush=True)
+    train(run, args, amp)
+    if args.checkpoint is not None:
+        save_checkpoint(run, args.checkpoint)
+    finish(run, args, amp)
 
 
 if __name__ == "__main__":

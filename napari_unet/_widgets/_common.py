@@ -20,13 +20,15 @@ import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -133,6 +135,11 @@ def notify_exception(exc: BaseException, action: str) -> None:
 def warn(message: str) -> None:
     """Show a warning notification."""
     show_warning(message)
+
+
+def error(message: str) -> None:
+    """Show an error notification."""
+    show_error(message)
 
 
 def info(message: str) -> None:
@@ -300,6 +307,26 @@ def unique_name(viewer: Any, name: str) -> str:
     return candidate
 
 
+def scroll_layout(panel: QWidget) -> QVBoxLayout:
+    """Put a vertical scroll area in ``panel`` and return the layout of its content.
+
+    A docked panel then asks napari for little height, so all five panels
+    fit a 1080 px screen stacked in one dock column and every control stays
+    reachable by scrolling.  The scroll area is ``panel.scroll_area``.
+    """
+    outer = QVBoxLayout(panel)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    content = QWidget()
+    scroll.setWidget(content)
+    outer.addWidget(scroll)
+    panel.scroll_area = scroll  # type: ignore[attr-defined]
+    return QVBoxLayout(content)
+
+
 class LayerCombo(QComboBox):
     """A combo box listing the viewer's layers of some types, kept up to date.
 
@@ -312,25 +339,45 @@ class LayerCombo(QComboBox):
 
     """
 
-    def __init__(self, viewer: Any, layer_types: tuple[type, ...], allow_none: bool = False) -> None:
+    def __init__(
+        self,
+        viewer: Any,
+        layer_types: tuple[type, ...],
+        allow_none: bool = False,
+        prefer: Callable[[Layer], bool] | None = None,
+    ) -> None:
         super().__init__()
         self._viewer = viewer
         self._types = layer_types
         self._allow_none = allow_none
+        self._prefer = prefer
+        self._chosen_by_user = False
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.reordered):
             event.connect(self.refresh)
+        self.activated.connect(self._on_user_choice)
         self.refresh()
 
+    def _on_user_choice(self, *_: Any) -> None:
+        self._chosen_by_user = True
+
     def refresh(self, *_: Any) -> None:
-        """Re-list matching layers, keeping the selection when it still exists."""
+        """Re-list matching layers, keeping the selection when it still exists.
+
+        Until the user picks a layer, a layer ``prefer`` accepts is selected
+        over one it does not (e.g. corrected labels over a raw prediction).
+        """
         current = self.currentText()
         self.blockSignals(True)
         self.clear()
         if self._allow_none:
             self.addItem("(none)")
-        names = [layer.name for layer in self._viewer.layers if isinstance(layer, self._types)]
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
+        names = [layer.name for layer in layers]
         self.addItems(names)
-        if current in names:
+        preferred = [layer.name for layer in layers if self._prefer is not None and self._prefer(layer)]
+        if preferred and not self._chosen_by_user and current not in preferred:
+            self.setCurrentText(preferred[0])
+        elif current in names:
             self.setCurrentText(current)
         self.blockSignals(False)
         if self.currentText() != current:
@@ -341,7 +388,8 @@ class LayerCombo(QComboBox):
         return get_layer(self._viewer, self.currentText())
 
     def set_layer(self, layer: Layer | str) -> None:
-        """Select ``layer`` (a layer or its name)."""
+        """Select ``layer`` (a layer or its name), as if the user had picked it."""
+        self._chosen_by_user = True
         self.refresh()
         self.setCurrentText(layer if isinstance(layer, str) else layer.name)
 
@@ -457,6 +505,7 @@ class JobPanel(QWidget):
         self._state = _JobState()
         self._on_done: Callable[[Any], None] = lambda _result: None
         self._on_failed: Callable[[BaseException], None] | None = None
+        self._keep_result_if_cancelled = False
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.status = QLabel("")
@@ -492,8 +541,14 @@ class JobPanel(QWidget):
         make_generator: Callable[[Callable[[], bool]], Generator[Progress, None, Any]],
         on_done: Callable[[Any], None],
         on_failed: Callable[[BaseException], None] | None = None,
+        keep_result_if_cancelled: bool = False,
     ) -> Any:
         """Run ``make_generator(cancel)`` in a napari thread worker and return the worker.
+
+        A result that arrives after Cancel was pressed (the job finished
+        before it checked) is discarded and the job reported as cancelled,
+        unless ``keep_result_if_cancelled`` (jobs whose result is already on
+        disk, such as a saved model or written files, report it anyway).
 
         Raises
         ------
@@ -506,6 +561,7 @@ class JobPanel(QWidget):
         state = self._state
         state.cancel.clear()
         self._on_done, self._on_failed = on_done, on_failed
+        self._keep_result_if_cancelled = keep_result_if_cancelled
 
         def job() -> Generator[Progress, None, Any]:
             return (yield from make_generator(state.cancel_requested))
@@ -554,6 +610,10 @@ class JobPanel(QWidget):
             pbar.set_description(event.message)
 
     def _handle_result(self, result: Any) -> None:
+        if self._state.cancel.is_set() and not self._keep_result_if_cancelled:
+            self.status.setText(f"{self.action}: cancelled")
+            info(f"{self.action} cancelled: its result was discarded, nothing was changed.")
+            return
         self.status.setText(f"{self.action}: done")
         try:
             self._on_done(result)

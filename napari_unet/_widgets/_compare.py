@@ -31,11 +31,13 @@ from napari_unet._widgets._common import (
     ModelCombo,
     check_image_layer,
     check_labels_layer,
+    holds_edits,
     image_axes_hint,
     info,
     load_settings,
     notify_exception,
     save_settings,
+    scroll_layout,
     set_layer_data,
     snapshot,
 )
@@ -71,7 +73,7 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.ground_truth = LayerCombo(napari_viewer, (Labels,))
+        self.ground_truth = LayerCombo(napari_viewer, (Labels,), prefer=holds_edits)  # not a raw prediction
         self.image = LayerCombo(napari_viewer, (Image,))
         self.model = ModelCombo()
         self.method_boxes = {UNET_CURRENT: QCheckBox("UNet (model above)"), UNET_PREVIOUS: QCheckBox(UNET_PREVIOUS)}
@@ -101,7 +103,7 @@ class CompareWidget(QWidget):
         save.clicked.connect(self._choose_csv)
         legend = QLabel(ERROR_LEGEND)
         legend.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addWidget(methods)
         layout.addWidget(self.error_layers)
@@ -165,6 +167,14 @@ class CompareWidget(QWidget):
             for column, value in enumerate(table_row(score)):
                 self.table.setItem(row, column, QTableWidgetItem(_format(value)))
         self.table.resizeColumnsToContents()
+        self._fit_table_height()
+
+    def _fit_table_height(self) -> None:
+        """Make the table exactly tall enough for all its rows (the panel scrolls, not the table)."""
+        table = self.table
+        rows = sum(table.rowHeight(row) for row in range(table.rowCount()))
+        scrollbar = table.horizontalScrollBar().sizeHint().height()
+        table.setFixedHeight(table.horizontalHeader().height() + rows + 2 * table.frameWidth() + scrollbar)
 
     def _write_error_layer(self, score: MethodScore, like: Image) -> None:
         colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **ERROR_COLORS})

@@ -32,6 +32,7 @@ from napari_unet._widgets._common import (
     load_settings,
     notify_exception,
     save_settings,
+    scroll_layout,
 )
 from napari_unet.core import editing
 from napari_unet.core.errors import UserInputError
@@ -84,7 +85,7 @@ class CorrectWidget(QWidget):
         form.addRow("Labels", self.labels)
         hint = QLabel("Paint, erase and fill with napari's layer controls; Ctrl+Z undoes any helper below.")
         hint.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addWidget(hint)
         layout.addWidget(self._objects_box())

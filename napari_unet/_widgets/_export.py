@@ -28,11 +28,13 @@ from qtpy.QtWidgets import (
 from napari_unet._widgets._common import (
     JobPanel,
     LayerCombo,
+    error,
     info,
     layer_meta,
     load_settings,
     notify_exception,
     save_settings,
+    scroll_layout,
     snapshot,
     warn,
 )
@@ -110,7 +112,7 @@ class ExportWidget(QWidget):
             formats.addWidget(box)
         formats.addWidget(self.provenance)
         form.addRow("Formats", formats)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addWidget(export)
         layout.addWidget(self.jobs)
@@ -179,7 +181,8 @@ class ExportWidget(QWidget):
                 info("Export skipped: nothing was overwritten.")
                 return None
             self._save_settings()
-            return self.jobs.start(lambda cancel: _write_items(items, bool(existing), cancel), self._on_written)
+            job = lambda cancel: _write_items(items, bool(existing), cancel)  # noqa: E731
+            return self.jobs.start(job, self._on_written, keep_result_if_cancelled=True)
         except Exception as exc:
             notify_exception(exc, "Export")
             return None
@@ -227,9 +230,16 @@ class ExportWidget(QWidget):
         )
 
     def _on_written(self, result: tuple[list[Path], list[str]]) -> None:
+        """Report the export once: what was written, and the problems in one message."""
         self.last_written, problems = result
-        for problem in problems:
-            warn(problem)
+        more = f" (and {len(problems) - 1} more problem(s) like it)" if len(problems) > 1 else ""
+        if problems and not self.last_written:
+            error(f"Export failed, nothing was exported: {problems[0]}{more}")
+            self.jobs.status.setText(f"Export: failed ({len(problems)} problem(s))")
+            return
+        if problems:
+            warn(f"Some files were not exported: {problems[0]}{more}")
+            self.jobs.status.setText(f"Export: partly done ({len(problems)} problem(s))")
         info(f"Exported {len(self.last_written)} file(s) to {self.folder.text()}")
 
 

@@ -40,6 +40,7 @@ from napari_unet._widgets._common import (
     load_settings,
     notify_exception,
     save_settings,
+    scroll_layout,
     set_layer_data,
     snapshot,
 )
@@ -119,7 +120,7 @@ class FineTuneWidget(QWidget):
     # ------------------------------------------------------------------ layout
 
     def _build_layout(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addWidget(self._data_box())
         form = QFormLayout()
         form.addRow("Annotation", self.mode)
@@ -255,7 +256,7 @@ class FineTuneWidget(QWidget):
             self._save_settings()
             self._reset_plot()
             job = _finetune_job(data, cfg, start, name, self.resegment.isChecked())
-            worker = self.jobs.start(job, self._on_trained, self._on_failed)
+            worker = self.jobs.start(job, self._on_trained, self._on_failed, keep_result_if_cancelled=True)
         except Exception as exc:
             notify_exception(exc, "Fine-tuning")
             return None
@@ -311,12 +312,14 @@ class FineTuneWidget(QWidget):
         if metrics.get("loss") is not None and event.done:
             self._curves["loss"][0].append(event.done)
             self._curves["loss"][1].append(float(metrics["loss"]))
-        validated = metrics.get("val_ap50") is not None and (
-            not self._curves["validation AP@0.5"][0] or self._curves["validation AP@0.5"][0][-1] != event.done
-        )
+        validated = bool(metrics.get("validated")) and metrics.get("val_ap50") is not None
         if validated:
-            self._curves["validation AP@0.5"][0].append(event.done)
-            self._curves["validation AP@0.5"][1].append(float(metrics["val_ap50"]))
+            steps, scores = self._curves["validation AP@0.5"]
+            if steps and steps[-1] == event.done:  # the final validation of the last step replaces its point
+                scores[-1] = float(metrics["val_ap50"])
+            else:
+                steps.append(event.done)
+                scores.append(float(metrics["val_ap50"]))
         if validated or event.done % PLOT_EVERY == 0:
             self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
         if metrics.get("eta_s") is not None:

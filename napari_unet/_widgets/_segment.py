@@ -37,7 +37,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -59,6 +58,7 @@ from napari_unet._widgets._common import (
     logger,
     notify_exception,
     save_settings,
+    scroll_layout,
     set_layer_data,
     snapshot,
     unique_name,
@@ -302,7 +302,7 @@ class SegmentWidget(QWidget):
         rerun = QPushButton("Re-run post-processing only")
         rerun.setToolTip("Re-segment from the cached probabilities with the thresholds below (instant)")
         rerun.clicked.connect(self.rerun_postprocessing)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addWidget(self._postprocess_box())
         layout.addWidget(self.keep_probabilities)

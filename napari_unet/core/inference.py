@@ -27,7 +27,7 @@ from torch import nn
 
 from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.normalize import infer_axes, normalize_plane, to_planes, validate_image
+from napari_unet.core.normalize import check_image_size, infer_axes, normalize_plane, to_planes, validate_image
 from napari_unet.core.postprocess import link_slices, probabilities_to_labels, relabel_stack_unique
 from napari_unet.core.progress import Progress, check_cancel, run_to_end
 from napari_unet.core.tiling import gaussian_weights, pad_to_multiple, padded_size, tile_grid
@@ -485,6 +485,7 @@ def iter_predict(
     postprocess = postprocess or bundle.postprocess
     image = validate_image(image)
     image_axes = infer_axes(image.shape, axes)
+    check_image_size(image.shape, image_axes)
     planes, plane_axis = to_planes(image, image_axes, dtype=None)
     device = resolve_device(inference.device)
     network = _network_on(bundle.network, device)

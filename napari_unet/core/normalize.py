@@ -87,6 +87,11 @@ def validate_image(array: Any) -> np.ndarray:
             "The image contains NaN or infinite values; replace them (e.g. numpy.nan_to_num) before segmenting."
         )
     low, high = image.min(), image.max()
+    if low == high and image.size < MIN_IMAGE_SIDE**2:
+        raise UserInputError(
+            f"The image has only {image.size} pixel(s) (shape {image.shape}); it is too small to hold a nucleus. "
+            f"Segmentation needs at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} pixels: check the layer."
+        )
     if low == high:
         raise UserInputError(
             f"The image is constant (every pixel is {low}); there is nothing to segment. "
@@ -107,6 +112,29 @@ def _check_dtype(dtype: np.dtype) -> None:
         )
     if dtype.kind not in "iuf":
         raise UserInputError(f"The image has dtype {dtype}, which is not numeric; pass an integer or float image.")
+
+
+MIN_IMAGE_SIDE = 2
+"""Images narrower than this (pixels, along Y or X) are refused as too small to hold a nucleus.
+
+Larger small images are padded for the network (a 3 x 5 crop still gets labels)."""
+
+
+def check_image_size(shape: tuple[int, ...], axes: str) -> None:
+    """Refuse an image whose planes are smaller than :data:`MIN_IMAGE_SIDE` along Y or X.
+
+    Raises
+    ------
+    UserInputError
+        Saying how small the image is (e.g. a 1 x 1 layer), and what is needed.
+
+    """
+    y, x = spatial_shape(shape, axes)[-2:]
+    if min(y, x) < MIN_IMAGE_SIDE:
+        raise UserInputError(
+            f"The image is only {y} x {x} pixels (shape {shape}, axes {axes}); it is too small to hold a nucleus. "
+            f"Segmentation needs at least {MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} pixels: check the layer (or its axes)."
+        )
 
 
 def _check_ndim(shape: tuple[int, ...]) -> None:

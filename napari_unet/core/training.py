@@ -674,23 +674,24 @@ class _Loop:
             check_cancel(cancel)
             self.metrics_before = self._validate()
             self._record({"step": 0, **self.metrics_before})
-            yield self._progress(None, "validated the starting model")
+            yield self._progress(None, "validated the starting model", validated=True)
         while not self._stop_reason():
             check_cancel(cancel)
             loss = self._train_step()
             record = {"step": self.step, "loss": loss, "lr": self._current_lr()}
             message = f"step {self.step}: loss {loss:.4f}"
-            if self.val_windows and self.step % max(1, self.cfg.val_every) == 0:
+            validated = bool(self.val_windows) and self.step % max(1, self.cfg.val_every) == 0
+            if validated:
                 check_cancel(cancel)
                 record.update(self._validate())
                 message += f", validation AP@0.5 {self.last_val['val_ap50']:.3f}"
             self._record(record)
-            yield self._progress(loss, message)
+            yield self._progress(loss, message, validated=validated)
         self.stopped_reason = self._stop_reason()
         if self.val_windows and self.history[-1].get("val_ap50") is None:
             check_cancel(cancel)
             self.history[-1].update(self._validate())
-            yield self._progress(self.history[-1].get("loss"), "final validation")
+            yield self._progress(self.history[-1].get("loss"), "final validation", validated=True)
         if not self.val_windows:
             self.best_state, self.best_step = _state_copy(self.network), self.step
 
@@ -828,7 +829,12 @@ class _Loop:
 
     # ---------------------------------------------------------------- progress
 
-    def _progress(self, loss: float | None, message: str) -> Progress:
+    def _progress(self, loss: float | None, message: str, validated: bool = False) -> Progress:
+        """Return a progress event: ``done`` is the step, ``total`` the steps planned or expected.
+
+        With only a time budget ``total`` is the steps this pace reaches in it;
+        ``metrics["validated"]`` is True only when this step was validated.
+        """
         elapsed = self._elapsed()
         steps_per_s = self.step / max(elapsed, 1e-9)
         metrics = {
@@ -836,11 +842,21 @@ class _Loop:
             "lr": self._current_lr(),
             "val_ap50": self.last_val.get("val_ap50"),
             "val_loss": self.last_val.get("val_loss"),
+            "validated": validated,
             "eta_s": self._eta(elapsed, steps_per_s),
             "steps_per_s": steps_per_s,
             "elapsed_s": elapsed,
         }
-        return Progress("train", self.step, self.planned, message, metrics)
+        return Progress("train", self.step, self._expected_steps(), message, metrics)
+
+    def _expected_steps(self) -> int:
+        """Planned steps; with only a time budget, the steps this pace reaches in it (at least the steps done)."""
+        if self.planned:
+            return self.planned
+        fraction = self._budget_fraction()
+        if self.cfg.max_seconds is None or fraction <= 0:
+            return 0
+        return max(self.step, round(self.step / fraction)) if self.step else 0
 
     def _eta(self, elapsed: float, steps_per_s: float) -> float | None:
         etas = []

@@ -332,3 +332,14 @@ def test_auto_invert_matches_real_images():
         gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(float)
         nuclei_darker = gray[labels > 0].mean() < gray[labels == 0].mean()
         assert is_bright_background(image) == nuclei_darker, path.name
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((1, 1), "YX"), ((1, 50), "YX"), ((1, 1, 3), "YXC"), ((5, 1, 64), "ZYX")])
+def test_tiny_images_are_refused_as_too_small_not_constant(shape, axes):
+    from napari_unet.core.inference import predict
+    from napari_unet.core.store import placeholder_default
+
+    image = np.ones(shape, np.uint8)
+    image.flat[0] = 0 if image.size > 1 else 1
+    with pytest.raises(UserInputError, match="too small to hold a nucleus"):
+        predict(image, placeholder_default(), axes=axes)

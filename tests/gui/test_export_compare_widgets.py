@@ -160,3 +160,47 @@ def test_layers_larger_than_free_memory_are_refused_before_reading(
     error = messages(notifications, "error")[-1]
     assert "'big' needs 67 MB in memory, more than half of the 100 MB free" in error and "cropped region" in error
     assert not (tmp_path / "export").exists() or not any((tmp_path / "export").iterdir())
+
+
+def test_compare_defaults_to_corrected_labels_and_shows_every_row(
+    make_napari_viewer, qtbot, sample, tiny_model, notifications
+):
+    from napari_unet._widgets._common import set_layer_data
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(sample[0], name="nuclei")
+    corrected = viewer.add_labels(sample[1].astype(np.int32), name="corrected")  # drawn by the user
+    set_layer_data(viewer, "nuclei labels", (sample[1] > 0).astype(np.int32), "labels", like=image)  # a prediction
+    widget = CompareWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.ground_truth.layer() is corrected, "the UNet's own output is not the default ground truth"
+    widget.model.select(tiny_model)
+    widget.set_methods(["UNet", "Otsu", "Li", "Watershed"])
+    widget.error_layers.setChecked(False)
+    widget.run()
+    wait_until_idle(qtbot, widget)
+    table = widget.table
+    assert table.rowCount() == 4
+    header = table.horizontalHeader().height()
+    assert table.height() >= header + sum(table.rowHeight(r) for r in range(4)), "all rows show at once"
+    assert not messages(notifications, "error")
+
+
+def test_export_into_a_folder_that_refuses_writes_says_so_once(exporter, qtbot, tmp_path, notifications, monkeypatch):
+    from napari_unet.core import io
+
+    _viewer, widget = exporter
+    widget.set_chosen_layers(["truth", "mask"])
+    choose(widget, "tif", "csv", "npy")
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(io, "export_labels", read_only)
+    widget.export()
+    wait_until_idle(qtbot, widget)
+    errors = messages(notifications, "error")
+    assert len(errors) == 1 and "nothing was exported" in errors[0] and "Read-only file system" in errors[0]
+    assert not messages(notifications, "warning")
+    assert not any(m.startswith("Exported") for m in messages(notifications, "info"))
+    assert widget.jobs.status.text().startswith("Export: failed")

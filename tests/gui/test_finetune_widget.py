@@ -169,3 +169,29 @@ def test_labels_segmented_at_a_scale_are_fine_tuned_and_resegmented_at_that_scal
     resegmented = viewer.layers["nuclei re-segmented"]
     assert segmentation_scale(resegmented) == 2.0  # correcting and fine-tuning again keeps the scale
     assert not messages(notifications, "error")
+
+
+def test_plot_draws_each_validation_once_and_ends_on_the_final_score(setup, qtbot, notifications, monkeypatch):
+    from dataclasses import replace
+
+    _viewer, widget = setup
+    widget.budget_unit.setCurrentText("seconds")
+    widget.budget.setValue(4)
+    config = widget.training_config
+    monkeypatch.setattr(widget, "training_config", lambda: replace(config(), val_every=5))
+    totals = []
+    widget.jobs.progressed.connect(
+        lambda event: totals.append((event.done, event.total)) if event.stage == "train" else None
+    )
+    assert widget.start() is not None
+    bar_ranges = []
+    qtbot.waitUntil(lambda: bar_ranges.append(widget.jobs.bar.maximum()) or widget.jobs.worker is None, timeout=120_000)
+
+    steps, scores = widget._curves["validation AP@0.5"]
+    history = widget.last_outcome.result.history
+    validated_steps = [r["step"] for r in history if "val_ap50" in r]
+    assert steps == validated_steps, "one point per validation, none for steps that were not validated"
+    assert scores[-1] == pytest.approx(history[-1]["val_ap50"]), "the last point is the final validation"
+    assert all(total >= done > 0 for done, total in totals if done), "a time budget still gives the bar a range"
+    assert max(bar_ranges) > 0
+    assert not messages(notifications, "error")

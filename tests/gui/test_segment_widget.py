@@ -280,3 +280,16 @@ def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot
         "It scored AP@0.5 0.62 on its validation data when it was trained."
     )
     assert not messages(notifications, "error")
+
+
+def test_cancel_pressed_right_after_segment_discards_the_result(
+    make_napari_viewer, qtbot, tiny_model, sample, notifications
+):
+    viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
+    widget.image.set_layer(viewer.add_image(sample[0], name="nuclei"))
+    assert widget.run() is not None
+    widget.jobs.cancel()  # before the worker reached any check: the model may still be loading
+    wait_until_idle(qtbot, widget)
+    assert "nuclei labels" not in viewer.layers
+    assert widget.jobs.status.text() == "Segmentation: cancelled"
+    assert not any(m.startswith("Segmented") for m in messages(notifications, "info"))
