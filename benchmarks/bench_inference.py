@@ -5,7 +5,8 @@ efficiency (achieved network FLOP/s over a dense matmul's FLOP/s on the same
 cores) is a ratio that is comparable across machines.  Absolute times are only
 meaningful on a quiet machine; on a GPU the same numbers are reported for CUDA.
 
-Usage: python benchmarks/bench_inference.py [--sizes 512,2048] [--model default] [--repeats 3]
+Usage: python benchmarks/bench_inference.py [--sizes 512,2048] [--model default | --models A B ...]
+       [--devices cpu] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -70,34 +71,49 @@ def bench_size(bundle, size: int, device: str, repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="512,2048")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    bundle = load_model(args.model)
+def bench_model(spec: str, sizes: list[int], devices: list[str], repeats: int) -> dict:
+    """Speed of one model on every device and size (see :func:`bench_size`)."""
+    bundle = load_model(spec)
     flops = flops_per_pixel(bundle.config)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {
-        "model": bundle.name,
+        "model": spec,
+        "config": bundle.config.to_dict(),
         "parameters": count_parameters(bundle.network),
         "flops_per_pixel": flops,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
         "devices": {},
     }
     for device in devices:
         probe = matmul_gflops(torch.device(device))
-        rows = [bench_size(bundle, int(s), device, args.repeats) for s in args.sizes.split(",")]
+        rows = [bench_size(bundle, size, device, repeats) for size in sizes]
         for row in rows:
             row["network_gflops"] = row["network_mpx_per_s"] * 1e6 * flops / 1e9
             row["efficiency_vs_matmul"] = row["network_gflops"] / probe
         report["devices"][device] = {"matmul_gflops": probe, "sizes": rows}
         if device == "cuda":
             report["devices"][device]["name"] = torch.cuda.get_device_name()
-    print(json.dumps(report, indent=2))
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="512,2048")
+    parser.add_argument("--model", default="default", help="a model name or folder")
+    parser.add_argument("--models", nargs="*", default=None, help="several models, measured one after the other")
+    parser.add_argument("--devices", default=None, help="e.g. cpu or cpu,cuda (default: cpu, plus cuda if present)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    sizes = [int(s) for s in args.sizes.split(",")]
+    reports = [bench_model(spec, sizes, devices, args.repeats) for spec in (args.models or [args.model])]
+    common = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    if args.models is None:  # one model: the flat layout earlier results use
+        print(json.dumps({**reports[0], **common}, indent=2))
+    else:
+        print(json.dumps({**common, "models": reports}, indent=2))
 
 
 if __name__ == "__main__":

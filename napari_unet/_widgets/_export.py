@@ -208,6 +208,7 @@ class ExportWidget(QWidget):
         folder = Path(self.folder.text()).expanduser()
         if not self.folder.text().strip() or (folder.exists() and not folder.is_dir()):
             raise UserInputError(f"'{self.folder.text()}' is not a folder; choose an export folder")
+        _check_writable(folder)
         image = self._intensity_image()
         return [self._item(self.viewer.layers[name], fmt, folder, image) for name in names for fmt in formats]
 
@@ -241,6 +242,20 @@ class ExportWidget(QWidget):
             warn(f"Some files were not exported: {problems[0]}{more}")
             self.jobs.status.setText(f"Export: partly done ({len(problems)} problem(s))")
         info(f"Exported {len(self.last_written)} file(s) to {self.folder.text()}")
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse, before any work, an export folder (or its nearest existing parent) that does not accept files."""
+    import tempfile
+
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot write to {existing} ({exc.strerror or exc}); choose an export folder you can write to"
+        ) from exc
 
 
 def _write_items(

@@ -159,8 +159,8 @@ def accuracy_note(model_sha256: str) -> str:
 
     Notes
     -----
-    The bundled model's accuracy comes from its model card (per modality); a
-    trained model's from its validation data while it was trained.
+    The bundled model's accuracy comes from its model card (per image family,
+    on test images); a trained model's from its validation data while it was trained.
 
     """
     from napari_unet.core.store import list_models
@@ -171,11 +171,12 @@ def accuracy_note(model_sha256: str) -> str:
         logger.warning("could not list models", exc_info=True)
         return ""
     metrics = next((info.metrics for info in infos if info.sha256 == model_sha256 and info.metrics), {})
-    fluorescence, brightfield = metrics.get("val_ap50_fluorescence"), metrics.get("val_ap50_brightfield")
-    if fluorescence is not None and brightfield is not None:
+    grey, colour, tissue = (metrics.get(f"test_ap50_{family}") for family in ("grey", "colour", "tissue"))
+    if grey is not None and colour is not None and tissue is not None:
         return (
-            f" Its measured AP@0.5: {fluorescence:.2f} on fluorescence and {brightfield:.2f} on H&E/brightfield "
-            "validation images (its model card has the details)."
+            f" Its measured AP@0.5 on held-out test images: {grey:.2f} grey (fluorescence, brightfield), "
+            f"{colour:.2f} colour (H&E-like), {tissue:.2f} tissue sections; images unlike these may score lower "
+            "(its model card has the details)."
         )
     if isinstance(metrics.get("val_ap50"), float):
         return f" It scored AP@0.5 {metrics['val_ap50']:.2f} on its validation data when it was trained."

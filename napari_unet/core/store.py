@@ -647,10 +647,11 @@ def recorded_metrics(folder: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     -------
     dict
         From ``model_card.json`` when the folder has one (the bundled model):
-        ``val_ap50`` and, per modality, ``val_ap50_fluorescence`` /
-        ``val_ap50_brightfield`` (per-image mean AP@0.5 on the validation
-        images the card names).  Otherwise the scores its training recorded
-        (``val_ap50`` on the held-out validation nuclei, ...); empty when none.
+        ``test_ap50`` and, per image family, ``test_ap50_grey`` /
+        ``test_ap50_colour`` / ``test_ap50_tissue`` (per-image mean AP@0.5
+        on test images that chose neither its checkpoint nor its thresholds).
+        Otherwise the scores its training recorded (``val_ap50`` on the
+        held-out validation nuclei, ...); empty when none.
 
     """
     card_scores = _model_card_scores(folder / MODEL_CARD_JSON)
@@ -660,19 +661,20 @@ def recorded_metrics(folder: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     return dict(lineage.get("metrics") or metadata.get("metrics") or {})
 
 
+CARD_FAMILIES = ("grey", "colour", "tissue")
+"""Image families a model card reports test scores for (see ``training/make_model_card.py``)."""
+
+
 def _model_card_scores(path: Path) -> dict[str, float]:
+    """``test_ap50`` (mean over families) and ``test_ap50_<family>`` from a ``model_card.json``; {} when unreadable."""
     try:
-        validation = json.loads(path.read_text(encoding="utf-8"))["validation"]
+        test = json.loads(path.read_text(encoding="utf-8"))["test"]
+        scores = {"test_ap50": float(test["family_mean_ap50"])}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    scores = {}
-    for subset, key in (
-        ("overall", "val_ap50"),
-        ("fluorescence", "val_ap50_fluorescence"),
-        ("brightfield", "val_ap50_brightfield"),
-    ):
+    for family in CARD_FAMILIES:
         try:
-            scores[key] = float(validation[subset]["unet"]["AP@0.5"])
+            scores[f"test_ap50_{family}"] = float(test["families"][family]["AP@0.5"])
         except (KeyError, TypeError, ValueError):
             continue
     return scores

@@ -402,19 +402,18 @@ def test_a_model_card_gives_the_measured_scores_else_the_training_lineage(model_
     info = store.save_version(tiny_bundle(), "nuclei", {"metrics": {"val_ap50": 0.61}})
     assert store.list_models()[-1].metrics == {"val_ap50": 0.61}  # a trained model: what its training measured
 
-    card = {"validation": {"overall": {"unet": {"AP@0.5": 0.7}}, "fluorescence": {"unet": {"AP@0.5": 0.73}}}}
+    card = {"test": {"family_mean_ap50": 0.7, "families": {"grey": {"AP@0.5": 0.73}}}}
     (info.path / store.MODEL_CARD_JSON).write_text(json.dumps(card))
-    assert store.list_models()[-1].metrics == {"val_ap50": 0.7, "val_ap50_fluorescence": 0.73}
+    assert store.list_models()[-1].metrics == {"test_ap50": 0.7, "test_ap50_grey": 0.73}
     (info.path / store.MODEL_CARD_JSON).write_text("{not json")
     assert store.list_models()[-1].metrics == {"val_ap50": 0.61}  # an unreadable card is ignored
 
 
 def test_the_bundled_models_scores_are_those_of_its_model_card() -> None:
-    card = json.loads((store.bundled_model_dir() / store.MODEL_CARD_JSON).read_text())["validation"]
+    card = json.loads((store.bundled_model_dir() / store.MODEL_CARD_JSON).read_text())["test"]
     bundled = store.recorded_metrics(store.bundled_model_dir(), {})
     assert bundled == {
-        "val_ap50": card["overall"]["unet"]["AP@0.5"],
-        "val_ap50_fluorescence": card["fluorescence"]["unet"]["AP@0.5"],
-        "val_ap50_brightfield": card["brightfield"]["unet"]["AP@0.5"],
+        "test_ap50": card["family_mean_ap50"],
+        **{f"test_ap50_{family}": card["families"][family]["AP@0.5"] for family in ("grey", "colour", "tissue")},
     }
-    assert 0.5 < bundled["val_ap50"] < 1
+    assert 0.5 < bundled["test_ap50"] < 1

@@ -204,3 +204,19 @@ def test_export_into_a_folder_that_refuses_writes_says_so_once(exporter, qtbot, 
     assert not messages(notifications, "warning")
     assert not any(m.startswith("Exported") for m in messages(notifications, "info"))
     assert widget.jobs.status.text().startswith("Export: failed")
+
+
+def test_export_refuses_a_folder_it_cannot_write_to_before_starting(exporter, tmp_path, notifications, monkeypatch):
+    import tempfile
+
+    _viewer, widget = exporter
+    widget.set_chosen_layers(["truth"])
+    choose(widget, "tif")
+
+    def refused(*args, **kwargs):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    assert widget.export() is None
+    assert "cannot write to" in messages(notifications, "error")[-1]
+    assert not (tmp_path / "export").exists()

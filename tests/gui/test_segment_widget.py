@@ -267,8 +267,9 @@ def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot
     wait_until_idle(qtbot, widget)
     measured = list_models()[0].metrics  # the bundled model's, from its model card
     assert messages(notifications, "info")[-1].endswith(
-        f"Its measured AP@0.5: {measured['val_ap50_fluorescence']:.2f} on fluorescence and "
-        f"{measured['val_ap50_brightfield']:.2f} on H&E/brightfield validation images (its model card has the details)."
+        f"Its measured AP@0.5 on held-out test images: {measured['test_ap50_grey']:.2f} grey (fluorescence, "
+        f"brightfield), {measured['test_ap50_colour']:.2f} colour (H&E-like), {measured['test_ap50_tissue']:.2f} "
+        "tissue sections; images unlike these may score lower (its model card has the details)."
     )
 
     trained = save_version(load_model(tiny_model), "tiny", {"metrics": {"val_ap50": 0.62}})  # as training records
