@@ -1,19 +1,43 @@
 #!/usr/bin/env bash
-# Reproduces napari_unet/weights/default from the DSB 2018 data beside the checkout (../shared/data/dsb2018).
-# Stage 1: 2400 s from scratch; stage 2: 2700 s more from stage 1 at a lower learning rate; stage 3: 4800 s
-# more at a lower one still (seed 3); then the post-processing thresholds (including min_confidence) are chosen
-# on the validation images. Times are wall-clock budgets on 2 CPU cores. Stage 1 records the training nucleus
-# diameters (metadata.object_diameter) and how the model measures them; the shipped measured_over_true (1.064)
-# was measured with the final weights (a rerun records stage 1's, a few percent apart).
+# How napari_unet/weights/default (model v2) was made, step by step. Steps 2 and 3 need a GPU machine
+# (each ran once, 420 s and 200 s of training on one NVIDIA H200); the rest runs here, beside ../shared/data.
+#
+# 1. Pack the data (../shared/data -> data_pack/nuclei_v2.npz, <= 45 MiB, ignored by git); the train / val /
+#    test split is the committed training/splits_v2.json.
+#      python training/data_pack.py build
+# 2. Survey: six candidates from scratch at once on one GPU (carry data_pack/ to the GPU machine):
+#      OUT=$OUT PLAN=survey TRAIN_SECONDS=420 bash training/gpu_train.sh        -> out/gpu_run1/
+# 3. Refine the grey and colour networks from the survey's weights (copied to data_pack/init/):
+#      OUT=$OUT PLAN=refine INIT_DIR=data_pack/init TRAIN_SECONDS=200 RUN_GPU_CHECK=0 bash training/gpu_train.sh
+#                                                                                 -> out/gpu_run2/
+# 4. Model folders for the candidates, then the assembled grey + colour model (records the training runs and
+#    the training nuclei's diameters):
+#      python training/import_gpu_weights.py out/gpu_run1/*.safetensors --out out/v2
+#      python training/import_gpu_weights.py out/gpu_run2/*.safetensors --out out/v2r
+#      python training/assemble_default_v2.py --gray out/gpu_run2/grey_b16.safetensors \
+#        --colour out/gpu_run2/colour_b16.safetensors --logs out/gpu_run1/train_log.json out/gpu_run2/train_log.json \
+#        --out out/default_v2
+# 5. Thresholds of every model and baseline chosen on the validation split, scores on the test split
+#    (out/v1_default: the previous bundled model, commit 64630bf):
+#      python benchmarks/bench_sources.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
+#        out/v2/rgb_b16_dist out/v2/rgb_b32_dist out/v2r/grey_b16 out/v2r/colour_b16 \
+#        --route out/v2r/grey_b16+out/v2r/colour_b16 --baselines otsu,li,local,watershed \
+#        --json benchmarks/results/default_model_v2_sources.json
+#      python benchmarks/bench_sources.py --models out/v1_default out/v2/rgb_b16 out/v2/grey_b16 out/v2/colour_b16 \
+#        out/v2/rgb_b32 out/v2/rgb_b16_dist out/v2/rgb_b32_dist --route out/v2/grey_b16+out/v2/colour_b16 \
+#        --json benchmarks/results/default_model_v2_survey.json
+#      python benchmarks/bench_sources.py --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds \
+#        --json benchmarks/results/distance_head.json
+# 6. Install with the chosen thresholds, measure speed (CPU, nothing else running) and write the card:
+#      python training/install_default_v2.py out/default_v2 benchmarks/results/default_model_v2_sources.json
+#      python benchmarks/bench_inference.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
+#        out/v2/rgb_b16_dist out/v2/rgb_b32_dist --sizes 2048 --devices cpu --repeats 2 \
+#        > benchmarks/results/default_model_v2_speed.json
+#      python training/make_model_card.py napari_unet/weights/default \
+#        --sources benchmarks/results/default_model_v2_sources.json \
+#        --survey benchmarks/results/default_model_v2_survey.json \
+#        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json
+# On CPU, training/cpu_train.sh continues the grey network resumably (nice 19) from step 3's weights.
 set -euo pipefail
-D=${DATA:-../shared/data/dsb2018}
-OUT=${OUT:-out/default-model}
-mkdir -p "$OUT"
-napari-unet train --images $D/train --labels $D/train --val-images $D/val --val-labels $D/val \
-  --from scratch --depth 4 --base-channels 16 --config training/default_model.json --output $OUT/stage1 --overwrite
-napari-unet train --images $D/train --labels $D/train --val-images $D/val --val-labels $D/val \
-  --from $OUT/stage1 --config training/default_model_stage2.json --output $OUT/stage2 --overwrite
-napari-unet tune --images $D/val --model $OUT/stage2 --output $OUT/stage2-tuned --overwrite
-napari-unet train --images $D/train --labels $D/train --val-images $D/val --val-labels $D/val \
-  --from $OUT/stage2-tuned --config training/default_model_stage3.json --seed 3 --output $OUT/stage3 --overwrite
-napari-unet tune --images $D/val --model $OUT/stage3 --output $OUT/tuned --overwrite
+echo "This file documents the steps; run them one by one (steps 2 and 3 on a GPU machine)." >&2
+sed -n '2,40p' "$0"

@@ -9,6 +9,16 @@ from matplotlib.figure import Figure
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 
+class _Canvas(FigureCanvasQTAgg):
+    """A matplotlib canvas whose pending idle redraw is dropped when its widget was deleted meanwhile."""
+
+    def _draw_idle(self) -> None:
+        try:
+            super()._draw_idle()
+        except RuntimeError:  # "wrapped C/C++ object ... has been deleted": the panel closed first
+            pass
+
+
 class MiniPlot(QWidget):
     """A compact dark plot matching napari's theme."""
 
@@ -16,7 +26,7 @@ class MiniPlot(QWidget):
         super().__init__()
         self.figure = Figure(figsize=(4, height), tight_layout=True)
         self.figure.patch.set_facecolor("#262930")
-        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas = _Canvas(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.canvas.setFixedHeight(int(height * 80))
         self.axes = self.figure.add_subplot(111)

@@ -1,0 +1,35 @@
+"""The numbers the README and the model card show are those of the results files the benchmarks wrote."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "benchmarks" / "results" / "default_model_v2_sources.json"
+ROWS = {"grey": "grey: fluorescence", "colour": "colour: H&E-like", "tissue": "tissue sections"}
+
+
+def readme_row(start: str) -> list[float]:
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| {start}"))
+    return [float(cell) for cell in re.findall(r"\| (\d\.\d{3}) ", line + " ")]
+
+
+def test_readme_accuracy_table_matches_the_results_file():
+    results = json.loads(SOURCES.read_text())
+    model, previous = results["models"]["out/default_v2"], results["models"]["out/v1_default"]
+    best = max(results["baselines"].values(), key=lambda b: b["tuned_val_score"])
+    assert best["method"] == "watershed"
+    for family, start in ROWS.items():
+        expected = [round(run["test"]["families"][family]["AP@0.5"], 3) for run in (model, previous, best)]
+        assert readme_row(start) == expected, family
+
+
+def test_model_card_json_is_the_results_file():
+    results = json.loads(SOURCES.read_text())["models"]["out/default_v2"]
+    card = json.loads((ROOT / "napari_unet" / "weights" / "default" / "model_card.json").read_text())
+    assert card["test"]["family_mean_ap50"] == results["test"]["family_mean_AP@0.5"]
+    assert card["test"]["families"] == results["test"]["families"]
+    markdown = (ROOT / "napari_unet" / "weights" / "default" / "MODEL_CARD.md").read_text()
+    assert f"**{results['test']['family_mean_AP@0.5']:.3f}**" in markdown
