@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -13,10 +14,8 @@ class _Canvas(FigureCanvasQTAgg):
     """A matplotlib canvas whose pending idle redraw is dropped when its widget was deleted meanwhile."""
 
     def _draw_idle(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # "wrapped C/C++ object ... has been deleted": the panel closed
             super()._draw_idle()
-        except RuntimeError:  # "wrapped C/C++ object ... has been deleted": the panel closed first
-            pass
 
 
 class MiniPlot(QWidget):
