@@ -196,7 +196,8 @@ class InferenceConfig(JsonConfig):
     overlap : float
         Fraction of a tile shared with its neighbour, in [0, 0.5).
     batch_size : int
-        Tiles per forward pass.
+        Tiles per forward pass; 0 (the default) chooses for the device: 1 on
+        the CPU (faster per pixel there), 8 on a GPU.
     device : str
         ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
     blend : str
@@ -221,7 +222,7 @@ class InferenceConfig(JsonConfig):
 
     tile_size: int = 512
     overlap: float = 0.25
-    batch_size: int = 4
+    batch_size: int = 0
     device: str = "auto"
     blend: str = "gaussian"
     amp: bool = True
@@ -234,7 +235,7 @@ class InferenceConfig(JsonConfig):
         _check_range(name, "tile_size", self.tile_size, 32, 8192)
         _check_range(name, "scale", self.scale, MIN_SCALE, MAX_SCALE)
         _check_range(name, "overlap", self.overlap, 0.0, 0.49)
-        _check_range(name, "batch_size", self.batch_size, 1, 256)
+        _check_range(name, "batch_size", self.batch_size, 0, 256)
         _check_choice(name, "device", self.device, DEVICES)
         _check_choice(name, "blend", self.blend, BLEND_MODES)
 

@@ -8,15 +8,18 @@ the network accepts, cut into overlapping tiles that
 run through the network in batches, blended back with Gaussian weights,
 cropped, resized back and post-processed into instance labels.
 
-The bundle's network is moved to the compute device on first use and stays
-there (later calls on the same device move nothing); it is put in eval mode
-while predicting and its previous mode is restored afterwards.
+Inference runs a copy of the bundle's network with every BatchNorm folded into
+its convolution, in channels-last layout, on the compute device
+(:func:`inference_network`); the copy is made once and reused while the
+weights stay the same, and the bundle's own network is left as it is (on its
+device, in its mode), ready to be fine-tuned.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -27,6 +30,7 @@ from torch import nn
 
 from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
+from napari_unet.core.model import fold_batch_norm
 from napari_unet.core.normalize import check_image_size, infer_axes, normalize_plane, to_planes, validate_image
 from napari_unet.core.postprocess import link_slices, probabilities_to_labels, relabel_stack_unique
 from napari_unet.core.progress import Progress, check_cancel, run_to_end
@@ -152,22 +156,29 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
-def _network_on(network: nn.Module, device: torch.device) -> nn.Module:
-    """Move ``network`` to ``device`` unless it already lives there (then nothing is copied)."""
-    parameter = next(network.parameters(), None)
-    if parameter is not None and not _same_device(parameter.device, device):
-        network.to(device)
-    return network
+_INFERENCE_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+"""Per network: the fingerprint of its weights and device, and its folded, channels-last inference copy."""
 
 
-@contextlib.contextmanager
-def _eval_mode(network: nn.Module) -> Iterator[None]:
-    was_training = network.training
-    network.eval()
-    try:
-        yield
-    finally:
-        network.train(was_training)
+def inference_network(network: nn.Module, device: torch.device) -> nn.Module:
+    """Return the network as inference runs it: BatchNorm folded into the convolutions, channels-last, on ``device``.
+
+    The copy is made once and reused while ``network``'s weights stay the
+    same (fine-tuning changes them in place: the copy is then made again);
+    ``network`` itself is never changed, so it can still be trained.
+    2D networks only get channels-last (the memory layout oneDNN and cuDNN
+    convolve fastest).
+    """
+    tensors = [*network.parameters(), *network.buffers()]
+    fingerprint = (str(device), tuple((t.data_ptr(), t._version) for t in tensors))
+    cached = _INFERENCE_COPIES.get(network)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
+    copy = fold_batch_norm(network).to(device)
+    if getattr(getattr(network, "config", None), "spatial_dims", 2) == 2:
+        copy = copy.to(memory_format=torch.channels_last)
+    _INFERENCE_COPIES[network] = (fingerprint, copy)
+    return copy
 
 
 def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -221,6 +232,18 @@ def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_
     return device if needed <= DEVICE_ACCUMULATE_MAX_BYTES else torch.device("cpu")
 
 
+CPU_BATCH_SIZE, GPU_BATCH_SIZE = 1, 8
+"""Tiles per forward pass when ``InferenceConfig.batch_size`` is 0 (automatic): on 2 CPU cores one 512² tile
+at a time runs 1.7x faster per pixel than four (``benchmarks/bench_inference.py``); a GPU wants batches."""
+
+
+def effective_batch_size(cfg: InferenceConfig, device: torch.device) -> int:
+    """``cfg.batch_size``, or for 0 the automatic choice for ``device``."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -247,10 +270,11 @@ def _iter_plane_probabilities(
         source = torch.from_numpy(np.ascontiguousarray(padded)).to(store)
         total = torch.zeros((out_channels, *plan.padded_shape), dtype=torch.float32, device=store)
         weights = None if plan.weights is None else torch.from_numpy(plan.weights).to(store)
-    for batch in _batches(plan.tiles, cfg.batch_size):
+    for batch in _batches(plan.tiles, effective_batch_size(cfg, device)):
         check_cancel(cancel)
         with torch.inference_mode():
             inputs = _gather_tiles(source, batch).to(device, non_blocking=True)
+            inputs = inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
             probabilities = _tile_probabilities(network, inputs, device, cfg).to(store)
             for (sy, sx), tile_probabilities in zip(batch, probabilities, strict=True):
                 if weights is None:
@@ -415,12 +439,11 @@ def predict_probabilities(
     if plane.ndim != 3 or plane.shape[0] != bundle.config.in_channels:
         raise ValueError(f"plane must be (C={bundle.config.in_channels}, Y, X), got shape {plane.shape}")
     device = resolve_device(cfg.device)
-    network = _network_on(bundle.network, device)
+    network = inference_network(bundle.network, device)
     plans = _plan_scales(plane.shape[-2:], bundle.config, cfg)
-    with _eval_mode(network):
-        return _drain(
-            _iter_scaled_plane_probabilities(network, plane.astype(np.float32, copy=False), plans, cfg, device, cancel)
-        )
+    return _drain(
+        _iter_scaled_plane_probabilities(network, plane.astype(np.float32, copy=False), plans, cfg, device, cancel)
+    )
 
 
 def _drain(gen: Generator[int, None, np.ndarray]) -> np.ndarray:
@@ -488,27 +511,26 @@ def iter_predict(
     check_image_size(image.shape, image_axes)
     planes, plane_axis = to_planes(image, image_axes, dtype=None)
     device = resolve_device(inference.device)
-    network = _network_on(bundle.network, device)
+    network = inference_network(bundle.network, device)
     plans = _plan_scales(planes.shape[1:3], bundle.config, inference)
     total = len(planes) * sum(plan.tiles_per_plane for _, plan in plans)
     yield Progress("predict", 0, total, f"Predicting {total} tile(s) on {device}", {"device": str(device)})
     probabilities: np.ndarray | None = None
     done = 0
-    with _eval_mode(network):
-        for index, plane in enumerate(planes):
-            check_cancel(cancel)
-            network_input = normalize_plane(plane, bundle.normalize, bundle.config.in_channels)
-            plane_gen = _iter_scaled_plane_probabilities(network, network_input, plans, inference, device, cancel)
-            while True:
-                try:
-                    done += next(plane_gen)
-                except StopIteration as stop:
-                    plane_probabilities = stop.value
-                    break
-                yield Progress("predict", done, total, _message(index, len(planes), done, total), {"plane": index})
-            if probabilities is None:
-                probabilities = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
-            probabilities[index] = plane_probabilities
+    for index, plane in enumerate(planes):
+        check_cancel(cancel)
+        network_input = normalize_plane(plane, bundle.normalize, bundle.config.in_channels)
+        plane_gen = _iter_scaled_plane_probabilities(network, network_input, plans, inference, device, cancel)
+        while True:
+            try:
+                done += next(plane_gen)
+            except StopIteration as stop:
+                plane_probabilities = stop.value
+                break
+            yield Progress("predict", done, total, _message(index, len(planes), done, total), {"plane": index})
+        if probabilities is None:
+            probabilities = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
+        probabilities[index] = plane_probabilities
     assert probabilities is not None  # validate_image guarantees at least one plane
     labels_axes = "YX" if plane_axis is None else f"{plane_axis}YX"
     if plane_axis is None:

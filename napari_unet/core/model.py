@@ -24,6 +24,7 @@ The network accepts inputs whose spatial sizes are multiples of
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -175,6 +176,47 @@ def build_model(config: ModelConfig) -> UNet | GrayColourUNet:
     if config.branches == "gray_colour":
         return GrayColourUNet(config)
     return UNet(config)
+
+
+def fold_batch_norm(network: nn.Module) -> nn.Module:
+    """Return an inference copy of ``network`` with every BatchNorm folded into the convolution before it.
+
+    In eval mode a BatchNorm after a convolution is an affine map per
+    channel, so ``conv -> bn`` equals one convolution with scaled weights and
+    a bias: the copy computes the same logits (to float rounding) with one
+    op fewer per layer.  ``network`` itself is not changed (it may be
+    fine-tuned later); the copy is in eval mode.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        A :class:`UNet` or :class:`GrayColourUNet` (any module whose
+        ``nn.Sequential`` children hold ``Conv -> BatchNorm`` pairs).
+
+    Returns
+    -------
+    torch.nn.Module
+        The folded copy (BatchNorms replaced by ``nn.Identity``).
+
+    """
+    folded = copy.deepcopy(network).eval()
+    for module in folded.modules():
+        if isinstance(module, nn.Sequential):
+            for index in range(len(module) - 1):
+                conv, norm = module[index], module[index + 1]
+                if isinstance(conv, nn.Conv2d | nn.Conv3d) and isinstance(norm, nn.BatchNorm2d | nn.BatchNorm3d):
+                    _fold_into(conv, norm)
+                    module[index + 1] = nn.Identity()
+    return folded
+
+
+@torch.no_grad()
+def _fold_into(conv: nn.Conv2d | nn.Conv3d, norm: nn.BatchNorm2d | nn.BatchNorm3d) -> None:
+    """Scale ``conv``'s weights and set its bias so that it also applies ``norm`` (eval statistics)."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+    conv.bias = nn.Parameter((bias - norm.running_mean) * scale + norm.bias)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,6 +17,7 @@ from napari_unet.core.inference import (
     Prediction,
     accelerator_names,
     foreground_probability,
+    inference_network,
     iter_predict,
     labels_from_probabilities,
     predict,
@@ -321,15 +322,42 @@ def test_cancel_between_batches_restores_the_network_mode():
     assert bundle.network.training  # eval mode was only borrowed
 
 
-def test_network_stays_on_its_device_between_calls(monkeypatch):
-    bundle = threshold_bundle()
-    moves = []
-    original_to = bundle.network.to
-    monkeypatch.setattr(bundle.network, "to", lambda *a, **k: moves.append(a) or original_to(*a, **k))
-    for _ in range(2):
-        predict(disc_image(), bundle, inference=CPU)
-    assert moves == []
-    assert bundle.network.training  # mode restored (a fresh module trains by default)
+def test_inference_runs_a_cached_folded_copy_and_leaves_the_network_alone():
+    bundle = unet_bundle(depth=2)
+    bundle.network.train()
+    state = {k: v.clone() for k, v in bundle.network.state_dict().items()}
+    cpu = torch.device("cpu")
+    first = inference_network(bundle.network, cpu)
+    predict(disc_image(), bundle, inference=CPU)
+    assert inference_network(bundle.network, cpu) is first, "reused while the weights stay the same"
+    assert bundle.network.training, "the bundle's network keeps its mode"
+    for key, value in bundle.network.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with torch.no_grad():
+        next(bundle.network.parameters()).add_(0.1)  # fine-tuning changes weights in place
+    assert inference_network(bundle.network, cpu) is not first
+
+
+def test_folded_batch_norm_computes_the_same_logits():
+    from napari_unet.core.model import GrayColourUNet, fold_batch_norm
+
+    torch.manual_seed(0)
+    for network in (
+        UNet(ModelConfig(depth=2, base_channels=8)),
+        GrayColourUNet(ModelConfig(in_channels=3, depth=2, base_channels=8, branches="gray_colour")),
+    ):
+        for module in network.modules():  # non-trivial running statistics and affine parameters
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.5, 0.5)
+        network.eval()
+        folded = fold_batch_norm(network)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        x = torch.randn(2, network.config.in_channels, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), network(x), atol=1e-4, rtol=1e-4)
 
 
 def test_input_errors_surface_as_user_errors():
@@ -424,14 +452,15 @@ def test_scale_resizes_what_the_network_sees_and_labels_keep_the_image_shape():
     bundle.network = RecordingBrightIsNucleus(bundle.config)
     one_tile = InferenceConfig(device="cpu", tile_size=512)
     result = predict(disc_image(), bundle, inference=replace(one_tile, scale=2.0))
-    assert bundle.network.seen == [(112, 128)]
+    assert inference_network(bundle.network, torch.device("cpu")).seen == [(112, 128)]
     assert result.labels.shape == result.probabilities.shape[1:] == (56, 64)
     assert_discs_found(result.labels, disc_masks())
     np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-5)
 
-    bundle.network.seen.clear()
+    inference_network(bundle.network, torch.device("cpu")).seen.clear()
     predict(np.stack([disc_image(), disc_image()]), bundle, axes="ZYX", inference=replace(one_tile, scale=1.5))
-    assert bundle.network.seen == [(84, 96), (84, 96)]  # each slice is resized in Y and X only
+    seen = inference_network(bundle.network, torch.device("cpu")).seen
+    assert seen == [(84, 96), (84, 96)]  # each slice is resized in Y and X only
 
 
 def test_resize_plane_keeps_probabilities_summing_to_one():
@@ -472,6 +501,6 @@ def test_multiscale_progress_counts_the_tiles_of_every_size():
     cfg = InferenceConfig(device="cpu", tile_size=512, multiscale=True)
     events, result = progress_and_result(iter_predict(disc_image(), bundle, inference=cfg))
     # 56x64 at 0.71 / 1 / 1.41 -> 40x45, 56x64, 79x91, padded to multiples of 4 and at least 64
-    assert bundle.network.seen == [(64, 64), (64, 64), (80, 92)]
+    assert inference_network(bundle.network, torch.device("cpu")).seen == [(64, 64), (64, 64), (80, 92)]
     assert [e.done for e in events] == [0, 1, 2, 3] and events[-1].total == 3
     assert_discs_found(result.labels, disc_masks())
