@@ -192,14 +192,9 @@ class InferenceConfig(JsonConfig):
     Attributes
     ----------
     tile_size : int
-        Longest tile edge (pixels); images no larger run in one piece, larger
-        ones in as few tiles as fit, each shortened to cover the image evenly
-        (:func:`napari_unet.core.tiling.fitted_tile`).
+        Edge of the square tiles (pixels); images no larger run in one piece.
     overlap : float
-        Fraction of ``tile_size`` neighbouring tiles share at least, in
-        [0, 0.5); 0.2 of 640 is 128 px, so every seam lies 64 px from both
-        tiles' edges, where the network has seen enough context for its
-        prediction to be close to the whole image's.
+        Fraction of a tile shared with its neighbour, in [0, 0.5).
     batch_size : int
         Tiles per forward pass; 0 (the default) chooses for the device: 1 on
         the CPU (faster per pixel there), 8 on a GPU.
@@ -225,8 +220,8 @@ class InferenceConfig(JsonConfig):
 
     """
 
-    tile_size: int = 640
-    overlap: float = 0.2
+    tile_size: int = 512
+    overlap: float = 0.25
     batch_size: int = 0
     device: str = "auto"
     blend: str = "gaussian"

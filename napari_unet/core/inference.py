@@ -34,7 +34,7 @@ from napari_unet.core.model import fold_batch_norm
 from napari_unet.core.normalize import check_image_size, infer_axes, normalize_plane, to_planes, validate_image
 from napari_unet.core.postprocess import link_slices, probabilities_to_labels, relabel_stack_unique
 from napari_unet.core.progress import Progress, check_cancel, run_to_end
-from napari_unet.core.tiling import fitted_tile, gaussian_weights, pad_to_multiple, padded_size, tile_grid
+from napari_unet.core.tiling import gaussian_weights, pad_to_multiple, padded_size, tile_grid
 
 MIN_INPUT_SIZE = 64
 """Planes smaller than this (pixels per axis) are reflect-padded up to it, giving the network some context."""
@@ -213,10 +213,8 @@ def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceCon
     multiple = model.size_multiple
     min_size = max(MIN_INPUT_SIZE, multiple)
     padded = (padded_size(shape_yx[0], multiple, min_size), padded_size(shape_yx[1], multiple, min_size))
-    longest = max(multiple, cfg.tile_size // multiple * multiple)
-    tile = tuple(fitted_tile(size, longest, cfg.overlap, multiple) for size in padded)
-    shared = cfg.overlap * longest
-    tiles = tile_grid(padded, tile, min(0.99, shared / min(tile)), align=multiple)
+    tile = max(multiple, cfg.tile_size // multiple * multiple)
+    tiles = tile_grid(padded, tile, cfg.overlap, align=multiple)
     if len(tiles) == 1:
         return _TilePlan(multiple, min_size, model.out_channels, padded, tiles, None, None)
     tile_shape = (tiles[0][0].stop - tiles[0][0].start, tiles[0][1].stop - tiles[0][1].start)

@@ -54,39 +54,6 @@ def tile_starts(size: int, tile: int, overlap: float, align: int = 1) -> list[in
     return [round(i * span / (count - 1)) * align for i in range(count)]
 
 
-def fitted_tile(size: int, max_tile: int, overlap: float, align: int = 1) -> int:
-    """Return the shortest tile length that covers ``size`` with as few tiles as ``max_tile`` allows.
-
-    Neighbouring tiles still share at least ``overlap * max_tile`` pixels.
-    A 2048-pixel axis with ``max_tile=640`` and ``overlap=0.2`` (128 px)
-    takes 4 tiles of 608 instead of 4 of 640: fewer pixels through the
-    network for the same context at every seam.
-
-    Parameters
-    ----------
-    size : int
-        Length of the axis (pixels).
-    max_tile : int
-        Longest tile allowed (a multiple of ``align``).
-    overlap : float
-        Minimum shared fraction of ``max_tile``, in [0, 1).
-    align : int
-        The result is a multiple of this (and at most ``max_tile``).
-
-    Returns
-    -------
-    int
-        ``size`` itself when it fits one tile; otherwise the tile length.
-
-    """
-    if size <= max_tile:
-        return size
-    shared = round(overlap * max_tile)
-    count = math.ceil((size - shared) / max(1, max_tile - shared))
-    length = math.ceil((size + (count - 1) * shared) / count)
-    return min(max_tile, math.ceil(length / align) * align)
-
-
 def _pair(tile: TileShape) -> tuple[int, int]:
     return (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -107,18 +105,3 @@ def test_pad_to_multiple_no_copy_when_already_aligned():
     padded, crop = pad_to_multiple(array, 16)
     assert padded is array
     assert padded[crop].shape == array.shape
-
-
-def test_fitted_tiles_cover_an_axis_evenly_with_fewer_pixels():
-    from napari_unet.core.tiling import fitted_tile
-
-    assert fitted_tile(2048, 640, 0.2, 16) == 608  # 4 tiles sharing >= 128 px, instead of 4 of 640
-    assert fitted_tile(600, 640, 0.2, 16) == 600  # fits one tile
-    assert fitted_tile(2048, 512, 0.25, 16) == 512  # the old default: 5 tiles of 512
-    for size in (700, 1000, 1300, 4096, 5000):
-        length = fitted_tile(size, 640, 0.2, 16)
-        assert length % 16 == 0 and length <= 640
-        starts = tile_starts(size // 16 * 16, length, 128 / length, 16) if size % 16 == 0 else None
-        if starts is not None:
-            assert starts[0] == 0 and starts[-1] + length == size
-            assert all(b - a <= length - 128 for a, b in itertools.pairwise(starts))
