@@ -212,8 +212,23 @@ def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | No
 LARGE_IMAGE_PIXELS = 8192 * 8192
 
 
+def _prefetch_imports() -> None:
+    """Import the post-processing libraries in a background thread while the main one imports torch.
+
+    scikit-image's watershed and scipy take about 0.5 s to import; torch
+    another 1.5 s: done side by side, a one-image ``predict`` starts sooner.
+    """
+    import threading
+
+    def load() -> None:
+        import napari_unet.core.postprocess  # noqa: F401 - imported for its side effect (modules cached)
+
+    threading.Thread(target=load, name="napari-unet-imports", daemon=True).start()
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Segment every input and write ``OUTDIR/<stem>_labels.tif`` (``.zarr`` for large inputs) plus provenance."""
+    _prefetch_imports()
     inputs = [p for p in expand_inputs(args.inputs) if not _is_labels_file(p)]
     if not inputs:
         raise UserInputError("no image to segment: the inputs hold only *_labels files")

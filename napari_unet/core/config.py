@@ -203,7 +203,9 @@ class InferenceConfig(JsonConfig):
     blend : str
         ``gaussian`` (weights fall off toward tile edges) or ``constant``.
     amp : bool
-        Mixed precision on CUDA (ignored on CPU).
+        Mixed precision: float16 on CUDA; bfloat16 on CPUs that compute it
+        natively (AVX512-BF16 or AMX: about 2x faster there); ignored on
+        other CPUs.
     tta : bool
         Test-time augmentation: average the predictions of the image and its
         three flips (a little more accurate, 4x slower).

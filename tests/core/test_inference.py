@@ -228,12 +228,20 @@ def test_probabilities_do_not_depend_on_batch_size():
     np.testing.assert_allclose(one, many, atol=1e-5)
 
 
-def test_amp_is_ignored_on_cpu():
+def test_amp_on_cpu_uses_bfloat16_only_where_the_processor_has_it(monkeypatch):
+    from napari_unet.core import inference
+
     plane = smooth_noise((1, 64, 64), seed=4)
     bundle = unet_bundle(depth=2)
-    with_amp = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=True))
     without = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=False))
-    np.testing.assert_array_equal(with_amp, without)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    emulated = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=True))
+    np.testing.assert_array_equal(emulated, without)  # no native bfloat16: float32, bit for bit
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    native = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=True))
+    assert not np.array_equal(native, without), "bfloat16 really ran"
+    np.testing.assert_allclose(native, without, atol=0.05)
+    np.testing.assert_allclose(native.sum(axis=0), 1.0, atol=1e-5)  # the softmax stays float32
 
 
 # --------------------------------------------------------------------------- whole images
