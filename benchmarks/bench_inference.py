@@ -55,19 +55,106 @@ def _best_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
+PLAIN_TILE = 512
+"""Tile edge of the plain forward: the network as loaded, over non-overlapping tiles, nothing else."""
+
+
+def plain_forward(bundle, plane: np.ndarray, device: str) -> None:
+    """The bare network over ``PLAIN_TILE``² tiles of ``plane (C, Y, X)`` (no overlap, blending or post-processing)."""
+    network = bundle.network.to(device).eval()
+    source = torch.from_numpy(plane)
+    with torch.inference_mode():
+        for y in range(0, plane.shape[1], PLAIN_TILE):
+            for x in range(0, plane.shape[2], PLAIN_TILE):
+                network(source[None, :, y : y + PLAIN_TILE, x : x + PLAIN_TILE].to(device))
+        _sync(torch.device(device))
+
+
 def bench_size(bundle, size: int, device: str, repeats: int) -> dict:
+    """MPx/s of the plain forward, of the network inside ``predict`` and of ``predict`` end to end, same run.
+
+    ``size`` must be a multiple of :data:`PLAIN_TILE` for the plain forward to cover the image exactly.
+    """
     image, _ = synthetic_nuclei(shape=(size, size), n_nuclei=max(8, size * size // 2500), seed=1)
     config = InferenceConfig(device=device)
     plane = normalize_plane(image[..., None], bundle.normalize, bundle.config.in_channels)
     megapixels = size * size / 1e6
+    plain_s = _best_seconds(lambda: plain_forward(bundle, plane, device), repeats)
     network_s = _best_seconds(lambda: predict_probabilities(bundle, plane, config), repeats)
     end_to_end_s = _best_seconds(lambda: predict(image, bundle, inference=config), repeats)
     return {
         "size": size,
+        "plain_forward_mpx_per_s": megapixels / plain_s,
         "network_mpx_per_s": megapixels / network_s,
         "end_to_end_mpx_per_s": megapixels / end_to_end_s,
+        "plain_forward_s": plain_s,
         "network_s": network_s,
         "end_to_end_s": end_to_end_s,
+        "end_to_end_over_plain_speed": plain_s / end_to_end_s,
+        "network_over_plain_speed": plain_s / network_s,
+    }
+
+
+PLAIN_PROCESS = """
+import sys, time, numpy as np, torch, tifffile
+from napari_unet.core.store import load_model
+image = tifffile.imread(sys.argv[1])
+bundle = load_model(sys.argv[2])
+plane = np.repeat(((image - image.min()) / np.ptp(image)).astype(np.float32)[None], bundle.config.in_channels, 0)
+network = bundle.network.eval()
+with torch.inference_mode():
+    for y in range(0, plane.shape[1], 512):
+        for x in range(0, plane.shape[2], 512):
+            network(torch.from_numpy(plane[None, :, y:y + 512, x:x + 512].copy()))
+"""
+
+
+def bench_processes(spec: str, size: int, repeats: int) -> dict:
+    """Whole-process seconds, side by side: ``napari-unet predict`` on a ``size``² TIFF against a plain forward.
+
+    The plain process imports torch, reads the TIFF, loads the same weights and runs the bare network over
+    512² tiles; ``predict`` does everything a user's command does (normalise, tile, post-process, write the
+    labels and their provenance).  The two alternate ``repeats`` times; the best of each is reported.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import tifffile
+
+    image, _ = synthetic_nuclei(shape=(size, size), n_nuclei=max(8, size * size // 2500), seed=1)
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "image.tif"
+        tifffile.imwrite(source, image)
+        commands = {
+            "plain_forward": [sys.executable, "-c", PLAIN_PROCESS, str(source), spec],
+            "predict": [
+                sys.executable,
+                "-m",
+                "napari_unet.cli",
+                "--quiet",
+                "predict",
+                str(source),
+                "-o",
+                str(Path(folder) / "out"),
+                "--model",
+                spec,
+                "--overwrite",
+            ],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(repeats):
+            for name, command in commands.items():
+                start = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - start)
+    best = {name: min(values) for name, values in times.items()}
+    return {
+        "size": size,
+        "seconds": best,
+        "all_seconds": times,
+        "predict_over_plain_speed": best["plain_forward"] / best["predict"],
     }
 
 
@@ -101,6 +188,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="several models, measured one after the other")
     parser.add_argument("--devices", default=None, help="e.g. cpu or cpu,cuda (default: cpu, plus cuda if present)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=int, default=0, help="also time whole processes (predict vs plain) at this size"
+    )
     args = parser.parse_args()
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -110,6 +200,10 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
+    if args.processes:
+        common["processes"] = bench_processes(
+            args.models[0] if args.models else args.model, args.processes, args.repeats
+        )
     if args.models is None:  # one model: the flat layout earlier results use
         print(json.dumps({**reports[0], **common}, indent=2))
     else:

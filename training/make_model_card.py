@@ -15,7 +15,7 @@ Usage::
         --sources benchmarks/results/default_model_v2_sources.json \\
         --survey benchmarks/results/default_model_v2_survey.json \\
         --speed benchmarks/results/default_model_v2_speed.json \\
-        --distance benchmarks/results/distance_head.json
+        --distance benchmarks/results/distance_head.json --latest-speed benchmarks/results/inference.json
 """
 
 from __future__ import annotations
@@ -182,11 +182,25 @@ def training_lines(bundle: Any) -> list[str]:
     return lines
 
 
+def current_speed(speed: dict[str, Any], latest: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The bundled model's CPU row at 2048²: the latest ``bench_inference.py`` run if given, else the survey's."""
+    if latest:
+        row = next(m for m in latest["models"] if m["model"] == "default")["devices"]["cpu"]["sizes"][0]
+        return row, "inference.json"
+    row = next(m for m in speed["models"] if m["model"] == MODEL_KEY)["devices"]["cpu"]["sizes"][0]
+    return row, "default_model_v2_speed.json"
+
+
 def card(
-    bundle: Any, sources: dict[str, Any], survey: dict[str, Any], speed: dict[str, Any], distance: dict[str, Any]
+    bundle: Any,
+    sources: dict[str, Any],
+    survey: dict[str, Any],
+    speed: dict[str, Any],
+    distance: dict[str, Any],
+    latest: dict[str, Any] | None = None,
 ) -> str:
     model, previous = sources["models"][MODEL_KEY], sources["models"][PREVIOUS_KEY]
-    this_speed = next(m for m in speed["models"] if m["model"] == MODEL_KEY)["devices"]["cpu"]["sizes"][0]
+    current, current_file = current_speed(speed, latest)
     diameters = bundle.metadata.get("object_diameter", {})
     lines = [
         "# napari-unet default model (v2)",
@@ -225,8 +239,8 @@ def card(
         "  images. Grey images (including RGB files whose channels are equal) go to the grey network, colour",
         "  images to the colour network; no brightness guess decides which side of a stained image is nuclei.",
         f"- {count_parameters(bundle.network):,} parameters in all; one network runs per tile, "
-        f"{this_speed['end_to_end_mpx_per_s']:.2f} MPx/s end to end on 2 CPU cores at 2048² "
-        f"(network alone {this_speed['network_mpx_per_s']:.2f}; `benchmarks/results/default_model_v2_speed.json`).",
+        f"{current['end_to_end_mpx_per_s']:.2f} MPx/s end to end on 2 CPU cores at 2048² "
+        f"(network alone {current['network_mpx_per_s']:.2f}; `benchmarks/results/{current_file}`).",
         "- Input: percentile normalisation (1st to 99.8th); grey images with a bright background are inverted",
         "  (`invert: auto_gray`), colour images never are.",
         "- Output: background / interior / boundary probabilities; a seeded watershed makes the instances",
@@ -271,10 +285,12 @@ def card(
     return "\n".join(lines)
 
 
-def summary(bundle: Any, sources: dict[str, Any], speed: dict[str, Any]) -> dict[str, Any]:
+def summary(
+    bundle: Any, sources: dict[str, Any], speed: dict[str, Any], latest: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The machine-readable card: measured accuracy (read by ``napari-unet models`` and the Segment notice)."""
     model = sources["models"][MODEL_KEY]
-    this_speed = next(m for m in speed["models"] if m["model"] == MODEL_KEY)["devices"]["cpu"]["sizes"][0]
+    this_speed, speed_file = current_speed(speed, latest)
     return {
         "architecture": bundle.config.to_dict(),
         "postprocess": bundle.postprocess.to_dict(),
@@ -288,10 +304,7 @@ def summary(bundle: Any, sources: dict[str, Any], speed: dict[str, Any]) -> dict
         },
         "validation_family_mean_ap50": model["tuned_val_score"],
         "cpu_end_to_end_mpx_per_s_2048": this_speed["end_to_end_mpx_per_s"],
-        "sources": [
-            "benchmarks/results/default_model_v2_sources.json",
-            "benchmarks/results/default_model_v2_speed.json",
-        ],
+        "sources": ["benchmarks/results/default_model_v2_sources.json", f"benchmarks/results/{speed_file}"],
     }
 
 
@@ -302,14 +315,16 @@ def main() -> None:
     parser.add_argument("--speed", type=Path, required=True)
     parser.add_argument("--survey", type=Path, required=True, help="bench_sources.py on the survey run's candidates")
     parser.add_argument("--distance", type=Path, default=None)
+    parser.add_argument("--latest-speed", type=Path, default=None, help="bench_inference.py --models ... default")
     args = parser.parse_args()
     bundle = load_model(args.model_dir)
     sources = json.loads(args.sources.read_text())
     speed = json.loads(args.speed.read_text())
     distance = json.loads(args.distance.read_text()) if args.distance else {}
     survey = json.loads(args.survey.read_text())
-    (args.model_dir / "MODEL_CARD.md").write_text(card(bundle, sources, survey, speed, distance))
-    write_json(args.model_dir / "model_card.json", summary(bundle, sources, speed), overwrite=True)
+    latest = json.loads(args.latest_speed.read_text()) if args.latest_speed else None
+    (args.model_dir / "MODEL_CARD.md").write_text(card(bundle, sources, survey, speed, distance, latest))
+    write_json(args.model_dir / "model_card.json", summary(bundle, sources, speed, latest), overwrite=True)
     print(f"wrote {args.model_dir / 'MODEL_CARD.md'}")
 
 

@@ -36,7 +36,8 @@
 #      python training/make_model_card.py napari_unet/weights/default \
 #        --sources benchmarks/results/default_model_v2_sources.json \
 #        --survey benchmarks/results/default_model_v2_survey.json \
-#        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json
+#        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json \
+#        --latest-speed benchmarks/results/inference.json   (bench_inference.py --models out/v1_default default ...)
 # On CPU, training/cpu_train.sh continues the grey network resumably (nice 19) from step 3's weights.
 set -euo pipefail
 echo "This file documents the steps; run them one by one (steps 2 and 3 on a GPU machine)." >&2
