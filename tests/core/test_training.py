@@ -292,12 +292,12 @@ def test_error_cases():
         run_to_end(iter_train(bundle, [image], [background_only], rois_cfg, rois=[[(0, 0, 20, 20)]]))
 
 
-def test_trained_children_keep_the_thresholds_but_not_the_confidence_filter():
+def test_trained_children_keep_the_parents_thresholds_and_confidence_filter():
     from napari_unet.core.config import PostprocessConfig
 
     parent = tiny_bundle()
     parent.postprocess = PostprocessConfig(foreground_threshold=0.6, seed_threshold=0.9, min_confidence=0.9)
     images, labels = dataset(2)
     result = run_to_end(iter_train(parent, images, labels, dataclasses.replace(FAST, max_steps=2, val_every=2)))
-    assert result.bundle.postprocess == dataclasses.replace(parent.postprocess, min_confidence=0.0)
-    assert parent.postprocess.min_confidence == 0.9  # the parent is untouched
+    assert result.bundle.postprocess == parent.postprocess
+    assert result.bundle.postprocess is not None and parent.postprocess.min_confidence == 0.9
