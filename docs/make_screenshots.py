@@ -4,8 +4,10 @@ Run from the repository root (needs a display; on a headless machine use Xvfb)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
 
-It opens a synthetic fluorescence sample, segments it, marks a correction,
-fine-tunes briefly, compares with the classical baselines and shows the export
+It opens a synthetic H&E-like image (napari-unet's generator: a kind of image
+the bundled model never saw, where it misses nuclei), segments it, corrects the
+left half, fine-tunes for 30 s on that half, compares the fine-tuned model with
+the one it started from and the classical baselines, and shows the export
 panel, saving one window screenshot per step.  It uses the bundled ``default``
 model when installed; otherwise it first trains a small demo model for about
 a minute (into a temporary model folder, so your own models are untouched).
@@ -91,10 +93,10 @@ def main() -> None:
     from napari_unet._widgets import CompareWidget, CorrectWidget, ExportWidget, FineTuneWidget, SegmentWidget
     from napari_unet.core.synthetic import synthetic_nuclei
 
-    image, truth = synthetic_nuclei((256, 256), n_nuclei=30, seed=7)
+    image, truth = synthetic_nuclei((320, 320), n_nuclei=45, seed=7, kind="brightfield")
     viewer = napari.Viewer(title="napari-unet")
     viewer.window._qt_window.resize(1700, 1000)
-    image_layer = viewer.add_image(image, name="nuclei", colormap="gray")
+    image_layer = viewer.add_image(image, name="nuclei", rgb=True)
 
     segment = SegmentWidget(viewer)
     dock(viewer, segment, "Segment")
@@ -110,7 +112,7 @@ def main() -> None:
     dock(viewer, correct, "Correct")
     correct.labels.set_layer(labels)
     shapes = correct.mark_reviewed()
-    shapes.add_rectangles(np.array([[[10, 10], [120, 130]]]))
+    shapes.add_rectangles(np.array([[[0, 0], [320, 160]]]))  # the left half, checked and corrected
     points = correct.start_points()
     centre = np.argwhere(labels.data == labels.data.max()).mean(axis=0)
     points.data = np.array([centre - np.array([0, 3]), centre + np.array([0, 3])])
@@ -120,7 +122,7 @@ def main() -> None:
     viewer.layers.remove(points)
 
     corrected = labels.data.copy()
-    corrected[:, :128] = truth[:, :128]  # as if the user had fixed the left half
+    corrected[:, :160] = truth[:, :160]  # as if the user had fixed the left half
     from napari_unet._widgets._correct import apply_edit
 
     apply_edit(labels, corrected)
@@ -129,21 +131,23 @@ def main() -> None:
     finetune.image.set_layer(image_layer)
     finetune.labels.set_layer(labels)
     finetune.start_model.select(model)
-    finetune.mode.setCurrentText("Whole image")
-    finetune.budget_unit.setCurrentText("steps")
+    finetune.mode.setCurrentText("Reviewed regions (ROIs)")
+    finetune.budget_unit.setCurrentText("seconds")
     finetune.budget.setValue(30)
     finetune.save_name.setText("my-nuclei")
+    finetune.resegment.setChecked(True)
     finetune.start()
     wait(finetune)
-    viewer.layers["nuclei re-segmented"].visible = False
+    labels.visible = False
     shoot(viewer, "finetune")
+    labels.visible = True
 
     viewer.add_labels(truth.astype(np.int32), name="ground truth", visible=False)
     compare = CompareWidget(viewer)
     dock(viewer, compare, "Compare")
     compare.ground_truth.set_layer("ground truth")
     compare.image.set_layer(image_layer)
-    compare.model.select(finetune.start_model.currentText())
+    compare.model.select(finetune.last_outcome.result.saved.spec)
     compare.set_methods(["UNet", "UNet (previous version)", "Otsu", "Local threshold", "Watershed"])
     compare.run()
     wait(compare)
