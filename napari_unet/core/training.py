@@ -50,7 +50,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -244,6 +244,11 @@ def iter_train(
     rois_list = _per_image(rois, len(images), "rois")
     previous_list = _per_image(previous, len(images), "previous")
     model_cfg = bundle.config
+    if model_cfg.head != "bg_interior_boundary":
+        raise UserInputError(
+            f"fine-tuning trains the 3-class head (background / interior / boundary); this model's head is "
+            f"{model_cfg.head!r}. Start from the default model or another 3-class model."
+        )
     prepared = _prepare(bundle, images, labels, cfg, rois_list, previous_list)
     messages: list[str] = []
     patch, notes = _patch_size(cfg.patch_size, model_cfg.size_multiple, [a.shape[:2] for a in images])

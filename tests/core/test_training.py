@@ -301,3 +301,16 @@ def test_trained_children_keep_the_parents_thresholds_and_confidence_filter():
     result = run_to_end(iter_train(parent, images, labels, dataclasses.replace(FAST, max_steps=2, val_every=2)))
     assert result.bundle.postprocess == parent.postprocess
     assert result.bundle.postprocess is not None and parent.postprocess.min_confidence == 0.9
+
+
+def test_a_model_with_a_distance_output_is_refused_with_a_clear_message():
+    from napari_unet.core.config import ModelConfig
+    from napari_unet.core.errors import UserInputError
+    from napari_unet.core.store import ModelBundle
+
+    bundle = ModelBundle.new(
+        ModelConfig(depth=2, base_channels=4, out_channels=4, head="bg_interior_boundary_distance")
+    )
+    images, labels = dataset(1)
+    with pytest.raises(UserInputError, match="3-class head"):
+        run_to_end(iter_train(bundle, images, labels, FAST))
