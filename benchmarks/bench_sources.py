@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
 from data_pack import SOURCES, SPLITS_FILE
+
 from napari_unet.core.baselines import segment_baseline
 from napari_unet.core.config import PostprocessConfig
 from napari_unet.core.inference import foreground_probability, predict

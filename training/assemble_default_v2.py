@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from data_pack import SPLITS_FILE, load_pack
+
 from napari_unet.core.config import ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.store import ModelBundle, save_model
 

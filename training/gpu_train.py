@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pack import PackedImage, load_pack
+
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.losses import class_weights_from_targets, segmentation_loss
 from napari_unet.core.model import UNet, count_parameters

@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from data_pack import SOURCES, SPLITS_FILE
 from gpu_train import GROUP_WEIGHTS
 
-from data_pack import SOURCES, SPLITS_FILE
 from napari_unet.core.io import write_json
 from napari_unet.core.model import count_parameters
 from napari_unet.core.store import load_model
