@@ -37,6 +37,7 @@ def read_pairs(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def train_for(seconds: float, images, flows, out: Path) -> dict:
     model = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None, diam_mean=17.0, nchan=2)
+    (out / "calibration").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train.train_seg(
         model.net,
@@ -117,3 +118,7 @@ def main() -> None:
             model.eval(image, channels=CHANNELS, diameter=model.diam_mean)
             times.append(time.perf_counter() - started)
         print(json.dumps({"seconds": min(times[1:]), "all_seconds": times}))
+
+
+if __name__ == "__main__":
+    main()
