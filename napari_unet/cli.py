@@ -209,9 +209,6 @@ def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | No
 # ----------------------------------------------------------------------------- predict
 
 
-LARGE_IMAGE_PIXELS = 8192 * 8192
-
-
 def _prefetch_imports() -> None:
     """Import the post-processing libraries in a background thread while the main one imports torch.
 
@@ -271,6 +268,8 @@ def _is_large(path: Path) -> bool:
             shape = tif.series[0].shape
     except Exception:  # unreadable files get read_image's clear error later
         return False
+    from napari_unet.core.large_image import LARGE_IMAGE_PIXELS
+
     return len(shape) >= 2 and int(shape[-1]) * int(shape[-2]) > LARGE_IMAGE_PIXELS
 
 
@@ -289,7 +288,7 @@ def _predict_file(args: argparse.Namespace, source: Path, target: Path, segment:
 
 
 def _predict_large_file(args: argparse.Namespace, source: Path, target: Path, segment: Callable[..., Any]) -> None:
-    from napari_unet.core.distributed import predict_large
+    from napari_unet.core.large_image import predict_large
 
     bundle = getattr(segment, "bundle", None)
     if bundle is None:
@@ -310,7 +309,7 @@ def _predict_large_file(args: argparse.Namespace, source: Path, target: Path, se
 
 def _large_inference_config(args: argparse.Namespace, bundle: Any, source: Path, inference: Any) -> Any:
     """``inference`` for a large file; ``--scale auto`` measures a central window read from disk."""
-    from napari_unet.core.distributed import open_large_image
+    from napari_unet.core.large_image import open_large_image
     from napari_unet.core.sizing import WINDOW_PIXELS, central_slices
 
     if not _wants_auto_scale(args):
@@ -384,6 +383,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train or fine-tune a model and save it as a new model version or folder."""
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.training import iter_train
+    from napari_unet.core.training_data import add_synthetic_images, record_training_diameters, rescale_training_data
 
     pairs = _image_label_pairs(args.images, args.labels)
     images = [read_image(image) for image, _ in pairs]
@@ -392,9 +392,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if rois is not None and len(rois) != len(images):
         raise UserInputError(f"got {len(rois)} ROI file(s) for {len(images)} image(s); give one per image")
     if args.scale != 1:
-        images, labels, rois = _rescale_training_data(images, labels, rois, args.scale)
+        images, labels, rois = rescale_training_data(images, labels, rois, args.scale)
     if args.synthetic:  # made at the model's sizes, so after any resize
-        _add_synthetic(images, labels, rois, args.synthetic, args.seed or 0)
+        add_synthetic_images(images, labels, rois, args.synthetic, args.seed or 0)
     val_images = val_labels = None
     if args.val_images or args.val_labels:
         val_pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
@@ -405,7 +405,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_train_output(args)
     gen = iter_train(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
     result = _progress_bar(gen, "train", args.quiet)
-    _record_training_diameters(result.bundle, images, labels)
+    record_training_diameters(result.bundle, images, labels)
     saved = _save_trained(result.bundle, args)
     summary = {
         "saved": str(saved),
@@ -419,42 +419,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rescale_training_data(
-    images: list[Any], labels: list[Any], rois: list[Any] | None, scale: float
-) -> tuple[list[Any], list[Any], list[Any] | None]:
-    """Resize 2D training pairs (and their ROIs) by ``--scale``, as ``predict --scale`` resizes images."""
-    import numpy as np
-
-    from napari_unet.core.config import MAX_SCALE, MIN_SCALE
-    from napari_unet.core.sizing import rescale_training_plane
-
-    if not MIN_SCALE <= scale <= MAX_SCALE:
-        raise UserInputError(f"--scale must be in [{MIN_SCALE}, {MAX_SCALE}], got {scale}")
-    if any(np.ndim(lab) != 2 for lab in labels):
-        raise UserInputError("--scale resizes 2D training images only; give one plane per image file")
-    planes = [
-        rescale_training_plane(image, lab, scale, rois=None if rois is None else rois[index])
-        for index, (image, lab) in enumerate(zip(images, labels, strict=True))
-    ]
-    scaled_rois = None if rois is None else [plane[3] for plane in planes]
-    return [plane[0] for plane in planes], [plane[1] for plane in planes], scaled_rois
-
-
-def _record_training_diameters(bundle: Any, images: list[Any], labels: list[Any]) -> None:
-    """Store the training nucleus diameters and how the model measures them, unless inherited from the parent.
-
-    ``--scale auto`` aims for this range; measuring costs a few quick passes per training image.
-    """
-    from napari_unet.core.sizing import METADATA_KEY, DiameterRange, diameter_range_of, measurement_bias
-
-    if METADATA_KEY in bundle.metadata:
-        return
-    record = diameter_range_of(labels)
-    target = DiameterRange(record["low"], record["high"])
-    record["measured_over_true"] = measurement_bias(bundle, images, labels, target)
-    bundle.metadata[METADATA_KEY] = record
-
-
 def _image_label_pairs(image_args: Sequence[str], label_args: Sequence[str]) -> list[tuple[Path, Path]]:
     """Pair images with labels by order; a folder given to both is split by ``*_labels`` names."""
     images = [p for p in expand_inputs(image_args) if not _is_labels_file(p)]
@@ -462,22 +426,6 @@ def _image_label_pairs(image_args: Sequence[str], label_args: Sequence[str]) -> 
     if any(_is_labels_file(p) for p in labels):
         labels = [p for p in labels if _is_labels_file(p)]
     return _pair(images, labels)
-
-
-def _add_synthetic(images: list[Any], labels: list[Any], rois: list[Any] | None, count: int, seed: int) -> None:
-    """Append ``count`` synthetic images (alternating fluorescence and brightfield) with exact labels.
-
-    With ROIs, each synthetic image gets one covering it whole (its labels are exact everywhere).
-    """
-    from napari_unet.core.synthetic import synthetic_nuclei
-
-    for index in range(count):
-        kind = "fluorescence" if index % 2 == 0 else "brightfield"
-        image, label = synthetic_nuclei(shape=(256, 256), n_nuclei=30, seed=10_000 + seed * 1000 + index, kind=kind)
-        images.append(image)
-        labels.append(label)
-        if rois is not None:
-            rois.append([(0, 0, *label.shape)])
 
 
 def _read_rois(path: Path) -> list[Any]:
@@ -662,6 +610,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_model(args: argparse.Namespace) -> int:
+    """Write a model as a bioimage.io package; with --test, run bioimageio.core's test on it."""
+    from napari_unet.core.bioimageio import export_bioimageio, run_package_test
+    from napari_unet.core.store import load_model
+
+    bundle = load_model(args.model)
+    path = export_bioimageio(
+        bundle,
+        Path(args.output),
+        authors=args.author,
+        license_id=args.license,
+        cite=args.cite,
+        name=args.name,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {path}")
+    if args.test:
+        summary = run_package_test(path)
+        print(f"bioimageio test: {summary.get('status')}")
+        return 0 if summary.get("status") == "passed" else 1
+    return 0
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    """Add a package napari-unet exported (its weights, configs and lineage) as the next version of a user model."""
+    from napari_unet.core.bioimageio import import_bioimageio
+    from napari_unet.core.store import save_version
+
+    bundle = import_bioimageio(Path(args.package))
+    lineage = {**bundle.metadata.get("lineage", {}), "imported_from": str(Path(args.package).resolve())}
+    info = save_version(bundle, args.name, lineage=lineage)
+    print(f"imported {args.package} as {info.spec}")
+    return 0
+
+
 def _model_row(info: Any) -> dict[str, Any]:
     keys = ("name", "version", "path", "created", "metrics", "parent")
     return {k: getattr(info, k, None) for k in keys}
@@ -789,6 +772,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list bundled and user models")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export-model", help="write a model as a bioimage.io package (.zip) other tools run")
+    p.add_argument("model", help="model name, name@vN, or folder (default: the bundled model)")
+    p.add_argument("-o", "--output", required=True, help="the package, e.g. my-nuclei.zip")
+    p.add_argument("--format", default="bioimageio", choices=("bioimageio",))
+    p.add_argument("--author", action="append", default=[], help='"Name" or "Name <affiliation>"; repeatable')
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX licence id of the weights (default CC-BY-4.0)")
+    p.add_argument("--cite", action="append", default=[], help='"text" or "text|doi"; repeatable')
+    p.add_argument("--name", default=None, help="the package's name (default from the model)")
+    p.add_argument("--test", action="store_true", help="then run bioimageio.core's own test of the package")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export_model)
+
+    p = sub.add_parser("import-model", help="add a bioimage.io package napari-unet exported as a user model")
+    p.add_argument("package", help="the .zip")
+    p.add_argument("--name", required=True, help="user model name to save it under (its next version)")
+    p.set_defaults(func=cmd_import_model)
 
     p = sub.add_parser("demo", help="open napari with a sample and the widgets")
     p.add_argument("--headless", default=None, metavar="OUTDIR", help="run segment -> compare -> export without a GUI")

@@ -3,8 +3,8 @@
 #   1. on Debian/Ubuntu without a display: Xvfb + Mesa + the libraries Qt needs,
 #   2. a virtual environment in .venv,
 #   3. PyTorch first (so pip never pulls a multi-GB CUDA build by accident),
-#   4. napari-unet itself (editable) with the PyQt6 binding and the test tools (PyQt5, deprecated by napari,
-#      is removed from venvs an earlier version set up).
+#   4. napari-unet itself (editable) with the PyQt6 binding, the bioimage.io extra (model packages) and the test
+#      tools (PyQt5, deprecated by napari, is removed from venvs an earlier version set up).
 # Re-running it is cheap: it skips steps that are already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +45,8 @@ fi
 
 fingerprint=$(cat setup.cfg pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$fingerprint" ]; then
-  echo "[setup] installing napari-unet with PyQt6 and test tools"
-  "$VENV/bin/python" -m pip install -q -e ".[pyqt6,testing]"
+  echo "[setup] installing napari-unet with PyQt6, the bioimage.io extra and test tools"
+  "$VENV/bin/python" -m pip install -q -e ".[pyqt6,bioimageio,testing]"
   "$VENV/bin/python" -m pip uninstall -y -q PyQt5 PyQt5-Qt5 PyQt5-sip >/dev/null 2>&1 || true
   echo "$fingerprint" > "$STAMP"
 fi

@@ -57,6 +57,27 @@ SUBSET_NAMES = {
     "dsb2018_val:colour": "DSB 2018 test stage (`dsb2018/val`), colour",
     "s_bsst265:tissue": "S-BSST265 tissue sections and cell lines",
 }
+SOURCES_COMMAND = (
+    "python benchmarks/bench_sources.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 "
+    "out/v2/rgb_b16_dist out/v2/rgb_b32_dist out/v2r/grey_b16 out/v2r/colour_b16 "
+    "--route out/v2r/grey_b16+out/v2r/colour_b16 --baselines otsu,li,local,watershed "
+    "--json benchmarks/results/default_model_v2_sources.json"
+)
+SURVEY_COMMAND = (
+    "python benchmarks/bench_sources.py --models out/v1_default out/v2/rgb_b16 out/v2/grey_b16 out/v2/colour_b16 "
+    "out/v2/rgb_b32 out/v2/rgb_b16_dist out/v2/rgb_b32_dist --route out/v2/grey_b16+out/v2/colour_b16 "
+    "--json benchmarks/results/default_model_v2_survey.json"
+)
+DISTANCE_COMMAND = (
+    "python benchmarks/bench_sources.py --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds "
+    "--json benchmarks/results/distance_head.json"
+)
+SPEED_COMMAND = (
+    "python benchmarks/bench_inference.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 "
+    "out/v2/rgb_b16_dist out/v2/rgb_b32_dist --sizes 2048 --devices cpu --repeats 2"
+)
+"""The commands that wrote the results files the card reads (model folders as ``training/train_default_model.sh``
+makes them)."""
 BASELINE_TITLES = {"otsu": "Otsu", "li": "Li", "local": "local threshold", "watershed": "watershed"}
 
 
@@ -218,6 +239,8 @@ def card(
         "",
         *headline_table(sources),
         "",
+        f"Made by: `{SOURCES_COMMAND}`.",
+        "",
         "Per source:",
         "",
         *subset_table(sources),
@@ -263,6 +286,8 @@ def card(
         "`benchmarks/results/default_model_v2_survey.json`); validation and test means as above:",
         "",
         *candidate_table(sources, survey, speed, distance),
+        "",
+        f"Made by: `{SURVEY_COMMAND}`, `{DISTANCE_COMMAND}` and `{SPEED_COMMAND}`.",
         "",
         "A wider network did not help at this budget, and a distance-to-edge output did not separate nuclei",
         "better, with either seeding (`benchmarks/results/distance_head.json`). Two small networks, one per",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,6 +14,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -164,10 +166,14 @@ class FineTuneWidget(QWidget):
         rows.addWidget(self.history)
         buttons = QHBoxLayout()
         refresh, revert = QPushButton("Refresh"), QPushButton("Revert to selected")
+        export = QPushButton("Export model...")
+        export.setToolTip("Write the selected version as a bioimage.io package (.zip) other tools can run")
         refresh.clicked.connect(self.refresh_history)
         revert.clicked.connect(self.revert_selected)
+        export.clicked.connect(self._choose_package)
         buttons.addWidget(refresh)
         buttons.addWidget(revert)
+        buttons.addWidget(export)
         rows.addLayout(buttons)
         return box
 
@@ -384,8 +390,41 @@ class FineTuneWidget(QWidget):
         info(f"Reverted: {saved.spec} is a copy of {name}@v{version}.")
         return saved
 
+    def _choose_package(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export model", "model.zip", "bioimage.io package (*.zip)")
+        if path:
+            self.export_selected(path, overwrite=True)  # the file dialog already asked before replacing
+
+    def export_selected(self, path: str | Path, overwrite: bool = False) -> Any:
+        """Write the selected history version as a bioimage.io package in a worker; return the worker."""
+        try:
+            items = self.history.selectedItems()
+            if not items:
+                raise UserInputError("select a version in the model history to export")
+            reference = items[0].text().split()[0]
+            job = _export_job(reference, Path(path), overwrite)
+            return self.jobs.start(job, lambda written: info(f"Exported {reference} to {written}."))
+        except Exception as exc:
+            notify_exception(exc, "Export model")
+            return None
+
 
 # ---------------------------------------------------------------------- engine calls (worker thread)
+
+
+def _export_job(
+    reference: str, path: Path, overwrite: bool
+) -> Callable[[Callable[[], bool]], Generator[Progress, None, Path]]:
+    """Build the generator the worker runs: load the version, write its bioimage.io package."""
+
+    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, Path]:
+        from napari_unet.core.bioimageio import export_bioimageio
+        from napari_unet.core.store import load_model
+
+        yield Progress("export", 0, 0, f"Packaging {reference} (weights as PyTorch, TorchScript and ONNX)")
+        return export_bioimageio(load_model(reference), path, overwrite=overwrite)
+
+    return job
 
 
 def _finetune_job(

@@ -4,8 +4,8 @@ Large or lazy images
 --------------------
 A layer whose data is not a NumPy array (dask, zarr, napari multiscale data:
 its full-resolution level) or a NumPy image with more than
-:data:`LARGE_PIXELS` pixels per plane is never copied into memory: the array
-itself goes to :func:`napari_unet.core.distributed.predict_large`, which
+:data:`~napari_unet.core.large_image.LARGE_IMAGE_PIXELS` pixels per plane is never copied into memory: the array
+itself goes to :func:`napari_unet.core.large_image.predict_large`, which
 segments it chunk by chunk into an OME-Zarr store in the cache folder
 (:func:`large_store_path`).  The Labels layer then shows that store, opened
 lazily (edits are written back to it).  No probability map is kept for such
@@ -64,9 +64,11 @@ from napari_unet._widgets._common import (
     unique_name,
     warn,
 )
+from napari_unet.core import large_image
 from napari_unet.core.config import MAX_SCALE, MIN_SCALE, InferenceConfig, PostprocessConfig
 from napari_unet.core.editing import label_ids
 from napari_unet.core.errors import UserInputError
+from napari_unet.core.large_image import LARGE_AXES
 from napari_unet.core.normalize import SUPPORTED_AXES, infer_axes
 from napari_unet.core.progress import Progress
 
@@ -79,13 +81,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LABELS_SUFFIX = " labels"
 PROBABILITY_SUFFIX = " probability"
 
-LARGE_PIXELS = 4096 * 4096
-"""NumPy images with more pixels than this per plane are segmented chunk by chunk, like lazy data."""
 LARGE_CHUNK = 2048
 """Chunk edge (pixels) for large images; memory grows with ``(LARGE_CHUNK + 2 * LARGE_HALO) ** 2``."""
 LARGE_HALO = 64
 """Context around each chunk (pixels); at least the largest nucleus diameter."""
-LARGE_AXES = ("YX", "YXC", "CYX")
 LAZY_STACK_MESSAGE = (
     "lazy stacks are not supported yet; load the stack into memory (or copy one plane into its own layer) "
     "and press Segment again, or segment the file with the CLI (napari-unet predict)"
@@ -129,11 +128,11 @@ def is_lazy(layer: Image) -> bool:
 
 
 def is_large(layer: Image, axes: str) -> bool:
-    """Return True when ``layer`` goes chunk by chunk: lazy data, or a 2D NumPy image over :data:`LARGE_PIXELS`."""
+    """Return True when ``layer`` goes chunk by chunk: lazy data, or a 2D NumPy image over ``LARGE_IMAGE_PIXELS``."""
     if is_lazy(layer):
         return True
     sizes = dict(zip(axes, layer.data.shape, strict=True))
-    return axes in LARGE_AXES and sizes["Y"] * sizes["X"] > LARGE_PIXELS
+    return axes in LARGE_AXES and sizes["Y"] * sizes["X"] > large_image.LARGE_IMAGE_PIXELS
 
 
 def large_store_dir() -> Path:
@@ -184,10 +183,10 @@ def accuracy_note(model_sha256: str) -> str:
 
 
 def open_lazy_labels(store: Path) -> Any:
-    """Open the labels :func:`~napari_unet.core.distributed.predict_large` wrote, lazily and writable."""
+    """Open the labels :func:`~napari_unet.core.large_image.predict_large` wrote, lazily and writable."""
     import zarr
 
-    from napari_unet.core.distributed import LABEL_NAME
+    from napari_unet.core.large_image import LABEL_NAME
 
     return zarr.open_array(str(Path(store) / "labels" / LABEL_NAME / "0"), mode="r+")
 
@@ -330,9 +329,36 @@ class SegmentWidget(QWidget):
         return box
 
     def _browse_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "napari-unet model (model.json *.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model file", "", "napari-unet model (model.json *.safetensors);;bioimage.io package (*.zip)"
+        )
         if path:
+            self.add_model_from_file(path)
+
+    def add_model_from_file(self, path: str) -> str | None:
+        """Select a model folder file; a bioimage.io package napari-unet made is imported as a user model first.
+
+        Returns the selected model reference (None when the package could not be imported).
+        """
+        if not str(path).lower().endswith(".zip"):
             self.model.select(path)
+            return path
+        from napari_unet.core.bioimageio import import_bioimageio
+        from napari_unet.core.store import save_version
+
+        try:
+            bundle = import_bioimageio(path)
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(path).stem).strip("-._") or "imported"
+            name = f"{name}-imported" if name == "default" else name  # the bundled model's name is taken
+            lineage = {**bundle.metadata.get("lineage", {}), "imported_from": str(Path(path).resolve())}
+            saved = save_version(bundle, name, lineage=lineage)
+        except Exception as exc:
+            notify_exception(exc, "Add model")
+            return None
+        self.model.refresh()
+        self.model.select(saved.spec)
+        info(f"Imported the package {Path(path).name} as {saved.spec}.")
+        return saved.spec
 
     def _restore_settings(self) -> None:
         """Restore model, tiling and device; post-processing comes from the model (:meth:`_on_model_changed`)."""
@@ -691,7 +717,7 @@ def _segment_large_job(
     chunk, halo = LARGE_CHUNK, LARGE_HALO
 
     def job(cancel: Callable[[], bool]) -> Generator[Progress, None, LargeSegmentResult]:
-        from napari_unet.core.distributed import predict_large
+        from napari_unet.core.large_image import predict_large
         from napari_unet.core.store import load_model
 
         yield Progress("load", 0, 0, f"Loading model {model}")

@@ -195,3 +195,27 @@ def test_plot_draws_each_validation_once_and_ends_on_the_final_score(setup, qtbo
     assert all(total >= done > 0 for done, total in totals if done), "a time budget still gives the bar a range"
     assert max(bar_ranges) > 0
     assert not messages(notifications, "error")
+
+
+def test_export_model_button_writes_a_package_the_segment_panel_can_add(
+    setup, make_napari_viewer, qtbot, tmp_path, sample, notifications
+):
+    pytest.importorskip("bioimageio.core")
+    from napari_unet._widgets import SegmentWidget
+
+    viewer, widget = setup
+    widget.save_name.setText("tiny")
+    widget.refresh_history()
+    assert widget.export_selected(tmp_path / "tiny.zip") is None  # nothing selected yet
+    assert "select a version" in messages(notifications, "error")[-1]
+    widget.history.setCurrentRow(0)
+    assert widget.export_selected(tmp_path / "tiny.zip") is not None
+    wait_until_idle(qtbot, widget)
+    assert (tmp_path / "tiny.zip").is_file()
+
+    segment = SegmentWidget(viewer)
+    spec = segment.add_model_from_file(str(tmp_path / "tiny.zip"))
+    assert spec is not None and spec.startswith("tiny@v") and segment.model.currentText() == spec
+    assert any("Imported the package tiny.zip" in m for m in messages(notifications, "info"))
+    assert not segment.add_model_from_file(str(tmp_path / "broken.zip"))
+    assert "no such package" in messages(notifications, "error")[-1]

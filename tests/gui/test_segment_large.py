@@ -12,7 +12,7 @@ import zarr
 
 from napari_unet._widgets import SegmentWidget
 from napari_unet._widgets import _segment as segment_module
-from napari_unet.core import distributed as distributed_module
+from napari_unet.core import large_image
 from napari_unet.core import store as store_module
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.inference import predict
@@ -54,12 +54,12 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     """
     monkeypatch.setattr(segment_module, "LARGE_CHUNK", 64)
     monkeypatch.setattr(segment_module, "LARGE_HALO", 16)
-    original = distributed_module.strided_sample
+    original = large_image.strided_sample
 
-    def banded(image, max_pixels=distributed_module.PERCENTILE_SAMPLE_PIXELS, band=2048):
+    def banded(image, max_pixels=large_image.PERCENTILE_SAMPLE_PIXELS, band=2048):
         return original(image, max_pixels, band=64)
 
-    monkeypatch.setattr(distributed_module, "strided_sample", banded)
+    monkeypatch.setattr(large_image, "strided_sample", banded)
     return 64, 16
 
 
@@ -120,7 +120,7 @@ class WholeArraySpy:
 def test_large_numpy_image_becomes_a_lazy_zarr_labels_layer(
     make_napari_viewer, qtbot, tiny_model, cache, notifications, monkeypatch
 ):
-    monkeypatch.setattr(segment_module, "LARGE_PIXELS", 64 * 64)
+    monkeypatch.setattr(large_image, "LARGE_IMAGE_PIXELS", 64 * 64)
     image, _ = synthetic_nuclei(SHAPE, n_nuclei=20, seed=5)
     viewer, widget = make_segment_widget(make_napari_viewer, tiny_model)
     viewer.add_image(image, name="big", scale=(0.5, 0.5))

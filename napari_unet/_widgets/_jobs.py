@@ -1,0 +1,190 @@
+"""The job panel: a progress bar, status line and Cancel button running one engine generator in a thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import create_worker
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet._widgets._notify import info, notify_exception
+from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.progress import Progress
+
+
+class _JobState:
+    """Plain-Python record of the running worker.
+
+    Kept apart from the Qt widget so the worker's ``finished`` signal still
+    clears it when the widget was deleted first (viewer closed mid-run).
+    """
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+        self.cancel = threading.Event()
+
+    def finished(self) -> None:
+        """Forget the worker (connected to its ``finished`` signal)."""
+        self.worker = None
+
+    def cancel_requested(self) -> bool:
+        """Return True once Cancel was pressed or napari asked the worker to quit (e.g. the viewer closed)."""
+        worker = self.worker
+        return self.cancel.is_set() or (worker is not None and worker.abort_requested)
+
+
+class JobPanel(QWidget):
+    """Progress bar, status line and Cancel button running one engine generator at a time.
+
+    The engine generator receives ``cancel`` (a callable returning True once
+    Cancel was pressed or the viewer closed) and yields
+    :class:`~napari_unet.core.progress.Progress`; its return value goes to
+    ``on_done``.  Errors become notifications.
+    """
+
+    progressed = Signal(object)  # every Progress event
+
+    def __init__(self, action: str) -> None:
+        super().__init__()
+        self.action = action
+        self._state = _JobState()
+        self._on_done: Callable[[Any], None] = lambda _result: None
+        self._on_failed: Callable[[BaseException], None] | None = None
+        self._keep_result_if_cancelled = False
+        self.bar = QProgressBar()
+        self.bar.setTextVisible(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row = QHBoxLayout()
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs."""
+        return self._state.worker is not None
+
+    @property
+    def state(self) -> _JobState:
+        """The plain-Python job record (outlives the widget)."""
+        return self._state
+
+    @property
+    def worker(self) -> Any:
+        """The running napari worker, or None."""
+        return self._state.worker
+
+    def start(
+        self,
+        make_generator: Callable[[Callable[[], bool]], Generator[Progress, None, Any]],
+        on_done: Callable[[Any], None],
+        on_failed: Callable[[BaseException], None] | None = None,
+        keep_result_if_cancelled: bool = False,
+    ) -> Any:
+        """Run ``make_generator(cancel)`` in a napari thread worker and return the worker.
+
+        A result that arrives after Cancel was pressed (the job finished
+        before it checked) is discarded and the job reported as cancelled,
+        unless ``keep_result_if_cancelled`` (jobs whose result is already on
+        disk, such as a saved model or written files, report it anyway).
+
+        Raises
+        ------
+        UserInputError
+            If a job of this panel is already running.
+
+        """
+        if self.busy:
+            raise UserInputError(f"{self.action} is already running; wait for it or press Cancel")
+        state = self._state
+        state.cancel.clear()
+        self._on_done, self._on_failed = on_done, on_failed
+        self._keep_result_if_cancelled = keep_result_if_cancelled
+
+        def job() -> Generator[Progress, None, Any]:
+            return (yield from make_generator(state.cancel_requested))
+
+        worker = create_worker(job, _progress={"desc": self.action}, _ignore_errors=True)
+        # bound methods only: Qt drops them if this widget is deleted (viewer closed) before the worker ends
+        worker.yielded.connect(self._handle_progress)
+        worker.returned.connect(self._handle_result)
+        worker.errored.connect(self._handle_error)
+        worker.aborted.connect(self._handle_abort)
+        worker.finished.connect(self._state.finished)  # a plain-Python slot: runs even after the panel is deleted
+        worker.finished.connect(self._handle_finished)
+        self._state.worker = worker
+        self.bar.setRange(0, 0)
+        self.status.setText(f"{self.action}: starting...")
+        self.cancel_button.setEnabled(True)
+        worker.start()
+        return worker
+
+    def cancel_requested(self) -> bool:
+        """Return True once Cancel was pressed or napari asked the worker to quit."""
+        return self._state.cancel_requested()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next check."""
+        if self._state.worker is not None:
+            self._state.cancel.set()
+            self.status.setText(f"{self.action}: cancelling...")
+
+    def _handle_progress(self, event: Progress) -> None:
+        if event.total:
+            self.bar.setRange(0, event.total)
+            self.bar.setValue(min(event.done, event.total))
+        self.status.setText(event.message or f"{event.stage} {event.done}/{event.total}")
+        self._update_napari_progress(event)
+        self.progressed.emit(event)
+
+    def _update_napari_progress(self, event: Progress) -> None:
+        pbar = getattr(self.worker, "pbar", None)
+        if pbar is None or not event.total:
+            return
+        if pbar.total != event.total:
+            pbar.total = event.total
+        pbar.update(max(0, min(event.done, event.total) - pbar.n))
+        if event.message:
+            pbar.set_description(event.message)
+
+    def _handle_result(self, result: Any) -> None:
+        if self._state.cancel.is_set() and not self._keep_result_if_cancelled:
+            self.status.setText(f"{self.action}: cancelled")
+            info(f"{self.action} cancelled: its result was discarded, nothing was changed.")
+            return
+        self.status.setText(f"{self.action}: done")
+        try:
+            self._on_done(result)
+        except Exception as exc:  # turning results into layers must not crash napari
+            notify_exception(exc, self.action)
+
+    def _handle_error(self, exc: BaseException) -> None:
+        notify_exception(exc, self.action)
+        self.status.setText(f"{self.action}: cancelled" if isinstance(exc, Cancelled) else f"{self.action}: failed")
+        if self._on_failed is not None:
+            self._on_failed(exc)
+
+    def _handle_abort(self) -> None:
+        self.status.setText(f"{self.action}: stopped")
+
+    def _handle_finished(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0 if self._state.cancel.is_set() else 1)
