@@ -280,6 +280,9 @@ def _write_weights(v0_5: Any, network: ExportNetwork, bundle: Any, example: np.n
     with torch.no_grad(), warnings.catch_warnings():
         # tracing freezes the UNet's input-size check at the example's size: harmless, every valid size passes
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # dynamo=False on purpose (it honours dynamic_axes below);
+        # torch >= 2.9 warns that it is no longer the default
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
         traced = torch.jit.trace(network, example_tensor)
         traced.save(str(work / "weights_torchscript.pt"))
         torch.onnx.export(
