@@ -173,6 +173,8 @@ def _fit_scale(args: argparse.Namespace, bundle: Any, image: Any, axes: str | No
 
     if not _wants_auto_scale(args):
         return inference
+    if bundle.config.spatial_dims == 3:
+        raise UserInputError("--scale auto measures nuclei in 2D; with a 3D model pass --scale (and --z-spacing)")
     estimate = estimate_scale(image, bundle, axes, inference)
     if not args.quiet:
         print(f"  {estimate.describe()}", file=sys.stderr)
@@ -191,7 +193,7 @@ def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | No
         def run_unet(image: Any, axes: str | None) -> Any:
             fitted = _fit_scale(args, bundle, image, axes, inference)
             run_unet.scale_used = fitted.scale  # type: ignore[attr-defined]
-            gen = iter_predict(image, bundle, axes=axes, inference=fitted)
+            gen = iter_predict(image, bundle, axes=axes, inference=fitted, z_spacing=getattr(args, "z_spacing", None))
             return _progress_bar(gen, "unet", args.quiet).labels
 
         run_unet.bundle = bundle  # type: ignore[attr-defined]
@@ -231,6 +233,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserInputError("no image to segment: the inputs hold only *_labels files")
     outdir = Path(args.output)
     _ensure_output_dir(outdir)
+    if args.method == "unet" and (args.dask_scheduler or args.large) and _is_3d_model(args.model):
+        raise UserInputError("the 3D model segments whole stacks in memory; drop --large / --dask-scheduler")
     if args.dask_scheduler and not args.large:
         return _predict_distributed(args, inputs, outdir)
     large = [p for p in inputs if args.large or _is_large(p)]
@@ -388,6 +392,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     pairs = _image_label_pairs(args.images, args.labels)
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
+    if args.start != "scratch" and _is_3d_model(args.start):
+        return _train_3d(args, images, labels)
+    if args.planes:
+        raise UserInputError("--planes marks annotated Z planes of stacks; it needs a 3D model (--from nuclei-3d)")
     rois = [_read_rois(Path(p)) for p in args.rois] if args.rois else None
     if rois is not None and len(rois) != len(images):
         raise UserInputError(f"got {len(rois)} ROI file(s) for {len(images)} image(s); give one per image")
@@ -416,6 +424,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2, default=str))
     print(f"use it with: napari-unet predict ... --model {saved}")
+    return 0
+
+
+def _is_3d_model(reference: str) -> bool:
+    from napari_unet.core.store import model_config
+
+    return model_config(reference).spatial_dims == 3
+
+
+def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) -> int:
+    """Run ``train --from <3D model>``: Z-stacks, :func:`~napari_unet.core.volume_training.iter_train_volume`."""
+    from dataclasses import replace
+
+    from napari_unet.core.synthetic import random_zstack
+    from napari_unet.core.volume_training import VOLUME_BATCH_SIZE, iter_train_volume
+
+    if args.rois or args.scale != 1 or args.annotation_mode not in (None, "full"):
+        raise UserInputError("3D training takes whole stacks (use --planes for sparse annotation), no ROIs or --scale")
+    planes = [int(v) for v in args.planes.split(",")] if args.planes else None
+    annotated = [planes] * len(images)
+    for seed in range(args.synthetic):
+        image, label, _ = random_zstack((args.seed or 0) * 1000 + seed)
+        images.append(image)
+        labels.append(label)
+        annotated.append(None)
+    val_images = val_labels = None
+    if args.val_images or args.val_labels:
+        from napari_unet.core.io import read_image, read_labels
+
+        val_pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
+        val_images = [read_image(image) for image, _ in val_pairs]
+        val_labels = [read_labels(label) for _, label in val_pairs]
+    _check_train_output(args)
+    bundle = _starting_bundle(args)
+    config = _training_config(args)
+    if args.batch_size is None:  # 3D patches: a few at a time
+        config = replace(config, batch_size=VOLUME_BATCH_SIZE)
+    gen = iter_train_volume(
+        bundle, images, labels, config, annotated=annotated, val_volumes=val_images, val_labels=val_labels
+    )
+    result = _progress_bar(gen, "train", args.quiet)
+    saved = _save_trained(result.bundle, args)
+    summary = {"saved": str(saved), "stopped": result.stopped_reason, "best_score": result.best_score}
+    print(json.dumps({**summary, "steps": result.steps, "seconds": round(result.seconds, 1)}, indent=2, default=str))
+    print(f"use it with: napari-unet predict ... --axes ZYX --model {saved}")
     return 0
 
 
@@ -667,6 +720,13 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
     parser.add_argument("--axes", default=None, help="axes of the inputs, e.g. YX, YXC, CYX, ZYX, TYX")
+    parser.add_argument(
+        "--z-spacing",
+        type=float,
+        default=None,
+        help="Z step of Z-stacks in pixel sizes (e.g. 2.5 for 0.2 um pixels and 0.5 um steps); a 3D model "
+        "resamples Z to the step it was trained at (default: the model's own)",
+    )
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (average 4 flips; 4x slower)")
     parser.add_argument(
         "--multiscale",
@@ -743,6 +803,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int, default=None, help="architecture when training from scratch")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N synthetic images to the training data")
+    p.add_argument(
+        "--planes",
+        default=None,
+        help="3D models: comma list of the Z planes you labelled in each stack (others do not count), e.g. 4,12,20",
+    )
     p.add_argument(
         "--scale",
         type=float,

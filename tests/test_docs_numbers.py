@@ -33,3 +33,18 @@ def test_model_card_json_is_the_results_file():
     assert card["test"]["families"] == results["test"]["families"]
     markdown = (ROOT / "napari_unet" / "weights" / "default" / "MODEL_CARD.md").read_text()
     assert f"**{results['test']['family_mean_AP@0.5']:.3f}**" in markdown
+
+
+def test_readme_cellpose_table_matches_the_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "peers.json").read_text())
+    lines = (ROOT / "README.md").read_text().splitlines()
+    for key, name in (("dsb2018_val", "`dsb2018/val` (10)"), ("s_bsst265_heldout", "S-BSST265 held out (10)")):
+        for scale, words in (("own_scale", "own scale"), ("true_diameter", "told the true nucleus size")):
+            line = next(line for line in lines if line.startswith(f"| {name}, {words} |"))
+            shown = [float(value) for value in re.findall(r"\d\.\d{3}", line)]
+            expected = [
+                round(results[key][scale][tool][metric], 3)
+                for tool in ("cellpose", "napari_unet")
+                for metric in ("AP@0.5", "AP@0.75")
+            ]
+            assert shown == expected, (key, scale)

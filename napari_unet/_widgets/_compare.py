@@ -238,9 +238,14 @@ def _compare_job(
 
 
 def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Callable[[], bool]) -> np.ndarray | None:
-    """Labels of one method (None when the previous model version does not exist)."""
-    from napari_unet.core.baselines import segment_baseline
+    """Labels of one method (None when the previous model version does not exist).
+
+    On a Z-stack the classical methods find 3D objects too: threshold and
+    watershed run on the volume, the local threshold per plane with slices linked.
+    """
+    from napari_unet.core.baselines import VOLUME_BASELINE_METHODS, segment_baseline, segment_volume_baseline
     from napari_unet.core.inference import predict
+    from napari_unet.core.postprocess import link_slices
     from napari_unet.core.store import load_model, previous_version
 
     if method in (UNET_CURRENT, UNET_PREVIOUS):
@@ -249,6 +254,10 @@ def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Call
             return None
         return predict(image, load_model(reference), axes, cancel=cancel).labels
     key = next(key for key, title in BASELINE_TITLES.items() if title == method)
+    if axes == "ZYX":
+        if key in VOLUME_BASELINE_METHODS:
+            return segment_volume_baseline(image, key, min_size=15)
+        return link_slices(segment_baseline(image, key, axes))
     return segment_baseline(image, key, axes)
 
 

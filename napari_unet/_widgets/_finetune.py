@@ -255,13 +255,16 @@ class FineTuneWidget(QWidget):
             if FineTuneWidget.running is not None and FineTuneWidget.running.worker is not None:
                 raise UserInputError("a fine-tuning is already running; wait for it to finish or press its Cancel")
             cfg = self.training_config()
-            data = self._snapshot_data(cfg.annotation_mode)
             name, start = self.save_name.text().strip(), self.start_model.reference()
+            volumetric = _is_3d(start)
+            snapshot_pairs = self._snapshot_stacks if volumetric else self._snapshot_data
+            data = snapshot_pairs(cfg.annotation_mode)
             if not name:
                 raise UserInputError("type a name under 'Save as' for the fine-tuned model")
             self._save_settings()
             self._reset_plot()
-            job = _finetune_job(data, cfg, start, name, self.resegment.isChecked())
+            make_job = _finetune_volume_job if volumetric else _finetune_job
+            job = make_job(data, cfg, start, name, self.resegment.isChecked())
             worker = self.jobs.start(job, self._on_trained, self._on_failed, keep_result_if_cancelled=True)
         except Exception as exc:
             notify_exception(exc, "Fine-tuning")
@@ -269,7 +272,8 @@ class FineTuneWidget(QWidget):
         FineTuneWidget.running = self.jobs.state
         scales = sorted({scale for *_, scale in data.sources if scale != 1})
         at_scale = f" resized {', '.join(f'{x:g}x' for x in scales)} as they were segmented" if scales else ""
-        info(f"Fine-tuning {start} on {len(data.images)} plane(s){at_scale}; you can keep editing meanwhile.")
+        what = "Z-stack(s) in 3D" if volumetric else "plane(s)"
+        info(f"Fine-tuning {start} on {len(data.images)} {what}{at_scale}; you can keep editing meanwhile.")
         return worker
 
     def _snapshot_data(self, mode: str) -> TrainingData:
@@ -287,14 +291,42 @@ class FineTuneWidget(QWidget):
             raise UserInputError("the labels hold no objects in any plane: paint or segment some nuclei first")
         return data
 
-    def _rois_for(self, labels_layer: Labels) -> list[np.ndarray]:
+    def _snapshot_stacks(self, mode: str) -> TrainingData:
+        """Whole Z-stacks for a 3D model; in 'Reviewed regions' mode only the shapes' planes and areas count."""
+        if mode == "changed":
+            raise UserInputError(
+                "a 3D model learns from whole stacks or reviewed regions; choose 'Whole image' or "
+                "'Reviewed regions (ROIs)'"
+            )
+        data = TrainingData()
+        for image_layer, labels_layer in self.chosen_pairs():
+            _check_pair(image_layer, labels_layer)
+            image, labels = snapshot(image_layer), snapshot(labels_layer)
+            axes = infer_axes(image.shape, image_axes_hint(image_layer))
+            if axes != "ZYX":
+                raise UserInputError(
+                    f"'{image_layer.name}' is {axes}; the 3D model learns from Z-stacks (ZYX). "
+                    "Choose a Z-stack, or a 2D model to start from"
+                )
+            reviewed = reviewed_voxels(self._shapes_for(labels_layer), labels.shape) if mode == "rois" else None
+            data.images.append(image)
+            data.labels.append(labels)
+            data.rois.append(reviewed)
+            data.sources.append((image, axes, image_layer.name, 1.0))
+        return data
+
+    def _shapes_for(self, labels_layer: Labels) -> list[np.ndarray]:
+        """Vertices of the shapes in the labels layer's 'reviewed' Shapes layer, as napari holds them."""
         name = layer_meta(labels_layer).get("reviewed_layer", reviewed_layer_name(labels_layer.name))
         layer = get_layer(self.viewer, name)
         if not isinstance(layer, Shapes) or len(layer.data) == 0:
             raise UserInputError(
                 f"'Reviewed regions' mode needs shapes in '{name}': use Correct > 'Mark region as reviewed' first"
             )
-        return [np.asarray(shape)[:, -2:] for shape in layer.data]
+        return [np.asarray(shape) for shape in layer.data]
+
+    def _rois_for(self, labels_layer: Labels) -> list[np.ndarray]:
+        return [vertices[:, -2:] for vertices in self._shapes_for(labels_layer)]
 
     def _previous_for(self, labels_layer: Labels) -> np.ndarray:
         previous = layer_meta(labels_layer).get("prediction")
@@ -459,6 +491,68 @@ def _finetune_job(
         return FineTuneOutcome(result, resegmented)
 
     return job
+
+
+def _is_3d(reference: str) -> bool:
+    from napari_unet.core.store import model_config
+
+    return model_config(reference).spatial_dims == 3
+
+
+def _finetune_volume_job(
+    data: TrainingData, cfg: TrainingConfig, start: str, name: str, resegment: bool
+) -> Callable[[Callable[[], bool]], Generator[Progress, None, FineTuneOutcome]]:
+    """Build the generator the worker runs for a 3D model: load, train on the stacks, save, optionally re-segment."""
+
+    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, FineTuneOutcome]:
+        from napari_unet.core.inference import iter_predict
+        from napari_unet.core.store import load_model, save_version
+        from napari_unet.core.volume_training import VOLUME_BATCH_SIZE, iter_train_volume
+
+        yield Progress("load", 0, 0, f"Loading model {start}")
+        bundle = load_model(start)
+        volume_cfg = replace(cfg, batch_size=VOLUME_BATCH_SIZE)
+        result = yield from iter_train_volume(
+            bundle, data.images, data.labels, volume_cfg, annotated=data.rois, cancel=cancel
+        )
+        result.saved = save_version(result.bundle, name, result.lineage)
+        yield Progress("train", result.steps, result.steps, f"saved as model {name!r}", {})
+        resegmented = []
+        if resegment:
+            for image, axes, image_name, scale in data.sources:
+                prediction = yield from iter_predict(image, result.bundle, axes, InferenceConfig(), None, cancel)
+                resegmented.append((image_name, prediction, scale))
+        return FineTuneOutcome(result, resegmented)
+
+    return job
+
+
+def reviewed_voxels(shapes: list[np.ndarray], shape_zyx: tuple[int, ...]) -> np.ndarray:
+    """``(Z, Y, X)`` bool: the areas of napari shapes drawn on planes of a Z-stack.
+
+    Parameters
+    ----------
+    shapes : list of arrays (N, 3)
+        Shape vertices ``(z, y, x)`` as a 3D Shapes layer holds them (each
+        shape lies in one plane); ``(N, 2)`` shapes count on every plane.
+    shape_zyx : tuple of int
+        The stack's shape.
+
+    """
+    from napari_unet.core.targets import rasterize_rois
+
+    mask = np.zeros(shape_zyx, dtype=bool)
+    for vertices in shapes:
+        area = rasterize_rois([vertices[:, -2:]], shape_zyx[1:])
+        if vertices.shape[1] == 2:
+            mask |= area[None]
+            continue
+        plane = round(float(vertices[0, 0]))
+        if 0 <= plane < shape_zyx[0]:
+            mask[plane] |= area
+    if not mask.any():
+        raise UserInputError("no reviewed region lies inside the stack: draw the regions on its planes")
+    return mask
 
 
 def _add_planes(

@@ -469,9 +469,9 @@ class SegmentWidget(QWidget):
             if is_large(layer, axes):
                 return self._run_large(layer, axes)
             image = snapshot(layer)
-            job = _segment_job(image, axes, self.model.reference(), self.inference_config(), self.postprocess_config())
+            model, inference, postprocess = self.model.reference(), self.inference_config(), self.postprocess_config()
+            job = _segment_job(image, axes, model, inference, postprocess, layer_z_spacing(layer, axes))
             self._save_settings()
-            self._announce_planes(axes, image.shape)
             return self.jobs.start(job, lambda result: self._on_segmented(layer, result))
         except Exception as exc:
             notify_exception(exc, "Segmentation")
@@ -514,18 +514,19 @@ class SegmentWidget(QWidget):
         info(f"'{layer.name}' is large or lazy: segmenting it chunk by chunk into {store}.{skipped}")
         return self.jobs.start(job, lambda result: self._on_large_segmented(layer, result))
 
-    def _announce_planes(self, axes: str, shape: tuple[int, ...]) -> None:
-        if axes[0] in "ZT":
-            planes = shape[0]
-            kind = "Z-stack" if axes[0] == "Z" else "time-lapse"
-            linked = " and links objects across Z" if axes[0] == "Z" else ""
-            info(f"The 2D model segments this {planes}-plane {kind} slice by slice{linked}.")
-
     def _on_segmented(self, image_layer: Image, result: SegmentResult) -> None:
         prediction = result.prediction
         meta = _labels_metadata(image_layer, result, prediction.axes)
         layer = self._write_labels(image_layer, prediction.labels, meta)
-        self._cache = {"probabilities": prediction.probabilities, "axes": prediction.axes, "layer": layer}
+        self._cache = {
+            "probabilities": prediction.probabilities,
+            "axes": prediction.axes,
+            "volumetric": prediction.volumetric,
+            "layer": layer,
+        }
+        how = how_it_ran(result.model, prediction)
+        if how:
+            info(how)
         if self.keep_probabilities.isChecked():
             self._write_probability(image_layer, prediction.probabilities)
         n_objects = len(label_ids(prediction.labels))
@@ -642,7 +643,10 @@ class SegmentWidget(QWidget):
         try:
             layer = self._cached_layer()
             config = self.postprocess_config()
-            labels = labels_from_probabilities(self._cache["probabilities"], self._cache["axes"], config)
+            cache = self._cache
+            labels = labels_from_probabilities(
+                cache["probabilities"], cache["axes"], config, volumetric=cache.get("volumetric", False)
+            )
         except Exception as exc:
             notify_exception(exc, "Post-processing")
             return None
@@ -672,8 +676,35 @@ class SegmentWidget(QWidget):
 # ---------------------------------------------------------------------- engine calls (worker thread)
 
 
+def layer_z_spacing(layer: Image, axes: str) -> float | None:
+    """Return a Z-stack layer's Z step in pixel sizes (``scale[Z] / scale[X]``); None when its scale is unset."""
+    if not axes.startswith("Z"):
+        return None
+    spatial = list(layer.scale)[-3:] if "C" not in axes or layer.rgb else list(layer.scale)[-4:-1]
+    if len(spatial) < 3 or spatial[0] == spatial[-1]:
+        return None
+    return float(spatial[0]) / float(spatial[-1])
+
+
+def how_it_ran(model: str, prediction: Any) -> str:
+    """One sentence on how a stack was segmented (empty for a single image)."""
+    if prediction.axes == "YX":
+        return ""
+    planes = prediction.labels.shape[0]
+    if prediction.volumetric:
+        return f"The 3D model '{model}' segmented the {planes}-plane Z-stack as one volume (3D objects)."
+    if prediction.axes == "ZYX":
+        return f"The 2D model '{model}' segmented the {planes}-plane Z-stack slice by slice, linking objects across Z."
+    return f"The 2D model '{model}' segmented the {planes}-frame time-lapse frame by frame."
+
+
 def _segment_job(
-    image: np.ndarray, axes: str, model: str, inference: InferenceConfig, postprocess: PostprocessConfig
+    image: np.ndarray,
+    axes: str,
+    model: str,
+    inference: InferenceConfig,
+    postprocess: PostprocessConfig,
+    z_spacing: float | None = None,
 ) -> Callable[[Callable[[], bool]], Generator[Progress, None, SegmentResult]]:
     """Build the generator the worker runs: load the model, then predict."""
 
@@ -683,8 +714,10 @@ def _segment_job(
 
         yield Progress("load", 0, 0, f"Loading model {model}")
         bundle = load_model(model)
-        prediction = yield from iter_predict(image, bundle, axes, inference, postprocess, cancel)
+        prediction = yield from iter_predict(image, bundle, axes, inference, postprocess, cancel, z_spacing)
         settings = {"axes": axes, "inference": inference.to_dict(), "postprocess": postprocess.to_dict()}
+        if prediction.volumetric:
+            settings["z_spacing"] = z_spacing
         return SegmentResult(prediction, _pinned_reference(bundle, model), bundle.sha256, settings)
 
     return job

@@ -16,7 +16,9 @@ float images keep their full precision; nothing is cast to 8 bits).  Then:
     distance inside the foreground: the classic separation of touching nuclei.
 
 Stacks (``ZYX``, ``TYX`` and their colour variants) are segmented slice by
-slice; labels are unique over the whole stack.
+slice; labels are unique over the whole stack.  :func:`segment_volume_baseline`
+segments a Z-stack as one volume instead (3D smoothing, threshold, components
+and distance-transform watershed, with the Z step taken into account).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from napari_unet.core.config import NormalizeConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.normalize import infer_axes, normalize_plane, to_planes, validate_image
+from napari_unet.core.normalize import infer_axes, normalize_plane, normalize_volume, to_planes, validate_image
 
 BASELINE_METHODS: tuple[str, ...] = ("otsu", "li", "local", "watershed")
 """Names accepted by :func:`segment_baseline`."""
+
+VOLUME_BASELINE_METHODS: tuple[str, ...] = ("otsu", "li", "watershed")
+"""Names accepted by :func:`segment_volume_baseline`."""
 
 _INVERT_CHOICES = ("auto", "never", "always")
 _OTSU_BINS = 1024  # histogram bins on the percentile-scaled float image
@@ -109,6 +114,65 @@ def segment_baseline(
     return labels if plane_axis is not None else labels[0]
 
 
+def segment_volume_baseline(
+    volume: Any,
+    method: str = "watershed",
+    *,
+    z_spacing: float = 1.0,
+    min_size: int = 60,
+    sigma: float = 1.0,
+    min_distance: int = 5,
+) -> np.ndarray:
+    """Segment nuclei in a Z-stack as one volume with a classical method.
+
+    Parameters
+    ----------
+    volume : array-like
+        ``(Z, Y, X)`` intensities (bright nuclei; bright backgrounds are inverted as in 2D).
+    method : str
+        One of :data:`VOLUME_BASELINE_METHODS`: a global ``otsu`` or ``li``
+        threshold and 3D connected components, or ``watershed`` (the ``otsu``
+        foreground split at peaks of its 3D distance transform).
+    z_spacing : float
+        Z step in pixel sizes: smoothing and distances are physical.
+    min_size : int
+        Objects with fewer voxels are removed.
+    sigma : float
+        In-plane Gaussian smoothing (pixels); along Z it is ``sigma / z_spacing``.
+    min_distance : int
+        ``watershed``: minimum distance (voxels) between two nucleus centres.
+
+    Returns
+    -------
+    np.ndarray
+        ``(Z, Y, X)`` int32 3D instance labels; 0 is background.
+
+    Raises
+    ------
+    UserInputError
+        For an unknown method, invalid parameters, a non-3D or constant volume.
+
+    """
+    name = str(method).strip().lower()
+    if name not in VOLUME_BASELINE_METHODS:
+        raise UserInputError(f"Unknown 3D baseline {method!r}; choose one of {', '.join(VOLUME_BASELINE_METHODS)}.")
+    _check_params(min_size, "auto", 3, sigma, min_distance)
+    volume = validate_image(volume)
+    if volume.ndim != 3:
+        raise UserInputError(f"a 3D baseline needs a (Z, Y, X) stack, got shape {volume.shape}")
+    if not z_spacing > 0:
+        raise UserInputError(f"z_spacing must be a positive number of pixel sizes, got {z_spacing}")
+    gray = normalize_volume(volume, NormalizeConfig(invert="auto"), in_channels=1)[0]
+    if not gray.max() > gray.min():
+        raise UserInputError("the stack has no intensity range (every voxel has the same value)")
+    smooth = ndi.gaussian_filter(gray, (sigma / z_spacing, sigma, sigma)) if sigma > 0 else gray
+    foreground = ndi.binary_fill_holes(_threshold(smooth, "li" if name == "li" else "otsu", 3, 0.0))
+    components = _components(foreground, min_size)
+    if name == "watershed":
+        return _split_touching(components, min_distance, min_size, sampling=(z_spacing, 1.0, 1.0))
+    return components
+
+
 def _check_method(method: str) -> str:
     name = str(method).strip().lower()
     if name not in BASELINE_METHODS:
@@ -177,10 +241,12 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return relabel_sequential(labels)[0].astype(np.int32, copy=False)
 
 
-def _split_touching(components: np.ndarray, min_distance: int, min_size: int) -> np.ndarray:
+def _split_touching(
+    components: np.ndarray, min_distance: int, min_size: int, sampling: tuple[float, ...] | None = None
+) -> np.ndarray:
     """Split touching objects: markers at distance-transform peaks, watershed on the negated distance."""
     foreground = components > 0
-    distance = ndi.distance_transform_edt(foreground)
+    distance = ndi.distance_transform_edt(foreground, sampling=sampling)
     markers = _peak_markers(distance, components, min_distance)
     labels = watershed(-distance, markers, mask=foreground)
     return _drop_small(labels, min_size)

@@ -93,7 +93,7 @@ class ModelConfig(JsonConfig):
     Attributes
     ----------
     spatial_dims : int
-        2 for images (3 reserved for volumetric models).
+        2 for images, 3 for volumetric models (3D convolutions over Z, Y, X).
     in_channels : int
         Channels the network reads (1 for gray; 3 for RGB models).
     out_channels : int
@@ -117,6 +117,11 @@ class ModelConfig(JsonConfig):
         branch when its three channels are equal (a grey image, repeated)
         and to the colour branch otherwise (see
         :class:`napari_unet.core.model.GrayColourUNet`).
+    xy_only_levels : int
+        3D models only: the first this many down-sampling steps pool Y and X
+        but keep Z, for stacks whose Z step is larger than their pixel size
+        (after them a voxel is about as deep as it is wide, and the
+        remaining steps pool all three axes).
 
     """
 
@@ -129,6 +134,7 @@ class ModelConfig(JsonConfig):
     dropout: float = 0.0
     head: str = "bg_interior_boundary"
     branches: str = "single"
+    xy_only_levels: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -147,11 +153,25 @@ class ModelConfig(JsonConfig):
         if self.out_channels != HEAD_CHANNELS[self.head]:
             expected = HEAD_CHANNELS[self.head]
             raise ConfigError(f"{name}.out_channels must be {expected} for head {self.head!r}, got {self.out_channels}")
+        _check_range(name, "xy_only_levels", self.xy_only_levels, 0, self.depth if self.spatial_dims == 3 else 0)
+        if self.spatial_dims == 3 and self.branches != "single":
+            raise ConfigError(f"{name}: 3D models have one branch; got branches={self.branches!r}")
 
     @property
     def size_multiple(self) -> int:
-        """Spatial sizes the network accepts must be multiples of this."""
+        """Y and X sizes the network accepts must be multiples of this."""
         return 2**self.depth
+
+    @property
+    def size_multiples(self) -> tuple[int, ...]:
+        """Per spatial axis (``(Y, X)`` or ``(Z, Y, X)``), the multiple every input size must be."""
+        if self.spatial_dims == 2:
+            return (self.size_multiple,) * 2
+        return (2 ** (self.depth - self.xy_only_levels), self.size_multiple, self.size_multiple)
+
+    def pool_kernel(self, level: int) -> int | tuple[int, int, int]:
+        """Down-sampling factor of step ``level`` (0 = the first): 2, or ``(1, 2, 2)`` when Z is kept."""
+        return (1, 2, 2) if self.spatial_dims == 3 and level < self.xy_only_levels else 2
 
 
 @dataclass(frozen=True)

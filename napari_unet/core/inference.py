@@ -74,6 +74,10 @@ class Prediction:
         Axes of ``labels``: ``"YX"``, ``"ZYX"`` or ``"TYX"``.
     image_axes : str
         Axes the input image was read with (e.g. ``"YXC"``).
+    volumetric : bool
+        True when a 3D model segmented the stack as one volume (its objects
+        are 3D from the start; post-processing runs in 3D), False when the
+        planes were segmented one by one.
 
     """
 
@@ -81,6 +85,7 @@ class Prediction:
     probabilities: np.ndarray
     axes: str
     image_axes: str = ""
+    volumetric: bool = False
 
 
 # --------------------------------------------------------------------------- devices
@@ -182,7 +187,7 @@ def inference_network(network: nn.Module, device: torch.device) -> nn.Module:
     return copy
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision when ``amp``: fp16 on CUDA; bf16 on a CPU that computes it natively; else nothing.
 
     The softmax always runs in float32 (:func:`output_probabilities`).
@@ -394,7 +399,7 @@ def _tile_probabilities(
     total = None
     for dims in flips:
         flipped = inputs.flip(dims) if dims else inputs
-        with _autocast(device, cfg.amp):
+        with autocast_context(device, cfg.amp):
             logits = network(flipped)
         probabilities = output_probabilities(logits)
         probabilities = probabilities.flip(dims) if dims else probabilities
@@ -484,8 +489,13 @@ def iter_predict(
     inference: InferenceConfig | None = None,
     postprocess: PostprocessConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    z_spacing: float | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """Segment an image, yielding progress after every batch of tiles.
+
+    A 2D model segments every plane of a stack; a 3D model
+    (``bundle.config.spatial_dims == 3``) segments a Z-stack as one volume
+    (:func:`napari_unet.core.volume.iter_predict_volume`).
 
     Parameters
     ----------
@@ -504,6 +514,9 @@ def iter_predict(
     cancel : callable, optional
         Checked between batches; when it returns True the generator raises
         :class:`~napari_unet.core.errors.Cancelled`.
+    z_spacing : float, optional
+        Z step of a stack in pixel sizes; used by 3D models (which resample
+        Z to the step they were trained at), ignored by 2D ones.
 
     Yields
     ------
@@ -529,6 +542,10 @@ def iter_predict(
     image = validate_image(image)
     image_axes = infer_axes(image.shape, axes)
     check_image_size(image.shape, image_axes)
+    if bundle.config.spatial_dims == 3:
+        from napari_unet.core.volume import iter_predict_volume
+
+        return (yield from iter_predict_volume(image, image_axes, bundle, inference, postprocess, cancel, z_spacing))
     planes, plane_axis = to_planes(image, image_axes, dtype=None)
     device = resolve_device(inference.device)
     network = inference_network(bundle.network, device)
@@ -576,6 +593,7 @@ def labels_from_probabilities(
     axes: str,
     postprocess: PostprocessConfig,
     cancel: Callable[[], bool] | None = None,
+    volumetric: bool = False,
 ) -> np.ndarray:
     """Instance labels from class probabilities, exactly as :func:`iter_predict` makes them.
 
@@ -595,6 +613,9 @@ def labels_from_probabilities(
         Thresholds, minimum sizes, hole filling.
     cancel : callable, optional
         Checked between planes; raises :class:`~napari_unet.core.errors.Cancelled`.
+    volumetric : bool
+        ``Prediction.volumetric``: the ``(Z, 3, Y, X)`` probabilities of a 3D
+        model, post-processed as one volume.
 
     Returns
     -------
@@ -614,6 +635,8 @@ def labels_from_probabilities(
         )
     if axes == "YX":
         return probabilities_to_labels(probabilities, postprocess).astype(np.uint32)
+    if volumetric:
+        return probabilities_to_labels(probabilities.transpose(1, 0, 2, 3), postprocess).astype(np.uint32)
     labels = np.empty((probabilities.shape[0], *probabilities.shape[2:]), dtype=np.int32)
     for index, plane_probabilities in enumerate(probabilities):
         check_cancel(cancel)
@@ -646,6 +669,7 @@ def predict(
     inference: InferenceConfig | None = None,
     postprocess: PostprocessConfig | None = None,
     cancel: Callable[[], bool] | None = None,
+    z_spacing: float | None = None,
 ) -> Prediction:
     """Segment an image (see :func:`iter_predict`, whose progress this discards)."""
-    return run_to_end(iter_predict(image, bundle, axes, inference, postprocess, cancel))
+    return run_to_end(iter_predict(image, bundle, axes, inference, postprocess, cancel, z_spacing))

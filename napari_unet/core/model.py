@@ -94,21 +94,24 @@ class UNet(nn.Module):
             dropout = config.dropout if level == config.depth else 0.0
             self.encoders.append(ConvBlock(dims, c_prev, width, norm, dropout))
             c_prev = width
-        self.pool = (nn.MaxPool2d if dims == 2 else nn.MaxPool3d)(2)
+        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
+        self.pools = nn.ModuleList(pool(config.pool_kernel(level)) for level in range(config.depth))
         up_conv = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for level in reversed(range(config.depth)):
-            self.upsamplers.append(up_conv(widths[level + 1], widths[level], 2, stride=2))
+            kernel = config.pool_kernel(level)
+            self.upsamplers.append(up_conv(widths[level + 1], widths[level], kernel, stride=kernel))
             self.decoders.append(ConvBlock(dims, 2 * widths[level], widths[level], norm))
         self.head = _conv(dims)(widths[0], config.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, out_channels, *S)`` for input ``(N, in_channels, *S)``."""
-        multiple = self.config.size_multiple
-        if any(s % multiple for s in x.shape[2:]):
+        multiples = self.config.size_multiples
+        if any(s % m for s, m in zip(x.shape[2:], multiples, strict=True)):
+            shown = multiples[0] if len(set(multiples)) == 1 else multiples
             raise ValueError(
-                f"UNet input spatial shape {tuple(x.shape[2:])} must be a multiple of {multiple}; "
+                f"UNet input spatial shape {tuple(x.shape[2:])} must be a multiple of {shown}; "
                 "use napari_unet.core.inference, which pads for you"
             )
         skips = []
@@ -116,7 +119,7 @@ class UNet(nn.Module):
             x = encoder(x)
             if level < self.config.depth:
                 skips.append(x)
-                x = self.pool(x)
+                x = self.pools[level](x)
         for upsample, decoder in zip(self.upsamplers, self.decoders, strict=True):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
         return self.head(x)

@@ -6,7 +6,7 @@ The engine accepts napari layer data with these axes (napari letters):
 ``YX``    one gray image
 ``YXC``   one colour / multi-channel image (channels last, as napari RGB)
 ``CYX``   one multi-channel image, channels first (needs explicit axes)
-``ZYX``   a z-stack, segmented slice by slice
+``ZYX``   a z-stack, segmented slice by slice by a 2D model, as one volume by a 3D one
 ``TYX``   a time-lapse, segmented frame by frame (needs explicit axes)
 ``ZYXC``  a colour z-stack
 ``TYXC``  a colour time-lapse (needs explicit axes)
@@ -404,6 +404,32 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
     gray_rgb = _is_gray_rgb_plane(plane)
     channels = _match_channels(plane, in_channels, gray_rgb)
     return _scale(channels, _channel_stats(channels, cfg, _brightness(plane, gray_rgb)))
+
+
+def normalize_volume(volume: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> np.ndarray:
+    """Convert a stack into the network's input, with one pair of percentiles for the whole stack.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        ``(Z, Y, X)`` or ``(Z, Y, X, C)`` intensities of any accepted dtype.
+    cfg : NormalizeConfig
+        Percentiles and inversion policy.
+    in_channels : int
+        Channels the model reads.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(in_channels, Z, Y, X)`` float32 (see
+        :func:`~napari_unet.core.normalize.normalize_plane` for the mapping).
+
+    """
+    depth = volume.shape[0]
+    as_plane = volume.reshape(depth * volume.shape[1], *volume.shape[2:])  # planes stacked along Y: same pixels
+    stats = intensity_stats(as_plane, cfg, in_channels)
+    flat = apply_stats(as_plane, stats, in_channels)
+    return np.ascontiguousarray(flat.reshape(in_channels, depth, *volume.shape[1:3]))
 
 
 def _with_channel_axis(image: np.ndarray) -> np.ndarray:

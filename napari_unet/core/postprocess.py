@@ -17,8 +17,19 @@ from skimage.segmentation import watershed
 
 from napari_unet.core.config import PostprocessConfig
 
-_CROSS = ndi.generate_binary_structure(2, 1)
-_FOUR_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+def _cross(ndim: int) -> np.ndarray:
+    """Face-connectivity structure (4-connected in 2D, 6-connected in 3D)."""
+    return ndi.generate_binary_structure(ndim, 1)
+
+
+def _face_offsets(ndim: int) -> list[tuple[int, ...]]:
+    """Offsets to the face neighbours of a pixel (4 in 2D, 6 in 3D)."""
+    offsets = []
+    for axis in range(ndim):
+        for step in (-1, 1):
+            offsets.append(tuple(step if a == axis else 0 for a in range(ndim)))
+    return offsets
 
 
 def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = None) -> np.ndarray:
@@ -27,14 +38,16 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
     Parameters
     ----------
     probs : numpy.ndarray
-        ``(3, Y, X)`` probabilities of background, interior, boundary.
+        ``(3, Y, X)`` probabilities of background, interior, boundary; or
+        ``(3, Z, Y, X)`` from a 3D model (objects are then 3D: seeds,
+        watershed, sizes in voxels and holes all in 3D).
     cfg : PostprocessConfig, optional
         Thresholds and sizes (defaults when omitted).
 
     Returns
     -------
     numpy.ndarray
-        ``(Y, X)`` int32 labels, 0 background, objects numbered 1..N.
+        ``(Y, X)`` or ``(Z, Y, X)`` int32 labels, 0 background, objects numbered 1..N.
 
     Notes
     -----
@@ -51,8 +64,8 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
 
     """
     cfg = cfg or PostprocessConfig()
-    if probs.ndim != 3 or probs.shape[0] < 3:
-        raise ValueError(f"probs must have shape (3, Y, X), got {probs.shape}")
+    if probs.ndim not in (3, 4) or probs.shape[0] < 3:
+        raise ValueError(f"probs must have shape (3, Y, X) or (3, Z, Y, X), got {probs.shape}")
     interior = probs[1]
     foreground = (interior + probs[2]) > cfg.foreground_threshold
     seeds = _seeds(interior, foreground, cfg.seed_threshold, cfg.min_seed_size)
@@ -73,8 +86,8 @@ def probabilities_to_labels(probs: np.ndarray, cfg: PostprocessConfig | None = N
 
 
 def _seeds(interior: np.ndarray, foreground: np.ndarray, threshold: float, min_seed_size: int) -> np.ndarray:
-    """Label connected seed regions ``(Y, X)`` int32, dropping small ones."""
-    seeds, _ = ndi.label((interior > threshold) & foreground, structure=_CROSS)
+    """Label connected seed regions ``(Y, X)`` or ``(Z, Y, X)`` int32, dropping small ones."""
+    seeds, _ = ndi.label((interior > threshold) & foreground, structure=_cross(interior.ndim))
     return remove_small_objects(seeds.astype(np.int32, copy=False), min_seed_size)
 
 
@@ -103,7 +116,7 @@ def _split_seeds(seeds: np.ndarray, foreground: np.ndarray, min_distance: int) -
     peaks = peak_local_max(distance, min_distance=min_distance, labels=seeds, exclude_border=False)
     markers = np.zeros_like(seeds)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=seeds.dtype)
-    markers, _ = ndi.label(ndi.binary_dilation(markers > 0) & (seeds > 0), structure=_CROSS)
+    markers, _ = ndi.label(ndi.binary_dilation(markers > 0) & (seeds > 0), structure=_cross(seeds.ndim))
     without_peak = np.setdiff1d(_present_ids(seeds), _present_ids(np.where(markers > 0, seeds, 0)))
     if without_peak.size:
         keep = np.isin(seeds, without_peak)
@@ -116,7 +129,7 @@ def _label_unseeded(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     leftover = foreground & (labels == 0)
     if not leftover.any():
         return labels
-    extra, count = ndi.label(leftover, structure=_CROSS)
+    extra, count = ndi.label(leftover, structure=_cross(leftover.ndim))
     if count:
         offset = int(labels.max())
         labels = labels.copy()
@@ -251,19 +264,19 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     labels : numpy.ndarray
-        ``(Y, X)`` non-negative integer labels.
+        ``(Y, X)`` or ``(Z, Y, X)`` non-negative integer labels.
 
     Returns
     -------
     numpy.ndarray
-        Same shape and dtype.  A background region (4-connected) not
+        Same shape and dtype.  A background region (face-connected) not
         touching the image border whose neighbours all belong to one object
         takes that object's id.  Gaps enclosed by several touching objects
         stay background.
 
     """
-    if labels.ndim != 2:
-        raise ValueError(f"fill_label_holes expects (Y, X) labels, got shape {labels.shape}")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"fill_label_holes expects (Y, X) or (Z, Y, X) labels, got shape {labels.shape}")
     hole_ids, count = _enclosed_background(labels == 0)
     if count == 0:
         return labels
@@ -275,14 +288,15 @@ def fill_label_holes(labels: np.ndarray) -> np.ndarray:
 
 
 def _enclosed_background(background: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label the 4-connected background regions that do not touch the image border.
+    """Label the face-connected background regions that do not touch the image border.
 
-    Returns ``(hole_ids (Y, X) int32, count)``; ids run 1..count.
+    Returns ``(hole_ids int32 shaped like background, count)``; ids run 1..count.
     """
-    regions, count = ndi.label(background, structure=_CROSS)
+    regions, count = ndi.label(background, structure=_cross(background.ndim))
     if count == 0:
         return regions, 0
-    border = np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]])
+    faces = [np.take(regions, end, axis=axis).ravel() for axis in range(regions.ndim) for end in (0, -1)]
+    border = np.concatenate(faces)
     is_hole = np.ones(count + 1, dtype=bool)
     is_hole[border] = False
     is_hole[0] = False
@@ -293,11 +307,12 @@ def _enclosed_background(background: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _single_neighbour_label(labels: np.ndarray, hole_ids: np.ndarray, count: int) -> np.ndarray:
     """For holes 1..count: the one object id around each hole, or 0 if several (index 0 is 0)."""
-    ys, xs = np.nonzero(hole_ids)
-    ids = hole_ids[ys, xs]
+    where = np.nonzero(hole_ids)
+    ids = hole_ids[where]
     pairs_hole, pairs_label = [], []
-    for dy, dx in _FOUR_NEIGHBOURS:
-        neighbour = labels[ys + dy, xs + dx]  # holes never touch the border, so indices stay inside
+    for offset in _face_offsets(labels.ndim):
+        # holes never touch the border, so indices stay inside
+        neighbour = labels[tuple(index + step for index, step in zip(where, offset, strict=True))]
         touching = neighbour > 0
         pairs_hole.append(ids[touching])
         pairs_label.append(neighbour[touching])

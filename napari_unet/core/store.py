@@ -57,6 +57,9 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 MODEL_CARD_JSON = "model_card.json"  # written by training/make_model_card.py; holds the measured accuracy
 BUNDLED_NAME = "default"
+BUNDLED_3D_NAME = "nuclei-3d"
+BUNDLED_NAMES = (BUNDLED_NAME, BUNDLED_3D_NAME)
+"""Models that ship inside the package (``napari_unet/weights/<name>``): the 2D default and the 3D nuclei model."""
 MODEL_DIR_ENV = "NAPARI_UNET_MODEL_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION_RE = re.compile(r"^v(\d+)$")
@@ -223,9 +226,13 @@ def user_model_dir() -> Path:
     return Path(user_data_dir("napari-unet", appauthor=False)) / "models"
 
 
-def bundled_model_dir() -> Path:
-    """Folder of the bundled default model (``napari_unet/weights/default``)."""
-    return Path(__file__).resolve().parent.parent / "weights" / BUNDLED_NAME
+def bundled_model_dir(name: str = BUNDLED_NAME) -> Path:
+    """Folder of a bundled model (``napari_unet/weights/<name>``; the 2D default when omitted)."""
+    return Path(__file__).resolve().parent.parent / "weights" / name
+
+
+def _installed_bundled_names() -> list[str]:
+    return [name for name in BUNDLED_NAMES if (bundled_model_dir(name) / CONFIG_FILE).is_file()]
 
 
 def _version_folders(name: str) -> dict[int, Path]:
@@ -255,13 +262,12 @@ def _user_model_names() -> list[str]:
 
 
 def _available_names() -> list[str]:
-    bundled = [BUNDLED_NAME] if (bundled_model_dir() / CONFIG_FILE).is_file() else []
-    return bundled + _user_model_names()
+    return _installed_bundled_names() + _user_model_names()
 
 
 def _check_name(name: str) -> None:
-    if name == BUNDLED_NAME:
-        raise UserInputError(f"{BUNDLED_NAME!r} is the bundled model's name; save your model under another name")
+    if name in BUNDLED_NAMES:
+        raise UserInputError(f"{name!r} is a bundled model's name; save your model under another name")
     if not _NAME_RE.match(name):
         raise UserInputError(
             f"invalid model name {name!r}: use up to 64 letters, digits, '.', '_' or '-', "
@@ -494,11 +500,11 @@ def load_model_folder(folder: Path, device: str | torch.device | None = None) ->
 
 
 def _resolve_spec(spec: str) -> Path:
-    if spec == BUNDLED_NAME:
-        folder = bundled_model_dir()
+    if spec in BUNDLED_NAMES:
+        folder = bundled_model_dir(spec)
         if not (folder / CONFIG_FILE).is_file():
             raise UserInputError(
-                f"the bundled default model is missing from {folder}; reinstall napari-unet "
+                f"the bundled {spec!r} model is missing from {folder}; reinstall napari-unet "
                 "(pip install --force-reinstall napari-unet) or pass a model folder"
             )
         return folder
@@ -555,8 +561,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device | Non
 
     """
     bundle = load_model_folder(_model_folder(name_or_path), device)
-    if os.fspath(name_or_path) == BUNDLED_NAME:
-        bundle.metadata.setdefault("name", BUNDLED_NAME)
+    if os.fspath(name_or_path) in BUNDLED_NAMES:
+        bundle.metadata.setdefault("name", os.fspath(name_or_path))
     return bundle
 
 
@@ -565,11 +571,29 @@ def _model_folder(name_or_path: str | os.PathLike) -> Path:
     text = os.fspath(name_or_path)
     path = Path(text).expanduser()
     is_path = isinstance(name_or_path, os.PathLike) or _looks_like_path(text)
-    if not is_path and (text == BUNDLED_NAME or _SPEC_RE.match(text) or text in _user_model_names()):
+    if not is_path and (text in BUNDLED_NAMES or _SPEC_RE.match(text) or text in _user_model_names()):
         return _resolve_spec(text)  # a registered name wins over a same-named folder in the working directory
     if is_path or path.exists():
         return _resolve_path(path)
     return _resolve_spec(text)
+
+
+def model_config(name_or_path: str | os.PathLike) -> ModelConfig:
+    """Return a saved model's architecture (e.g. whether it is 2D or 3D) without loading its weights.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        Any reference :func:`load_model` accepts.
+
+    Raises
+    ------
+    UserInputError
+        Unknown name, missing, corrupt or foreign ``model.json``.
+
+    """
+    json_path = _model_folder(name_or_path) / CONFIG_FILE
+    return _configs(_read_document(json_path), json_path)[0]
 
 
 def model_postprocess(name_or_path: str | os.PathLike) -> PostprocessConfig:
@@ -697,11 +721,8 @@ def list_versions(name: str) -> list[ModelInfo]:
 
 
 def list_models() -> list[ModelInfo]:
-    """All models: the bundled default first (if installed), then every version of every user model."""
-    infos = []
-    bundled = bundled_model_dir()
-    if (bundled / CONFIG_FILE).is_file():
-        infos.append(_info_from_folder(bundled, BUNDLED_NAME, None))
+    """All models: the bundled ones first (default, then nuclei-3d, if installed), then every user model version."""
+    infos = [_info_from_folder(bundled_model_dir(name), name, None) for name in _installed_bundled_names()]
     for name in _user_model_names():
         infos += list_versions(name)
     return infos
@@ -763,7 +784,9 @@ def delete_version(name: str, version: int) -> None:
 
 
 __all__ = [
+    "BUNDLED_3D_NAME",
     "BUNDLED_NAME",
+    "BUNDLED_NAMES",
     "MODEL_DIR_ENV",
     "ModelBundle",
     "ModelInfo",
@@ -773,6 +796,7 @@ __all__ = [
     "list_versions",
     "load_model",
     "load_model_folder",
+    "model_config",
     "model_postprocess",
     "placeholder_default",
     "previous_version",

@@ -35,20 +35,23 @@ ANNOTATION_MODES = ("full", "rois", "changed")
 Roi = Sequence[float] | np.ndarray
 
 
-def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as a 2D integer array or raise a clear error.
+def check_labels(labels: np.ndarray, name: str = "labels", ndim: int = 2) -> np.ndarray:
+    """Return ``labels`` as an integer array of ``ndim`` dimensions or raise a clear error.
 
     Parameters
     ----------
-    labels : array (Y, X)
+    labels : array (Y, X), or (Z, Y, X) with ``ndim=3``
         Instance labels: 0 = background, every other value one object.
     name : str
         How the array is called in error messages.
+    ndim : int
+        2 for an image, 3 for a volume.
 
     """
     labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise UserInputError(f"{name} must be a 2D (Y, X) label image, got shape {labels.shape}")
+    if labels.ndim != ndim:
+        axes = "(Y, X)" if ndim == 2 else "(Z, Y, X)"
+        raise UserInputError(f"{name} must be a {ndim}D {axes} label image, got shape {labels.shape}")
     if labels.dtype == bool:
         return labels.astype(np.int64)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -65,21 +68,22 @@ def labels_to_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndarray
 
     Parameters
     ----------
-    labels : array (Y, X) of int
-        Instance labels (0 = background).
+    labels : array (Y, X) or (Z, Y, X) of int
+        Instance labels (0 = background) of an image or a volume.
     boundary_width : int
         Thickness in pixels of the inner rim marked as boundary (1 or 2).
 
     Returns
     -------
-    array (Y, X) of int64
+    array (Y, X) or (Z, Y, X) of int64
         0 background, 1 interior, 2 boundary.  The boundary is the inner rim of
-        every instance, so two touching nuclei are separated by boundary
-        pixels.  An object too small to keep any interior keeps its most
-        central pixel(s) as interior, so it still gets a watershed seed.
+        every instance (in 3D, its outer voxels along Z, Y and X), so two
+        touching nuclei are separated by boundary pixels.  An object too
+        small to keep any interior keeps its most central pixel(s) as
+        interior, so it still gets a watershed seed.
 
     """
-    labels = check_labels(labels)
+    labels = check_labels(labels, ndim=3 if np.ndim(labels) == 3 else 2)
     classes = np.zeros(labels.shape, dtype=np.int64)
     foreground = labels > 0
     boundary = find_boundaries(labels, mode="inner")
@@ -104,7 +108,7 @@ def _restore_tiny_interiors(labels: np.ndarray, classes: np.ndarray) -> None:
     for label_id in missing:
         window = slices[label_id - 1]
         mask = labels[window] == label_id
-        distance = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        distance = ndi.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
         centre = mask & (distance == distance.max())
         classes[window][centre] = INTERIOR
 

@@ -90,30 +90,29 @@ def tile_grid(shape_yx: tuple[int, int], tile: TileShape, overlap: float, align:
     ]
 
 
-def gaussian_weights(tile_shape: tuple[int, int], sigma_scale: float = 0.125) -> np.ndarray:
+def gaussian_weights(tile_shape: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
     """Blending weights of one tile (nnU-Net style).
 
     Parameters
     ----------
     tile_shape : tuple of int
-        ``(ty, tx)``.
+        ``(ty, tx)``, or ``(tz, ty, tx)`` for a 3D tile.
     sigma_scale : float
         Gaussian sigma as a fraction of the tile edge (nnU-Net: 1/8).
 
     Returns
     -------
     numpy.ndarray
-        ``(ty, tx)`` float32, maximum 1 at the centre, strictly positive
+        ``tile_shape`` float32, maximum 1 at the centre, strictly positive
         everywhere (clamped at ``1e-6`` of the maximum) so every pixel of
         the plane keeps a non-zero total weight.
 
     """
-    axes_weights = []
+    weights = np.ones((), dtype=np.float64)
     for n in tile_shape:
         sigma = max(n * sigma_scale, 1e-3)
         coords = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-        axes_weights.append(np.exp(-0.5 * (coords / sigma) ** 2))
-    weights = np.outer(axes_weights[0], axes_weights[1])
+        weights = np.multiply.outer(weights, np.exp(-0.5 * (coords / sigma) ** 2))
     weights /= weights.max()
     np.maximum(weights, 1e-6, out=weights)
     return weights.astype(np.float32)

@@ -279,7 +279,7 @@ def iter_train(
         config=bundle.config,
         normalize=bundle.normalize,
         postprocess=child_postprocess(bundle.postprocess),
-        metadata=_child_metadata(bundle, lineage),
+        metadata=child_metadata(bundle, lineage),
     )
     return TrainResult(
         bundle=new_bundle,
@@ -949,7 +949,8 @@ def child_postprocess(parent: PostprocessConfig) -> PostprocessConfig:
     return parent
 
 
-def _child_metadata(bundle: ModelBundle, lineage: dict[str, Any]) -> dict[str, Any]:
+def child_metadata(bundle: ModelBundle, lineage: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a model trained from ``bundle``: the parent's, without its identity, plus ``lineage``."""
     metadata = {key: value for key, value in bundle.metadata.items() if key not in ("name", "version", "sha256")}
     metadata["lineage"] = lineage
     return metadata

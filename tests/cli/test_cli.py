@@ -449,3 +449,42 @@ def test_export_model_then_import_model_gives_the_same_labels(dataset, model_dir
     assert code == 2 and "exists" in err
     code, _, err = run(["import-model", str(tmp_path / "nothing.zip"), "--name", "x"], capsys)
     assert code == 2 and "no such package" in err
+
+
+@pytest.fixture
+def stack_files(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    """A held-out synthetic Z-stack (test seed of benchmarks/bench_3d.py) and its 3D labels as TIFF files."""
+    from napari_unet.core.synthetic import random_zstack
+
+    image, labels, _ = random_zstack(20_001, (16, 64, 64))
+    folder = tmp_path / "stacks"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s_image.tif", image)
+    tifffile.imwrite(folder / "s_labels.tif", labels)
+    return folder / "s_image.tif", folder / "s_labels.tif", labels
+
+
+def test_predict_a_zstack_with_the_3d_model_writes_3d_labels(stack_files, tmp_path, capsys) -> None:
+    image, _, truth = stack_files
+    out = tmp_path / "out"
+    code, _, _ = run(["predict", str(image), "-o", str(out), "--model", "nuclei-3d", "--axes", "ZYX"], capsys)
+    assert code == 0
+    labels = tifffile.imread(out / "s_image_labels.tif")
+    assert labels.shape == truth.shape
+    assert ap50(truth, labels) > 0.5
+    code, _, _ = run(
+        ["predict", str(image), "-o", str(out), "--model", "nuclei-3d", "--overwrite", "--z-spacing", "2"], capsys
+    )
+    assert code == 0 and tifffile.imread(out / "s_image_labels.tif").shape == truth.shape
+
+
+def test_train_the_3d_model_on_some_planes_then_predict_with_it(stack_files, model_dir, tmp_path, capsys) -> None:
+    image, labels, truth = stack_files
+    args = ["train", "--images", str(image), "--labels", str(labels), "--from", "nuclei-3d", "--planes", "3,8,12"]
+    code, out, _ = run([*args, "--output", "my-3d", "--steps", "2", "--device", "cpu"], capsys)
+    assert code == 0, out
+    assert json.loads(out[: out.rindex("}") + 1])["steps"] == 2
+    code, _, _ = run(["predict", str(image), "-o", str(tmp_path / "o"), "--model", "my-3d"], capsys)
+    assert code == 0 and tifffile.imread(tmp_path / "o" / "s_image_labels.tif").shape == truth.shape
+    code, _, err = run([*args[:-2], "--planes", "40", "--output", "bad-3d", "--steps", "1"], capsys)
+    assert code != 0 and "Z indices" in err

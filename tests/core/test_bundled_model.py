@@ -44,3 +44,33 @@ def test_default_model_beats_every_baseline_on_real_nuclei() -> None:
     # Measured when v2 was bundled: 0.735 against 0.366 (watershed, default settings); the margins allow for
     # BLAS noise. These images are test images for v2 (they chose neither its checkpoint nor its thresholds).
     assert unet >= 0.70 and unet > best_baseline + 0.30, (unet, best_baseline)
+
+
+def test_3d_model_is_shipped_small_documented_and_3d() -> None:
+    from napari_unet.core.store import BUNDLED_3D_NAME
+
+    folder = bundled_model_dir(BUNDLED_3D_NAME)
+    assert (folder / "model.safetensors").stat().st_size < 20 * 1024**2
+    assert (folder / "MODEL_CARD.md").read_text().startswith("# napari-unet 3D nuclei model")
+    bundle = load_model(BUNDLED_3D_NAME)
+    assert bundle.name == BUNDLED_3D_NAME and bundle.config.spatial_dims == 3
+    assert bundle.metadata["lineage"]["steps"] > 1000
+
+
+def test_3d_model_beats_2d_linking_and_the_3d_watershed_on_held_out_stacks() -> None:
+    from napari_unet.core.baselines import segment_volume_baseline
+    from napari_unet.core.synthetic import random_zstack
+
+    bundle3d, bundle2d = load_model("nuclei-3d"), load_model("default")
+    scores: dict[str, list[float]] = {"3d": [], "2d": [], "watershed": []}
+    for seed in (20_004, 20_005):  # test seeds of benchmarks/bench_3d.py: never trained or validated on
+        image, truth, settings = random_zstack(seed, (24, 96, 96))
+        found = {
+            "3d": predict(image, bundle3d, "ZYX").labels,
+            "2d": predict(image, bundle2d, "ZYX").labels,
+            "watershed": segment_volume_baseline(image, "watershed", z_spacing=settings["z_spacing"]),
+        }
+        for key, labels in found.items():
+            scores[key].append(summary_row(evaluate_dataset([truth], [labels]))["AP@0.5"])
+    mean = {key: sum(values) / len(values) for key, values in scores.items()}
+    assert mean["3d"] > mean["2d"] + 0.1 and mean["3d"] > mean["watershed"], mean

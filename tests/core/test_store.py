@@ -22,7 +22,7 @@ TINY = ModelConfig(depth=1, base_channels=2)  # batch norm: running stats and nu
 def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "user-models"
     monkeypatch.setenv(store.MODEL_DIR_ENV, str(folder))
-    monkeypatch.setattr(store, "bundled_model_dir", lambda: tmp_path / "bundled" / "default")
+    monkeypatch.setattr(store, "bundled_model_dir", lambda name="default": tmp_path / "bundled" / name)
     return folder
 
 
@@ -331,7 +331,7 @@ def test_listing_puts_bundled_default_first(model_dir: Path, tmp_path: Path) -> 
 
 
 def test_missing_bundled_model_explains_reinstall(model_dir: Path) -> None:
-    with pytest.raises(UserInputError, match=r"bundled default model is missing.*reinstall"):
+    with pytest.raises(UserInputError, match=r"bundled 'default' model is missing.*reinstall"):
         store.load_model("default")
     assert store.list_models() == []
 

@@ -64,7 +64,7 @@ def test_float_integral_labels_are_accepted_but_fractions_refused():
     with pytest.raises(UserInputError, match="integer"):
         labels_to_classes(np.full((4, 4), 0.5))
     with pytest.raises(UserInputError, match="2D"):
-        labels_to_classes(np.zeros((2, 4, 4), dtype=int))
+        labels_to_classes(np.zeros((2, 2, 4, 4), dtype=int))  # 2D images and 3D stacks only
 
 
 def test_full_mode_counts_everything():

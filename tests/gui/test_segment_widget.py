@@ -160,7 +160,7 @@ def form_values(widget: SegmentWidget) -> tuple:
 @pytest.fixture
 def no_bundled_model(isolated_dirs, monkeypatch):
     """Hide the bundled model so the store lists only the models a test saves."""
-    monkeypatch.setattr(store, "bundled_model_dir", lambda: isolated_dirs / "no-bundled" / "default")
+    monkeypatch.setattr(store, "bundled_model_dir", lambda name="default": isolated_dirs / "no-bundled" / name)
 
 
 def button(widget: SegmentWidget, text: str) -> QPushButton:

@@ -46,7 +46,7 @@ def _intensity_image(image: np.ndarray, labels_shape: tuple[int, ...]) -> np.nda
     )
 
 
-def _rename_column(name: str, axes: str) -> str:
+def _rename_column(name: str, axes: str, size: str = "area") -> str:
     base, _, index = name.partition("-")
     ndim = len(axes)
     if base == "centroid":
@@ -57,7 +57,7 @@ def _rename_column(name: str, axes: str) -> str:
     if base.startswith("intensity_"):
         stat = base.removeprefix("intensity_")
         return f"{stat}_intensity" + (f"_c{index}" if index else "")
-    return {"equivalent_diameter_area": "equivalent_diameter"}.get(base, base)
+    return {"equivalent_diameter_area": "equivalent_diameter", "area": size}.get(base, base)
 
 
 def measure_objects(labels: np.ndarray, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -75,7 +75,7 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None) -> dict
     -------
     dict of str to ndarray
         One array per column, one row per object in increasing label order:
-        ``label``, ``area`` (pixels/voxels), ``centroid_<axis>``,
+        ``label``, ``area`` (pixels; ``volume`` in voxels for 3D labels), ``centroid_<axis>``,
         ``bbox_min_<axis>``/``bbox_max_<axis>`` (max exclusive),
         ``equivalent_diameter`` and, for 2D, ``eccentricity``, ``solidity``,
         ``perimeter``; with an image ``mean_intensity``, ``max_intensity``,
@@ -96,8 +96,9 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None) -> dict
         intensity = _intensity_image(image, labels.shape)
         properties += ["intensity_mean", "intensity_max", "intensity_min"]
     table = regionprops_table(labels, intensity_image=intensity, properties=properties)
-    result = {_rename_column(name, axes): np.asarray(values) for name, values in table.items()}
-    result["area"] = result["area"].astype(np.int64)
+    size = "area" if labels.ndim == 2 else "volume"
+    result = {_rename_column(name, axes, size): np.asarray(values) for name, values in table.items()}
+    result[size] = result[size].astype(np.int64)
     return result
 
 
