@@ -233,11 +233,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserInputError("no image to segment: the inputs hold only *_labels files")
     outdir = Path(args.output)
     _ensure_output_dir(outdir)
-    if args.method == "unet" and (args.dask_scheduler or args.large) and _is_3d_model(args.model):
-        raise UserInputError("the 3D model segments whole stacks in memory; drop --large / --dask-scheduler")
+    large = [p for p in inputs if args.large or _is_large(p)]
+    if args.method == "unet" and (args.dask_scheduler or large) and _is_3d_model(args.model):
+        raise UserInputError(
+            "the 3D model segments whole stacks in memory, not chunk by chunk: drop --large / --dask-scheduler "
+            "and give it stacks that fit in memory (zarr stores and planes over 8192 x 8192 are chunked)"
+        )
     if args.dask_scheduler and not args.large:
         return _predict_distributed(args, inputs, outdir)
-    large = [p for p in inputs if args.large or _is_large(p)]
     targets = {p: _labels_output_path(outdir, p, ".zarr" if p in large else ".tif") for p in inputs}
     if not args.overwrite:
         existing = [str(t) for t in targets.values() if t.exists()]
@@ -444,11 +447,13 @@ def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) ->
         raise UserInputError("3D training takes whole stacks (use --planes for sparse annotation), no ROIs or --scale")
     planes = [int(v) for v in args.planes.split(",")] if args.planes else None
     annotated = [planes] * len(images)
+    z_spacings = [args.z_spacing] * len(images)
     for seed in range(args.synthetic):
-        image, label, _ = random_zstack((args.seed or 0) * 1000 + seed)
+        image, label, settings = random_zstack((args.seed or 0) * 1000 + seed)
         images.append(image)
         labels.append(label)
         annotated.append(None)
+        z_spacings.append(settings["z_spacing"])
     val_images = val_labels = None
     if args.val_images or args.val_labels:
         from napari_unet.core.io import read_image, read_labels
@@ -462,7 +467,14 @@ def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) ->
     if args.batch_size is None:  # 3D patches: a few at a time
         config = replace(config, batch_size=VOLUME_BATCH_SIZE)
     gen = iter_train_volume(
-        bundle, images, labels, config, annotated=annotated, val_volumes=val_images, val_labels=val_labels
+        bundle,
+        images,
+        labels,
+        config,
+        annotated=annotated,
+        val_volumes=val_images,
+        val_labels=val_labels,
+        z_spacings=z_spacings,
     )
     result = _progress_bar(gen, "train", args.quiet)
     saved = _save_trained(result.bundle, args)
@@ -803,6 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int, default=None, help="architecture when training from scratch")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N synthetic images to the training data")
+    p.add_argument(
+        "--z-spacing",
+        type=float,
+        default=None,
+        help="3D models: Z step of the training stacks in pixel sizes (resampled to the model's step)",
+    )
     p.add_argument(
         "--planes",
         default=None,

@@ -48,3 +48,14 @@ def test_readme_cellpose_table_matches_the_results_file():
                 for metric in ("AP@0.5", "AP@0.75")
             ]
             assert shown == expected, (key, scale)
+
+
+def test_3d_model_card_is_the_benchmark_file():
+    bench = json.loads((ROOT / "benchmarks" / "results" / "bench_3d.json").read_text())["methods"]
+    folder = ROOT / "napari_unet" / "weights" / "nuclei-3d"
+    card = json.loads((folder / "model_card.json").read_text())
+    markdown = (folder / "MODEL_CARD.md").read_text()
+    for name, scores in bench.items():
+        assert card["test"]["methods"][name]["AP@0.5"] == scores["AP@0.5"]
+        assert f"| {name} | {scores['AP@0.5']:.3f} | {scores['AP@0.75']:.3f} |" in markdown
+    assert f"**{bench['nuclei-3d']['AP@0.5']:.3f}**" in markdown

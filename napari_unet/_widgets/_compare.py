@@ -34,6 +34,7 @@ from napari_unet._widgets._common import (
     holds_edits,
     image_axes_hint,
     info,
+    layer_z_spacing,
     load_settings,
     notify_exception,
     save_settings,
@@ -145,7 +146,7 @@ class CompareWidget(QWidget):
             axes = _check_shapes(image, ground_truth, image_axes_hint(image_layer), gt_layer.name, image_layer.name)
             model = self.model.reference() if {UNET_CURRENT, UNET_PREVIOUS} & set(methods) else ""
             save_settings(SETTINGS, {"methods": methods, "error_layers": self.error_layers.isChecked()})
-            job = _compare_job(image, ground_truth, axes, methods, model)
+            job = _compare_job(image, ground_truth, axes, methods, model, layer_z_spacing(image_layer, axes))
             return self.jobs.start(job, lambda scores: self._on_scored(scores, image_layer))
         except Exception as exc:
             notify_exception(exc, "Comparison")
@@ -211,7 +212,12 @@ class CompareWidget(QWidget):
 
 
 def _compare_job(
-    image: np.ndarray, ground_truth: np.ndarray, axes: str, methods: list[str], model: str
+    image: np.ndarray,
+    ground_truth: np.ndarray,
+    axes: str,
+    methods: list[str],
+    model: str,
+    z_spacing: float | None = None,
 ) -> Callable[[Callable[[], bool]], Generator[Progress, None, tuple[list[MethodScore], list[str]]]]:
     """Build the generator the worker runs: segment with each method, time it, score it."""
 
@@ -223,7 +229,7 @@ def _compare_job(
             check_cancel(cancel)
             yield Progress("compare", done, len(methods), f"{method}: segmenting")
             started = time.perf_counter()
-            labels = _segment(method, image, axes, model, cancel)
+            labels = _segment(method, image, axes, model, cancel, z_spacing)
             seconds = time.perf_counter() - started
             if labels is None:
                 skipped.append(f"{method} skipped: the model '{model}' has no parent or previous version")
@@ -237,11 +243,14 @@ def _compare_job(
     return job
 
 
-def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Callable[[], bool]) -> np.ndarray | None:
+def _segment(
+    method: str, image: np.ndarray, axes: str, model: str, cancel: Callable[[], bool], z_spacing: float | None = None
+) -> np.ndarray | None:
     """Labels of one method (None when the previous model version does not exist).
 
     On a Z-stack the classical methods find 3D objects too: threshold and
-    watershed run on the volume, the local threshold per plane with slices linked.
+    watershed run on the volume (distances in physical units when the layer's
+    scale gives the Z step), the local threshold per plane with slices linked.
     """
     from napari_unet.core.baselines import VOLUME_BASELINE_METHODS, segment_baseline, segment_volume_baseline
     from napari_unet.core.inference import predict
@@ -252,11 +261,11 @@ def _segment(method: str, image: np.ndarray, axes: str, model: str, cancel: Call
         reference = model if method == UNET_CURRENT else previous_version(model)
         if reference is None:
             return None
-        return predict(image, load_model(reference), axes, cancel=cancel).labels
+        return predict(image, load_model(reference), axes, cancel=cancel, z_spacing=z_spacing).labels
     key = next(key for key, title in BASELINE_TITLES.items() if title == method)
     if axes == "ZYX":
         if key in VOLUME_BASELINE_METHODS:
-            return segment_volume_baseline(image, key, min_size=15)
+            return segment_volume_baseline(image, key, z_spacing=z_spacing or 1.0)
         return link_slices(segment_baseline(image, key, axes))
     return segment_baseline(image, key, axes)
 

@@ -39,6 +39,7 @@ from napari_unet._widgets._common import (
     image_axes_hint,
     info,
     layer_meta,
+    layer_z_spacing,
     load_settings,
     notify_exception,
     save_settings,
@@ -52,6 +53,7 @@ from napari_unet.core.config import InferenceConfig, TrainingConfig
 from napari_unet.core.errors import Cancelled, UserInputError
 from napari_unet.core.normalize import infer_axes, spatial_shape
 from napari_unet.core.progress import Progress
+from napari_unet.core.volume import VOLUME_AXES
 
 SETTINGS = "finetune"
 MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", "Changed areas": "changed"}
@@ -70,6 +72,7 @@ class TrainingData:
     rois: list[list[np.ndarray] | None] = field(default_factory=list)
     previous: list[np.ndarray | None] = field(default_factory=list)
     sources: list[tuple[np.ndarray, str, str, float]] = field(default_factory=list)  # (image, axes, layer, scale)
+    z_spacings: list[float | None] = field(default_factory=list)  # Z-stacks for a 3D model: each layer's Z step
 
 
 @dataclass
@@ -303,9 +306,9 @@ class FineTuneWidget(QWidget):
             _check_pair(image_layer, labels_layer)
             image, labels = snapshot(image_layer), snapshot(labels_layer)
             axes = infer_axes(image.shape, image_axes_hint(image_layer))
-            if axes != "ZYX":
+            if axes not in VOLUME_AXES:
                 raise UserInputError(
-                    f"'{image_layer.name}' is {axes}; the 3D model learns from Z-stacks (ZYX). "
+                    f"'{image_layer.name}' is {axes}; the 3D model learns from Z-stacks (ZYX, or ZYXC for colour). "
                     "Choose a Z-stack, or a 2D model to start from"
                 )
             reviewed = reviewed_voxels(self._shapes_for(labels_layer), labels.shape) if mode == "rois" else None
@@ -313,6 +316,7 @@ class FineTuneWidget(QWidget):
             data.labels.append(labels)
             data.rois.append(reviewed)
             data.sources.append((image, axes, image_layer.name, 1.0))
+            data.z_spacings.append(layer_z_spacing(image_layer, axes))
         return data
 
     def _shapes_for(self, labels_layer: Labels) -> list[np.ndarray]:
@@ -513,14 +517,21 @@ def _finetune_volume_job(
         bundle = load_model(start)
         volume_cfg = replace(cfg, batch_size=VOLUME_BATCH_SIZE)
         result = yield from iter_train_volume(
-            bundle, data.images, data.labels, volume_cfg, annotated=data.rois, cancel=cancel
+            bundle,
+            data.images,
+            data.labels,
+            volume_cfg,
+            annotated=data.rois,
+            z_spacings=data.z_spacings,
+            cancel=cancel,
         )
         result.saved = save_version(result.bundle, name, result.lineage)
         yield Progress("train", result.steps, result.steps, f"saved as model {name!r}", {})
         resegmented = []
         if resegment:
-            for image, axes, image_name, scale in data.sources:
-                prediction = yield from iter_predict(image, result.bundle, axes, InferenceConfig(), None, cancel)
+            inference = InferenceConfig(device=cfg.device)
+            for (image, axes, image_name, scale), z_spacing in zip(data.sources, data.z_spacings, strict=True):
+                prediction = yield from iter_predict(image, result.bundle, axes, inference, None, cancel, z_spacing)
                 resegmented.append((image_name, prediction, scale))
         return FineTuneOutcome(result, resegmented)
 

@@ -170,3 +170,17 @@ def unique_name(viewer: Any, name: str) -> str:
         n += 1
         candidate = f"{name} [{n}]"
     return candidate
+
+
+def layer_z_spacing(layer: Image, axes: str) -> float | None:
+    """Return a Z-stack layer's Z step in pixel sizes (``scale[Z] / scale[X]``).
+
+    None for layers that are not Z-stacks and for napari's default scale
+    (all ones: nobody said what the voxels measure, so the model's own Z step is assumed).
+    """
+    if not axes.startswith("Z"):
+        return None
+    spatial = list(layer.scale)[-3:] if "C" not in axes or layer.rgb else list(layer.scale)[-4:-1]
+    if len(spatial) < 3 or all(value == 1 for value in spatial):
+        return None
+    return float(spatial[0]) / float(spatial[-1])

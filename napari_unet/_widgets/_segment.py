@@ -54,6 +54,7 @@ from napari_unet._widgets._common import (
     image_axes_hint,
     info,
     layer_meta,
+    layer_z_spacing,
     load_settings,
     logger,
     notify_exception,
@@ -674,16 +675,6 @@ class SegmentWidget(QWidget):
 
 
 # ---------------------------------------------------------------------- engine calls (worker thread)
-
-
-def layer_z_spacing(layer: Image, axes: str) -> float | None:
-    """Return a Z-stack layer's Z step in pixel sizes (``scale[Z] / scale[X]``); None when its scale is unset."""
-    if not axes.startswith("Z"):
-        return None
-    spatial = list(layer.scale)[-3:] if "C" not in axes or layer.rgb else list(layer.scale)[-4:-1]
-    if len(spatial) < 3 or spatial[0] == spatial[-1]:
-        return None
-    return float(spatial[0]) / float(spatial[-1])
 
 
 def how_it_ran(model: str, prediction: Any) -> str:

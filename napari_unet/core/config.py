@@ -162,6 +162,13 @@ class ModelConfig(JsonConfig):
         """Y and X sizes the network accepts must be multiples of this."""
         return 2**self.depth
 
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a dict; ``xy_only_levels`` only when set, so 2D model files stay as they were."""
+        data = super().to_dict()
+        if not self.xy_only_levels:
+            del data["xy_only_levels"]
+        return data
+
     @property
     def size_multiples(self) -> tuple[int, ...]:
         """Per spatial axis (``(Y, X)`` or ``(Z, Y, X)``), the multiple every input size must be."""

@@ -16,8 +16,9 @@ another Z step (the napari layer's ``scale``, or ``--z-spacing``) is
 resampled along Z to the model's step before the network runs and the
 probabilities are resampled back, so the labels keep the stack's shape.
 The network's memory is bounded by the tile, not the stack: it only ever
-holds one ``VOLUME_TILE_ZYX`` tile; the stack's input and probabilities are
-held in memory (about 20 bytes per voxel, 1.3 GB for 64 x 1024 x 1024).
+holds one ``VOLUME_TILE_ZYX`` tile; the stack's input, probabilities and
+the 3D watershed are held in memory (about 60 bytes per voxel of the stack
+as resampled to the model's Z step: 4 GB for 64 x 1024 x 1024).
 """
 
 from __future__ import annotations
@@ -251,6 +252,8 @@ def iter_predict_volume(
 
     """
     check_volume_axes(image_axes)
+    if inference.tta or inference.multiscale:
+        yield Progress("predict", 0, 0, "Test-time augmentation applies to 2D models only; the 3D model runs once")
     config = bundle.config
     zoom = (inference.scale * z_factor(model_z_spacing(bundle.metadata), z_spacing), inference.scale, inference.scale)
     total = volume_tile_count(image.shape[:3], config, inference, zoom)

@@ -43,7 +43,7 @@ from napari_unet.core.progress import Progress, check_cancel, run_to_end
 from napari_unet.core.store import ModelBundle
 from napari_unet.core.targets import check_labels, labels_to_classes
 from napari_unet.core.training import TrainResult, child_metadata, child_postprocess
-from napari_unet.core.volume import iter_predict_volume, model_z_spacing
+from napari_unet.core.volume import iter_predict_volume, model_z_spacing, resample, z_factor
 
 PATCH_ZYX = (16, 64, 64)
 """Default 3D training patch (planes, rows, columns); rounded to the model's size multiples."""
@@ -99,10 +99,14 @@ def annotated_mask(annotated: Annotated, shape_zyx: tuple[int, int, int]) -> np.
     if annotated is None:
         return np.ones(shape_zyx, dtype=bool)
     array = np.asarray(annotated)
-    if array.dtype == bool and array.ndim == 3:
+    if array.ndim == 3:
         if array.shape != tuple(shape_zyx):
             raise UserInputError(f"the annotated mask has shape {array.shape}; the stack has {tuple(shape_zyx)}")
-        mask = array
+        mask = array.astype(bool)
+    elif array.ndim > 1:
+        raise UserInputError(
+            f"annotated must be a (Z, Y, X) mask or a list of Z planes, got an array of shape {array.shape}"
+        )
     else:
         planes = array.astype(np.int64).ravel()
         if planes.size and (planes.min() < 0 or planes.max() >= shape_zyx[0]):
@@ -133,18 +137,33 @@ def sparse_classes(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return classes
 
 
+def _nearest_along_z(array: np.ndarray, depth: int) -> np.ndarray:
+    """``array (Z, Y, X)`` with ``depth`` planes, each the nearest original plane (labels, masks)."""
+    source = np.minimum(((np.arange(depth) + 0.5) * array.shape[0] / depth).astype(int), array.shape[0] - 1)
+    return array[source]
+
+
 def _patch_shape(requested: tuple[int, int, int], multiples: tuple[int, ...]) -> tuple[int, int, int]:
     return tuple(max(m, n // m * m) for n, m in zip(requested, multiples, strict=True))  # type: ignore[return-value]
 
 
 def _prepare_stack(
-    bundle: ModelBundle, volume: np.ndarray, labels: np.ndarray, annotated: Annotated, patch: tuple[int, int, int]
+    bundle: ModelBundle,
+    volume: np.ndarray,
+    labels: np.ndarray,
+    annotated: Annotated,
+    patch: tuple[int, int, int],
+    z_spacing: float | None = None,
 ) -> _Stack:
     labels = check_labels(labels, "labels", ndim=3)
     if volume.shape[:3] != labels.shape:
         raise UserInputError(f"the stack has shape {volume.shape[:3]} but its labels have shape {labels.shape}")
     mask = annotated_mask(annotated, labels.shape)
     image = normalize_volume(volume, bundle.normalize, bundle.config.in_channels)
+    factor = z_factor(model_z_spacing(bundle.metadata), z_spacing)
+    if factor != 1.0:  # learn at the model's Z step, as inference resamples to it
+        image = resample(image, (factor, 1.0, 1.0))
+        labels, mask = (_nearest_along_z(array, image.shape[1]) for array in (labels, mask))
     target = sparse_classes(labels, mask)
     half = [(p // 2, p - p // 2) for p in patch]
     image = np.pad(image, [(0, 0), *half], mode="reflect" if min(labels.shape) > 1 else "edge")
@@ -219,6 +238,7 @@ def iter_train_volume(
     val_volumes: Sequence[np.ndarray] | None = None,
     val_labels: Sequence[np.ndarray] | None = None,
     patch_zyx: tuple[int, int, int] = PATCH_ZYX,
+    z_spacings: Sequence[float | None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a copy of a 3D model's network on annotated stacks, yielding progress after every step.
@@ -241,6 +261,10 @@ def iter_train_volume(
         Fully annotated validation stacks; without them the last weights are kept.
     patch_zyx : tuple of int
         Training patch, rounded down to the network's size multiples.
+    z_spacings : list of float or None, optional
+        Per stack, its Z step in pixel sizes; stacks are resampled along Z
+        to the model's step (``metadata["z_spacing"]``) before training, as
+        inference does. None (or None entries) = already at the model's step.
     cancel : callable, optional
         Checked between steps; raises :class:`~napari_unet.core.errors.Cancelled`.
 
@@ -257,6 +281,8 @@ def iter_train_volume(
     """
     cfg = cfg or TrainingConfig()
     started = time.perf_counter()
+    if cfg.max_steps is None and cfg.max_seconds is None:
+        raise UserInputError("3D training needs a budget in steps or seconds (epochs are not counted for stacks)")
     if bundle.config.spatial_dims != 3:
         raise UserInputError("this model is 2D: train it on images, or start from a 3D model such as 'nuclei-3d'")
     if len(volumes) != len(labels) or not volumes:
@@ -265,9 +291,10 @@ def iter_train_volume(
         )
     patch = _patch_shape(patch_zyx, bundle.config.size_multiples)
     marks = list(annotated) if annotated is not None else [None] * len(volumes)
+    steps_z = list(z_spacings) if z_spacings is not None else [None] * len(volumes)
     stacks = [
-        _prepare_stack(bundle, np.asarray(v), np.asarray(lab), m, patch)
-        for v, lab, m in zip(volumes, labels, marks, strict=True)
+        _prepare_stack(bundle, np.asarray(v), np.asarray(lab), m, patch, z)
+        for v, lab, m, z in zip(volumes, labels, marks, steps_z, strict=True)
     ]
     class_weights = torch.from_numpy(class_weights_from_targets([s.target for s in stacks], [s.weight for s in stacks]))
     device = resolve_device(cfg.device)

@@ -114,6 +114,10 @@ def test_a_3d_model_segments_a_stack_as_one_volume_at_any_z_step(small_3d_model:
         np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1.0, atol=1e-4)
     again = labels_from_probabilities(prediction.probabilities, "ZYX", small_3d_model.postprocess, volumetric=True)
     np.testing.assert_array_equal(again, prediction.labels)
+    cpu = InferenceConfig(device="cpu")
+    own, same, other = (predict(image, small_3d_model, "ZYX", cpu, z_spacing=z).probabilities for z in (None, 2.0, 4.0))
+    np.testing.assert_array_equal(own, same)  # the model's own Z step: nothing is resampled
+    assert not np.allclose(own, other, atol=1e-3)  # another step: the network sees the stack stretched along Z
 
 
 def test_a_3d_model_refuses_a_single_image_with_what_to_do(small_3d_model: ModelBundle) -> None:
@@ -155,11 +159,15 @@ def test_3d_training_validates_and_keeps_the_best_weights(small_3d_model: ModelB
 
 def test_sparse_annotation_counts_only_the_labelled_planes() -> None:
     labels = two_touching_balls()
+    labels[np.arange(12) != 6] = 0  # only plane 6 was labelled; the others are unknown, not background
     mask = annotated_mask([6], labels.shape)
     assert mask[6].all() and not mask[5].any()
     classes = sparse_classes(labels, mask)
-    assert classes[6, 12, 11] == INTERIOR  # centre of the ball in its own plane
-    assert classes[6, 12, 6] == BOUNDARY  # the ball's rim within the plane
+    # read as 3D, a lone plane has no inside (every voxel touches the empty planes around it): no rim is found
+    assert labels_to_classes(labels)[6, 12, 6] == INTERIOR
+    assert classes[6, 12, 6] == BOUNDARY  # taken from its own plane, the disc's rim is boundary ...
+    assert classes[6, 12, 9] == INTERIOR  # ... and its inside interior
+    np.testing.assert_array_equal(annotated_mask(mask.astype(np.uint8), labels.shape), mask)
     with pytest.raises(UserInputError, match="Z indices"):
         annotated_mask([20], labels.shape)
     with pytest.raises(UserInputError, match="no voxel"):
@@ -172,7 +180,15 @@ def test_training_on_some_planes_changes_the_weights(small_3d_model: ModelBundle
     unreviewed[[0, 1, 2, 9, 10, 11]] = 0  # planes nobody looked at
     cfg = TrainingConfig(max_steps=2, max_seconds=None, batch_size=1, device="cpu")
     result = run_to_end(
-        iter_train_volume(small_3d_model, [image], [unreviewed], cfg, annotated=[[4, 5, 6, 7]], patch_zyx=(4, 32, 32))
+        iter_train_volume(
+            small_3d_model,
+            [image],
+            [unreviewed],
+            cfg,
+            annotated=[[4, 5, 6, 7]],
+            patch_zyx=(4, 32, 32),
+            z_spacings=[4.0],  # twice the model's step: resampled to 24 planes, labels and planes with it
+        )
     )
     assert result.steps == 2 and result.best_step == 2  # without validation the last weights are kept
     before, after = small_3d_model.network.state_dict(), result.bundle.network.state_dict()
