@@ -10,7 +10,8 @@ Every number comes from a file a script wrote:
 Usage::
 
     python training/make_model_card_3d.py napari_unet/weights/nuclei-3d \\
-        --train benchmarks/results/nuclei_3d_training.json --bench benchmarks/results/bench_3d.json
+        --train benchmarks/results/nuclei_3d_training.json [LATER_RUN.json ...] \\
+        --bench benchmarks/results/bench_3d.json
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from napari_unet.core.io import write_json
 from napari_unet.core.model import count_parameters
 from napari_unet.core.store import load_model
 
-TRAIN_COMMAND = (
-    "OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --seconds 2300 --steps {steps} --out out/nuclei3d"
-)
+TRAIN_COMMAND = "OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --steps {steps}{extra} --out OUT"
 BENCH_COMMAND = "python benchmarks/bench_3d.py --stacks {stacks} --json benchmarks/results/bench_3d.json"
+
+
+def merged_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's report with the steps and seconds of all runs (each later run continued the one before)."""
+    commands = []
+    for run in runs:
+        extra = f" --init {run['init']}" if run.get("init") else ""
+        commands.append(TRAIN_COMMAND.format(steps=run["steps"], extra=extra))
+    steps, seconds = sum(run["steps"] for run in runs), sum(run["seconds"] for run in runs)
+    return {**runs[-1], "steps": steps, "seconds": seconds, "runs": commands}
 
 
 def card_json(folder: Path, train: dict[str, Any], bench: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +110,7 @@ Z-stack path with the bundled 2D model (each plane alone, objects joined across 
   simulator's look.
 - Recipe: `napari_unet.core.volume_training.iter_train_volume` (3D patches, flips along Z/Y/X, quarter turns in
   YX, intensity and noise, masked cross-entropy + Dice), {train["steps"]} steps in {train["seconds"] / 60:.0f} min on
-  2 CPU cores: `{TRAIN_COMMAND.format(steps=train["steps"])}`.
+  2 CPU cores, in {len(train["runs"])} run(s): {"; then ".join(f"`{run}`" for run in train["runs"])}.
 - Architecture: depth {arch["depth"]}, base {arch["base_channels"]} channels, {arch["norm"]} norm,
   {arch["xy_only_levels"]} YX-only level; {card["parameters"]:,} parameters.
 - Thresholds: foreground {card["postprocess"]["foreground_threshold"]}, seed {card["postprocess"]["seed_threshold"]},
@@ -119,10 +128,13 @@ Z-stack path with the bundled 2D model (each plane alone, objects joined across 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--train", type=Path, required=True)
+    parser.add_argument("--train", type=Path, nargs="+", required=True, help="train.json of each run, in order")
     parser.add_argument("--bench", type=Path, required=True)
     args = parser.parse_args(argv)
-    train, bench = json.loads(args.train.read_text()), json.loads(args.bench.read_text())
+    train, bench = (
+        merged_runs([json.loads(path.read_text()) for path in args.train]),
+        json.loads(args.bench.read_text()),
+    )
     card = card_json(args.folder, train, bench)
     write_json(args.folder / "model_card.json", card, overwrite=True)
     (args.folder / "MODEL_CARD.md").write_text(markdown(card, train, bench))

@@ -9,7 +9,9 @@ The run is resumable: ``--init`` starts from a saved model folder (e.g. the last
 
 Usage::
 
-    OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --seconds 1800 --out out/nuclei3d
+    OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --steps 1800 --out out/nuclei3d
+    OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --steps 1500 --init napari_unet/weights/nuclei-3d \
+        --out out/nuclei3d_r2                                       # continue from the bundled model
     python training/train_nuclei_3d.py --install out/nuclei3d/model     # copy into napari_unet/weights/nuclei-3d
 """
 
@@ -94,7 +96,7 @@ def train(args: argparse.Namespace) -> None:
     val_images, val_labels = stacks(VAL_SEED, args.val_stacks)
     bundle = load_model(args.init) if args.init else new_model()
     cfg = TrainingConfig(
-        learning_rate=args.lr,
+        learning_rate=args.lr or (1e-3 if args.init else 2e-3),
         batch_size=args.batch,
         max_seconds=args.seconds,
         max_steps=args.steps,
@@ -143,13 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/nuclei3d"))
     parser.add_argument("--init", type=Path, default=None, help="continue from this model folder")
-    parser.add_argument("--seconds", type=float, default=1800.0)
+    parser.add_argument("--seconds", type=float, default=3600.0, help="time cap (the step budget usually ends first)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--train-stacks", type=int, default=48)
     parser.add_argument("--val-stacks", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--patch", type=int, nargs=3, default=[16, 96, 96])
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default 2e-3 from scratch, 1e-3 with --init")
     parser.add_argument("--val-every", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
