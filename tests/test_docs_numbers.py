@@ -59,3 +59,6 @@ def test_3d_model_card_is_the_benchmark_file():
         assert card["test"]["methods"][name]["AP@0.5"] == scores["AP@0.5"]
         assert f"| {name} | {scores['AP@0.5']:.3f} | {scores['AP@0.75']:.3f} |" in markdown
     assert f"**{bench['nuclei-3d']['AP@0.5']:.3f}**" in markdown
+    readme = (ROOT / "README.md").read_text()
+    assert f"3D IoU: **{bench['nuclei-3d']['AP@0.5']:.3f}**" in readme.replace("\n", " ")
+    assert f"against {bench['default 2D + linking']['AP@0.5']:.3f} for the 2D default" in readme
