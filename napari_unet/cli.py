@@ -234,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     _ensure_output_dir(outdir)
     large = [p for p in inputs if args.large or _is_large(p)]
-    if args.method == "unet" and (args.dask_scheduler or large) and _is_3d_model(args.model):
+    if args.method == "unet" and (args.dask_scheduler or large) and _is_3d(args.model):
         raise UserInputError(
             "the 3D model segments whole stacks in memory, not chunk by chunk: drop --large / --dask-scheduler "
             "and give it stacks that fit in memory (zarr stores and planes over 8192 x 8192 are chunked)"
@@ -395,7 +395,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     pairs = _image_label_pairs(args.images, args.labels)
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
-    if args.start != "scratch" and _is_3d_model(args.start):
+    if args.start != "scratch" and _is_3d(args.start):
         return _train_3d(args, images, labels)
     if args.planes:
         raise UserInputError("--planes marks annotated Z planes of stacks; it needs a 3D model (--from nuclei-3d)")
@@ -406,11 +406,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         images, labels, rois = rescale_training_data(images, labels, rois, args.scale)
     if args.synthetic:  # made at the model's sizes, so after any resize
         add_synthetic_images(images, labels, rois, args.synthetic, args.seed or 0)
-    val_images = val_labels = None
-    if args.val_images or args.val_labels:
-        val_pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
-        val_images = [read_image(image) for image, _ in val_pairs]
-        val_labels = [read_labels(label) for _, label in val_pairs]
+    val_images, val_labels = _validation_data(args)
     config = _training_config(args)
     bundle = _starting_bundle(args)
     _check_train_output(args)
@@ -430,10 +426,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_3d_model(reference: str) -> bool:
-    from napari_unet.core.store import model_config
+def _is_3d(reference: str) -> bool:
+    from napari_unet.core.store import is_3d_model
 
-    return model_config(reference).spatial_dims == 3
+    return is_3d_model(reference)
+
+
+def _validation_data(args: argparse.Namespace) -> tuple[list[Any] | None, list[Any] | None]:
+    """``--val-images`` / ``--val-labels`` read as images and labels, or ``(None, None)`` when not given."""
+    if not (args.val_images or args.val_labels):
+        return None, None
+    from napari_unet.core.io import read_image, read_labels
+
+    pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
+    return [read_image(image) for image, _ in pairs], [read_labels(label) for _, label in pairs]
 
 
 def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) -> int:
@@ -454,13 +460,7 @@ def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) ->
         labels.append(label)
         annotated.append(None)
         z_spacings.append(settings["z_spacing"])
-    val_images = val_labels = None
-    if args.val_images or args.val_labels:
-        from napari_unet.core.io import read_image, read_labels
-
-        val_pairs = _image_label_pairs(args.val_images or [], args.val_labels or [])
-        val_images = [read_image(image) for image, _ in val_pairs]
-        val_labels = [read_labels(label) for _, label in val_pairs]
+    val_images, val_labels = _validation_data(args)
     _check_train_output(args)
     bundle = _starting_bundle(args)
     config = _training_config(args)

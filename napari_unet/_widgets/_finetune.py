@@ -259,7 +259,9 @@ class FineTuneWidget(QWidget):
                 raise UserInputError("a fine-tuning is already running; wait for it to finish or press its Cancel")
             cfg = self.training_config()
             name, start = self.save_name.text().strip(), self.start_model.reference()
-            volumetric = _is_3d(start)
+            from napari_unet.core.store import is_3d_model
+
+            volumetric = is_3d_model(start)
             snapshot_pairs = self._snapshot_stacks if volumetric else self._snapshot_data
             data = snapshot_pairs(cfg.annotation_mode)
             if not name:
@@ -495,12 +497,6 @@ def _finetune_job(
         return FineTuneOutcome(result, resegmented)
 
     return job
-
-
-def _is_3d(reference: str) -> bool:
-    from napari_unet.core.store import model_config
-
-    return model_config(reference).spatial_dims == 3
 
 
 def _finetune_volume_job(

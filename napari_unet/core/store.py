@@ -592,8 +592,12 @@ def model_config(name_or_path: str | os.PathLike) -> ModelConfig:
         Unknown name, missing, corrupt or foreign ``model.json``.
 
     """
-    json_path = _model_folder(name_or_path) / CONFIG_FILE
-    return _configs(_read_document(json_path), json_path)[0]
+    return _saved_configs(name_or_path)[0]
+
+
+def is_3d_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether a saved model is a 3D (Z-stack) model, read from its ``model.json`` without the weights."""
+    return model_config(name_or_path).spatial_dims == 3
 
 
 def model_postprocess(name_or_path: str | os.PathLike) -> PostprocessConfig:
@@ -617,8 +621,13 @@ def model_postprocess(name_or_path: str | os.PathLike) -> PostprocessConfig:
         invalid configuration in it.
 
     """
+    return _saved_configs(name_or_path)[2]
+
+
+def _saved_configs(name_or_path: str | os.PathLike) -> tuple[ModelConfig, NormalizeConfig, PostprocessConfig]:
+    """Read the three configs of a saved model's ``model.json`` (no weights are read)."""
     json_path = _model_folder(name_or_path) / CONFIG_FILE
-    return _configs(_read_document(json_path), json_path)[2]
+    return _configs(_read_document(json_path), json_path)
 
 
 def placeholder_default(seed: int = 0) -> ModelBundle:
@@ -792,6 +801,7 @@ __all__ = [
     "ModelInfo",
     "bundled_model_dir",
     "delete_version",
+    "is_3d_model",
     "list_models",
     "list_versions",
     "load_model",

@@ -123,34 +123,40 @@ def padded_size(size: int, multiple: int, min_size: int = 1) -> int:
     return math.ceil(max(size, min_size, 1) / multiple) * multiple
 
 
-def pad_to_multiple(array: np.ndarray, multiple: int, min_size: int = 1) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Reflect-pad the two last axes to a multiple of ``multiple``.
+def pad_to_multiple(
+    array: np.ndarray, multiple: int | tuple[int, ...], min_size: int = 1
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Reflect-pad the last spatial axes to a multiple of ``multiple``.
 
     Parameters
     ----------
     array : numpy.ndarray
-        ``(C, Y, X)`` (any number of leading axes).
-    multiple : int
-        The padded ``Y`` and ``X`` are multiples of this (``2**depth`` for a
-        UNet).
+        ``(C, Y, X)`` (any number of leading axes), or ``(C, Z, Y, X)`` with
+        one multiple per spatial axis.
+    multiple : int or tuple of int
+        An int pads the two last axes (``Y`` and ``X``) to multiples of it
+        (``2**depth`` for a UNet); a tuple pads the last ``len(multiple)``
+        axes, each to its own multiple (``ModelConfig.size_multiples``).
     min_size : int
-        The padded ``Y`` and ``X`` are also at least this.
+        The padded sizes are also at least this.
 
     Returns
     -------
     padded : numpy.ndarray
-        ``(C, Yp, Xp)``; ``array`` itself (no copy) when no padding is needed.
-        The padding is split evenly before and after, mirrored without
-        repeating the edge pixel (NumPy ``"reflect"``).
+        ``(C, Yp, Xp)`` (or ``(C, Zp, Yp, Xp)``); ``array`` itself (no copy)
+        when no padding is needed.  The padding is split evenly before and
+        after, mirrored without repeating the edge pixel (NumPy
+        ``"reflect"``; an axis of size 1 is repeated).
     crop : tuple of slice
         ``padded[crop]`` is ``array``; use it to crop predictions back.
 
     """
-    lead = array.ndim - 2
+    multiples = (multiple, multiple) if isinstance(multiple, int) else tuple(multiple)
+    lead = array.ndim - len(multiples)
     pads = [(0, 0)] * lead
     crop: list[slice] = [slice(None)] * lead
-    for size in array.shape[-2:]:
-        extra = padded_size(size, multiple, min_size) - size
+    for size, axis_multiple in zip(array.shape[lead:], multiples, strict=True):
+        extra = padded_size(size, axis_multiple, min_size) - size
         before = extra // 2
         pads.append((before, extra - before))
         crop.append(slice(before, before + size))

@@ -45,7 +45,7 @@ from napari_unet.core.inference import (
 )
 from napari_unet.core.normalize import normalize_volume
 from napari_unet.core.progress import Progress, check_cancel
-from napari_unet.core.tiling import gaussian_weights, padded_size, tile_starts
+from napari_unet.core.tiling import gaussian_weights, pad_to_multiple, padded_size, tile_starts
 
 VOLUME_TILE_ZYX = (32, 128, 128)
 """Largest 3D tile the network sees at once (planes, rows, columns); its feature maps bound the memory."""
@@ -55,19 +55,6 @@ VOLUME_AXES = ("ZYX", "ZYXC")
 
 DEFAULT_Z_SPACING = 1.0
 """Z step (in pixel sizes) assumed for a model or a stack that does not say."""
-
-
-def _pad_volume(array: np.ndarray, multiples: tuple[int, int, int]) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Reflect-pad the three last axes of ``(C, Z, Y, X)`` to multiples; return the array and the crop back."""
-    pads: list[tuple[int, int]] = [(0, 0)]
-    crop: list[slice] = [slice(None)]
-    for size, multiple in zip(array.shape[1:], multiples, strict=True):
-        extra = padded_size(size, multiple, multiple) - size
-        before = extra // 2
-        pads.append((before, extra - before))
-        crop.append(slice(before, before + size))
-    mode = "reflect" if min(array.shape[1:]) > 1 else "edge"
-    return np.pad(array, pads, mode=mode), tuple(crop)
 
 
 def volume_tiles(
@@ -129,7 +116,7 @@ def iter_volume_probabilities(
 
     """
     multiples = config.size_multiples
-    padded, crop = _pad_volume(volume_input, multiples)
+    padded, crop = pad_to_multiple(volume_input, multiples)
     tiles = volume_tiles(padded.shape[1:], multiples, cfg.overlap)
     tile_shape = tuple(s.stop - s.start for s in tiles[0])
     weights = (
@@ -158,6 +145,11 @@ def z_factor(model_z_spacing: float, image_z_spacing: float | None) -> float:
     return float(image_z_spacing) / float(model_z_spacing)
 
 
+def resampled_shape(shape_zyx: tuple[int, ...], factors: tuple[float, ...]) -> tuple[int, ...]:
+    """``(Z, Y, X)`` size after zooming each axis by its factor (at least 1 per axis)."""
+    return tuple(max(1, round(n * f)) for n, f in zip(shape_zyx, factors, strict=True))
+
+
 def resample(
     array: np.ndarray, factors: tuple[float, float, float], shape_zyx: tuple[int, ...] | None = None
 ) -> np.ndarray:
@@ -178,7 +170,7 @@ def resample(
         ``(C, Z', Y', X')`` float32; ``array`` itself when nothing changes.
 
     """
-    target = shape_zyx or tuple(max(1, round(n * f)) for n, f in zip(array.shape[1:], factors, strict=True))
+    target = shape_zyx or resampled_shape(array.shape[1:], factors)
     if tuple(target) == array.shape[1:]:
         return array
     zoom = [1.0] + [t / n for t, n in zip(target, array.shape[1:], strict=True)]
@@ -205,8 +197,8 @@ def volume_tile_count(
     shape_zyx: tuple[int, ...], config: ModelConfig, cfg: InferenceConfig, zoom: tuple[float, ...]
 ) -> int:
     """Tiles :func:`iter_volume_probabilities` will run for a stack of ``shape_zyx`` resampled by ``zoom``."""
-    resampled = [max(1, round(n * f)) for n, f in zip(shape_zyx, zoom, strict=True)]
-    padded = tuple(padded_size(n, m, m) for n, m in zip(resampled, config.size_multiples, strict=True))
+    resampled = resampled_shape(shape_zyx, zoom)
+    padded = tuple(padded_size(n, m) for n, m in zip(resampled, config.size_multiples, strict=True))
     return len(volume_tiles(padded, config.size_multiples, cfg.overlap))
 
 
