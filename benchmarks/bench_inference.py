@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.inference import predict, predict_probabilities
+from napari_unet.core.inference import model_uses_flips, predict, predict_probabilities
 from napari_unet.core.model import count_parameters, flops_per_pixel
 from napari_unet.core.normalize import normalize_plane
 from napari_unet.core.store import load_model
@@ -73,16 +73,19 @@ def plain_forward(bundle, plane: np.ndarray, device: str) -> None:
 def bench_size(bundle, size: int, device: str, repeats: int) -> dict:
     """MPx/s of the plain forward, of the network inside ``predict`` and of ``predict`` end to end, same run.
 
-    ``size`` must be a multiple of :data:`PLAIN_TILE` for the plain forward to cover the image exactly.
+    The network and end-to-end rows run without test-time flips; when the model runs with flips by default
+    (:func:`~napari_unet.core.inference.model_uses_flips`), ``predict`` with the model's own settings is timed
+    too (``end_to_end_model_settings_*``).  ``size`` must be a multiple of :data:`PLAIN_TILE` for the plain
+    forward to cover the image exactly.
     """
     image, _ = synthetic_nuclei(shape=(size, size), n_nuclei=max(8, size * size // 2500), seed=1)
-    config = InferenceConfig(device=device)
+    config = InferenceConfig(device=device, tta=False)
     plane = normalize_plane(image[..., None], bundle.normalize, bundle.config.in_channels)
     megapixels = size * size / 1e6
     plain_s = _best_seconds(lambda: plain_forward(bundle, plane, device), repeats)
     network_s = _best_seconds(lambda: predict_probabilities(bundle, plane, config), repeats)
     end_to_end_s = _best_seconds(lambda: predict(image, bundle, inference=config), repeats)
-    return {
+    row = {
         "size": size,
         "plain_forward_mpx_per_s": megapixels / plain_s,
         "network_mpx_per_s": megapixels / network_s,
@@ -92,7 +95,13 @@ def bench_size(bundle, size: int, device: str, repeats: int) -> dict:
         "end_to_end_s": end_to_end_s,
         "end_to_end_over_plain_speed": plain_s / end_to_end_s,
         "network_over_plain_speed": plain_s / network_s,
+        "model_settings_flips": model_uses_flips(bundle.metadata),
     }
+    if row["model_settings_flips"]:
+        own = InferenceConfig(device=device)
+        own_s = _best_seconds(lambda: predict(image, bundle, inference=own), repeats)
+        row |= {"end_to_end_model_settings_mpx_per_s": megapixels / own_s, "end_to_end_model_settings_s": own_s}
+    return row
 
 
 PLAIN_PROCESS = """
@@ -114,7 +123,8 @@ def bench_processes(spec: str, size: int, repeats: int) -> dict:
 
     The plain process imports torch, reads the TIFF, loads the same weights and runs the bare network over
     512² tiles; ``predict`` does everything a user's command does (normalise, tile, post-process, write the
-    labels and their provenance).  The two alternate ``repeats`` times; the best of each is reported.
+    labels and their provenance), with ``--no-tta`` so that both run the network once per pixel.  The two
+    alternate ``repeats`` times; the best of each is reported.
     """
     import subprocess
     import sys
@@ -140,6 +150,7 @@ def bench_processes(spec: str, size: int, repeats: int) -> dict:
                 str(Path(folder) / "out"),
                 "--model",
                 spec,
+                "--no-tta",
                 "--overwrite",
             ],
         }

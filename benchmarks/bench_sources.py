@@ -12,12 +12,16 @@ three image families (grey DSB, colour DSB, s_bsst265 tissue) of the mean
 per-image AP@0.5; then ``val`` and ``test`` are scored per subset
 (``source:group``) and per family.  ``--route GREY+COLOUR`` also scores a
 pair of models where each image goes to the grey or the colour model.
+``--inference`` scores every model under each named test-time setting
+(:data:`MODES`: one pass, flips, each image's size measured first, both,
+averaged sizes), each with its own thresholds chosen on ``val``.
 
 Prints one JSON object (also written to ``--json``).
 
 Usage::
 
     python benchmarks/bench_sources.py --models default out/v2/rgb_b16 [--route out/v2/grey_b16+out/v2/colour_b16]
+    python benchmarks/bench_sources.py --models default --inference plain tta auto tta+auto multiscale
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from data_pack import SOURCES, SPLITS_FILE
 
 from napari_unet.core.baselines import segment_baseline
-from napari_unet.core.config import PostprocessConfig
+from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.inference import foreground_probability, predict
 from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.metrics import evaluate_image, summary_row
 from napari_unet.core.postprocess import probabilities_to_labels, remove_unconfident_objects
+from napari_unet.core.sizing import estimate_scale
 from napari_unet.core.store import ModelBundle, load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,6 +58,14 @@ BASELINE_GRIDS = {
     "watershed": {"min_distance": (3, 5, 8), "sigma": (1.0, 2.0), "min_size": (15, 30)},
 }
 """Settings of each classical baseline tried on ``val`` (the best, by the same family score, is reported)."""
+MODES: dict[str, tuple[InferenceConfig, bool]] = {
+    "plain": (InferenceConfig(tta=False), False),
+    "tta": (InferenceConfig(tta=True), False),
+    "auto": (InferenceConfig(tta=False), True),
+    "tta+auto": (InferenceConfig(tta=True), True),
+    "multiscale": (InferenceConfig(tta=False, multiscale=True), False),
+}
+"""Test-time settings ``--inference`` may name: ``(settings, measure each image's scale first)``."""
 TUNE_GRID = {
     "foreground_threshold": (0.4, 0.5, 0.6),
     "seed_threshold": (0.6, 0.7, 0.8, 0.9, 0.95),
@@ -90,17 +103,50 @@ def family(group: str) -> str:
     return next(name for name, members in FAMILIES.items() if group in members)
 
 
-def probabilities(bundle: ModelBundle, items: list[dict], cache: Path) -> list[np.ndarray]:
-    """Network probabilities ``(K, Y, X)`` of every item, from ``cache`` when present."""
-    folder = cache / bundle.sha256[:16]
+def inference_name(settings: InferenceConfig, auto_scale: bool) -> str:
+    """Short name of the test-time settings, for cache folders and reports (``plain``, ``tta+auto`` ...)."""
+    parts = [name for name, on in (("tta", settings.tta), ("multiscale", settings.multiscale)) if on]
+    if auto_scale:
+        parts.append("auto")
+    elif settings.scale != 1.0:
+        parts.append(f"scale{settings.scale:g}")
+    return "+".join(parts) or "plain"
+
+
+def probabilities(
+    bundle: ModelBundle,
+    items: list[dict],
+    cache: Path,
+    settings: InferenceConfig | None = None,
+    auto_scale: bool = False,
+) -> list[np.ndarray]:
+    """Network probabilities ``(K, Y, X)`` of every item, from ``cache`` when present.
+
+    ``settings`` are the test-time settings (default: plain); with
+    ``auto_scale`` each image's scale is measured first (:func:`estimate_scale`)
+    and the chosen scale is stored in ``item["scales"][bundle.sha256]``.
+    """
+    settings = settings or InferenceConfig()
+    name = inference_name(settings, auto_scale)
+    folder = cache / (bundle.sha256[:16] + ("" if name == "plain" else f"_{name}"))
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for item in items:
         path = folder / (item["key"].replace("/", "__") + ".npy")
-        if path.is_file():
+        scale_path = path.with_suffix(".scale.json")
+        if path.is_file() and (not auto_scale or scale_path.is_file()):
             out.append(np.load(path).astype(np.float32))
+            if auto_scale:
+                item.setdefault("scales", {})[bundle.sha256] = json.loads(scale_path.read_text())
             continue
-        result = predict(item["image"], bundle).probabilities
+        chosen = settings
+        if auto_scale:
+            estimate = estimate_scale(item["image"], bundle, inference=settings)
+            chosen = replace(settings, scale=estimate.scale)
+            record = {"scale": estimate.scale, "diameter": estimate.diameter}
+            scale_path.write_text(json.dumps(record))
+            item.setdefault("scales", {})[bundle.sha256] = record
+        result = predict(item["image"], bundle, inference=chosen).probabilities
         np.save(path, result.astype(np.float16))
         out.append(result)
     return out
@@ -170,16 +216,25 @@ def report(items: list[dict], rows: list[dict[str, float]]) -> dict:
 
 
 def evaluate_model(
-    spec: str, val: list[dict], test: list[dict], cache: Path, tune: bool, distance_seeds: bool = False
+    spec: str,
+    val: list[dict],
+    test: list[dict],
+    cache: Path,
+    tune: bool,
+    distance_seeds: bool = False,
+    mode: str = "plain",
 ) -> dict:
     """Thresholds chosen on ``val`` (when ``tune``), then ``val`` and ``test`` scores of model ``spec``.
 
     With ``distance_seeds``, models with a distance output are post-processed
-    with :func:`distance_as_interior`.
+    with :func:`distance_as_interior`.  ``mode`` is a :data:`MODES` name: the
+    test-time settings the network runs with.
     """
     bundle = load_model(spec)
+    settings, auto_scale = MODES[mode]
     started = time.perf_counter()
-    val_probs, test_probs = probabilities(bundle, val, cache), probabilities(bundle, test, cache)
+    val_probs = probabilities(bundle, val, cache, settings, auto_scale)
+    test_probs = probabilities(bundle, test, cache, settings, auto_scale)
     network_s = time.perf_counter() - started
     if distance_seeds and bundle.config.out_channels == 4:
         val_probs = [distance_as_interior(p) for p in val_probs]
@@ -195,6 +250,9 @@ def evaluate_model(
         test, per_image_ap(test, [probabilities_to_labels(p, bundle.postprocess) for p in test_probs])
     )["family_mean_AP@0.5"]
     result["predict_seconds"] = network_s
+    result["inference"] = mode
+    if auto_scale:
+        result["auto_scales"] = {item["key"]: item["scales"][bundle.sha256] for item in (*val, *test)}
     result["distance_seeds"] = distance_seeds and bundle.config.out_channels == 4
     return result
 
@@ -226,17 +284,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-tune", action="store_true", help="keep each model's own thresholds")
     parser.add_argument("--baselines", default="", help="comma-separated classical methods to tune and score too")
     parser.add_argument("--distance-seeds", action="store_true", help="seed distance-head models from their distance")
+    parser.add_argument(
+        "--inference", nargs="+", default=["plain"], choices=list(MODES), help="test-time settings, each scored"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"bench_sources: {args.data} not found (needs ../shared/data)")
     val, test = read_split(args.data, "val"), read_split(args.data, "test")
     results = {}
-    for spec in args.models:
-        results[spec] = evaluate_model(spec, val, test, args.cache, not args.no_tune, args.distance_seeds)
-        brief = {k: results[spec][k] for k in ("tuned_val_score", "postprocess")}
-        brief |= {name: results[spec][name]["families"] for name in ("val", "test")}
-        print(json.dumps({spec: brief}), flush=True)
+    for spec, mode in itertools.product(args.models, args.inference):
+        key = spec if mode == "plain" else f"{spec} ({mode})"
+        results[key] = evaluate_model(spec, val, test, args.cache, not args.no_tune, args.distance_seeds, mode)
+        brief = {k: results[key][k] for k in ("tuned_val_score", "postprocess")}
+        brief |= {name: results[key][name]["families"] for name in ("val", "test")}
+        print(json.dumps({key: brief}), flush=True)
     baselines = {}
     for method in filter(None, args.baselines.split(",")):
         baselines[method] = evaluate_baseline(method, val, test)

@@ -126,9 +126,9 @@ def _inference_config(args: argparse.Namespace, bundle: Any = None) -> Any:
     }
     if getattr(args, "diameter", None) is not None:
         fields["scale"] = _scale_for_diameter(args, bundle)
-    for flag in ("tta", "multiscale"):
-        if getattr(args, flag, False):
-            fields[flag] = True
+    fields["tta"] = getattr(args, "tta", None)
+    if getattr(args, "multiscale", False):
+        fields["multiscale"] = True
     return InferenceConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
@@ -184,11 +184,11 @@ def _fit_scale(args: argparse.Namespace, bundle: Any, image: Any, axes: str | No
 def _segmenter(method: str, args: argparse.Namespace) -> Callable[[Any, str | None], Any]:
     """Return ``f(image, axes) -> labels`` for a method name."""
     if method == "unet":
-        from napari_unet.core.inference import iter_predict
+        from napari_unet.core.inference import iter_predict, settings_for_model
         from napari_unet.core.store import load_model
 
         bundle = load_model(args.model)
-        inference = _inference_config(args, bundle)
+        inference = settings_for_model(_inference_config(args, bundle), bundle)
 
         def run_unet(image: Any, axes: str | None) -> Any:
             fitted = _fit_scale(args, bundle, image, axes, inference)
@@ -289,6 +289,8 @@ def _predict_file(args: argparse.Namespace, source: Path, target: Path, segment:
     settings = _settings(args)
     if hasattr(segment, "scale_used"):
         settings["scale_used"] = segment.scale_used
+    if hasattr(segment, "inference"):
+        settings["tta_used"] = segment.inference.tta
     info = provenance(model=model, settings=settings, inputs=[source], method=args.method)
     export_labels(labels, target, overwrite=args.overwrite, provenance=info)
     return int(labels.max()) if labels.size else 0
@@ -585,6 +587,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Pick post-processing thresholds on annotated images and save the model with them."""
     from dataclasses import replace
 
+    from napari_unet.core.inference import FLIPS_METADATA_KEY, settings_for_model
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.store import load_model, save_model
     from napari_unet.core.tuning import iter_tune_postprocess
@@ -596,13 +599,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _check_model_output(target, args.overwrite)
     images = [read_image(image) for image, _ in pairs]
     labels = [read_labels(label) for _, label in pairs]
-    gen = iter_tune_postprocess(bundle, images, labels, inference=_inference_config(args, bundle))
+    inference = settings_for_model(_inference_config(args, bundle), bundle)
+    gen = iter_tune_postprocess(bundle, images, labels, inference=inference)
     result = _progress_bar(gen, "tune", args.quiet)
     tuned = replace(
         bundle,
         postprocess=result.best,
         metadata={
             **bundle.metadata,
+            FLIPS_METADATA_KEY: bool(inference.tta),
             "postprocess_tuning": {
                 "images": [str(image) for image, _ in pairs],
                 "before": result.baseline_scores,
@@ -739,7 +744,13 @@ def _add_inference_args(parser: argparse.ArgumentParser) -> None:
         help="Z step of Z-stacks in pixel sizes (e.g. 2.5 for 0.2 um pixels and 0.5 um steps); a 3D model "
         "resamples Z to the step it was trained at (default: the model's own)",
     )
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (average 4 flips; 4x slower)")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time augmentation: average 4 flips (4x slower); default: as the model's thresholds were tuned "
+        "(on for the bundled default model; --no-tta is 4x faster, slightly less accurate)",
+    )
     parser.add_argument(
         "--multiscale",
         action="store_true",

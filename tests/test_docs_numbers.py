@@ -6,9 +6,19 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "benchmarks" / "results" / "default_model_v2_sources.json"
+TEST_TIME = ROOT / "benchmarks" / "results" / "default_model_v2_test_time.json"
 ROWS = {"grey": "grey: fluorescence", "colour": "colour: H&E-like", "tissue": "tissue sections"}
+
+
+def shipped_results() -> dict:
+    """The bundled model's entry in the test-time results: the setting it runs with by default."""
+    metadata = json.loads((ROOT / "napari_unet" / "weights" / "default" / "model.json").read_text())["metadata"]
+    key = "default (tta)" if metadata.get("tuned_with_flips") else "default"
+    return json.loads(TEST_TIME.read_text())["models"][key]
 
 
 def readme_row(start: str) -> list[float]:
@@ -18,7 +28,7 @@ def readme_row(start: str) -> list[float]:
 
 def test_readme_accuracy_table_matches_the_results_file():
     results = json.loads(SOURCES.read_text())
-    model, previous = results["models"]["out/default_v2"], results["models"]["out/v1_default"]
+    model, previous = shipped_results(), results["models"]["out/v1_default"]
     best = max(results["baselines"].values(), key=lambda b: b["tuned_val_score"])
     assert best["method"] == "watershed"
     for family, start in ROWS.items():
@@ -26,8 +36,31 @@ def test_readme_accuracy_table_matches_the_results_file():
         assert readme_row(start) == expected, family
 
 
+def test_readme_dsb2018_val_score_matches_the_results_file():
+    scores = [ap for key, ap in shipped_results()["test"]["per_image_AP@0.5"].items() if key.startswith("dsb2018_val/")]
+    assert len(scores) == 10
+    assert (
+        f"On the 10 `dsb2018/val` images, which are test images for v2, it scores\n{np.mean(scores):.3f}"
+        in (ROOT / "README.md").read_text()
+    )
+
+
+def test_readme_flips_comparison_matches_the_results_file():
+    models = json.loads(TEST_TIME.read_text())["models"]
+    flips, plain = models["default (tta)"], models["default"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (
+        f"({flips['tuned_val_score']:.3f} against {plain['tuned_val_score']:.3f} without; on the test images "
+        f"{flips['test']['family_mean_AP@0.5']:.3f} against {plain['test']['family_mean_AP@0.5']:.3f}"
+    ) in text
+    speed = json.loads((ROOT / "benchmarks" / "results" / "inference_default_flips.json").read_text())
+    row = next(m for m in speed["models"] if m["model"] == "default")["devices"]["cpu"]["sizes"][0]
+    assert f"makes {row['end_to_end_model_settings_mpx_per_s']:.2f} megapixels/s end to end" in text
+    assert row["end_to_end_model_settings_mpx_per_s"] >= 0.4, "the default must stay interactive on 2 CPU cores"
+
+
 def test_model_card_json_is_the_results_file():
-    results = json.loads(SOURCES.read_text())["models"]["out/default_v2"]
+    results = shipped_results()
     card = json.loads((ROOT / "napari_unet" / "weights" / "default" / "model_card.json").read_text())
     assert card["test"]["family_mean_ap50"] == results["test"]["family_mean_AP@0.5"]
     assert card["test"]["families"] == results["test"]["families"]

@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 INIT=${INIT:-out/gpu_run2/grey_b16.safetensors}
 OUT=${OUT:-out/cpu_grey}
 mkdir -p "$OUT"
+# nice only orders processes inside one scheduler autogroup (one per terminal session on Linux): lower this
+# session's group too, or the run takes a full share of the CPU from whatever the user starts elsewhere.
+echo 19 2>/dev/null > /proc/self/autogroup || true
 OMP_NUM_THREADS=2 nice -n 19 "${PYTHON:-.venv/bin/python}" training/gpu_train.py --name grey_b16 --device cpu \
   --in-channels 1 --groups fluorescence,brightfield,tissue --init "$INIT" --lr 2e-4 --warmup 50 \
   --batch 16 --patch 256 --steps "${STEPS:-4000}" --seconds "${SECONDS_BUDGET:-86400}" --seed 21 \

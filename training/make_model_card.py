@@ -7,7 +7,10 @@ Every number in the card comes from a results file written by a benchmark script
 - ``--speed``: ``benchmarks/bench_inference.py --models ...`` (CPU, 2048², measured side by side);
 - ``--survey``: ``benchmarks/bench_sources.py`` on the survey run's candidates (same data and GPU time);
 - ``--distance``: ``benchmarks/bench_sources.py --distance-seeds`` (the distance-output candidates seeded
-  from their distance map).
+  from their distance map);
+- ``--test-time``: ``benchmarks/bench_sources.py --models default --inference ...`` (the installed weights under
+  each test-time setting, thresholds chosen on validation for each).  The card's headline is the entry of the
+  setting the model runs with by default (with flips when its thresholds were tuned with them).
 
 Usage::
 
@@ -15,7 +18,9 @@ Usage::
         --sources benchmarks/results/default_model_v2_sources.json \\
         --survey benchmarks/results/default_model_v2_survey.json \\
         --speed benchmarks/results/default_model_v2_speed.json \\
-        --distance benchmarks/results/distance_head.json --latest-speed benchmarks/results/inference.json
+        --distance benchmarks/results/distance_head.json \\
+        --latest-speed benchmarks/results/inference_default_flips.json \\
+        --test-time benchmarks/results/default_model_v2_test_time.json
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_pack import SOURCES, SPLITS_FILE
 from gpu_train import GROUP_WEIGHTS
 
+from napari_unet.core.inference import model_uses_flips
 from napari_unet.core.io import write_json
 from napari_unet.core.model import count_parameters
 from napari_unet.core.store import load_model
@@ -78,12 +84,33 @@ SPEED_COMMAND = (
 )
 """The commands that wrote the results files the card reads (model folders as ``training/train_default_model.sh``
 makes them)."""
+TEST_TIME_COMMAND = (
+    "python benchmarks/bench_sources.py --models default --inference plain tta auto tta+auto multiscale "
+    "--json benchmarks/results/default_model_v2_test_time.json"
+)
+TEST_TIME_NAMES = {
+    "plain": "none (one pass)",
+    "tta": "flips: the image and its 3 flips averaged",
+    "auto": "nucleus size measured first, image resized to the training sizes",
+    "tta+auto": "size measured, then flips",
+    "multiscale": "sizes 0.71x, 1x and 1.41x averaged",
+}
+"""The test-time settings ``bench_sources.py --inference`` scores, as the card names them."""
 BASELINE_TITLES = {"otsu": "Otsu", "li": "Li", "local": "local threshold", "watershed": "watershed"}
 
 
-def headline_table(sources: dict[str, Any]) -> list[str]:
+def shipped_entry(bundle: Any, sources: dict[str, Any], test_time: dict[str, Any] | None) -> dict[str, Any]:
+    """The results of the installed model as it runs by default: its ``test_time`` entry (``default`` or
+    ``default (tta)``, by its flips), else its entry in ``sources``."""
+    if test_time is None:
+        return sources["models"][MODEL_KEY]
+    key = "default (tta)" if model_uses_flips(bundle.metadata) else "default"
+    return test_time["models"][key]
+
+
+def headline_table(sources: dict[str, Any], model: dict[str, Any]) -> list[str]:
     """Test-split AP@0.5 / AP@0.75 per family: this model, the previous default, the best tuned baseline."""
-    model, previous = sources["models"][MODEL_KEY], sources["models"][PREVIOUS_KEY]
+    previous = sources["models"][PREVIOUS_KEY]
     best = max(sources["baselines"].values(), key=lambda b: b["tuned_val_score"])
     lines = [
         "| test images | n | this model AP@0.5 | AP@0.75 | previous default AP@0.5 | "
@@ -104,9 +131,9 @@ def headline_table(sources: dict[str, Any]) -> list[str]:
     return lines
 
 
-def subset_table(sources: dict[str, Any]) -> list[str]:
+def subset_table(sources: dict[str, Any], model: dict[str, Any]) -> list[str]:
     """Test-split AP@0.5 per source and image type, this model against the previous default."""
-    model, previous = sources["models"][MODEL_KEY], sources["models"][PREVIOUS_KEY]
+    previous = sources["models"][PREVIOUS_KEY]
     lines = ["| source | images | this model | previous default |", "|---|---|---|---|"]
     for key, title in SUBSET_NAMES.items():
         if key in model["test"]["subsets"]:
@@ -154,10 +181,54 @@ def candidate_table(
     )
     model = sources["models"][MODEL_KEY]
     lines.append(
-        f"| the same pair after 200 s more (shipped, one set of thresholds) | {parameters[MODEL_KEY]:,} | "
+        f"| the same pair after 200 s more (shipped; one set of thresholds, no flips) | {parameters[MODEL_KEY]:,} | "
         f"{model['tuned_val_score']:.3f} | {model['test']['family_mean_AP@0.5']:.3f} | {speeds[MODEL_KEY]:.2f} |"
     )
     return lines
+
+
+def test_time_table(test_time: dict[str, Any]) -> list[str]:
+    """Validation and test means of the installed weights under each test-time setting."""
+    lines = [
+        "| test-time setting | val mean AP@0.5 | test mean AP@0.5 | test grey | test colour | test tissue |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in test_time["models"].values():
+        families = result["test"]["families"]
+        lines.append(
+            f"| {TEST_TIME_NAMES[result['inference']]} | {result['tuned_val_score']:.3f} | "
+            f"{result['test']['family_mean_AP@0.5']:.3f} | {families['grey']['AP@0.5']:.3f} | "
+            f"{families['colour']['AP@0.5']:.3f} | {families['tissue']['AP@0.5']:.3f} |"
+        )
+    return lines
+
+
+def test_time_lines(bundle: Any, test_time: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """The card's section on test-time settings: the table, the choice and its cost (empty without results)."""
+    if test_time is None:
+        return []
+    plain = test_time["models"]["default"]
+    return [
+        "## Test-time settings",
+        "",
+        "The same weights under each setting, with thresholds chosen on the validation images for each",
+        "(`benchmarks/results/default_model_v2_test_time.json`):",
+        "",
+        *test_time_table(test_time),
+        "",
+        f"Made by: `{TEST_TIME_COMMAND}`.",
+        "",
+        "Of the settings whose cost does not depend on the image (none, flips, sizes), flips scored best on",
+        "the validation images, so the model runs with flips and the thresholds chosen with them "
+        f"(`tuned_with_flips`: {str(model_uses_flips(bundle.metadata)).lower()});",
+        f"without them (`--no-tta`, Segment's test-time augmentation 'off') it is about 4x faster and scores "
+        f"{plain['test']['family_mean_AP@0.5']:.3f} on the test images with its thresholds "
+        f"({json.dumps(plain['postprocess'])}).",
+        "Measuring the nucleus size first (`--scale auto`, Segment's Estimate) costs more on images of small",
+        "nuclei, so it stays a choice; it is what to try on images whose nuclei are much smaller or larger",
+        "than those above.",
+        "",
+    ]
 
 
 def split_counts() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
@@ -204,10 +275,11 @@ def training_lines(bundle: Any) -> list[str]:
 
 
 def current_speed(speed: dict[str, Any], latest: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
-    """The bundled model's CPU row at 2048²: the latest ``bench_inference.py`` run if given, else the survey's."""
+    """The bundled model's CPU row at 2048² and its file: the latest ``bench_inference.py`` run if given (with its
+    ``file_name``), else the survey's."""
     if latest:
         row = next(m for m in latest["models"] if m["model"] == "default")["devices"]["cpu"]["sizes"][0]
-        return row, "inference.json"
+        return row, latest["file_name"]
     row = next(m for m in speed["models"] if m["model"] == MODEL_KEY)["devices"]["cpu"]["sizes"][0]
     return row, "default_model_v2_speed.json"
 
@@ -219,9 +291,11 @@ def card(
     speed: dict[str, Any],
     distance: dict[str, Any],
     latest: dict[str, Any] | None = None,
+    test_time: dict[str, Any] | None = None,
 ) -> str:
-    model, previous = sources["models"][MODEL_KEY], sources["models"][PREVIOUS_KEY]
+    model, previous = shipped_entry(bundle, sources, test_time), sources["models"][PREVIOUS_KEY]
     current, current_file = current_speed(speed, latest)
+    runs_with = "with test-time flips (as it runs by default)" if model.get("inference") == "tta" else "as it runs"
     diameters = bundle.metadata.get("object_diameter", {})
     lines = [
         "# napari-unet default model (v2)",
@@ -233,17 +307,18 @@ def card(
         "",
         f"Test split of `training/splits_v2.json` ({sources['n_test']} images): 5% of DSB 2018 stage-1 train per",
         "image type, 6 S-BSST265 images and all 10 `dsb2018/val` images. Per-image mean AP = TP / (TP + FP + FN)",
-        f"at IoU 0.5. The thresholds of every method, baselines included, were chosen on the {sources['n_val']}",
-        "validation images of the same split (`benchmarks/bench_sources.py`,",
-        "`benchmarks/results/default_model_v2_sources.json`).",
+        f"at IoU 0.5. This model is scored {runs_with}. The thresholds of every method, baselines included,",
+        f"were chosen on the {sources['n_val']} validation images of the same split (`benchmarks/bench_sources.py`,",
+        "`benchmarks/results/default_model_v2_sources.json`"
+        + (", `default_model_v2_test_time.json`)." if test_time else ")."),
         "",
-        *headline_table(sources),
+        *headline_table(sources, model),
         "",
-        f"Made by: `{SOURCES_COMMAND}`.",
+        f"Made by: `{SOURCES_COMMAND}`" + (f" and `{TEST_TIME_COMMAND}`." if test_time else "."),
         "",
         "Per source:",
         "",
-        *subset_table(sources),
+        *subset_table(sources, model),
         "",
         f"The previous default is scored with thresholds retuned on the same validation images; with its own "
         f"shipped thresholds its test mean is {previous['shipped_thresholds_test']:.3f}.",
@@ -262,8 +337,7 @@ def card(
         "  images. Grey images (including RGB files whose channels are equal) go to the grey network, colour",
         "  images to the colour network; no brightness guess decides which side of a stained image is nuclei.",
         f"- {count_parameters(bundle.network):,} parameters in all; one network runs per tile, "
-        f"{current['end_to_end_mpx_per_s']:.2f} MPx/s end to end on 2 CPU cores at 2048² "
-        f"(network alone {current['network_mpx_per_s']:.2f}; `benchmarks/results/{current_file}`).",
+        f"{speed_words(current)} on 2 CPU cores at 2048² (`benchmarks/results/{current_file}`).",
         "- Input: percentile normalisation (1st to 99.8th); grey images with a bright background are inverted",
         "  (`invert: auto_gray`), colour images never are.",
         "- Output: background / interior / boundary probabilities; a seeded watershed makes the instances",
@@ -271,6 +345,7 @@ def card(
         f"- Nucleus sizes it was trained on: median {diameters.get('median')} px, 80% between "
         f"{diameters.get('low')} and {diameters.get('high')} px (`--scale auto` aims there).",
         "",
+        *test_time_lines(bundle, test_time, current),
         "## Training",
         "",
         *data_lines(),
@@ -310,11 +385,26 @@ def card(
     return "\n".join(lines)
 
 
+def speed_words(row: dict[str, Any]) -> str:
+    """The CPU speed of a ``bench_inference.py`` row in words: as the model runs by default, and without flips."""
+    plain = (
+        f"{row['end_to_end_mpx_per_s']:.2f} MPx/s end to end without flips "
+        f"(network alone {row['network_mpx_per_s']:.2f})"
+    )
+    if "end_to_end_model_settings_mpx_per_s" not in row:
+        return plain
+    return f"{row['end_to_end_model_settings_mpx_per_s']:.2f} MPx/s end to end with its test-time flips, {plain}"
+
+
 def summary(
-    bundle: Any, sources: dict[str, Any], speed: dict[str, Any], latest: dict[str, Any] | None = None
+    bundle: Any,
+    sources: dict[str, Any],
+    speed: dict[str, Any],
+    latest: dict[str, Any] | None = None,
+    test_time: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The machine-readable card: measured accuracy (read by ``napari-unet models`` and the Segment notice)."""
-    model = sources["models"][MODEL_KEY]
+    model = shipped_entry(bundle, sources, test_time)
     this_speed, speed_file = current_speed(speed, latest)
     return {
         "architecture": bundle.config.to_dict(),
@@ -327,9 +417,16 @@ def summary(
             "families": model["test"]["families"],
             "subsets": model["test"]["subsets"],
         },
+        "test_time": model.get("inference", "plain"),
         "validation_family_mean_ap50": model["tuned_val_score"],
-        "cpu_end_to_end_mpx_per_s_2048": this_speed["end_to_end_mpx_per_s"],
-        "sources": ["benchmarks/results/default_model_v2_sources.json", f"benchmarks/results/{speed_file}"],
+        "cpu_end_to_end_mpx_per_s_2048": this_speed.get(
+            "end_to_end_model_settings_mpx_per_s", this_speed["end_to_end_mpx_per_s"]
+        ),
+        "sources": [
+            "benchmarks/results/default_model_v2_sources.json",
+            *(["benchmarks/results/default_model_v2_test_time.json"] if test_time else []),
+            f"benchmarks/results/{speed_file}",
+        ],
     }
 
 
@@ -341,15 +438,19 @@ def main() -> None:
     parser.add_argument("--survey", type=Path, required=True, help="bench_sources.py on the survey run's candidates")
     parser.add_argument("--distance", type=Path, default=None)
     parser.add_argument("--latest-speed", type=Path, default=None, help="bench_inference.py --models ... default")
+    parser.add_argument("--test-time", type=Path, default=None, help="bench_sources.py --models default --inference")
     args = parser.parse_args()
     bundle = load_model(args.model_dir)
     sources = json.loads(args.sources.read_text())
     speed = json.loads(args.speed.read_text())
     distance = json.loads(args.distance.read_text()) if args.distance else {}
     survey = json.loads(args.survey.read_text())
-    latest = json.loads(args.latest_speed.read_text()) if args.latest_speed else None
-    (args.model_dir / "MODEL_CARD.md").write_text(card(bundle, sources, survey, speed, distance, latest))
-    write_json(args.model_dir / "model_card.json", summary(bundle, sources, speed, latest), overwrite=True)
+    latest = None
+    if args.latest_speed:
+        latest = {**json.loads(args.latest_speed.read_text()), "file_name": args.latest_speed.name}
+    test_time = json.loads(args.test_time.read_text()) if args.test_time else None
+    (args.model_dir / "MODEL_CARD.md").write_text(card(bundle, sources, survey, speed, distance, latest, test_time))
+    write_json(args.model_dir / "model_card.json", summary(bundle, sources, speed, latest, test_time), overwrite=True)
     print(f"wrote {args.model_dir / 'MODEL_CARD.md'}")
 
 

@@ -28,8 +28,16 @@
 #        --json benchmarks/results/default_model_v2_survey.json
 #      python benchmarks/bench_sources.py --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds \
 #        --json benchmarks/results/distance_head.json
-# 6. Install with the chosen thresholds, measure speed (CPU, nothing else running) and write the card:
+# 6. Install with the chosen thresholds, choose the test-time setting (each with thresholds chosen on validation;
+#    flips won among those whose cost does not depend on the image) and install again with it, measure speed (CPU,
+#    nothing else running) and write the card:
 #      python training/install_default_v2.py out/default_v2 benchmarks/results/default_model_v2_sources.json
+#      python benchmarks/bench_sources.py --models default --inference plain tta auto tta+auto multiscale \
+#        --json benchmarks/results/default_model_v2_test_time.json
+#      python training/install_default_v2.py default benchmarks/results/default_model_v2_test_time.json \
+#        --entry "default (tta)"
+#      python benchmarks/bench_inference.py --models out/v1_default default --sizes 2048 --devices cpu --repeats 2 \
+#        > benchmarks/results/inference_default_flips.json
 #      python benchmarks/bench_inference.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
 #        out/v2/rgb_b16_dist out/v2/rgb_b32_dist --sizes 2048 --devices cpu --repeats 2 \
 #        > benchmarks/results/default_model_v2_speed.json
@@ -37,8 +45,9 @@
 #        --sources benchmarks/results/default_model_v2_sources.json \
 #        --survey benchmarks/results/default_model_v2_survey.json \
 #        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json \
-#        --latest-speed benchmarks/results/inference.json   (bench_inference.py --models out/v1_default default ...)
+#        --latest-speed benchmarks/results/inference_default_flips.json \
+#        --test-time benchmarks/results/default_model_v2_test_time.json
 # On CPU, training/cpu_train.sh continues the grey network resumably (nice 19) from step 3's weights.
 set -euo pipefail
 echo "This file documents the steps; run them one by one (steps 2 and 3 on a GPU machine)." >&2
-sed -n '2,40p' "$0"
+grep '^#' "$0" | tail -n +2

@@ -174,9 +174,9 @@ def accuracy_note(model_sha256: str) -> str:
     grey, colour, tissue = (metrics.get(f"test_ap50_{family}") for family in ("grey", "colour", "tissue"))
     if grey is not None and colour is not None and tissue is not None:
         return (
-            f" Its measured AP@0.5 on held-out test images: {grey:.2f} grey (fluorescence, brightfield), "
-            f"{colour:.2f} colour (H&E-like), {tissue:.2f} tissue sections; images unlike these may score lower "
-            "(its model card has the details)."
+            f" Its measured AP@0.5 on held-out test images with its default settings: {grey:.2f} grey "
+            f"(fluorescence, brightfield), {colour:.2f} colour (H&E-like), {tissue:.2f} tissue sections; images "
+            "unlike these may score lower (its model card has the details)."
         )
     if isinstance(metrics.get("val_ap50"), float):
         return f" It scored AP@0.5 {metrics['val_ap50']:.2f} on its validation data when it was trained."
@@ -204,9 +204,10 @@ TEST_TIME_AUGMENTATION: dict[str, dict[str, bool]] = {
 class SegmentWidget(QWidget):
     """Segment nuclei: image, axes, model, device, tiling and post-processing -> Labels layer.
 
-    The post-processing fields follow the selected model: they are filled from
-    the values saved in its ``model.json`` (tuned by ``napari-unet tune``)
-    whenever the model changes, and the "Model defaults" button restores them.
+    The post-processing fields and the test-time flips follow the selected
+    model: they are filled from the values saved in its ``model.json`` (tuned
+    by ``napari-unet tune``, with or without flips) whenever the model
+    changes, and the "Model defaults" button restores them.
     """
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -227,8 +228,10 @@ class SegmentWidget(QWidget):
         self.augment = QComboBox()
         self.augment.addItems(list(TEST_TIME_AUGMENTATION))
         self.augment.setToolTip(
-            "Average the predictions of flipped and/or resized copies, at the cost shown. The model's thresholds "
-            "are tuned for 'off': averaged probabilities are smoother, so try a lower seed threshold (e.g. 0.9)"
+            "Average the predictions of flipped and/or resized copies, at the cost shown. Choosing a model sets "
+            "flips on or off as its thresholds were tuned (on for the bundled default model); averaged "
+            "probabilities are smoother, so with flips added to a model tuned without them try a higher seed "
+            "threshold (e.g. 0.9), and a lower one the other way round"
         )
         self.scale.setToolTip(
             "Resize the image by this factor before the network (labels keep the image's size): "
@@ -324,7 +327,7 @@ class SegmentWidget(QWidget):
         form.addRow("Split fused nuclei (px, 0 = off)", self.split_distance)
         form.addRow("", self.fill_holes)
         reset = QPushButton("Model defaults")
-        reset.setToolTip("Reset the post-processing to the values saved with the selected model")
+        reset.setToolTip("Reset the post-processing (and test-time flips) to those saved with the selected model")
         reset.clicked.connect(self.reset_postprocessing)
         form.addRow("", reset)
         return box
@@ -390,19 +393,27 @@ class SegmentWidget(QWidget):
 
         Returns True when they were read; otherwise the fields keep their values and a warning is shown.
         """
-        from napari_unet.core.store import model_postprocess
+        from napari_unet.core.inference import model_uses_flips
+        from napari_unet.core.store import model_metadata, model_postprocess
 
         reference = self.model.currentText()
         try:
             if not reference:
                 raise UserInputError("no model selected")
             config = model_postprocess(reference)
+            flips = model_uses_flips(model_metadata(reference))
         except Exception as exc:  # a model that cannot be read is reported when Segment is pressed
             warn(f"Could not read the post-processing settings of model '{reference}' ({exc}); kept the current ones.")
             return False
         self.model_postprocess = config
         self._show_postprocess(config)
+        self._show_flips(flips)
         return True
+
+    def _show_flips(self, flips: bool) -> None:
+        """Set the test-time flips as the model's thresholds were tuned, keeping the choice of sizes."""
+        wanted = {**TEST_TIME_AUGMENTATION[self.augment.currentText()], "tta": flips}
+        self.augment.setCurrentText(next(k for k, v in TEST_TIME_AUGMENTATION.items() if v == wanted))
 
     def _show_postprocess(self, config: PostprocessConfig) -> None:
         self.foreground.setValue(config.foreground_threshold)

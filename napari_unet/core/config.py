@@ -233,9 +233,12 @@ class InferenceConfig(JsonConfig):
         Mixed precision: float16 on CUDA; bfloat16 on CPUs that compute it
         natively (AVX512-BF16 or AMX: about 2x faster there); ignored on
         other CPUs.
-    tta : bool
+    tta : bool or None
         Test-time augmentation: average the predictions of the image and its
-        three flips (a little more accurate, 4x slower).
+        three flips (4x slower).  ``None`` (the default) follows the model:
+        on when its thresholds were chosen on flip-averaged predictions
+        (:func:`napari_unet.core.inference.model_uses_flips`, true of the
+        bundled default model), else off.
     scale : float
         Resize factor applied to each plane before the network (bilinear);
         the probabilities are resized back, so labels keep the image's shape.
@@ -255,7 +258,7 @@ class InferenceConfig(JsonConfig):
     device: str = "auto"
     blend: str = "gaussian"
     amp: bool = True
-    tta: bool = False
+    tta: bool | None = None
     scale: float = 1.0
     multiscale: bool = False
 

@@ -21,8 +21,8 @@ import contextlib
 import functools
 import math
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +54,27 @@ class BundleLike(Protocol):
     config: ModelConfig
     normalize: NormalizeConfig
     postprocess: PostprocessConfig
+    metadata: dict[str, Any]
+
+
+FLIPS_METADATA_KEY = "tuned_with_flips"
+"""Model metadata: ``True`` when the model's thresholds were chosen on flip-averaged predictions."""
+
+
+def model_uses_flips(metadata: Mapping[str, Any]) -> bool:
+    """Whether a model (its ``metadata``) runs with test-time flips by default: its thresholds were tuned with them."""
+    return bool(metadata.get(FLIPS_METADATA_KEY, False))
+
+
+def settings_for_model(cfg: InferenceConfig | None, bundle: BundleLike) -> InferenceConfig:
+    """``cfg`` (defaults when ``None``) with ``tta=None`` replaced by the model's own choice (:func:`model_uses_flips`).
+
+    Flip averaging makes probabilities smoother, so thresholds tuned with it
+    suit it and those tuned without suit plain predictions: a model runs the
+    way its thresholds were chosen unless the caller says otherwise.
+    """
+    cfg = cfg or InferenceConfig()
+    return cfg if cfg.tta is not None else replace(cfg, tta=model_uses_flips(bundle.metadata))
 
 
 @dataclass(frozen=True)
@@ -450,7 +471,8 @@ def predict_probabilities(
         :func:`napari_unet.core.normalize.normalize_plane`), ``C`` =
         ``bundle.config.in_channels``.
     cfg : InferenceConfig, optional
-        Tiles, batch size, device, blending, mixed precision.
+        Tiles, batch size, device, blending, mixed precision, test-time
+        augmentation (``tta=None``: the model's own, :func:`settings_for_model`).
     cancel : callable, optional
         Checked between batches; raises :class:`~napari_unet.core.errors.Cancelled`.
 
@@ -460,7 +482,7 @@ def predict_probabilities(
         ``(3, Y, X)`` float32 probabilities (background, interior, boundary).
 
     """
-    cfg = cfg or InferenceConfig()
+    cfg = settings_for_model(cfg, bundle)
     if plane.ndim != 3 or plane.shape[0] != bundle.config.in_channels:
         raise ValueError(f"plane must be (C={bundle.config.in_channels}, Y, X), got shape {plane.shape}")
     device = resolve_device(cfg.device)
@@ -508,7 +530,8 @@ def iter_predict(
         Axis order of ``image``; guessed by
         :func:`~napari_unet.core.normalize.infer_axes` when omitted.
     inference : InferenceConfig, optional
-        Tiling, batching, device and precision (defaults when omitted).
+        Tiling, batching, device, precision and test-time augmentation
+        (defaults when omitted; ``tta=None``: the model's own, :func:`settings_for_model`).
     postprocess : PostprocessConfig, optional
         Label extraction settings; ``None`` uses ``bundle.postprocess``.
     cancel : callable, optional
@@ -537,7 +560,7 @@ def iter_predict(
         :func:`~napari_unet.core.normalize.validate_image`) or an unavailable device.
 
     """
-    inference = inference or InferenceConfig()
+    inference = settings_for_model(inference, bundle)
     postprocess = postprocess or bundle.postprocess
     image = validate_image(image)
     image_axes = infer_axes(image.shape, axes)

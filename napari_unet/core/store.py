@@ -624,6 +624,19 @@ def model_postprocess(name_or_path: str | os.PathLike) -> PostprocessConfig:
     return _saved_configs(name_or_path)[2]
 
 
+def model_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """Return a saved model's ``metadata`` (name, lineage, training records ...) without loading its weights.
+
+    Raises
+    ------
+    UserInputError
+        Unknown name, missing, corrupt or foreign ``model.json``.
+
+    """
+    metadata = _read_document(_model_folder(name_or_path) / CONFIG_FILE).get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def _saved_configs(name_or_path: str | os.PathLike) -> tuple[ModelConfig, NormalizeConfig, PostprocessConfig]:
     """Read the three configs of a saved model's ``model.json`` (no weights are read)."""
     json_path = _model_folder(name_or_path) / CONFIG_FILE

@@ -386,6 +386,27 @@ def test_tune_refuses_scale_auto(dataset, tiny_model, tmp_path, capsys) -> None:
     assert code == 2 and "not available in tune" in err
 
 
+def test_tune_records_the_flips_it_tuned_with_and_predict_follows_them(dataset, tiny_model, tmp_path, capsys) -> None:
+    from napari_unet.core.store import load_model
+
+    tuned = tmp_path / "tuned-with-flips"
+    args = ["tune", "--images", str(dataset), "--model", str(tiny_model), "--tile", "64"]
+    code, _, err = run([*args, "--output", str(tuned), "--tta"], capsys)
+    assert code == 0, err
+    assert load_model(tuned).metadata["tuned_with_flips"] is True
+    code, _, err = run([*args, "--output", str(tmp_path / "plain")], capsys)  # the tiny model runs without flips
+    assert code == 0, err
+    assert load_model(tmp_path / "plain").metadata["tuned_with_flips"] is False
+
+    image = dataset / "s1_image.tif"
+    for flags, expected in (([], True), (["--no-tta"], False)):
+        out = tmp_path / f"labels{len(flags)}"
+        code, _, err = run(["predict", str(image), "-o", str(out), "--model", str(tuned), *flags], capsys)
+        assert code == 0, err
+        settings = json.loads(next(out.glob("*.provenance.json")).read_text())["settings"]
+        assert settings["tta_used"] is expected, settings
+
+
 def test_train_at_a_scale_with_rois_and_synthetic_images(dataset, model_dir, tmp_path, capsys) -> None:
     from napari_unet.core.sizing import diameter_range_of
     from napari_unet.core.store import load_model

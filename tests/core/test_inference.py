@@ -13,6 +13,7 @@ from napari_unet.core import inference
 from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import Cancelled, UserInputError
 from napari_unet.core.inference import (
+    FLIPS_METADATA_KEY,
     MULTISCALE_FACTORS,
     Prediction,
     accelerator_names,
@@ -20,11 +21,13 @@ from napari_unet.core.inference import (
     inference_network,
     iter_predict,
     labels_from_probabilities,
+    model_uses_flips,
     predict,
     predict_probabilities,
     resize_plane,
     resolve_device,
     scaled_shape,
+    settings_for_model,
 )
 from napari_unet.core.model import UNet
 from napari_unet.core.progress import Progress, run_to_end
@@ -512,3 +515,22 @@ def test_multiscale_progress_counts_the_tiles_of_every_size():
     assert inference_network(bundle.network, torch.device("cpu")).seen == [(64, 64), (64, 64), (80, 92)]
     assert [e.done for e in events] == [0, 1, 2, 3] and events[-1].total == 3
     assert_discs_found(result.labels, disc_masks())
+
+
+def test_a_model_tuned_with_flips_runs_with_them_unless_told_otherwise():
+    bundle = unet_bundle(depth=2)
+    plane = smooth_noise((1, 32, 48))
+    plain = predict_probabilities(bundle, plane, replace(CPU, tta=False))
+    flipped = predict_probabilities(bundle, plane, replace(CPU, tta=True))
+    assert CPU.tta is None and not model_uses_flips(bundle.metadata)
+    np.testing.assert_array_equal(predict_probabilities(bundle, plane, CPU), plain)
+
+    bundle.metadata = {**bundle.metadata, FLIPS_METADATA_KEY: True}
+    assert settings_for_model(CPU, bundle).tta is True
+    assert settings_for_model(replace(CPU, tta=False), bundle).tta is False
+    np.testing.assert_array_equal(predict_probabilities(bundle, plane, CPU), flipped)
+    np.testing.assert_array_equal(predict_probabilities(bundle, plane, replace(CPU, tta=False)), plain)
+    image = plane[0]  # iter_predict resolves the model's choice too
+    by_default = predict(image, bundle, "YX", CPU).probabilities
+    np.testing.assert_array_equal(by_default, predict(image, bundle, "YX", replace(CPU, tta=True)).probabilities)
+    assert np.abs(by_default - predict(image, bundle, "YX", replace(CPU, tta=False)).probabilities).max() > 1e-4

@@ -202,6 +202,27 @@ def test_fields_follow_the_selected_models_postprocessing(
     assert not messages(notifications, "error")
 
 
+def test_test_time_flips_follow_the_selected_model(make_napari_viewer, isolated_dirs, no_bundled_model):
+    plain = save_untrained(isolated_dirs / "plain", PostprocessConfig())
+    bundle = store.load_model(save_untrained(isolated_dirs / "flips-source", TUNED))
+    bundle.metadata = {**bundle.metadata, "tuned_with_flips": True}
+    flips = store.save_model(bundle, isolated_dirs / "flips")
+
+    widget = SegmentWidget(make_napari_viewer())
+    widget.model.select(str(flips))
+    assert widget.augment.currentText() == "flips (4x slower)"
+    assert widget.inference_config().tta is True
+    widget.model.select(str(plain))
+    assert widget.augment.currentText() == "off" and widget.inference_config().tta is False
+
+    widget.augment.setCurrentText("sizes (3.5x slower)")
+    widget.model.select(str(flips))
+    assert widget.augment.currentText() == "flips and sizes (14x slower)", "the choice of sizes is kept"
+    widget.augment.setCurrentText("off")
+    button(widget, "Model defaults").click()
+    assert widget.augment.currentText() == "flips (4x slower)"
+
+
 def test_saved_settings_keep_tiling_but_not_thresholds(make_napari_viewer, isolated_dirs):
     tuned = save_untrained(isolated_dirs / "tuned", TUNED)
     save_settings(
@@ -267,7 +288,8 @@ def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot
     wait_until_idle(qtbot, widget)
     measured = list_models()[0].metrics  # the bundled model's, from its model card
     assert messages(notifications, "info")[-1].endswith(
-        f"Its measured AP@0.5 on held-out test images: {measured['test_ap50_grey']:.2f} grey (fluorescence, "
+        f"Its measured AP@0.5 on held-out test images with its default settings: {measured['test_ap50_grey']:.2f} "
+        "grey (fluorescence, "
         f"brightfield), {measured['test_ap50_colour']:.2f} colour (H&E-like), {measured['test_ap50_tissue']:.2f} "
         "tissue sections; images unlike these may score lower (its model card has the details)."
     )

@@ -1,0 +1,55 @@
+"""A candidate model: a copy of a grey + colour model with one branch's weights replaced.
+
+Used to score a CPU continuation (``training/cpu_train.sh``) against the shipped
+model with ``benchmarks/bench_sources.py`` before a full
+``assemble_default_v2.py`` run.  The weights may be a ``gpu_train.py``
+``.safetensors`` file or its resumable ``checkpoint.pt`` (the exponential
+moving average is taken).
+
+Usage::
+
+    python training/swap_branch.py --base default --branch gray --weights out/cpu_grey/checkpoint.pt \
+        --out out/candidates/grey_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from napari_unet.core.store import load_model, save_model
+
+BRANCHES = ("gray", "colour")
+
+
+def branch_weights(path: Path) -> tuple[dict[str, torch.Tensor], int | None]:
+    """Float32 state of one ``gpu_train.py`` network (EMA of a checkpoint) and its step when known."""
+    if path.suffix == ".pt":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        weights, step = state["ema"], int(state["step"])
+    else:
+        weights, step = load_file(str(path)), None
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, step
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="default", help="grey + colour model to copy (name or folder)")
+    parser.add_argument("--branch", choices=BRANCHES, required=True)
+    parser.add_argument("--weights", type=Path, required=True, help="gpu_train.py .safetensors or checkpoint.pt")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    bundle = load_model(args.base)
+    weights, step = branch_weights(args.weights)
+    getattr(bundle.network, args.branch).load_state_dict(weights)
+    source = {"branch": args.branch, "weights": str(args.weights), "step": step, "base": args.base}
+    bundle = replace(bundle, metadata={**bundle.metadata, "swapped_branch": source})
+    print(save_model(bundle, args.out, overwrite=True))
+
+
+if __name__ == "__main__":
+    main()
