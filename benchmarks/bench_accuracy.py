@@ -37,9 +37,9 @@ from napari_unet.core.synthetic import synthetic_nuclei
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
 KEYS = ("AP@0.5", "AP@0.75", "F1@0.5", "PQ@0.5", "Dice")
 UNET_VARIANTS = {
-    "unet": InferenceConfig(),
+    "unet": InferenceConfig(tta=False),
     "unet+tta": InferenceConfig(tta=True),
-    "unet+multiscale": InferenceConfig(multiscale=True),
+    "unet+multiscale": InferenceConfig(tta=False, multiscale=True),
     "unet+tta+multiscale": InferenceConfig(tta=True, multiscale=True),
 }
 

@@ -126,7 +126,7 @@ def probabilities(
     ``auto_scale`` each image's scale is measured first (:func:`estimate_scale`)
     and the chosen scale is stored in ``item["scales"][bundle.sha256]``.
     """
-    settings = settings or InferenceConfig()
+    settings = settings or MODES["plain"][0]
     name = inference_name(settings, auto_scale)
     folder = cache / (bundle.sha256[:16] + ("" if name == "plain" else f"_{name}"))
     folder.mkdir(parents=True, exist_ok=True)

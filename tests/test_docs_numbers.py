@@ -95,3 +95,21 @@ def test_3d_model_card_is_the_benchmark_file():
     readme = (ROOT / "README.md").read_text()
     assert f"3D IoU: **{bench['nuclei-3d']['AP@0.5']:.3f}**" in readme.replace("\n", " ")
     assert f"against {bench['default 2D + linking']['AP@0.5']:.3f} for the 2D default" in readme
+
+
+def test_readme_fine_tuning_numbers_match_the_results_files():
+    text = " ".join((ROOT / "README.md").read_text().split())
+
+    def before_after(name: str) -> tuple[float, float]:
+        scores = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+        ap = scores["summary"]["default"]["30.0"]["AP@0.5"]
+        return ap["before"], ap["after"]
+
+    for name in ("finetune_synthetic_brightfield", "finetune_per_image", "finetune_bsst265_test"):
+        before, after = before_after(name)
+        assert f"from {before:.3f} to {after:.3f}" in text, name
+    gains = [
+        round(after - before, 3)
+        for before, after in map(before_after, ("finetune_val_split_before_guards", "finetune_val_split"))
+    ]
+    assert f"went from {gains[0]:.3f} to {gains[1]:.3f} AP@0.5" in text

@@ -344,13 +344,52 @@ def load_pack(path: Path, splits: tuple[str, ...] = ("train", "val", "test")) ->
     return images
 
 
+def link_split_folder(
+    data: Path, out: Path, split: str, source: str | None, group: str | None, every: int, limit: int | None
+) -> list[str]:
+    """Link originals of one split into ``out`` as ``<id>_image.tif`` / ``<id>_labels.tif`` (for folder benchmarks).
+
+    Takes the images of ``split`` in ``training/splits_v2.json`` (optionally
+    of one ``source`` and/or ``group``), every ``every``-th in key order, at
+    most ``limit``; returns their keys.  Existing links are kept, so several
+    calls fill one folder.
+    """
+    document = json.loads(SPLITS_FILE.read_text())
+    keys = [
+        key
+        for key, role in sorted(document["splits"].items())
+        if role == split
+        and (source is None or key.split("/", 1)[0] == source)
+        and (group is None or document["groups"][key] == group)
+    ][::every][:limit]
+    out.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        name_source, name = key.split("/", 1)
+        for suffix in ("image", "labels"):
+            link = out / f"{name}_{suffix}.tif"
+            if not link.exists():
+                link.symlink_to((data / SOURCES[name_source] / f"{name}_{suffix}.tif").resolve())
+    return keys
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build"])
+    parser.add_argument("command", choices=["build", "folder"], help="build the pack, or link a split into a folder")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=Path("data_pack/nuclei_v2.npz"))
+    parser.add_argument("--out", type=Path, default=None, help="pack file (build) or folder (folder)")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="test", help="folder: the split")
+    parser.add_argument("--source", choices=list(SOURCES), default=None, help="folder: only this source")
+    parser.add_argument("--group", default=None, help="folder: only this image group (e.g. colour)")
+    parser.add_argument("--every", type=int, default=1, help="folder: every n-th image (key order)")
+    parser.add_argument("--limit", type=int, default=None, help="folder: at most this many images")
     args = parser.parse_args(argv)
-    print(json.dumps(build_pack(args.data, args.out), indent=1))
+    if args.command == "folder":
+        if args.out is None:
+            parser.error("folder needs --out")
+        keys = link_split_folder(args.data, args.out, args.split, args.source, args.group, args.every, args.limit)
+        print(json.dumps({"folder": str(args.out), "linked": keys}, indent=1))
+        return
+    print(json.dumps(build_pack(args.data, args.out or Path("data_pack/nuclei_v2.npz")), indent=1))
 
 
 if __name__ == "__main__":

@@ -314,3 +314,67 @@ def test_a_model_with_a_distance_output_is_refused_with_a_clear_message():
     images, labels = dataset(1)
     with pytest.raises(UserInputError, match="3-class head"):
         run_to_end(iter_train(bundle, images, labels, FAST))
+
+
+def test_validation_of_a_model_that_runs_with_flips_averages_them_as_inference_does():
+    from napari_unet.core.config import InferenceConfig
+    from napari_unet.core.inference import predict_probabilities
+    from napari_unet.core.training import _flip_averaged_probabilities, _ValWindow, _window_logits
+
+    bundle = tiny_bundle()
+    bundle.network.eval()
+    image = np.random.default_rng(0).random((1, 48, 64), dtype=np.float32)
+    region = (slice(8, 40), slice(4, 60))
+    window = _ValWindow(image, region, np.zeros((32, 56), np.uint32), np.zeros((32, 56)), np.ones((32, 56)))
+    averaged = _flip_averaged_probabilities(bundle.network, window, torch.device("cpu"), False)
+    settings = InferenceConfig(device="cpu", tile_size=64, tta=True, amp=False)
+    expected = predict_probabilities(bundle, image, settings)[(slice(None), *region)]
+    np.testing.assert_allclose(averaged, expected, atol=1e-4)
+    one_pass = torch.softmax(_window_logits(bundle.network, window, torch.device("cpu"), False)[0], dim=0).numpy()
+    assert np.abs(averaged - one_pass).max() > 1e-4, "a random network is not flip-invariant: the flips counted"
+
+
+def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatch):
+    from napari_unet.core import training
+
+    image, label = discs(4, n=2)  # too few nuclei to validate on
+    cfg = dataclasses.replace(FAST, max_steps=3, learning_rate=1e-2)
+    trained = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
+    parent_state = {k: v.clone() for k, v in trained.network.state_dict().items()}
+    monkeypatch.setattr(training, "UNVALIDATED_PARENT_SHARE", 1.0)  # all parent: the result must be the parent
+    result, events = drain(iter_train(trained, [image], [label], cfg))
+    for key, value in result.bundle.network.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, parent_state[key])
+    assert any(e.message.endswith("averaged with the starting model's") for e in events)
+    untrained, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))  # no training record: last weights
+    assert untrained.bundle.sha256 != tiny_bundle().sha256
+    assert any(e.message.endswith("training on everything; keeping the last weights") for e in events)
+
+    mixed = training._mix_states(
+        {"w": torch.ones(2), "n": torch.tensor(1)}, {"w": torch.zeros(2), "n": torch.tensor(5)}, 0.5
+    )
+    torch.testing.assert_close(mixed["w"], torch.full((2,), 0.5))
+    assert int(mixed["n"]) == 5
+
+
+def test_a_trained_parent_keeps_its_place_on_a_validation_tie():
+    from napari_unet.core.training import _Loop
+
+    def loop_after_parent(bundle: ModelBundle) -> _Loop:
+        loop = _Loop.__new__(_Loop)
+        loop.bundle, loop.network, loop.cfg = bundle, bundle.network, FAST
+        loop.best_score, loop.best_val_loss, loop.best_step, loop.step = 0.8, 0.5, 0, 10
+        loop.stale_validations, loop.best_state = 0, {}
+        return loop
+
+    tie_with_lower_loss = {"val_ap50": 0.8, "val_loss": 0.3}
+    trained = ModelBundle.new(TINY, metadata={"name": "parent", "lineage": {"parent": {}}}, seed=0)
+    loop = loop_after_parent(trained)
+    loop._keep_if_best(tie_with_lower_loss)
+    assert loop.best_step == 0, "a tie does not replace a trained parent"
+    loop._keep_if_best({"val_ap50": 0.9, "val_loss": 0.6})
+    assert loop.best_step == 10, "a strictly better score does"
+    untrained = loop_after_parent(tiny_bundle())
+    untrained._keep_if_best(tie_with_lower_loss)
+    assert untrained.best_step == 10, "from scratch, a tie with a lower loss moves on"
