@@ -10,7 +10,8 @@ chosen on the validation split and the test-time settings they were chosen
 with.  An entry scored with flips (``tta``) makes the model run with flips by
 default (``metadata["tuned_with_flips"]``); entries that measure each image's
 size (``auto``) or average sizes (``multiscale``) cannot be a default and are
-refused.  The weights are unchanged.
+refused.  The weights are unchanged; the folder is rewritten, so run
+``training/make_model_card.py`` afterwards for its card.
 """
 
 from __future__ import annotations
