@@ -105,7 +105,8 @@ def test_readme_fine_tuning_numbers_match_the_results_files():
         ap = scores["summary"]["default"]["30.0"]["AP@0.5"]
         return ap["before"], ap["after"]
 
-    for name in ("finetune_synthetic_brightfield", "finetune_per_image", "finetune_bsst265_test"):
+    names = ("finetune_synthetic_brightfield", "finetune_per_image", "finetune_bsst265_test")
+    for name in (*names, "finetune_synthetic_brightfield_per_image"):
         before, after = before_after(name)
         assert f"from {before:.3f} to {after:.3f}" in text, name
     gains = [

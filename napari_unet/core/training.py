@@ -723,7 +723,8 @@ class _Loop:
         A short fine-tune on a few nuclei can move a good model a long way
         (on 3 of 10 validation-split images with too few nuclei to validate,
         30 s of fine-tuning on half the image lowered AP@0.5 on the other half
-        from 0.909 to 0.267, 0.704 to 0.444 and kept 0.659); averaging the
+        from 0.909 to 0.267, 0.704 to 0.444 and kept 0.659:
+        ``benchmarks/results/finetune_val_split_before_guards.json``); averaging the
         fine-tuned weights with the parent's keeps most of what was learned
         and bounds the damage (weight-space ensembles, Wortsman et al. 2022).
         """
@@ -858,15 +859,20 @@ class _Loop:
     def _keep_if_best(self, scores: dict[str, float]) -> None:
         """Keep the current weights if they validate best so far.
 
-        A trained parent that finds nuclei (step 0, AP@0.5 above 0) is only
-        replaced by weights that score strictly higher: on a few validation
-        nuclei a tie is common, and the fine-tuned weights' lower loss next
-        to their own training pixels says little about the rest of the image.
+        Ties on AP@0.5 go to the lower validation loss, except against a
+        trained parent that finds nuclei (step 0, AP@0.5 above 0): on a few
+        validation nuclei ties are common, and the fine-tuned weights' lower
+        loss next to their own training pixels says little about the rest of
+        the image, so only a strictly higher AP@0.75 (better outlines of the
+        same nuclei) replaces the parent.
         """
         better = self.best_score is None or scores["val_ap50"] > self.best_score
         tie = self.best_score is not None and scores["val_ap50"] == self.best_score
-        parent_holds = self.best_step == 0 and bool(self.best_score) and _is_trained(self.bundle)
-        if better or (tie and not parent_holds and scores["val_loss"] < self.best_val_loss - VAL_LOSS_MIN_DELTA):
+        if tie and self.best_step == 0 and bool(self.best_score) and _is_trained(self.bundle):
+            tie_broken = scores["val_ap75"] > (self.best_metrics or {}).get("val_ap75", 0.0)
+        else:
+            tie_broken = scores["val_loss"] < self.best_val_loss - VAL_LOSS_MIN_DELTA
+        if better or (tie and tie_broken):
             self.best_score, self.best_val_loss = scores["val_ap50"], scores["val_loss"]
             self.best_state, self.best_step, self.best_metrics = _state_copy(self.network), self.step, dict(scores)
             self.stale_validations = 0

@@ -358,23 +358,27 @@ def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatc
     assert int(mixed["n"]) == 5
 
 
-def test_a_trained_parent_keeps_its_place_on_a_validation_tie():
+def test_a_trained_parent_keeps_its_place_on_a_validation_tie_unless_outlines_improve():
     from napari_unet.core.training import _Loop
 
     def loop_after_parent(bundle: ModelBundle) -> _Loop:
         loop = _Loop.__new__(_Loop)
         loop.bundle, loop.network, loop.cfg = bundle, bundle.network, FAST
         loop.best_score, loop.best_val_loss, loop.best_step, loop.step = 0.8, 0.5, 0, 10
+        loop.best_metrics = {"val_ap50": 0.8, "val_ap75": 0.5, "val_loss": 0.5}
         loop.stale_validations, loop.best_state = 0, {}
         return loop
 
-    tie_with_lower_loss = {"val_ap50": 0.8, "val_loss": 0.3}
+    tie_with_lower_loss = {"val_ap50": 0.8, "val_ap75": 0.5, "val_loss": 0.3}
     trained = ModelBundle.new(TINY, metadata={"name": "parent", "lineage": {"parent": {}}}, seed=0)
     loop = loop_after_parent(trained)
     loop._keep_if_best(tie_with_lower_loss)
-    assert loop.best_step == 0, "a tie does not replace a trained parent"
-    loop._keep_if_best({"val_ap50": 0.9, "val_loss": 0.6})
-    assert loop.best_step == 10, "a strictly better score does"
+    assert loop.best_step == 0, "a lower loss does not replace a trained parent"
+    loop._keep_if_best({"val_ap50": 0.8, "val_ap75": 0.6, "val_loss": 0.6})
+    assert loop.best_step == 10, "better outlines of the same nuclei do"
+    loop = loop_after_parent(trained)
+    loop._keep_if_best({"val_ap50": 0.9, "val_ap75": 0.1, "val_loss": 0.6})
+    assert loop.best_step == 10, "so does a strictly better AP@0.5"
     untrained = loop_after_parent(tiny_bundle())
     untrained._keep_if_best(tie_with_lower_loss)
     assert untrained.best_step == 10, "from scratch, a tie with a lower loss moves on"
