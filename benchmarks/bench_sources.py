@@ -103,32 +103,15 @@ def family(group: str) -> str:
     return next(name for name, members in FAMILIES.items() if group in members)
 
 
-def inference_name(settings: InferenceConfig, auto_scale: bool) -> str:
-    """Short name of the test-time settings, for cache folders and reports (``plain``, ``tta+auto`` ...)."""
-    parts = [name for name, on in (("tta", settings.tta), ("multiscale", settings.multiscale)) if on]
-    if auto_scale:
-        parts.append("auto")
-    elif settings.scale != 1.0:
-        parts.append(f"scale{settings.scale:g}")
-    return "+".join(parts) or "plain"
+def probabilities(bundle: ModelBundle, items: list[dict], cache: Path, mode: str = "plain") -> list[np.ndarray]:
+    """Network probabilities ``(K, Y, X)`` of every item under test-time settings ``mode``, from ``cache`` when present.
 
-
-def probabilities(
-    bundle: ModelBundle,
-    items: list[dict],
-    cache: Path,
-    settings: InferenceConfig | None = None,
-    auto_scale: bool = False,
-) -> list[np.ndarray]:
-    """Network probabilities ``(K, Y, X)`` of every item, from ``cache`` when present.
-
-    ``settings`` are the test-time settings (default: plain); with
-    ``auto_scale`` each image's scale is measured first (:func:`estimate_scale`)
-    and the chosen scale is stored in ``item["scales"][bundle.sha256]``.
+    With a mode that measures each image's scale first (:data:`MODES`,
+    :func:`estimate_scale`) the chosen scale is stored in
+    ``item["scales"][bundle.sha256]``.
     """
-    settings = settings or MODES["plain"][0]
-    name = inference_name(settings, auto_scale)
-    folder = cache / (bundle.sha256[:16] + ("" if name == "plain" else f"_{name}"))
+    settings, auto_scale = MODES[mode]
+    folder = cache / (bundle.sha256[:16] + ("" if mode == "plain" else f"_{mode}"))
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for item in items:
@@ -231,10 +214,8 @@ def evaluate_model(
     test-time settings the network runs with.
     """
     bundle = load_model(spec)
-    settings, auto_scale = MODES[mode]
     started = time.perf_counter()
-    val_probs = probabilities(bundle, val, cache, settings, auto_scale)
-    test_probs = probabilities(bundle, test, cache, settings, auto_scale)
+    val_probs, test_probs = probabilities(bundle, val, cache, mode), probabilities(bundle, test, cache, mode)
     network_s = time.perf_counter() - started
     if distance_seeds and bundle.config.out_channels == 4:
         val_probs = [distance_as_interior(p) for p in val_probs]
@@ -251,7 +232,7 @@ def evaluate_model(
     )["family_mean_AP@0.5"]
     result["predict_seconds"] = network_s
     result["inference"] = mode
-    if auto_scale:
+    if MODES[mode][1]:
         result["auto_scales"] = {item["key"]: item["scales"][bundle.sha256] for item in (*val, *test)}
     result["distance_seeds"] = distance_seeds and bundle.config.out_channels == 4
     return result

@@ -373,7 +373,7 @@ class SegmentWidget(QWidget):
         self.device.setCurrentText(str(saved.get("device", AUTO)))
         self.keep_probabilities.setChecked(bool(saved.get("keep_probabilities", False)))
         chosen = {"tta": bool(saved.get("tta", False)), "multiscale": bool(saved.get("multiscale", False))}
-        self.augment.setCurrentText(next(k for k, v in TEST_TIME_AUGMENTATION.items() if v == chosen))
+        self._show_augmentation(chosen)
         if saved.get("model"):
             self.model.select(str(saved["model"]))
 
@@ -412,8 +412,11 @@ class SegmentWidget(QWidget):
 
     def _show_flips(self, flips: bool) -> None:
         """Set the test-time flips as the model's thresholds were tuned, keeping the choice of sizes."""
-        wanted = {**TEST_TIME_AUGMENTATION[self.augment.currentText()], "tta": flips}
-        self.augment.setCurrentText(next(k for k, v in TEST_TIME_AUGMENTATION.items() if v == wanted))
+        self._show_augmentation({**TEST_TIME_AUGMENTATION[self.augment.currentText()], "tta": flips})
+
+    def _show_augmentation(self, chosen: dict[str, bool]) -> None:
+        """Select the test-time augmentation whose ``InferenceConfig`` fields are ``chosen``."""
+        self.augment.setCurrentText(next(k for k, v in TEST_TIME_AUGMENTATION.items() if v == chosen))
 
     def _show_postprocess(self, config: PostprocessConfig) -> None:
         self.foreground.setValue(config.foreground_threshold)

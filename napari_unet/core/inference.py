@@ -321,12 +321,12 @@ def _iter_plane_probabilities(
         with torch.inference_mode():
             inputs = _gather_tiles(source, batch).to(device, non_blocking=True)
             inputs = inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
-            probabilities = _tile_probabilities(network, inputs, device, cfg).to(store)
-            for (sy, sx), tile_probabilities in zip(batch, probabilities, strict=True):
+            probabilities = tile_probabilities(network, inputs, device, cfg).to(store)
+            for (sy, sx), one_tile in zip(batch, probabilities, strict=True):
                 if weights is None:
-                    total[:, sy, sx] = tile_probabilities
+                    total[:, sy, sx] = one_tile
                 else:
-                    total[:, sy, sx].addcmul_(tile_probabilities, weights)
+                    total[:, sy, sx].addcmul_(one_tile, weights)
         yield len(batch)
     with torch.inference_mode():
         if plan.inverse_weight_sum is not None:
@@ -408,7 +408,7 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 """Flips averaged by test-time augmentation (identity, horizontal, vertical, both)."""
 
 
-def _tile_probabilities(
+def tile_probabilities(
     network: nn.Module, inputs: torch.Tensor, device: torch.device, cfg: InferenceConfig
 ) -> torch.Tensor:
     """Softmax probabilities ``(N, K, ty, tx)`` of a tile batch ``(N, C, ty, tx)``.

@@ -62,9 +62,9 @@ import torch
 from torch import nn
 
 from napari_unet.core.augment import augment_sample
-from napari_unet.core.config import PostprocessConfig, TrainingConfig
+from napari_unet.core.config import InferenceConfig, PostprocessConfig, TrainingConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.inference import TTA_FLIPS, model_uses_flips, resolve_device
+from napari_unet.core.inference import model_uses_flips, resolve_device, tile_probabilities
 from napari_unet.core.losses import class_weights_from_targets, segmentation_loss
 from napari_unet.core.metrics import evaluate_dataset, summary_row
 from napari_unet.core.normalize import normalize_plane, validate_image
@@ -938,37 +938,49 @@ def _mix_states(
 
 def _window_logits(network: nn.Module, window: _ValWindow, device: torch.device, amp: bool) -> torch.Tensor:
     """Logits (1, K, Yr, Xr) on the CPU for the scored region of a validation window."""
-    return _image_logits(network, window.image, device, amp)[(slice(None), slice(None), *window.region)]
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with _autocast(amp):
+            return network(inputs)
+
+    return _on_window(network, window, device, forward)
 
 
 def _flip_averaged_probabilities(network: nn.Module, window: _ValWindow, device: torch.device, amp: bool) -> np.ndarray:
-    """Class probabilities (K, Yr, Xr) of the scored region, averaged over the image and its flips (``TTA_FLIPS``).
+    """Class probabilities (K, Yr, Xr) of the scored region, averaged over the image and its flips.
 
-    What inference computes for a model that runs with flips, so that its
+    What inference computes for a model that runs with flips
+    (:func:`~napari_unet.core.inference.tile_probabilities`), so that its
     flip-tuned thresholds are validated on the probabilities they suit.
     """
-    total = None
-    for dims in TTA_FLIPS:
-        image = np.ascontiguousarray(np.flip(window.image, dims)) if dims else window.image
-        logits = _image_logits(network, image, device, amp)
-        probabilities = torch.softmax((logits.flip(dims) if dims else logits)[0], dim=0)
-        total = probabilities if total is None else total + probabilities
-    assert total is not None  # TTA_FLIPS is not empty
-    return (total / len(TTA_FLIPS))[(slice(None), *window.region)].numpy()
+    settings = InferenceConfig(tta=True, amp=amp)
+
+    def averaged(inputs: torch.Tensor) -> torch.Tensor:
+        return tile_probabilities(network, inputs, device, settings)
+
+    return _on_window(network, window, device, averaged)[0].numpy()
 
 
-def _image_logits(network: nn.Module, image: np.ndarray, device: torch.device, amp: bool) -> torch.Tensor:
-    """Float32 logits (1, K, Y, X) on the CPU of a whole normalised window ``image (C, Y, X)``, in eval mode."""
+def _on_window(
+    network: nn.Module, window: _ValWindow, device: torch.device, compute: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Run ``compute`` on a validation window and crop its output to the scored region.
+
+    ``compute`` gets the whole window, padded to the network's size multiple,
+    as ``(1, C, Yp, Xp)`` on ``device``, with the network in eval mode and no
+    gradients; the result is ``(1, K, Yr, Xr)`` float32 on the CPU.
+    """
     multiple = network.config.size_multiple if hasattr(network, "config") else 16
-    padded, crop = pad_to_multiple(image, multiple)
+    padded, crop = pad_to_multiple(window.image, multiple)
     was_training = network.training
     network.eval()
     try:
-        with torch.no_grad(), _autocast(amp):
-            logits = network(torch.from_numpy(np.ascontiguousarray(padded))[None].to(device))
+        with torch.no_grad():
+            output = compute(torch.from_numpy(np.ascontiguousarray(padded))[None].to(device))
     finally:
         network.train(was_training)
-    return logits[(slice(None), slice(None), *crop[-2:])].float().cpu()
+    output = output[(slice(None), slice(None), *crop[-2:])]
+    return output[(slice(None), slice(None), *window.region)].float().cpu()
 
 
 def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
