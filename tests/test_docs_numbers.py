@@ -114,3 +114,10 @@ def test_readme_fine_tuning_numbers_match_the_results_files():
         for before, after in map(before_after, ("finetune_val_split_before_guards", "finetune_val_split"))
     ]
     assert f"went from {gains[0]:.3f} to {gains[1]:.3f} AP@0.5" in text
+
+
+def test_readme_3d_fine_tune_numbers_are_the_benchmark_file():
+    mean = json.loads((ROOT / "benchmarks" / "results" / "finetune_3d.json").read_text())["mean"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    parent, last, averaged = (mean[name]["AP@0.5"] for name in ("parent", "last", "averaged"))
+    assert f"from {parent:.3f} to {last:.3f} AP@0.5 with the last weights and to {averaged:.3f}" in readme

@@ -270,7 +270,7 @@ def iter_train(
     _check_batch_norm(model_cfg.norm, cfg.batch_size, patch // model_cfg.size_multiple)
     train_ids, val_windows, val_note = _split_validation(bundle, prepared, labels, cfg, val_images, val_labels)
     if not val_windows:
-        val_note += f"; {UNVALIDATED_OUTCOME[_is_trained(bundle)]}"
+        val_note += f"; {UNVALIDATED_OUTCOME[is_trained(bundle)]}"
     messages.append(val_note)
     for message in messages:
         yield Progress("train", 0, 0, message)
@@ -728,10 +728,7 @@ class _Loop:
         fine-tuned weights with the parent's keeps most of what was learned
         and bounds the damage (weight-space ensembles, Wortsman et al. 2022).
         """
-        last = _state_copy(self.network)
-        if not _is_trained(self.bundle):
-            return last
-        return _mix_states(self.start_state, last, UNVALIDATED_PARENT_SHARE)
+        return unvalidated_state(self.bundle, self.start_state, _state_copy(self.network))
 
     def _stop_reason(self) -> str:
         cfg = self.cfg
@@ -868,7 +865,7 @@ class _Loop:
         """
         better = self.best_score is None or scores["val_ap50"] > self.best_score
         tie = self.best_score is not None and scores["val_ap50"] == self.best_score
-        if tie and self.best_step == 0 and bool(self.best_score) and _is_trained(self.bundle):
+        if tie and self.best_step == 0 and bool(self.best_score) and is_trained(self.bundle):
             tie_broken = scores["val_ap75"] > (self.best_metrics or {}).get("val_ap75", 0.0)
         else:
             tie_broken = scores["val_loss"] < self.best_val_loss - VAL_LOSS_MIN_DELTA
@@ -921,9 +918,33 @@ class _Loop:
         return max(0.0, min(etas)) if etas else None
 
 
-def _is_trained(bundle: ModelBundle) -> bool:
+def is_trained(bundle: ModelBundle) -> bool:
     """Whether ``bundle`` holds trained weights (the bundled model's training record or a fine-tune's lineage)."""
     return bool(bundle.metadata.get("training") or bundle.metadata.get("lineage"))
+
+
+def unvalidated_state(
+    bundle: ModelBundle, start: dict[str, torch.Tensor], last: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Return the weights of a run without validation: ``last``, averaged with ``start`` when ``bundle`` is trained.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The starting model (its metadata tells whether it is trained).
+    start, last : dict of str to torch.Tensor
+        State dicts of the starting and the last weights (same keys).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``last``, or ``UNVALIDATED_PARENT_SHARE * start + (1 - share) * last``
+        (see :data:`UNVALIDATED_OUTCOME` for the message that says which).
+
+    """
+    if not is_trained(bundle):
+        return last
+    return _mix_states(start, last, UNVALIDATED_PARENT_SHARE)
 
 
 def _mix_states(

@@ -6,7 +6,10 @@ quarter turns in the YX plane and random contrast, gamma and noise; the same
 masked cross-entropy + Dice loss on the background / interior / boundary
 classes (:mod:`napari_unet.core.losses`); AdamW with warm-up and a cosine
 schedule; and, on validation stacks, the 3D AP@0.5 of the full segmentation
-every ``val_every`` steps, keeping the best weights.
+every ``val_every`` steps, keeping the best weights (the starting ones until a
+later step scores strictly higher). Without validation stacks, a fine-tune of
+a trained model returns the last weights averaged with the starting ones, as
+in 2D (:func:`napari_unet.core.training.unvalidated_state`).
 
 Sparse annotation
 -----------------
@@ -42,7 +45,14 @@ from napari_unet.core.normalize import normalize_volume
 from napari_unet.core.progress import Progress, check_cancel, run_to_end
 from napari_unet.core.store import ModelBundle
 from napari_unet.core.targets import check_labels, labels_to_classes
-from napari_unet.core.training import TrainResult, child_metadata, child_postprocess
+from napari_unet.core.training import (
+    UNVALIDATED_OUTCOME,
+    TrainResult,
+    child_metadata,
+    child_postprocess,
+    is_trained,
+    unvalidated_state,
+)
 from napari_unet.core.volume import iter_predict_volume, model_z_spacing, resample, z_factor
 
 PATCH_ZYX = (16, 64, 64)
@@ -258,7 +268,9 @@ def iter_train_volume(
     annotated : list, optional
         Per stack, the reviewed voxels (see the module docstring); None = all.
     val_volumes, val_labels : lists, optional
-        Fully annotated validation stacks; without them the last weights are kept.
+        Fully annotated validation stacks; without them the last weights are
+        kept, averaged with the starting weights when the starting model is
+        trained (:func:`~napari_unet.core.training.unvalidated_state`).
     patch_zyx : tuple of int
         Training patch, rounded down to the network's size multiples.
     z_spacings : list of float or None, optional
@@ -305,12 +317,15 @@ def iter_train_volume(
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     validating = bool(val_volumes)
-    best = _Best(copy.deepcopy(network.state_dict()), None, 0)
+    start_state = copy.deepcopy(network.state_dict())
+    best = _Best(start_state, None, 0)
     if validating:
         best.score = validation_ap(_snapshot(bundle, network), val_volumes, val_labels, device.type)
         network.train()
     history: list[dict[str, Any]] = [{"step": 0, "val_ap50": best.score}]
-    yield Progress("train", 0, cfg.max_steps or 0, f"Training in 3D on {len(stacks)} stack(s), patches {patch}")
+    outcome = "" if validating else f"; no validation stacks: {UNVALIDATED_OUTCOME[is_trained(bundle)]}"
+    start_message = f"Training in 3D on {len(stacks)} stack(s), patches {patch}{outcome}"
+    yield Progress("train", 0, cfg.max_steps or 0, start_message)
     step, reason = 0, "steps"
     while True:
         check_cancel(cancel)
@@ -330,7 +345,7 @@ def iter_train_volume(
         history.append(record)
         yield Progress("train", step, cfg.max_steps or 0, f"step {step}: loss {loss:.3f}", record)
     if not validating:
-        best = _Best(copy.deepcopy(network.state_dict()), None, step)
+        best = _Best(unvalidated_state(bundle, start_state, copy.deepcopy(network.state_dict())), None, step)
     network.load_state_dict(best.state)
     network.eval().to("cpu")
     seconds = time.perf_counter() - started

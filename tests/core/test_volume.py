@@ -195,6 +195,32 @@ def test_training_on_some_planes_changes_the_weights(small_3d_model: ModelBundle
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_an_unvalidated_3d_fine_tune_of_a_trained_model_is_averaged_with_it() -> None:
+    image, labels = synthetic_zstack((12, 48, 48), n_nuclei=8, seed=5)
+    cfg = TrainingConfig(max_steps=2, max_seconds=None, batch_size=1, device="cpu", learning_rate=1e-2)
+
+    def fine_tune(metadata: dict) -> tuple[ModelBundle, list[str]]:
+        bundle = ModelBundle.new(SMALL_3D, metadata={"name": "m", "z_spacing": 2.0, **metadata}, seed=0)
+        events = []
+        generator = iter_train_volume(bundle, [image], [labels], cfg, patch_zyx=(4, 32, 32))
+        while True:
+            try:
+                events.append(next(generator).message)
+            except StopIteration as stop:
+                return stop.value.bundle, events
+
+    parent = ModelBundle.new(SMALL_3D, seed=0).network.state_dict()
+    last, untrained_events = fine_tune({})  # no training record: the last weights, as before
+    mixed, trained_events = fine_tune({"training": {"runs": 1}})  # same seed, same steps, a trained parent
+    assert untrained_events[0].endswith("keeping the last weights")
+    assert trained_events[0].endswith("averaged with the starting model's")
+    last_state, mixed_state = last.network.state_dict(), mixed.network.state_dict()
+    moved = [k for k in parent if parent[k].is_floating_point() and not torch.equal(parent[k], last_state[k])]
+    assert moved, "two steps at lr 1e-2 change the weights"
+    for key in moved:
+        torch.testing.assert_close(mixed_state[key], (parent[key] + last_state[key]) / 2, rtol=1e-4, atol=1e-5)
+
+
 def test_3d_training_refuses_a_2d_model_and_mismatched_stacks(small_3d_model: ModelBundle) -> None:
     image, labels = synthetic_zstack((8, 32, 32), n_nuclei=3, seed=1)
     with pytest.raises(UserInputError, match="2D"):

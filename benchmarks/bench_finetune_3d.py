@@ -1,0 +1,107 @@
+"""A short 3D fine-tune of ``nuclei-3d`` without validation stacks: its last weights against their average with it.
+
+For every test "microscope and sample" (:func:`napari_unet.core.synthetic.random_zstack` seeds from 20_000 on,
+never seen in training or validation of ``nuclei-3d``): fine-tune on one stack for ``--steps`` steps (all of it
+annotated, Z step given, no validation stacks: what the Fine-tune panel does), then score on a second stack with
+the same settings but other nuclei (AP@0.5 and AP@0.75 over 3D IoU):
+
+- ``parent``: the bundled model before fine-tuning;
+- ``last``: the last fine-tuned weights (what a run without validation returned before the guard);
+- ``averaged``: :func:`napari_unet.core.training.unvalidated_state`, the last weights averaged with the parent's
+  (what it returns now for a trained starting model).
+
+Usage::
+
+    python benchmarks/bench_finetune_3d.py --stacks 6 --steps 60 --json benchmarks/results/finetune_3d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from napari_unet.core.config import InferenceConfig, TrainingConfig
+from napari_unet.core.inference import predict
+from napari_unet.core.io import write_json
+from napari_unet.core.metrics import evaluate_image, summary_row
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.store import ModelBundle, load_model
+from napari_unet.core.synthetic import random_zstack, synthetic_zstack
+from napari_unet.core.training import unvalidated_state
+from napari_unet.core.volume_training import VOLUME_BATCH_SIZE, iter_train_volume
+
+TEST_SEED = 20_000
+OTHER_NUCLEI = 50_000
+"""Added to a test seed for the scoring stack: same settings, other nuclei."""
+STACK_SHAPE = (32, 128, 128)
+
+
+def score(bundle: ModelBundle, image: np.ndarray, truth: np.ndarray, z_spacing: float) -> dict[str, float]:
+    """AP@0.5 and AP@0.75 of ``bundle`` on one ``(Z, Y, X)`` stack whose Z step is given."""
+    labels = predict(image, bundle, "ZYX", InferenceConfig(device="cpu"), z_spacing=z_spacing).labels
+    row = summary_row(evaluate_image(truth, labels, (0.5, 0.75)))
+    return {"AP@0.5": row["AP@0.5"], "AP@0.75": row["AP@0.75"]}
+
+
+def with_state(bundle: ModelBundle, state: dict[str, torch.Tensor]) -> ModelBundle:
+    """A copy of ``bundle`` whose network holds ``state``."""
+    network = copy.deepcopy(bundle.network)
+    network.load_state_dict(state)
+    return replace(bundle, network=network.eval())
+
+
+def run_stack(parent: ModelBundle, seed: int, steps: int) -> dict:
+    """Fine-tune ``parent`` on stack ``seed`` and score parent, last and averaged weights on its sibling stack."""
+    image, truth, settings = random_zstack(seed, STACK_SHAPE)
+    test_image, test_truth = synthetic_zstack(STACK_SHAPE, seed=seed + OTHER_NUCLEI, **settings)
+    z_spacing = settings["z_spacing"]
+    cfg = TrainingConfig(max_steps=steps, max_seconds=None, batch_size=VOLUME_BATCH_SIZE, device="cpu", seed=seed)
+    untrained_view = replace(parent, metadata={})  # same weights, no training record: the run returns its last weights
+    result = run_to_end(iter_train_volume(untrained_view, [image], [truth], cfg, z_spacings=[z_spacing]))
+    last = result.bundle.network.state_dict()
+    averaged = unvalidated_state(parent, parent.network.state_dict(), last)
+    candidates = {"parent": parent, "last": with_state(parent, last), "averaged": with_state(parent, averaged)}
+    scores = {name: score(bundle, test_image, test_truth, z_spacing) for name, bundle in candidates.items()}
+    return {"seed": seed, "z_spacing": round(z_spacing, 3), "train_seconds": round(result.seconds, 1), **scores}
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean AP@0.5 / AP@0.75 of each candidate over the stacks."""
+    names = ("parent", "last", "averaged")
+    return {name: {m: float(np.mean([row[name][m] for row in rows])) for m in ("AP@0.5", "AP@0.75")} for name in names}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="nuclei-3d")
+    parser.add_argument("--stacks", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    parent = load_model(args.model)
+    rows = []
+    for seed in range(TEST_SEED, TEST_SEED + args.stacks):
+        rows.append(run_stack(parent, seed, args.steps))
+        print(json.dumps(rows[-1]), flush=True)
+    results = {
+        "model": args.model,
+        "model_sha256": parent.sha256,
+        "stack_shape": list(STACK_SHAPE),
+        "steps": args.steps,
+        "batch": VOLUME_BATCH_SIZE,
+        "stacks": rows,
+        "mean": summarise(rows),
+    }
+    print(json.dumps(results["mean"], indent=2))
+    if args.json:
+        write_json(args.json, results, overwrite=True)
+
+
+if __name__ == "__main__":
+    main()
