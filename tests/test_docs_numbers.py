@@ -121,3 +121,18 @@ def test_readme_3d_fine_tune_numbers_are_the_benchmark_file():
     readme = " ".join((ROOT / "README.md").read_text().split())
     parent, last, averaged = (mean[name]["AP@0.5"] for name in ("parent", "last", "averaged"))
     assert f"from {parent:.3f} to {last:.3f} AP@0.5 with the last weights and to {averaged:.3f}" in readme
+
+
+def test_sizes_and_ceiling_numbers_are_the_benchmark_files():
+    results = ROOT / "benchmarks" / "results"
+    ceiling = json.loads((results / "ceiling.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    val, train = ceiling["val"], ceiling["train"]
+    assert f"from {val['shipped_mean_ap50']:.3f} to {val['oracle_mean_ap50']:.3f}" in readme
+    assert f"own {train['n_images']} `dsb2018/train` images it scores {train['shipped_mean_ap50']:.3f}" in readme
+    zooms = json.loads((results / "sizes.json").read_text())["zooms"]
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    for zoom, words in (("2.5", "enlarged 2.5x"), ("0.4", "shrunk to 0.4x")):
+        fixed, measured = (zooms[zoom]["mean_AP@0.5"][way] for way in ("scale 1", "auto"))
+        assert words in guide and f"from {fixed:.3f} to {measured:.3f}" in guide, zoom
+    assert f"the score stayed {zooms['1.0']['mean_AP@0.5']['auto']:.3f}" in guide
