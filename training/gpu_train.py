@@ -308,6 +308,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--init", type=Path, default=None, help="start from these weights (a .safetensors file)")
     parser.add_argument(
+        "--init-prefix",
+        default="",
+        help="take only the --init weights under this prefix (e.g. 'gray.' from the bundled two-network default)",
+    )
+    parser.add_argument(
         "--snapshot-at", type=float, default=0.0, help="also save the EMA weights as <name>_mid at this budget fraction"
     )
     parser.add_argument("--warmup", type=int, default=300, help="steps of linear learning-rate warm-up")
@@ -364,7 +369,7 @@ def build_run(args: argparse.Namespace, device: torch.device) -> Run:
     )
     network = UNet(config)
     if args.init is not None:
-        network.load_state_dict(_float_state(args.init))
+        network.load_state_dict(_float_state(args.init, args.init_prefix))
     network = network.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=1e-4, fused=device.type == "cuda")
     log = {
@@ -382,10 +387,14 @@ def build_run(args: argparse.Namespace, device: torch.device) -> Run:
     return Run(config, sampler, val_batches, class_weights, network, optimizer, Ema(network, decay=0.999), log)
 
 
-def _float_state(path: Path) -> dict[str, torch.Tensor]:
+def _float_state(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Float32 weights of ``path`` (a .safetensors file), only those under ``prefix``, with the prefix removed."""
     from safetensors.torch import load_file
 
-    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    weights = {k[len(prefix) :]: v for k, v in load_file(str(path)).items() if k.startswith(prefix)}
+    if not weights:
+        sys.exit(f"gpu_train: no weights under the prefix {prefix!r} in {path}")
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
 
 
 def save_checkpoint(run: Run, path: Path) -> None:

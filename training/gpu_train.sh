@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # One-command GPU training of the default-model v2 candidates (issue "Default model v2").
 #
-#   OUT=/some/folder [PLAN=survey|refine] [INIT_DIR=...] [TRAIN_SECONDS=380] bash training/gpu_train.sh
+#   OUT=/some/folder [PLAN=refine|survey] [INIT_DIR=...] [TRAIN_SECONDS=380] bash training/gpu_train.sh
 #
 # Needs data_pack/nuclei_v2.npz (built here beside ../shared by `python training/data_pack.py build`,
 # at most 45 MiB, ignored by git; carry it to the GPU machine). bf16 autocast and channels-last; every
 # candidate trains for TRAIN_SECONDS of wall-clock, all at once on the one GPU.
-# PLAN=survey (default) trains six candidates from scratch:
+# PLAN=refine (default) continues the shipped pair; PLAN=survey trains six candidates from scratch (done once,
+# results in the model card: rerun it only to survey again):
 #   rgb_b16       3-channel input (grey repeated), base 16, 3-class head, all four image groups
 #   rgb_b32       the same at base 32 (weights saved as float16)
 #   rgb_b16_dist  base 16 with a 4th output: distance to the object edge
 #   rgb_b32_dist  base 32 with the distance output
 #   grey_b16      1-channel, grey groups only (fluorescence, brightfield, tissue)
 #   colour_b16    3-channel, colour images only (with grey_b16: the "two models" alternative)
-# PLAN=refine continues grey_b16 and colour_b16 from INIT_DIR/<name>.safetensors at a lower learning rate
-# (EMA snapshots at half time as <name>_mid.safetensors).
+# PLAN=refine continues grey_b16 and colour_b16 from INIT_DIR/<name>.safetensors (without INIT_DIR: the
+# bundled default model's two networks) at a lower learning rate (EMA snapshots at half time as <name>_mid).
 # Writes $OUT/<name>.safetensors (EMA weights, model config in the metadata), $OUT/train_log.json and,
 # when RUN_GPU_CHECK=1 (default), $OUT/gpu_check.json from benchmarks/gpu_check.py (at most eight files).
 # EXTRA_ARGS go to every run (e.g. "--limit 30 --batch 4 --patch 128" for a CPU smoke test).
@@ -38,7 +39,7 @@ run() {  # run NAME ARGS... : one candidate in the background, its output in $LO
   OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 "$PY" training/gpu_train.py --name "$name" --pack "$PACK" \
     --seconds "$TRAIN_SECONDS" --out "$OUT" --logs "$LOGS" "$@" ${EXTRA_ARGS:-} >"$LOGS/$name.txt" 2>&1 &
 }
-case "${PLAN:-survey}" in
+case "${PLAN:-refine}" in
   survey)  # six candidates from scratch
     run rgb_b16 --in-channels 3 --base-channels 16
     run rgb_b32 --in-channels 3 --base-channels 32
@@ -47,12 +48,18 @@ case "${PLAN:-survey}" in
     run grey_b16 --in-channels 1 --base-channels 16 --groups fluorescence,brightfield,tissue --seed 1
     run colour_b16 --in-channels 3 --base-channels 16 --groups colour --seed 2
     ;;
-  refine)  # the shipped pair (grey + colour model), continued from INIT_DIR/<name>.safetensors
-    : "${INIT_DIR:?set INIT_DIR to the folder holding grey_b16.safetensors and colour_b16.safetensors}"
+  refine)  # the shipped pair (grey + colour model), continued from INIT_DIR/<name>.safetensors or, without
+    # INIT_DIR, from the bundled default model's two networks (so a fresh checkout can run it)
+    if [ -n "${INIT_DIR:-}" ]; then
+      GREY_INIT=(--init "$INIT_DIR/grey_b16.safetensors"); COLOUR_INIT=(--init "$INIT_DIR/colour_b16.safetensors")
+    else
+      BUNDLED=napari_unet/weights/default/model.safetensors
+      GREY_INIT=(--init "$BUNDLED" --init-prefix gray.); COLOUR_INIT=(--init "$BUNDLED" --init-prefix colour.)
+    fi
     run grey_b16 --in-channels 1 --base-channels 16 --groups fluorescence,brightfield,tissue --seed 11 \
-      --init "$INIT_DIR/grey_b16.safetensors" --lr 1e-3 --warmup 100 --snapshot-at 0.5
+      "${GREY_INIT[@]}" --lr 1e-3 --warmup 100 --snapshot-at 0.5
     run colour_b16 --in-channels 3 --base-channels 16 --groups colour --seed 12 \
-      --init "$INIT_DIR/colour_b16.safetensors" --lr 1e-3 --warmup 100 --snapshot-at 0.5
+      "${COLOUR_INIT[@]}" --lr 1e-3 --warmup 100 --snapshot-at 0.5
     ;;
   *) echo "[gpu_train] unknown PLAN=${PLAN}; use survey or refine" >&2; exit 2 ;;
 esac

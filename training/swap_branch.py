@@ -6,10 +6,13 @@ model with ``benchmarks/bench_sources.py`` before a full
 ``.safetensors`` file or its resumable ``checkpoint.pt`` (the exponential
 moving average is taken).
 
+With ``--share S`` the branch becomes ``S * new + (1 - S) * base`` (a weight average of
+two runs from the same start, "model soup"), which can beat both.
+
 Usage::
 
     python training/swap_branch.py --base default --branch gray --weights out/cpu_grey/checkpoint.pt \
-        --out out/candidates/grey_cpu
+        --out out/candidates/grey_cpu [--share 0.5]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from napari_unet.core.store import load_model, save_model
+from napari_unet.core.training import mix_states
 
 BRANCHES = ("gray", "colour")
 
@@ -42,11 +46,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--branch", choices=BRANCHES, required=True)
     parser.add_argument("--weights", type=Path, required=True, help="gpu_train.py .safetensors or checkpoint.pt")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--share", type=float, default=1.0, help="weight of the new weights against the base's")
     args = parser.parse_args(argv)
+    if not 0.0 < args.share <= 1.0:
+        parser.error(f"--share must be in (0, 1], got {args.share}")
     bundle = load_model(args.base)
     weights, step = branch_weights(args.weights)
-    getattr(bundle.network, args.branch).load_state_dict(weights)
-    source = {"branch": args.branch, "weights": str(args.weights), "step": step, "base": args.base}
+    branch = getattr(bundle.network, args.branch)
+    branch.load_state_dict(mix_states(weights, branch.state_dict(), args.share))
+    source = {"branch": args.branch, "weights": str(args.weights), "step": step, "base": args.base, "share": args.share}
     bundle = replace(bundle, metadata={**bundle.metadata, "swapped_branch": source})
     print(save_model(bundle, args.out, overwrite=True))
 

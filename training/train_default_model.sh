@@ -47,7 +47,12 @@
 #        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json \
 #        --latest-speed benchmarks/results/inference_default_flips.json \
 #        --test-time benchmarks/results/default_model_v2_test_time.json
-# On CPU, training/cpu_train.sh continues the grey network resumably (nice 19) from step 3's weights.
+# On CPU, training/cpu_train.sh continues either network resumably (nice 19) from step 3's weights.
+# Next GPU run (a third refinement, from the bundled weights; no INIT_DIR needed): on the device machine, whose
+# $OUT comes back, with data_pack/nuclei_v2.npz carried beside the checkout (31 MB; the checkout is 27 MB):
+#      TRAIN_SECONDS=400 PYTHON=python3 bash training/gpu_train.sh
+# then score it as in steps 4 and 5 (import_gpu_weights.py, assemble_default_v2.py, bench_sources.py
+# --inference tta against default) and install it only if its validation mean beats the shipped model's.
 set -euo pipefail
 echo "This file documents the steps; run them one by one (steps 2 and 3 on a GPU machine)." >&2
 grep '^#' "$0" | tail -n +2

@@ -944,10 +944,10 @@ def unvalidated_state(
     """
     if not is_trained(bundle):
         return last
-    return _mix_states(start, last, UNVALIDATED_PARENT_SHARE)
+    return mix_states(start, last, UNVALIDATED_PARENT_SHARE)
 
 
-def _mix_states(
+def mix_states(
     first: dict[str, torch.Tensor], second: dict[str, torch.Tensor], first_share: float
 ) -> dict[str, torch.Tensor]:
     """``first_share * first + (1 - first_share) * second`` for float tensors; integers (counters) from ``second``."""

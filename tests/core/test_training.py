@@ -351,7 +351,7 @@ def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatc
     assert untrained.bundle.sha256 != tiny_bundle().sha256
     assert any(e.message.endswith("training on everything; keeping the last weights") for e in events)
 
-    mixed = training._mix_states(
+    mixed = training.mix_states(
         {"w": torch.ones(2), "n": torch.tensor(1)}, {"w": torch.zeros(2), "n": torch.tensor(5)}, 0.5
     )
     torch.testing.assert_close(mixed["w"], torch.full((2,), 0.5))
