@@ -111,14 +111,22 @@ def to_device(item: PackedImage, in_channels: int, device: torch.device, rng: np
 class Sampler:
     """Draws augmented training batches from images on the device."""
 
-    def __init__(self, images: list[DeviceImage], groups: list[str], patch: int, seed: int) -> None:
+    def __init__(
+        self,
+        images: list[DeviceImage],
+        groups: list[str],
+        patch: int,
+        seed: int,
+        sources: list[str] | None = None,
+        source_shares: dict[str, float] | None = None,
+    ) -> None:
         self.images, self.patch = images, patch
         self.rng = np.random.default_rng(seed)
         weights = np.array([GROUP_WEIGHTS[g] / sum(1 for h in groups if h == g) for g in groups], dtype=np.float64)
         area = np.array([math.sqrt(i.labels.shape[-1] * i.labels.shape[-2]) for i in images])
         share = {g: area[[k for k, h in enumerate(groups) if h == g]].mean() for g in set(groups)}
         weights *= area / np.array([share[g] for g in groups])
-        self.probabilities = weights / weights.sum()
+        self.probabilities = with_source_shares(weights / weights.sum(), sources or [], source_shares or {})
         device = images[0].labels.device
         offsets = torch.arange(patch, device=device, dtype=torch.float32) - patch / 2 + 0.5
         self.offsets = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1)  # (P, P, 2) as (u_y, u_x)
@@ -190,6 +198,40 @@ class Sampler:
             pseudo = fluorescence & (rand(n, 1, 1, 1) < PSEUDO_COLOUR)
             image = torch.where(pseudo & ~keep, torch.zeros_like(image), image)
         return image
+
+
+def with_source_shares(probabilities: np.ndarray, sources: list[str], shares: dict[str, float]) -> np.ndarray:
+    """Give each source in ``shares`` that fraction of the draws; the others share the rest as before.
+
+    Parameters
+    ----------
+    probabilities : array (N,) float64
+        Draw probability of each image (sums to 1).
+    sources : list of str
+        Source of each image (``key`` before the ``/``); may be empty when ``shares`` is.
+    shares : dict of str to float
+        Wanted fraction of the draws per source (their sum below 1).
+
+    Returns
+    -------
+    array (N,) float64
+        New probabilities: within a source, images keep their relative weights.
+
+    """
+    if not shares:
+        return probabilities
+    if sum(shares.values()) >= 1.0 or min(shares.values()) <= 0.0:
+        sys.exit(f"gpu_train: source shares must be positive and sum below 1, got {shares}")
+    source_array = np.array(sources)
+    out = probabilities.copy()
+    chosen = np.isin(source_array, list(shares))
+    out[~chosen] *= (1.0 - sum(shares.values())) / out[~chosen].sum()
+    for source, fraction in shares.items():
+        members = source_array == source
+        if not members.any():
+            sys.exit(f"gpu_train: no training image from source {source!r}")
+        out[members] *= fraction / out[members].sum()
+    return out
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -318,6 +360,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300, help="steps of linear learning-rate warm-up")
     parser.add_argument("--limit", type=int, default=0, help="use at most this many images (smoke tests)")
     parser.add_argument(
+        "--source-share",
+        default="",
+        help="SOURCE=FRACTION[,...]: these sources get that fraction of the training draws (e.g. dsb2018_train=0.3)",
+    )
+    parser.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
@@ -345,6 +392,18 @@ class Run:
     samples: int = 0
 
 
+def parse_shares(text: str) -> dict[str, float]:
+    """``"a=0.2,b=0.1"`` as ``{"a": 0.2, "b": 0.1}`` (empty text: no shares)."""
+    shares = {}
+    for part in filter(None, text.split(",")):
+        source, _, fraction = part.partition("=")
+        try:
+            shares[source.strip()] = float(fraction)
+        except ValueError:
+            sys.exit(f"gpu_train: --source-share wants SOURCE=FRACTION, got {part!r}")
+    return shares
+
+
 def build_run(args: argparse.Namespace, device: torch.device) -> Run:
     """Load the data onto ``device``, build the network (from ``--init``), optimizer and EMA."""
     rng = np.random.default_rng(args.seed)
@@ -354,7 +413,8 @@ def build_run(args: argparse.Namespace, device: torch.device) -> Run:
     train = [p for p in packed if p.split == "train"]
     val = [p for p in packed if p.split == "val"] or train[:2]
     images = [to_device(p, args.in_channels, device, rng) for p in train]
-    sampler = Sampler(images, [p.group for p in train], args.patch, args.seed)
+    sources = [p.key.split("/", 1)[0] for p in train]
+    sampler = Sampler(images, [p.group for p in train], args.patch, args.seed, sources, parse_shares(args.source_share))
     val_images = [to_device(p, args.in_channels, device, rng) for p in val]
     val_batches = [Sampler(val_images, [p.group for p in val], args.patch, 1).batch(args.batch) for _ in range(4)]
     warm = [sampler.batch(args.batch) for _ in range(8)]
