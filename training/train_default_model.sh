@@ -47,7 +47,14 @@
 #        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json \
 #        --latest-speed benchmarks/results/inference_default_flips.json \
 #        --test-time benchmarks/results/default_model_v2_test_time.json
-# On CPU, training/cpu_train.sh continues either network resumably (nice 19) from step 3's weights.
+# On CPU, training/cpu_train.sh continues either network resumably (nice 19) from step 3's weights. Tried and
+# not shipped (validation mean with flips against the shipped 0.785; bench_sources.py --inference tta):
+#   grey continued ~1000 steps at lr 2e-4: 0.783; colour continued 537 steps: 0.784, and averaged 50/50 with the
+#   shipped colour network: 0.784; grey continuation averaged 50/50 with the shipped grey: 0.787 (test 0.757
+#   against 0.764) -> benchmarks/results/default_model_v2_cpu_soups.json (swap_branch.py --share 0.5);
+#   grey 560 steps at lr 3e-4 with the DSB test-stage images (dsb2018_train) at 25% of the draws instead of 2.9%
+#   (gpu_train.py --source-share dsb2018_train=0.25, 24 min on 2 cores): 0.786 (test 0.757, dsb2018/val 0.746
+#   against 0.748) -> benchmarks/results/default_model_v2_cpu_dsb_share.json.
 # Next GPU run (a third refinement, from the bundled weights; no INIT_DIR needed): on the device machine, whose
 # $OUT comes back, with data_pack/nuclei_v2.npz carried beside the checkout (31 MB; the checkout is 27 MB):
 #      TRAIN_SECONDS=400 PYTHON=python3 bash training/gpu_train.sh
