@@ -225,6 +225,8 @@ def with_source_shares(probabilities: np.ndarray, sources: list[str], shares: di
     source_array = np.array(sources)
     out = probabilities.copy()
     chosen = np.isin(source_array, list(shares))
+    if chosen.all():
+        sys.exit(f"gpu_train: every training image is from {sorted(shares)}: their shares cannot sum below 1")
     out[~chosen] *= (1.0 - sum(shares.values())) / out[~chosen].sum()
     for source, fraction in shares.items():
         members = source_array == source
