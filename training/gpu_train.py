@@ -119,8 +119,9 @@ class Sampler:
         seed: int,
         sources: list[str] | None = None,
         source_shares: dict[str, float] | None = None,
+        contact_weight: float = 0.0,
     ) -> None:
-        self.images, self.patch = images, patch
+        self.images, self.patch, self.contact_weight = images, patch, contact_weight
         self.rng = np.random.default_rng(seed)
         weights = np.array([GROUP_WEIGHTS[g] / sum(1 for h in groups if h == g) for g in groups], dtype=np.float64)
         area = np.array([math.sqrt(i.labels.shape[-1] * i.labels.shape[-2]) for i in images])
@@ -149,7 +150,10 @@ class Sampler:
         smooth_t, labels_t = torch.cat(smooth), torch.cat(labels)[:, 0]
         image, distance, valid = smooth_t[:, :-2], smooth_t[:, -2], smooth_t[:, -1]
         image = self._intensity(image, params[:, 8:10].bool())
-        return image, classes_from_labels(labels_t), distance.clamp(0, 1), (valid > 0.999).float()
+        weight = (valid > 0.999).float()
+        if self.contact_weight:
+            weight = weight * (1.0 + self.contact_weight * near_contacts(labels_t))
+        return image, classes_from_labels(labels_t), distance.clamp(0, 1), weight
 
     def _transform(self, item: DeviceImage) -> np.ndarray:
         """Host-side draw for one sample: 2x2 matrix, centre (y, x), image size (y, x), colour, fluorescence."""
@@ -277,6 +281,20 @@ def classes_from_labels(labels: torch.Tensor) -> torch.Tensor:
     return foreground.long() + (foreground & differs).long()
 
 
+def near_contacts(labels: torch.Tensor) -> torch.Tensor:
+    """``(N, Y, X)`` float 1 within one pixel of where two objects of ``labels (N, Y, X)`` touch, else 0.
+
+    Where nuclei touch, the boundary class is all that separates them; weighting these pixels up (the UNet
+    paper's border weights, in their simplest form) asks the network to keep touching nuclei apart.
+    """
+    padded = functional.pad(labels[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    centre = padded[:, 1:-1, 1:-1]
+    contact = torch.zeros_like(centre, dtype=torch.bool)
+    for neighbour in (padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]):
+        contact |= (neighbour != centre) & (neighbour > 0) & (centre > 0)
+    return functional.max_pool2d(contact[:, None].float(), 3, stride=1, padding=1)[:, 0]
+
+
 def training_loss(
     logits: torch.Tensor,
     classes: torch.Tensor,
@@ -362,6 +380,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=300, help="steps of linear learning-rate warm-up")
     parser.add_argument("--limit", type=int, default=0, help="use at most this many images (smoke tests)")
     parser.add_argument(
+        "--contact-weight", type=float, default=0.0, help="extra loss weight near where two nuclei touch (0: none)"
+    )
+    parser.add_argument(
         "--source-share",
         default="",
         help="SOURCE=FRACTION[,...]: these sources get that fraction of the training draws (e.g. dsb2018_train=0.3)",
@@ -416,7 +437,8 @@ def build_run(args: argparse.Namespace, device: torch.device) -> Run:
     val = [p for p in packed if p.split == "val"] or train[:2]
     images = [to_device(p, args.in_channels, device, rng) for p in train]
     sources = [p.key.split("/", 1)[0] for p in train]
-    sampler = Sampler(images, [p.group for p in train], args.patch, args.seed, sources, parse_shares(args.source_share))
+    shares = parse_shares(args.source_share)
+    sampler = Sampler(images, [p.group for p in train], args.patch, args.seed, sources, shares, args.contact_weight)
     val_images = [to_device(p, args.in_channels, device, rng) for p in val]
     val_batches = [Sampler(val_images, [p.group for p in val], args.patch, 1).batch(args.batch) for _ in range(4)]
     warm = [sampler.batch(args.batch) for _ in range(8)]
