@@ -54,7 +54,10 @@
 #   against 0.764) -> benchmarks/results/default_model_v2_cpu_soups.json (swap_branch.py --share 0.5);
 #   grey 560 steps at lr 3e-4 with the DSB test-stage images (dsb2018_train) at 25% of the draws instead of 2.9%
 #   (gpu_train.py --source-share dsb2018_train=0.25, 24 min on 2 cores): 0.786 (test 0.757, dsb2018/val 0.746
-#   against 0.748) -> benchmarks/results/default_model_v2_cpu_dsb_share.json.
+#   against 0.748) -> benchmarks/results/default_model_v2_cpu_dsb_share.json;
+#   grey 560 steps at lr 3e-4 with loss weight 5 near touching nuclei (--contact-weight 4): 0.787 with retuned
+#   thresholds (seed 0.8), test 0.764 (S-BSST265 0.817, dsb2018/val 0.718 against 0.793 and 0.748); with the
+#   shipped thresholds 0.779 -> benchmarks/results/default_model_v2_cpu_contact.json.
 # Next GPU run (a third refinement, from the bundled weights; no INIT_DIR needed): on the device machine, whose
 # $OUT comes back, with data_pack/nuclei_v2.npz carried beside the checkout (31 MB; the checkout is 27 MB):
 #      TRAIN_SECONDS=400 PYTHON=python3 bash training/gpu_train.sh
