@@ -49,7 +49,7 @@
 #        --test-time benchmarks/results/default_model_v2_test_time.json
 # On CPU, training/cpu_train.sh continues either network resumably (nice 19) from step 3's weights. Tried and
 # not shipped (validation mean with flips against the shipped 0.785; bench_sources.py --inference tta):
-#   grey continued ~1000 steps at lr 2e-4: 0.783; colour continued 537 steps: 0.784, and averaged 50/50 with the
+#   grey continued ~1000 steps at lr 2e-4: 0.783; colour continued 416 steps: 0.784, and averaged 50/50 with the
 #   shipped colour network: 0.784; grey continuation averaged 50/50 with the shipped grey: 0.787 (test 0.757
 #   against 0.764) -> benchmarks/results/default_model_v2_cpu_soups.json (swap_branch.py --share 0.5);
 #   grey 560 steps at lr 3e-4 with the DSB test-stage images (dsb2018_train) at 25% of the draws instead of 2.9%
