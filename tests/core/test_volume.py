@@ -201,13 +201,9 @@ def test_an_unvalidated_3d_fine_tune_of_a_trained_model_is_averaged_with_it() ->
 
     def fine_tune(metadata: dict) -> tuple[ModelBundle, list[str]]:
         bundle = ModelBundle.new(SMALL_3D, metadata={"name": "m", "z_spacing": 2.0, **metadata}, seed=0)
-        events = []
+        events: list[str] = []
         generator = iter_train_volume(bundle, [image], [labels], cfg, patch_zyx=(4, 32, 32))
-        while True:
-            try:
-                events.append(next(generator).message)
-            except StopIteration as stop:
-                return stop.value.bundle, events
+        return run_to_end(generator, lambda progress: events.append(progress.message)).bundle, events
 
     parent = ModelBundle.new(SMALL_3D, seed=0).network.state_dict()
     last, untrained_events = fine_tune({})  # no training record: the last weights, as before
