@@ -416,16 +416,26 @@ def tile_probabilities(
     With ``cfg.tta`` the network also sees the flipped tiles and the
     probabilities, flipped back, are averaged (4x the compute).
     """
-    flips = TTA_FLIPS if cfg.tta else TTA_FLIPS[:1]
-    total = None
-    for dims in flips:
-        flipped = inputs.flip(dims) if dims else inputs
+    return tile_logits_and_probabilities(network, inputs, device, cfg)[1]
+
+
+def tile_logits_and_probabilities(
+    network: nn.Module, inputs: torch.Tensor, device: torch.device, cfg: InferenceConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, K, ty, tx)`` of the unflipped tiles and the probabilities of :func:`tile_probabilities`.
+
+    One set of network passes gives both: validation needs the logits for
+    its loss and the (flip-averaged) probabilities for its score.
+    """
+    with autocast_context(device, cfg.amp):
+        unflipped_logits = network(inputs)
+    total = output_probabilities(unflipped_logits)
+    extra_flips = [dims for dims in TTA_FLIPS if dims] if cfg.tta else []
+    for dims in extra_flips:
         with autocast_context(device, cfg.amp):
-            logits = network(flipped)
-        probabilities = output_probabilities(logits)
-        probabilities = probabilities.flip(dims) if dims else probabilities
-        total = probabilities if total is None else total.add_(probabilities)
-    return total / len(flips)
+            logits = network(inputs.flip(dims))
+        total.add_(output_probabilities(logits).flip(dims))
+    return unflipped_logits, total / (1 + len(extra_flips))
 
 
 def output_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ from torch import nn
 from napari_unet.core.augment import augment_sample
 from napari_unet.core.config import InferenceConfig, PostprocessConfig, TrainingConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.inference import model_uses_flips, resolve_device, tile_probabilities
+from napari_unet.core.inference import model_uses_flips, resolve_device, tile_logits_and_probabilities
 from napari_unet.core.losses import class_weights_from_targets, segmentation_loss
 from napari_unet.core.metrics import evaluate_dataset, summary_row
 from napari_unet.core.normalize import normalize_plane, validate_image
@@ -831,14 +831,12 @@ class _Loop:
         """Score the current weights on the validation windows; update the best weights."""
         gts, preds, losses = [], [], []
         for window in self.val_windows:
-            logits = _window_logits(self.network, window, self.device, self.use_amp)
+            logits, probs = _window_logits_and_probabilities(
+                self.network, window, self.device, self.use_amp, flips=self.validate_with_flips
+            )
             target = torch.from_numpy(window.target)[None]
             weight = torch.from_numpy(window.weight)[None]
             losses.append(float(segmentation_loss(logits, target, weight, class_weights=self.class_weights.cpu())))
-            if self.validate_with_flips:
-                probs = _flip_averaged_probabilities(self.network, window, self.device, self.use_amp)
-            else:
-                probs = torch.softmax(logits[0].float(), dim=0).numpy()
             predicted = probabilities_to_labels(probs, child_postprocess(self.bundle.postprocess))
             gts.append(window.labels)
             preds.append(_keep_annotated(predicted, window.weight > 0))
@@ -957,29 +955,26 @@ def mix_states(
     }
 
 
-def _window_logits(network: nn.Module, window: _ValWindow, device: torch.device, amp: bool) -> torch.Tensor:
-    """Logits (1, K, Yr, Xr) on the CPU for the scored region of a validation window."""
+def _window_logits_and_probabilities(
+    network: nn.Module, window: _ValWindow, device: torch.device, amp: bool, flips: bool
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits ``(1, K, Yr, Xr)`` and class probabilities ``(K, Yr, Xr)`` of a validation window's scored region.
 
-    def forward(inputs: torch.Tensor) -> torch.Tensor:
-        with _autocast(amp):
-            return network(inputs)
-
-    return _on_window(network, window, device, forward)
-
-
-def _flip_averaged_probabilities(network: nn.Module, window: _ValWindow, device: torch.device, amp: bool) -> np.ndarray:
-    """Class probabilities (K, Yr, Xr) of the scored region, averaged over the image and its flips.
-
-    What inference computes for a model that runs with flips
-    (:func:`~napari_unet.core.inference.tile_probabilities`), so that its
-    flip-tuned thresholds are validated on the probabilities they suit.
+    The probabilities are what inference computes for the model
+    (:func:`~napari_unet.core.inference.tile_probabilities`): averaged over
+    the image and its flips when ``flips``, so that flip-tuned thresholds are
+    validated on the probabilities they suit. The logits (for the loss) come
+    from the same unflipped pass, so no pass runs twice.
     """
-    settings = InferenceConfig(tta=True, amp=amp)
+    settings = InferenceConfig(tta=flips, amp=amp)
 
-    def averaged(inputs: torch.Tensor) -> torch.Tensor:
-        return tile_probabilities(network, inputs, device, settings)
+    def logits_then_probabilities(inputs: torch.Tensor) -> torch.Tensor:
+        logits, probabilities = tile_logits_and_probabilities(network, inputs, device, settings)
+        return torch.cat([logits.float(), probabilities], dim=1)
 
-    return _on_window(network, window, device, averaged)[0].numpy()
+    both = _on_window(network, window, device, logits_then_probabilities)
+    classes = both.shape[1] // 2
+    return both[:, :classes], both[0, classes:].numpy()
 
 
 def _on_window(

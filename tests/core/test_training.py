@@ -316,22 +316,41 @@ def test_a_model_with_a_distance_output_is_refused_with_a_clear_message():
         run_to_end(iter_train(bundle, images, labels, FAST))
 
 
-def test_validation_of_a_model_that_runs_with_flips_averages_them_as_inference_does():
+def test_validation_of_a_model_that_runs_with_flips_averages_them_as_inference_does(monkeypatch):
     from napari_unet.core.config import InferenceConfig
     from napari_unet.core.inference import predict_probabilities
-    from napari_unet.core.training import _flip_averaged_probabilities, _ValWindow, _window_logits
+    from napari_unet.core.training import _ValWindow, _window_logits_and_probabilities
 
     bundle = tiny_bundle()
     bundle.network.eval()
     image = np.random.default_rng(0).random((1, 48, 64), dtype=np.float32)
     region = (slice(8, 40), slice(4, 60))
     window = _ValWindow(image, region, np.zeros((32, 56), np.uint32), np.zeros((32, 56)), np.ones((32, 56)))
-    averaged = _flip_averaged_probabilities(bundle.network, window, torch.device("cpu"), False)
+    passes = []
+    monkeypatch.setattr(bundle.network, "forward", counting(bundle.network.forward, passes))
+    logits, averaged = _window_logits_and_probabilities(bundle.network, window, torch.device("cpu"), False, flips=True)
+    assert len(passes) == 4, "the loss's logits come from the unflipped pass: 4 passes, not 5"
     settings = InferenceConfig(device="cpu", tile_size=64, tta=True, amp=False)
     expected = predict_probabilities(bundle, image, settings)[(slice(None), *region)]
     np.testing.assert_allclose(averaged, expected, atol=1e-4)
-    one_pass = torch.softmax(_window_logits(bundle.network, window, torch.device("cpu"), False)[0], dim=0).numpy()
+    passes.clear()
+    one_pass_logits, one_pass = _window_logits_and_probabilities(
+        bundle.network, window, torch.device("cpu"), False, flips=False
+    )
+    assert len(passes) == 1
+    torch.testing.assert_close(one_pass_logits, logits)
+    np.testing.assert_allclose(one_pass, torch.softmax(logits[0], dim=0).numpy(), atol=1e-6)
     assert np.abs(averaged - one_pass).max() > 1e-4, "a random network is not flip-invariant: the flips counted"
+
+
+def counting(forward, calls: list):
+    """``forward`` that appends its input's shape to ``calls``."""
+
+    def counted(inputs):
+        calls.append(tuple(inputs.shape))
+        return forward(inputs)
+
+    return counted
 
 
 def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatch):
