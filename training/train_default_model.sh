@@ -57,7 +57,11 @@
 #   against 0.748) -> benchmarks/results/default_model_v2_cpu_dsb_share.json;
 #   grey 560 steps at lr 3e-4 with loss weight 5 near touching nuclei (--contact-weight 4): 0.787 with retuned
 #   thresholds (seed 0.8), test 0.764 (S-BSST265 0.817, dsb2018/val 0.718 against 0.793 and 0.748); with the
-#   shipped thresholds 0.779 -> benchmarks/results/default_model_v2_cpu_contact.json.
+#   shipped thresholds 0.779 -> benchmarks/results/default_model_v2_cpu_contact.json;
+#   grey 2699 steps of 16 (130 min on 2 cores, lr 2e-4 cosine over the time budget; OUT=out/cpu_grey_long
+#   STEPS=0 SECONDS_BUDGET=7800 bash training/cpu_train.sh): 0.788 (test 0.759; held-out DSB stage-1 fluorescence
+#   0.858 / 0.845 up from 0.837 / 0.824, S-BSST265 0.842 / 0.764 down from 0.860 / 0.793), and averaged 50/50
+#   with the shipped grey: 0.788 (test 0.764) -> benchmarks/results/default_model_v2_cpu_long.json.
 # Next GPU run (a third refinement, from the bundled weights; no INIT_DIR needed): on the device machine, whose
 # $OUT comes back, with data_pack/nuclei_v2.npz carried beside the checkout (31 MB; the checkout is 27 MB):
 #      TRAIN_SECONDS=400 PYTHON=python3 bash training/gpu_train.sh
