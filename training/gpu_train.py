@@ -267,16 +267,17 @@ def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     )
 
 
+def four_neighbours(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Up, down, left and right neighbour of every pixel of ``labels (N, Y, X)`` (edges replicated), each (N, Y, X)."""
+    padded = functional.pad(labels[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
+
+
 def classes_from_labels(labels: torch.Tensor) -> torch.Tensor:
     """3-class target ``(N, Y, X)`` int64 from instance labels ``(N, Y, X)``: inner rim (4-neighbours) is boundary."""
-    padded = functional.pad(labels[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    centre = padded[:, 1:-1, 1:-1]
-    differs = (
-        (padded[:, :-2, 1:-1] != centre)
-        | (padded[:, 2:, 1:-1] != centre)
-        | (padded[:, 1:-1, :-2] != centre)
-        | (padded[:, 1:-1, 2:] != centre)
-    )
+    differs = torch.zeros_like(labels, dtype=torch.bool)
+    for neighbour in four_neighbours(labels):
+        differs |= neighbour != labels
     foreground = labels > 0
     return foreground.long() + (foreground & differs).long()
 
@@ -287,11 +288,10 @@ def near_contacts(labels: torch.Tensor) -> torch.Tensor:
     Where nuclei touch, the boundary class is all that separates them; weighting these pixels up (the UNet
     paper's border weights, in their simplest form) asks the network to keep touching nuclei apart.
     """
-    padded = functional.pad(labels[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
-    centre = padded[:, 1:-1, 1:-1]
-    contact = torch.zeros_like(centre, dtype=torch.bool)
-    for neighbour in (padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]):
-        contact |= (neighbour != centre) & (neighbour > 0) & (centre > 0)
+    contact = torch.zeros_like(labels, dtype=torch.bool)
+    for neighbour in four_neighbours(labels):
+        contact |= (neighbour != labels) & (neighbour > 0)
+    contact &= labels > 0
     return functional.max_pool2d(contact[:, None].float(), 3, stride=1, padding=1)[:, 0]
 
 
