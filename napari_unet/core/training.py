@@ -967,24 +967,24 @@ def _window_logits_and_probabilities(
     from the same unflipped pass, so no pass runs twice.
     """
     settings = InferenceConfig(tta=flips, amp=amp)
-
-    def logits_then_probabilities(inputs: torch.Tensor) -> torch.Tensor:
-        logits, probabilities = tile_logits_and_probabilities(network, inputs, device, settings)
-        return torch.cat([logits.float(), probabilities], dim=1)
-
-    both = _on_window(network, window, device, logits_then_probabilities)
-    classes = both.shape[1] // 2
-    return both[:, :classes], both[0, classes:].numpy()
+    logits, probabilities = _on_window(
+        network, window, device, lambda inputs: tile_logits_and_probabilities(network, inputs, device, settings)
+    )
+    return logits, probabilities[0].numpy()
 
 
 def _on_window(
-    network: nn.Module, window: _ValWindow, device: torch.device, compute: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """Run ``compute`` on a validation window and crop its output to the scored region.
+    network: nn.Module,
+    window: _ValWindow,
+    device: torch.device,
+    compute: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, ...]:
+    """Run ``compute`` on a validation window and crop each of its outputs to the scored region.
 
     ``compute`` gets the whole window, padded to the network's size multiple,
     as ``(1, C, Yp, Xp)`` on ``device``, with the network in eval mode and no
-    gradients; the result is ``(1, K, Yr, Xr)`` float32 on the CPU.
+    gradients, and returns ``(1, K, Yp, Xp)`` tensors; each comes back as
+    ``(1, K, Yr, Xr)`` float32 on the CPU.
     """
     multiple = network.config.size_multiple if hasattr(network, "config") else 16
     padded, crop = pad_to_multiple(window.image, multiple)
@@ -992,11 +992,12 @@ def _on_window(
     network.eval()
     try:
         with torch.no_grad():
-            output = compute(torch.from_numpy(np.ascontiguousarray(padded))[None].to(device))
+            outputs = compute(torch.from_numpy(np.ascontiguousarray(padded))[None].to(device))
     finally:
         network.train(was_training)
-    output = output[(slice(None), slice(None), *crop[-2:])]
-    return output[(slice(None), slice(None), *window.region)].float().cpu()
+    unpadded = (slice(None), slice(None), *crop[-2:])
+    scored = (slice(None), slice(None), *window.region)
+    return tuple(output[unpadded][scored].float().cpu() for output in outputs)
 
 
 def _autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
