@@ -24,7 +24,7 @@ lint: setup
 	@$(VENV)/bin/ruff check --fix napari_unet tests benchmarks training docs sample_data && $(VENV)/bin/ruff format napari_unet tests benchmarks training docs sample_data
 
 bench: setup
-	@$(PY) benchmarks/bench_inference.py
+	@$(PY) -m benchmarks.bench_inference
 
 clean:
 	rm -rf build dist *.egg-info out .pytest_cache

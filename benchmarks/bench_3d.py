@@ -1,6 +1,6 @@
 """3D UNet against 2D slice-by-slice + linking and 3D classical baselines, on held-out synthetic Z-stacks.
 
-Test stacks: :func:`napari_unet.core.synthetic.random_zstack` seeds from 20_000 on (never seen in training,
+Test stacks: :func:`napari_unet.core.data.synthetic.random_zstack` seeds from 20_000 on (never seen in training,
 never used to choose a checkpoint or thresholds: ``training/train_nuclei_3d.py`` trains on seeds 0.. and
 validates on seeds from 10_000). Every method segments every stack in the same run, one after the other;
 scores are AP@0.5 and AP@0.75 over 3D IoU (mean per stack), and the seconds each method took per stack
@@ -11,12 +11,13 @@ Methods:
 - ``nuclei-3d``: the bundled 3D model (or ``--model3d``), not told the Z step;
 - ``nuclei-3d, Z step given``: the same, told each stack's true Z step (it resamples Z to its own);
 - ``default 2D + linking``: the bundled 2D model on every plane, slices linked by IoU (today's Z-stack path);
-- ``watershed 3D`` / ``otsu 3D``: :func:`napari_unet.core.baselines.segment_volume_baseline` given the true Z step;
+- ``watershed 3D`` / ``otsu 3D``: :func:`napari_unet.core.evaluate.baselines.segment_volume_baseline`
+  given the true Z step;
 - ``watershed 2D + linking``: the classical watershed per plane, linked like the 2D model's.
 
 Usage::
 
-    python benchmarks/bench_3d.py --stacks 8 --json benchmarks/results/bench_3d.json
+    python -m benchmarks.bench_3d --stacks 8 --json benchmarks/results/bench_3d.json
 """
 
 from __future__ import annotations
@@ -29,14 +30,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from napari_unet.core.baselines import segment_baseline, segment_volume_baseline
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.data.synthetic import random_zstack
+from napari_unet.core.evaluate.baselines import segment_baseline, segment_volume_baseline
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import write_json
-from napari_unet.core.metrics import evaluate_image, summary_row
-from napari_unet.core.postprocess import link_slices
-from napari_unet.core.store import load_model
-from napari_unet.core.synthetic import random_zstack
+from napari_unet.core.labels.postprocess import link_slices
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
 
 TEST_SEED = 20_000
 STACK_SHAPE = (32, 128, 128)

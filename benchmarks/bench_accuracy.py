@@ -6,14 +6,14 @@ per-image means; AP = TP / (TP + FP + FN)) for:
 * the DSB 2018 validation images in ``../shared/data/dsb2018/val`` (skipped
   when absent), split by modality: ``fluorescence`` (dark background) and
   ``brightfield`` (bright background, e.g. H&E);
-* synthetic samples made by :mod:`napari_unet.core.synthetic` (fluorescence
+* synthetic samples made by :mod:`napari_unet.core.data.synthetic` (fluorescence
   and brightfield), which need no external data.
 
 The UNet is also scored with test-time augmentation: ``unet+tta`` (4 flips),
 ``unet+multiscale`` (0.71x, 1x, 1.41x) and ``unet+tta+multiscale``; ``seconds``
 gives what each costs on this machine.
 
-Usage: python benchmarks/bench_accuracy.py [--model default] [--data DIR] [--synthetic 6] [--no-augmented]
+Usage: python -m benchmarks.bench_accuracy [--model default] [--data DIR] [--synthetic 6] [--no-augmented]
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.data.normalize import is_bright_background
+from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.evaluate.baselines import BASELINE_METHODS, segment_baseline
+from napari_unet.core.evaluate.metrics import error_maps, evaluate_dataset, summary_row
 from napari_unet.core.io import read_annotated_folder
-from napari_unet.core.metrics import error_maps, evaluate_dataset, summary_row
-from napari_unet.core.normalize import is_bright_background
-from napari_unet.core.store import load_model
-from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
+from training.splits import SHARED_DATA
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
+DEFAULT_DATA = SHARED_DATA / "dsb2018" / "val"
 KEYS = ("AP@0.5", "AP@0.75", "F1@0.5", "PQ@0.5", "Dice")
 UNET_VARIANTS = {
     "unet": InferenceConfig(tta=False),

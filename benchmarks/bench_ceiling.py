@@ -15,7 +15,7 @@ Prints one JSON object (progress on stderr).
 
 Usage::
 
-    python benchmarks/bench_ceiling.py [--model default] [--data ../shared/data/dsb2018]
+    python -m benchmarks.bench_ceiling [--model default] [--data ../shared/data/dsb2018]
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.config import PostprocessConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.evaluate.tuning import candidate_configs, iter_choose_postprocess
 from napari_unet.core.io import read_annotated_folder
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import ModelBundle, load_model
-from napari_unet.core.tuning import candidate_configs, iter_choose_postprocess
+from training.splits import SHARED_DATA
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
+DEFAULT_DATA = SHARED_DATA / "dsb2018"
 ORACLE_GRID = {
     "foreground": (0.4, 0.5, 0.6, 0.7),
     "seeds": (0.7, 0.9, 0.95, 0.98),

@@ -7,7 +7,7 @@ label set against the other (1.0 = the same objects), and each one's AP@0.5 agai
 
 Prints one JSON object (also written to ``--json``).
 
-Usage: python benchmarks/bench_consistency.py [--model default] [--device cpu] [--json out.json]
+Usage: python -m benchmarks.bench_consistency [--model default] [--device cpu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_sources import DEFAULT_DATA, read_split
-
+from benchmarks.bench_sources import read_split
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.inference import cpu_has_native_bf16, predict
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import write_json
-from napari_unet.core.metrics import evaluate_image, summary_row
-from napari_unet.core.store import load_model
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.runtime import cpu_has_native_bf16
+from napari_unet.core.predict.segment import predict
+from training.splits import SHARED_DATA
 
 
 def ap50(truth: np.ndarray, labels: np.ndarray) -> float:
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.data.is_dir():

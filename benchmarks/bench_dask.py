@@ -2,15 +2,15 @@
 
 Writes a folder of synthetic nuclei images, segments it once in this process
 (the reference, torch limited to 1 thread like a dask worker), then with
-``napari_unet.core.distributed.predict_folder`` on a ``LocalCluster`` of each
+``napari_unet.core.predict.folder.predict_folder`` on a ``LocalCluster`` of each
 requested size.  Reports cluster start-up time, images/s and megapixels/s
 (start-up excluded), failures, and ``identical``: every output equals the
 reference up to a renaming of label ids.
 
 Prints one JSON object.
 
-Usage: python benchmarks/bench_dask.py [--workers 1,2] [--n-images 16] [--size 1024] [--model default]
-       python benchmarks/bench_dask.py --n-images 2 --size 128        (a quick check)
+Usage: python -m benchmarks.bench_dask [--workers 1,2] [--n-images 16] [--size 1024] [--model default]
+       python -m benchmarks.bench_dask --n-images 2 --size 128        (a quick check)
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import tifffile
 import torch
 
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.distributed import predict_folder
+from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.io import read_labels
+from napari_unet.core.models.bundle import placeholder_default, save_model
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.folder import predict_folder
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import load_model, placeholder_default, save_model
-from napari_unet.core.synthetic import synthetic_nuclei
 
 
 def model_spec(spec: str, folder: Path) -> tuple[str, str]:

@@ -14,14 +14,14 @@ Protocol, on the images of the DSB 2018 validation folder
 Starting models: the bundled ``default`` model (or ``--model``) and/or a
 freshly initialised network of the same architecture (``scratch``).  Scores
 are AP@0.5, AP@0.75 (TP / (TP + FP + FN)) and F1@0.5 from
-:mod:`napari_unet.core.metrics`, per image and averaged over images.
+:mod:`napari_unet.core.evaluate.metrics`, per image and averaged over images.
 
 Prints one JSON object (progress goes to stderr).  Budgets default to
 30, 60, 120 s on the CPU and 5, 10 s on CUDA.
 
 Usage::
 
-    python benchmarks/bench_finetune.py [--budgets 30,60,120] [--from default|scratch|both]
+    python -m benchmarks.bench_finetune [--budgets 30,60,120] [--from default|scratch|both]
         [--device auto|cpu|cuda] [--limit N] [--data DIR | --synthetic-brightfield N] [--model NAME_OR_PATH]
 """
 
@@ -41,14 +41,17 @@ import torch
 
 from napari_unet.core.config import InferenceConfig, TrainingConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.inference import predict, resolve_device
+from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
 from napari_unet.core.io import read_annotated_folder
-from napari_unet.core.metrics import evaluate_dataset, summary_row
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.runtime import resolve_device
+from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import ModelBundle, load_model
-from napari_unet.core.training import iter_train
+from napari_unet.core.train.fine_tune import iter_train
+from training.splits import SHARED_DATA
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018" / "val"
+DEFAULT_DATA = SHARED_DATA / "dsb2018" / "val"
 SCORE_KEYS = ("AP@0.5", "AP@0.75", "F1@0.5")
 
 
@@ -82,7 +85,7 @@ SYNTHETIC_SEED = 5000
 
 def synthetic_brightfield_pairs(count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``count`` (id, H&E-like RGB image (256, 256, 3), labels (256, 256)) from napari-unet's generator."""
-    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.data.synthetic import synthetic_nuclei
 
     pairs = []
     for index in range(count):

@@ -1,13 +1,13 @@
 """A short 3D fine-tune of ``nuclei-3d`` without validation stacks: its last weights against their average with it.
 
-For every test "microscope and sample" (:func:`napari_unet.core.synthetic.random_zstack` seeds from 20_000 on,
+For every test "microscope and sample" (:func:`napari_unet.core.data.synthetic.random_zstack` seeds from 20_000 on,
 never seen in training or validation of ``nuclei-3d``): fine-tune on one stack for ``--steps`` steps (all of it
 annotated, Z step given, no validation stacks: what the Fine-tune panel does), then score on a second stack with
 the same settings but other nuclei (AP@0.5 and AP@0.75 over 3D IoU):
 
 - ``parent``: the bundled model before fine-tuning;
 - ``last``: the last fine-tuned weights (what a run without validation returned before the guard);
-- ``averaged``: :func:`napari_unet.core.training.unvalidated_state`, the last weights averaged with the parent's
+- ``averaged``: :func:`napari_unet.core.train.loop.average_with_parent`, the last weights averaged with the parent's
   (what it returns now for a trained starting model).
 
 With ``--radius-factor 2`` the nuclei are twice as large as the kind's (beyond the 3.5-12 px radii
@@ -15,8 +15,8 @@ With ``--radius-factor 2`` the nuclei are twice as large as the kind's (beyond t
 
 Usage::
 
-    python benchmarks/bench_finetune_3d.py --stacks 6 --steps 120 --json benchmarks/results/finetune_3d.json
-    python benchmarks/bench_finetune_3d.py --stacks 6 --steps 120 --radius-factor 2 \
+    python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --json benchmarks/results/finetune_3d.json
+    python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --radius-factor 2 \
         --json benchmarks/results/finetune_3d_large_nuclei.json
 """
 
@@ -31,14 +31,15 @@ import numpy as np
 import torch
 
 from napari_unet.core.config import InferenceConfig, TrainingConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.data.synthetic import random_zstack, synthetic_zstack
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import write_json
-from napari_unet.core.metrics import evaluate_image, summary_row
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import ModelBundle, load_model
-from napari_unet.core.synthetic import random_zstack, synthetic_zstack
-from napari_unet.core.training import unvalidated_state
-from napari_unet.core.volume_training import VOLUME_BATCH_SIZE, iter_train_volume
+from napari_unet.core.train.outcome import average_with_parent
+from napari_unet.core.train.volumetric import VOLUME_BATCH_SIZE, iter_train_volume
 
 TEST_SEED = 20_000
 OTHER_NUCLEI = 50_000
@@ -80,7 +81,7 @@ def run_stack(parent: ModelBundle, seed: int, steps: int, radius_factor: float =
     untrained_view = replace(parent, metadata={})  # same weights, no training record: the run returns its last weights
     result = run_to_end(iter_train_volume(untrained_view, [image], [truth], cfg, z_spacings=[z_spacing]))
     last = result.bundle.network.state_dict()
-    averaged = unvalidated_state(parent, parent.network.state_dict(), last)
+    averaged = average_with_parent(parent, parent.network.state_dict(), last)
     candidates = {"parent": parent, "last": with_state(parent, last), "averaged": with_state(parent, averaged)}
     scores = {name: score(bundle, test_image, test_truth, z_spacing) for name, bundle in candidates.items()}
     return {"seed": seed, "z_spacing": round(z_spacing, 3), "train_seconds": round(result.seconds, 1), **scores}

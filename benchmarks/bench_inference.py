@@ -5,7 +5,7 @@ efficiency (achieved network FLOP/s over a dense matmul's FLOP/s on the same
 cores) is a ratio that is comparable across machines.  Absolute times are only
 meaningful on a quiet machine; on a GPU the same numbers are reported for CUDA.
 
-Usage: python benchmarks/bench_inference.py [--sizes 512,2048] [--model default | --models A B ...]
+Usage: python -m benchmarks.bench_inference [--sizes 512,2048] [--model default | --models A B ...]
        [--devices cpu] [--repeats 3]
 """
 
@@ -20,11 +20,13 @@ import numpy as np
 import torch
 
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.inference import model_uses_flips, predict, predict_probabilities
-from napari_unet.core.model import count_parameters, flops_per_pixel
-from napari_unet.core.normalize import normalize_plane
-from napari_unet.core.store import load_model
-from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.data.normalize import normalize_plane
+from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.models.network import count_parameters, flops_per_pixel
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.planar import predict_probabilities
+from napari_unet.core.predict.runtime import model_uses_flips
+from napari_unet.core.predict.segment import predict
 
 
 def matmul_gflops(device: torch.device, n: int = 1024, repeats: int = 5) -> float:
@@ -74,7 +76,7 @@ def bench_size(bundle, size: int, device: str, repeats: int) -> dict:
     """MPx/s of the plain forward, of the network inside ``predict`` and of ``predict`` end to end, same run.
 
     The network and end-to-end rows run without test-time flips; when the model runs with flips by default
-    (:func:`~napari_unet.core.inference.model_uses_flips`), ``predict`` with the model's own settings is timed
+    (:func:`~napari_unet.core.predict.runtime.model_uses_flips`), ``predict`` with the model's own settings is timed
     too (``end_to_end_model_settings_*``).  ``size`` must be a multiple of :data:`PLAIN_TILE` for the plain
     forward to cover the image exactly.
     """
@@ -106,7 +108,7 @@ def bench_size(bundle, size: int, device: str, repeats: int) -> dict:
 
 PLAIN_PROCESS = """
 import sys, time, numpy as np, torch, tifffile
-from napari_unet.core.store import load_model
+from napari_unet.core.models.registry import load_model
 image = tifffile.imread(sys.argv[1])
 bundle = load_model(sys.argv[2])
 plane = np.repeat(((image - image.min()) / np.ptp(image)).astype(np.float32)[None], bundle.config.in_channels, 0)

@@ -2,7 +2,7 @@
 
 For every size a synthetic uint16 nuclei image is written chunk by chunk to a
 zarr array (in its own process), then a fresh process runs
-``napari_unet.core.distributed.predict_large`` on it and reports its peak
+``napari_unet.core.predict.large_image.predict_large`` on it and reports its peak
 resident memory (``resource.getrusage``), so peaks of different sizes never
 mix.  A baseline process that only imports torch + napari-unet and loads the
 model is measured first: ``above_baseline_mb`` is what prediction adds, which
@@ -10,8 +10,8 @@ should stay flat as the image grows (bounded by the chunk size).
 
 Prints one JSON object.
 
-Usage: python benchmarks/bench_large.py [--sizes 8192,16384] [--chunk 2048] [--halo 64] [--model default]
-       python benchmarks/bench_large.py --sizes 1024 --chunk 512      (a quick check)
+Usage: python -m benchmarks.bench_large [--sizes 8192,16384] [--chunk 2048] [--halo 64] [--model default]
+       python -m benchmarks.bench_large --sizes 1024 --chunk 512      (a quick check)
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def peak_rss_mb() -> float:
 def load_bundle(spec: str):
     """The model to benchmark; the untrained default architecture when ``spec`` cannot be loaded."""
     from napari_unet.core.errors import UserInputError
-    from napari_unet.core.store import load_model, placeholder_default
+    from napari_unet.core.models.bundle import placeholder_default
+    from napari_unet.core.models.registry import load_model
 
     try:
         return load_model(spec), spec
@@ -53,7 +54,7 @@ def make_image(path: Path, size: int, chunk: int) -> None:
     """Write a ``size x size`` uint16 zarr image, one zarr chunk at a time (bounded memory)."""
     import zarr
 
-    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.data.synthetic import synthetic_nuclei
 
     tile, _ = synthetic_nuclei(shape=(TILE, TILE), n_nuclei=TILE * TILE // 2500, seed=1)
     tile = tile.astype(np.uint16)
@@ -73,7 +74,7 @@ def make_image(path: Path, size: int, chunk: int) -> None:
 def child_baseline(model: str) -> dict:
     import torch  # noqa: F401
 
-    import napari_unet.core.distributed  # noqa: F401
+    import napari_unet.core.predict.folder  # noqa: F401
 
     load_bundle(model)
     return {"peak_rss_mb": peak_rss_mb()}
@@ -83,7 +84,7 @@ def child_predict(image_path: str, out_path: str, model: str, chunk: int, halo: 
     import torch
 
     from napari_unet.core.config import InferenceConfig
-    from napari_unet.core.distributed import predict_large
+    from napari_unet.core.predict.large_image import predict_large
     from napari_unet.core.progress import run_to_end
 
     if threads:

@@ -19,7 +19,7 @@ Writes ``benchmarks/results/peers.json`` (``--json``).
 Usage::
 
     python -m venv .venv-peers && .venv-peers/bin/pip install -r benchmarks/peers/requirements.txt
-    python benchmarks/bench_peers.py --seconds 900 --peers-python .venv-peers/bin/python \
+    python -m benchmarks.bench_peers --seconds 900 --peers-python .venv-peers/bin/python \
         --json benchmarks/results/peers.json
 """
 
@@ -37,36 +37,30 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-
-from data_pack import SOURCES, SPLITS_FILE
-
 from napari_unet.core.config import InferenceConfig, ModelConfig, TrainingConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import write_json
-from napari_unet.core.metrics import evaluate_image, summary_row
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.predict.object_size import DiameterRange, diameter_range_of, median_diameter
+from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.sizing import DiameterRange, diameter_range_of, median_diameter
-from napari_unet.core.store import ModelBundle
-from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.training import iter_train
+from napari_unet.core.train.fine_tune import iter_train
+from training.splits import SHARED_DATA, split_images
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RUNNER = Path(__file__).resolve().parent / "peers" / "cellpose_runner.py"
 
 
 def split_files(data: Path) -> dict[str, list[tuple[Path, Path]]]:
     """``train``, ``dsb2018_val`` and ``s_bsst265_heldout`` lists of ``(image, labels)`` paths."""
-    splits = json.loads(SPLITS_FILE.read_text())["splits"]
     sets: dict[str, list[tuple[Path, Path]]] = {"train": [], "dsb2018_val": [], "s_bsst265_heldout": []}
-    for key, split in sorted(splits.items()):
-        source, name = key.split("/", 1)
-        pair = (data / SOURCES[source] / f"{name}_image.tif", data / SOURCES[source] / f"{name}_labels.tif")
-        if split == "train":
+    for item in split_images(data):
+        pair = (item.image_path, item.labels_path)
+        if item.split == "train":
             sets["train"].append(pair)
-        elif source == "dsb2018_val":
+        elif item.source == "dsb2018_val":
             sets["dsb2018_val"].append(pair)
-        elif source == "s_bsst265":
+        elif item.source == "s_bsst265":
             sets["s_bsst265_heldout"].append(pair)
     return sets
 
@@ -168,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=900.0, help="training budget of each tool (wall clock)")
     parser.add_argument("--peers-python", default=".venv-peers/bin/python")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--limit", type=int, default=0, help="use only this many images per set (smoke tests)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

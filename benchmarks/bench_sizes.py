@@ -7,14 +7,14 @@ far outside the model's training diameters.  Each zoomed set is segmented
 three ways and scored (AP@0.5, stardist-style per-image mean):
 
 * ``scale 1``: the image as it is (the default);
-* ``auto``: ``--scale auto`` (:func:`napari_unet.core.sizing.estimate_scale`);
+* ``auto``: ``--scale auto`` (:func:`napari_unet.core.predict.object_size.estimate_scale`);
 * ``diameter``: ``--diameter`` given the true median nucleus diameter (what a
   user who measured one nucleus gets).
 
 ``seconds`` compares the time of the estimate with that of the prediction,
 side by side in one run (a ratio, so CPU noise mostly cancels).
 
-Usage: python benchmarks/bench_sizes.py [--model default] [--data DIR] [--zooms 0.4 1 2.5]
+Usage: python -m benchmarks.bench_sizes [--model default] [--data DIR] [--zooms 0.4 1 2.5]
 """
 
 from __future__ import annotations
@@ -25,15 +25,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_accuracy import DEFAULT_DATA  # a sibling script: benchmarks/ is on sys.path
 from skimage.transform import resize
 
 from napari_unet.core.config import InferenceConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.evaluate.metrics import match_instances
 from napari_unet.core.io import read_annotated_folder
-from napari_unet.core.metrics import match_instances
-from napari_unet.core.sizing import DiameterRange, estimate_scale, median_diameter
-from napari_unet.core.store import ModelBundle, load_model
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.object_size import DiameterRange, estimate_scale, median_diameter
+from napari_unet.core.predict.segment import predict
+from training.splits import SHARED_DATA
+
+DEFAULT_DATA = SHARED_DATA / "dsb2018" / "val"
 
 
 def zoomed(image: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,8 @@ Prints one JSON object (also written to ``--json``).
 
 Usage::
 
-    python benchmarks/bench_sources.py --models default out/v2/rgb_b16 [--route out/v2/grey_b16+out/v2/colour_b16]
-    python benchmarks/bench_sources.py --models default --inference plain tta auto tta+auto multiscale
+    python -m benchmarks.bench_sources --models default out/v2/rgb_b16 [--route out/v2/grey_b16+out/v2/colour_b16]
+    python -m benchmarks.bench_sources --models default --inference plain tta auto tta+auto multiscale
 """
 
 from __future__ import annotations
@@ -36,20 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-
-from data_pack import SOURCES, SPLITS_FILE
-
-from napari_unet.core.baselines import segment_baseline
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
-from napari_unet.core.inference import foreground_probability, predict
+from napari_unet.core.evaluate.baselines import segment_baseline
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import read_image, read_labels, write_json
-from napari_unet.core.metrics import evaluate_image, summary_row
-from napari_unet.core.postprocess import probabilities_to_labels, remove_unconfident_objects
-from napari_unet.core.sizing import estimate_scale
-from napari_unet.core.store import ModelBundle, load_model
+from napari_unet.core.labels.extraction import foreground_probability
+from napari_unet.core.labels.postprocess import probabilities_to_labels, remove_unconfident_objects
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.object_size import estimate_scale
+from napari_unet.core.predict.segment import predict
+from training.splits import SHARED_DATA, SPLITS_FILE, split_images
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAMILIES = {"grey": ("fluorescence", "brightfield"), "colour": ("colour",), "tissue": ("tissue",)}
 BASELINE_GRIDS = {
     "otsu": {"sigma": (0.0, 1.0, 2.0), "min_size": (15, 30)},
@@ -76,26 +74,16 @@ TUNE_GRID = {
 
 def read_split(data: Path, split: str) -> list[dict]:
     """The images of ``split`` as dicts ``key, source, group, image, labels`` (lossless originals from ``data``)."""
-    document = json.loads(SPLITS_FILE.read_text())
-    groups = document["groups"]
-    items = []
-    for key, role in sorted(document["splits"].items()):
-        if role != split:
-            continue
-        source, name = key.split("/", 1)
-        folder = data / SOURCES[source]
-        image = read_image(folder / f"{name}_image.tif")
-        group = groups[key]
-        items.append(
-            {
-                "key": key,
-                "source": source,
-                "group": group,
-                "image": image,
-                "labels": read_labels(folder / f"{name}_labels.tif"),
-            }
-        )
-    return items
+    return [
+        {
+            "key": item.key,
+            "source": item.source,
+            "group": item.group,
+            "image": read_image(item.image_path),
+            "labels": read_labels(item.labels_path),
+        }
+        for item in split_images(data, split)
+    ]
 
 
 def family(group: str) -> str:
@@ -260,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["default"])
     parser.add_argument("--route", nargs="*", default=[], help="GREY+COLOUR model pairs (both also in --models)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--cache", type=Path, default=Path("out/cache/probabilities"))
     parser.add_argument("--no-tune", action="store_true", help="keep each model's own thresholds")
     parser.add_argument("--baselines", default="", help="comma-separated classical methods to tune and score too")

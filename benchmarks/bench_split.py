@@ -6,12 +6,12 @@ split again with one click per nucleus: at its centroid, and at a point
 jittered by 30% of its radius.  A split succeeds when each true nucleus has
 a piece with IoU >= 0.8.  ``previous`` is the split before this benchmark
 (a watershed on the distance map from single-pixel clicks); ``current`` is
-:func:`napari_unet.core.editing.split_label` with the image (and without it, as
+:func:`napari_unet.core.labels.editing.split_label` with the image (and without it, as
 when the labels' image is not open).
 
 Prints one JSON object (also written to ``--json``).
 
-Usage: python benchmarks/bench_split.py [--data ../shared/data/dsb2018/val] [--json out.json]
+Usage: python -m benchmarks.bench_split [--data ../shared/data/dsb2018/val] [--json out.json]
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from napari_unet.core.config import NormalizeConfig
-from napari_unet.core.editing import split_label
+from napari_unet.core.data.normalize import normalize_plane
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.io import read_annotated_folder, write_json
-from napari_unet.core.normalize import normalize_plane
+from napari_unet.core.labels.editing import split_label
+from training.splits import SHARED_DATA
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
+DEFAULT_DATA = SHARED_DATA / "dsb2018" / "val"
 Splitter = Callable[[np.ndarray, int, list[tuple[float, float]], np.ndarray], np.ndarray]
 
 

@@ -9,7 +9,7 @@ safetensors (no napari needed).  Rows:
   end-to-end time is CPU post-processing);
 - ``fine_tune``: steps done in 10 s on CUDA and whether the weights changed.
 
-Usage: python benchmarks/gpu_check.py [--sizes 4096] [--network-sizes 16384] [--json OUT.json]
+Usage: python -m benchmarks.gpu_check [--sizes 4096] [--network-sizes 16384] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_inference import bench_size, matmul_gflops
-
+from benchmarks.bench_inference import bench_size, matmul_gflops
 from napari_unet.core.config import InferenceConfig, TrainingConfig
-from napari_unet.core.inference import predict_probabilities
-from napari_unet.core.model import flops_per_pixel
+from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.models.network import flops_per_pixel
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.planar import predict_probabilities
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import load_model
-from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.training import iter_train
+from napari_unet.core.train.fine_tune import iter_train
 
 
 def network_only(bundle, size: int) -> dict:

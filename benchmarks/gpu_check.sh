@@ -14,5 +14,5 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 timeout "${GPU_TESTS_SECONDS:-180}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/core/test_gpu.py 2>&1 \
   | tee "$OUT/gpu_tests.txt" | tail -n 5
-timeout "${GPU_BENCH_SECONDS:-240}" "$PY" benchmarks/gpu_check.py --sizes 4096 --network-sizes 16384 \
+timeout "${GPU_BENCH_SECONDS:-240}" "$PY" -m benchmarks.gpu_check --sizes 4096 --network-sizes 16384 \
   --json "$OUT/gpu_check.json" | tail -c 2500

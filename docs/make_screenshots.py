@@ -28,23 +28,24 @@ IMAGES = Path(__file__).resolve().parent / "images"
 
 def demo_model() -> str:
     """Return ``"default"`` when the bundled model exists, else train a small ``demo`` model and return it."""
-    from napari_unet.core import store
+    from napari_unet.core.models import registry
+    from napari_unet.core.models.bundle import ModelBundle
 
-    if any(info.name == store.BUNDLED_NAME for info in store.list_models()):
-        return store.BUNDLED_NAME
+    if any(info.name == registry.BUNDLED_NAME for info in registry.list_models()):
+        return registry.BUNDLED_NAME
     from napari_unet.core.config import ModelConfig, TrainingConfig
+    from napari_unet.core.data.synthetic import synthetic_nuclei
     from napari_unet.core.progress import run_to_end
-    from napari_unet.core.synthetic import synthetic_nuclei
-    from napari_unet.core.training import iter_train
+    from napari_unet.core.train.fine_tune import iter_train
 
     print("no bundled model: training a small demo model (about a minute)")
     pairs = [synthetic_nuclei((128, 128), n_nuclei=14, seed=100 + seed) for seed in range(6)]
-    bundle = store.ModelBundle.new(ModelConfig(depth=3, base_channels=16, norm="group"), metadata={"name": "demo"})
+    bundle = ModelBundle.new(ModelConfig(depth=3, base_channels=16, norm="group"), metadata={"name": "demo"})
     cfg = TrainingConfig(
         max_steps=600, max_seconds=60, batch_size=8, patch_size=64, learning_rate=5e-3, augment=False, warmup_steps=10
     )
     result = run_to_end(iter_train(bundle, [p[0] for p in pairs], [p[1] for p in pairs], cfg))
-    return store.save_version(result.bundle, "demo").spec
+    return registry.save_version(result.bundle, "demo").spec
 
 
 def wait(widget, timeout: float = 600.0) -> None:
@@ -91,7 +92,7 @@ def main() -> None:
     import napari
 
     from napari_unet._widgets import CompareWidget, CorrectWidget, ExportWidget, FineTuneWidget, SegmentWidget
-    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.data.synthetic import synthetic_nuclei
 
     image, truth = synthetic_nuclei((320, 320), n_nuclei=45, seed=7, kind="brightfield")
     viewer = napari.Viewer(title="napari-unet")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_unet.core.data.synthetic import synthetic_nuclei, synthetic_timelapse, synthetic_zstack
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.synthetic import synthetic_nuclei, synthetic_timelapse, synthetic_zstack
 
 if TYPE_CHECKING:
     from napari.types import LayerDataTuple
@@ -146,7 +146,7 @@ def _layer_data(key: str) -> list[LayerDataTuple]:
     """Image + ground-truth labels layers of one sample."""
     spec = SAMPLES[key]
     image, labels = load_sample(key)
-    source = {"source": "napari_unet.core.synthetic", "sample": key}
+    source = {"source": "napari_unet.core.data.synthetic", "sample": key}
     image_kwargs = {"name": spec.title, "metadata": source, **spec.layer_kwargs}
     if spec.rgb:
         image_kwargs["rgb"] = True

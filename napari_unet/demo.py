@@ -56,12 +56,12 @@ def _dock_widgets(viewer: Any) -> None:
 
 
 def _headless(outdir: Path, model: str, overwrite: bool) -> int:
-    from napari_unet.core.baselines import segment_baseline
-    from napari_unet.core.evaluation import format_table
-    from napari_unet.core.inference import predict
+    from napari_unet.core.evaluate.baselines import segment_baseline
+    from napari_unet.core.evaluate.methods import format_table
+    from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
     from napari_unet.core.io import atomic_write_path, export_labels, provenance
-    from napari_unet.core.metrics import evaluate_dataset, summary_row
-    from napari_unet.core.store import load_model
+    from napari_unet.core.models.registry import load_model
+    from napari_unet.core.predict.segment import predict
 
     if outdir.exists() and any(outdir.iterdir()) and not overwrite:
         raise UserInputError(f"{outdir} is not empty; pass --overwrite or choose another folder")

@@ -5,7 +5,7 @@ Usage::
     python sample_data/make_samples.py            # rewrite the files beside this script
     python sample_data/make_samples.py OUT_FOLDER # write them somewhere else
 
-The arrays come from ``napari_unet.core.synthetic`` with the fixed seeds listed in
+The arrays come from ``napari_unet.core.data.synthetic`` with the fixed seeds listed in
 ``napari_unet._sample_data.SAMPLES``, so running this again gives the same arrays.
 Files are zlib-compressed TIFFs written with tifffile.
 """

@@ -13,10 +13,10 @@ TINY_STEPS = 80
 def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A depth-2 / 8-channel UNet trained for a few seconds on synthetic nuclei (so it finds objects)."""
     from napari_unet.core.config import ModelConfig, TrainingConfig
+    from napari_unet.core.data.synthetic import synthetic_nuclei
+    from napari_unet.core.models.bundle import ModelBundle, save_model
     from napari_unet.core.progress import run_to_end
-    from napari_unet.core.store import ModelBundle, save_model
-    from napari_unet.core.synthetic import synthetic_nuclei
-    from napari_unet.core.training import iter_train
+    from napari_unet.core.train.fine_tune import iter_train
 
     pairs = [synthetic_nuclei((96, 96), n_nuclei=10, seed=seed) for seed in range(3)]
     bundle = ModelBundle.new(ModelConfig(depth=2, base_channels=8, norm="group"), metadata={"name": "tiny"}, seed=0)

@@ -1,7 +1,7 @@
 """Assemble the bundled default model v2 from a grey and a colour network trained by ``gpu_train.py``.
 
 The result is one model folder (``model.json`` + ``model.safetensors``) with
-``branches="gray_colour"`` (:class:`napari_unet.core.model.GrayColourUNet`):
+``branches="gray_colour"`` (:class:`napari_unet.core.models.network.GrayColourUNet`):
 grey images go to the grey network, colour images to the colour one.  It
 records where its weights came from (the GPU training logs), the training
 nuclei's diameters for ``--scale auto`` (measured on the training split of
@@ -10,7 +10,7 @@ validation split by ``benchmarks/bench_sources.py``).
 
 Usage::
 
-    python training/assemble_default_v2.py --gray GREY.safetensors --colour COLOUR.safetensors \
+    python -m training.assemble_default_v2 --gray GREY.safetensors --colour COLOUR.safetensors \
         --logs train_log.json [train_log2.json] [--postprocess thresholds.json] --out out/default_v2
 """
 
@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from data_pack import SPLITS_FILE, load_pack
-
 from napari_unet.core.config import ModelConfig, NormalizeConfig, PostprocessConfig
-from napari_unet.core.store import ModelBundle, save_model
+from napari_unet.core.models.bundle import ModelBundle, save_model
+from training.data_pack import load_pack
+from training.splits import SPLITS_FILE
 
 DIAMETER_IMAGES = 120
 """Training images (every k-th of the pack's training split) on which the model's size measurement bias is measured."""
@@ -64,7 +61,7 @@ def training_record(logs: list[Path], weights: dict[str, Path]) -> dict:
 
 def diameters(bundle: ModelBundle, pack: Path) -> dict:
     """``metadata.object_diameter`` for ``--scale auto``: training diameters and the model's measurement bias."""
-    from napari_unet.core.sizing import DiameterRange, diameter_range_of, measurement_bias
+    from napari_unet.core.predict.object_size import DiameterRange, diameter_range_of, measurement_bias
 
     train = load_pack(pack, ("train",))
     record = diameter_range_of([item.labels for item in train])

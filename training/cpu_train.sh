@@ -9,8 +9,8 @@
 # (default out/cpu_grey/ or out/cpu_colour/: checkpoint with optimizer state and step every 5 minutes, EMA
 # weights and a JSON log at the end of each invocation). Stop it any
 # time (kill); run it again to continue. To score it against the shipped model on the validation split:
-#   python training/swap_branch.py --branch gray --weights out/cpu_grey/checkpoint.pt --out out/candidates/cpu
-#   python benchmarks/bench_sources.py --models default out/candidates/cpu --inference tta
+#   python -m training.swap_branch --branch gray --weights out/cpu_grey/checkpoint.pt --out out/candidates/cpu
+#   python -m benchmarks.bench_sources --models default out/candidates/cpu --inference tta
 # and when it wins there, assemble it with training/assemble_default_v2.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ mkdir -p "$OUT"
 # nice only orders processes inside one scheduler autogroup (one per terminal session on Linux): lower this
 # session's group too, or the run takes a full share of the CPU from whatever the user starts elsewhere.
 echo 19 2>/dev/null > /proc/self/autogroup || true
-OMP_NUM_THREADS=2 nice -n 19 "${PYTHON:-.venv/bin/python}" training/gpu_train.py --name "$NAME" --device cpu \
+OMP_NUM_THREADS=2 nice -n 19 "${PYTHON:-.venv/bin/python}" -m training.gpu_train --name "$NAME" --device cpu \
   "${NETWORK_ARGS[@]}" "${INIT_ARGS[@]}" --lr "${LR:-2e-4}" --warmup 50 \
   --batch 16 --patch 256 --steps "${STEPS:-4000}" --seconds "${SECONDS_BUDGET:-86400}" \
   --checkpoint "$OUT/checkpoint.pt" --checkpoint-every 300 --out "$OUT"

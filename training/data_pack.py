@@ -13,7 +13,7 @@ What it holds, per image
   stored as a lossless 8-bit PNG; :func:`load_pack` turns them back into
   instances (8-connected components of one value);
 - the intensity mapping the product applies to it (``low``, ``high``,
-  ``invert`` from :func:`napari_unet.core.normalize.intensity_stats`, measured
+  ``invert`` from :func:`napari_unet.core.data.normalize.intensity_stats`, measured
   on the lossless original), so training sees the same inputs as inference;
 - its source, group (``fluorescence``, ``brightfield``, ``colour``,
   ``tissue``) and split (``train``, ``val``, ``test``).
@@ -25,7 +25,7 @@ it chose the previous model's checkpoint and thresholds, not this one's.
 
 Usage (here, beside ``../shared``)::
 
-    python training/data_pack.py build [--data ../shared/data] [--out data_pack/nuclei_v2.npz]
+    python -m training.data_pack build [--data ../shared/data] [--out data_pack/nuclei_v2.npz]
 """
 
 from __future__ import annotations
@@ -39,16 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from training.splits import SHARED_DATA, SOURCES, SPLITS_FILE, split_images
+
 PACK_FORMAT = "napari-unet-data-pack"
 PACK_VERSION = 1
 MAX_PACK_BYTES = 45 * 2**20
-SPLITS_FILE = Path(__file__).with_name("splits_v2.json")
-SOURCES = {
-    "dsb2018_train": "dsb2018/train",
-    "dsb2018_val": "dsb2018/val",
-    "dsb2018_stage1": "dsb2018_stage1_train",
-    "s_bsst265": "s_bsst265/train",
-}
 GROUPS = ("fluorescence", "brightfield", "colour", "tissue")
 JPEG_QUALITY = 95
 
@@ -246,8 +241,8 @@ def build_pack(data: Path, out: Path) -> dict:
 
     """
     from napari_unet.core.config import NormalizeConfig
+    from napari_unet.core.data.normalize import intensity_stats
     from napari_unet.core.io import read_annotated_folder
-    from napari_unet.core.normalize import intensity_stats
 
     entries, blobs = [], []
     for source, folder in SOURCES.items():
@@ -354,28 +349,20 @@ def link_split_folder(
     most ``limit``; returns their keys.  Existing links are kept, so several
     calls fill one folder.
     """
-    document = json.loads(SPLITS_FILE.read_text())
-    keys = [
-        key
-        for key, role in sorted(document["splits"].items())
-        if role == split
-        and (source is None or key.split("/", 1)[0] == source)
-        and (group is None or document["groups"][key] == group)
-    ][::every][:limit]
+    chosen = split_images(data, split, source, group)[::every][:limit]
     out.mkdir(parents=True, exist_ok=True)
-    for key in keys:
-        name_source, name = key.split("/", 1)
-        for suffix in ("image", "labels"):
-            link = out / f"{name}_{suffix}.tif"
+    for item in chosen:
+        for suffix, target in (("image", item.image_path), ("labels", item.labels_path)):
+            link = out / f"{item.name}_{suffix}.tif"
             if not link.exists():
-                link.symlink_to((data / SOURCES[name_source] / f"{name}_{suffix}.tif").resolve())
-    return keys
+                link.symlink_to(target.resolve())
+    return [item.key for item in chosen]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["build", "folder"], help="build the pack, or link a split into a folder")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA)
     parser.add_argument("--out", type=Path, default=None, help="pack file (build) or folder (folder)")
     parser.add_argument("--split", choices=["train", "val", "test"], default="test", help="folder: the split")
     parser.add_argument("--source", choices=list(SOURCES), default=None, help="folder: only this source")

@@ -2,7 +2,7 @@
 
 Made for a GPU machine that has torch, numpy, scipy, scikit-image and
 Pillow but no ``../shared``: it reads ``data_pack/nuclei_v2.npz``
-(:mod:`data_pack`) and napari-unet's own network (:mod:`napari_unet.core.model`),
+(:mod:`training.data_pack`) and napari-unet's own network (:mod:`napari_unet.core.models.network`),
 trains for a wall-clock budget with bf16 autocast and channels-last, and writes
 the exponential moving average of the weights as ``<out>/<name>.safetensors``
 (the model config in its metadata) and a JSON log ``<logs>/<name>.json``.
@@ -12,15 +12,17 @@ Per training sample, on the device: an image is drawn (groups weighted, see
 ``GROUP_WEIGHTS``; images within a group by the square root of their area),
 a random rotation, flip and zoom (log-uniform in ``ZOOM``) are applied in one
 ``grid_sample`` (labels by nearest neighbour), the 3-class target
-(background / interior / boundary, as :func:`napari_unet.core.targets.labels_to_classes`)
-is rebuilt from the resampled labels, and contrast, brightness, gamma, blur,
-noise and (colour images) channel jitter are applied.  Grey fluorescence images
-are sometimes put in one colour channel of an otherwise black RGB image, as
-RGB fluorescence files are.  Pixels outside the source image weigh 0.
+(background / interior / boundary) is rebuilt from the resampled labels by
+:func:`napari_unet.core.train.pixel_classes.labels_to_classes_torch` (the same
+classes as the product's ``labels_to_classes``, computed on the device for the
+whole batch), and contrast, brightness, gamma, blur, noise and (colour
+images) channel jitter are applied.  Grey fluorescence images are sometimes
+put in one colour channel of an otherwise black RGB image, as RGB
+fluorescence files are.  Pixels outside the source image weigh 0.
 
 Usage::
 
-    python training/gpu_train.py --name rgb_b16 --in-channels 3 --base-channels 16 --seconds 390 --out OUT
+    python -m training.gpu_train --name rgb_b16 --in-channels 3 --base-channels 16 --seconds 390 --out OUT
 """
 
 from __future__ import annotations
@@ -38,14 +40,11 @@ import torch
 from scipy import ndimage as ndi
 from torch.nn import functional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data_pack import PackedImage, load_pack
-
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.losses import class_weights_from_targets, segmentation_loss
-from napari_unet.core.model import UNet, count_parameters
+from napari_unet.core.models.network import UNet, count_parameters
+from napari_unet.core.train.losses import class_weights_from_targets, segmentation_loss
+from napari_unet.core.train.pixel_classes import labels_to_classes_torch
+from training.data_pack import PackedImage, load_pack
 
 GROUP_WEIGHTS = {"fluorescence": 0.35, "brightfield": 0.12, "colour": 0.25, "tissue": 0.28}
 ZOOM = (0.7, 1.45)
@@ -153,7 +152,8 @@ class Sampler:
         weight = (valid > 0.999).float()
         if self.contact_weight:
             weight = weight * (1.0 + self.contact_weight * near_contacts(labels_t))
-        return image, classes_from_labels(labels_t), distance.clamp(0, 1), weight
+        classes = labels_to_classes_torch(labels_t.to(torch.int32))  # ids < 2**24: exact in the float32 labels
+        return image, classes, distance.clamp(0, 1), weight
 
     def _transform(self, item: DeviceImage) -> np.ndarray:
         """Host-side draw for one sample: 2x2 matrix, centre (y, x), image size (y, x), colour, fluorescence."""
@@ -271,15 +271,6 @@ def four_neighbours(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Up, down, left and right neighbour of every pixel of ``labels (N, Y, X)`` (edges replicated), each (N, Y, X)."""
     padded = functional.pad(labels[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
     return padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]
-
-
-def classes_from_labels(labels: torch.Tensor) -> torch.Tensor:
-    """3-class target ``(N, Y, X)`` int64 from instance labels ``(N, Y, X)``: inner rim (4-neighbours) is boundary."""
-    differs = torch.zeros_like(labels, dtype=torch.bool)
-    for neighbour in four_neighbours(labels):
-        differs |= neighbour != labels
-    foreground = labels > 0
-    return foreground.long() + (foreground & differs).long()
 
 
 def near_contacts(labels: torch.Tensor) -> torch.Tensor:

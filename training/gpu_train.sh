@@ -3,7 +3,7 @@
 #
 #   OUT=/some/folder [PLAN=refine|survey] [INIT_DIR=...] [TRAIN_SECONDS=380] bash training/gpu_train.sh
 #
-# Needs data_pack/nuclei_v2.npz (built here beside ../shared by `python training/data_pack.py build`,
+# Needs data_pack/nuclei_v2.npz (built here beside ../shared by `python -m training.data_pack build`,
 # at most 45 MiB, ignored by git; carry it to the GPU machine). bf16 autocast and channels-last; every
 # candidate trains for TRAIN_SECONDS of wall-clock, all at once on the one GPU.
 # PLAN=refine (default) continues the shipped pair; PLAN=survey trains six candidates from scratch (done once,
@@ -29,14 +29,14 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT" "$LOGS"
 
 if [ ! -f "$PACK" ]; then
-  echo "[gpu_train] $PACK is missing: build it beside ../shared with 'python training/data_pack.py build'" >&2
+  echo "[gpu_train] $PACK is missing: build it beside ../shared with 'python -m training.data_pack build'" >&2
   exit 2
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 
 run() {  # run NAME ARGS... : one candidate in the background, its output in $LOGS/NAME.txt
   local name=$1; shift
-  OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 "$PY" training/gpu_train.py --name "$name" --pack "$PACK" \
+  OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 "$PY" -m training.gpu_train --name "$name" --pack "$PACK" \
     --seconds "$TRAIN_SECONDS" --out "$OUT" --logs "$LOGS" "$@" ${EXTRA_ARGS:-} >"$LOGS/$name.txt" 2>&1 &
 }
 case "${PLAN:-refine}" in
@@ -80,6 +80,6 @@ out.write_text(json.dumps(merged, indent=1))
 EOF
 
 if [ "${RUN_GPU_CHECK:-1}" = 1 ]; then
-  timeout "${GPU_CHECK_SECONDS:-150}" "$PY" benchmarks/gpu_check.py --json "$OUT/gpu_check.json" | tail -c 3000
+  timeout "${GPU_CHECK_SECONDS:-150}" "$PY" -m benchmarks.gpu_check --json "$OUT/gpu_check.json" | tail -c 3000
 fi
 ls -la "$OUT"

@@ -9,7 +9,7 @@ starting point for tuning.
 
 Usage::
 
-    python training/import_gpu_weights.py out/gpu_run1/*.safetensors --out out/v2
+    python -m training.import_gpu_weights out/gpu_run1/*.safetensors --out out/v2
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from napari_unet.core.config import ModelConfig, NormalizeConfig
-from napari_unet.core.store import ModelBundle, load_model, save_model
+from napari_unet.core.models.bundle import ModelBundle, save_model
+from napari_unet.core.models.registry import load_model
 
 
 def import_weights(path: Path, out: Path, description: str = "") -> Path:

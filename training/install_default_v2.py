@@ -2,7 +2,7 @@
 
 Usage::
 
-    python training/install_default_v2.py MODEL SOURCES_JSON [--entry "default (tta)"]
+    python -m training.install_default_v2 MODEL SOURCES_JSON [--entry "default (tta)"]
 
 ``SOURCES_JSON`` is ``benchmarks/bench_sources.py`` output that scored
 ``MODEL``; its entry (``--entry``, default ``MODEL``) gives the thresholds
@@ -21,8 +21,9 @@ import json
 from pathlib import Path
 
 from napari_unet.core.config import PostprocessConfig
-from napari_unet.core.inference import FLIPS_METADATA_KEY
-from napari_unet.core.store import bundled_model_dir, load_model, save_model
+from napari_unet.core.models.bundle import save_model
+from napari_unet.core.models.registry import bundled_model_dir, load_model
+from napari_unet.core.predict.runtime import FLIPS_METADATA_KEY
 
 DEFAULT_MODES = {"plain": False, "tta": True}
 """Test-time settings a default model may be installed with -> whether it runs with flips."""

@@ -14,7 +14,7 @@ Every number in the card comes from a results file written by a benchmark script
 
 Usage::
 
-    python training/make_model_card.py napari_unet/weights/default \\
+    python -m training.make_model_card napari_unet/weights/default \\
         --sources benchmarks/results/default_model_v2_sources.json \\
         --survey benchmarks/results/default_model_v2_survey.json \\
         --speed benchmarks/results/default_model_v2_speed.json \\
@@ -27,19 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from data_pack import SOURCES, SPLITS_FILE
-from gpu_train import GROUP_WEIGHTS
-
-from napari_unet.core.inference import model_uses_flips
 from napari_unet.core.io import write_json
-from napari_unet.core.model import count_parameters
-from napari_unet.core.store import load_model
+from napari_unet.core.models.network import count_parameters
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.runtime import model_uses_flips
+from training.gpu_train import GROUP_WEIGHTS
+from training.splits import SOURCES, split_images
 
 MODEL_KEY = "out/default_v2"
 PREVIOUS_KEY = "out/v1_default"
@@ -64,28 +60,28 @@ SUBSET_NAMES = {
     "s_bsst265:tissue": "S-BSST265 tissue sections and cell lines",
 }
 SOURCES_COMMAND = (
-    "python benchmarks/bench_sources.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 "
+    "python -m benchmarks.bench_sources --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 "
     "out/v2/rgb_b16_dist out/v2/rgb_b32_dist out/v2r/grey_b16 out/v2r/colour_b16 "
     "--route out/v2r/grey_b16+out/v2r/colour_b16 --baselines otsu,li,local,watershed "
     "--json benchmarks/results/default_model_v2_sources.json"
 )
 SURVEY_COMMAND = (
-    "python benchmarks/bench_sources.py --models out/v1_default out/v2/rgb_b16 out/v2/grey_b16 out/v2/colour_b16 "
+    "python -m benchmarks.bench_sources --models out/v1_default out/v2/rgb_b16 out/v2/grey_b16 out/v2/colour_b16 "
     "out/v2/rgb_b32 out/v2/rgb_b16_dist out/v2/rgb_b32_dist --route out/v2/grey_b16+out/v2/colour_b16 "
     "--json benchmarks/results/default_model_v2_survey.json"
 )
 DISTANCE_COMMAND = (
-    "python benchmarks/bench_sources.py --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds "
+    "python -m benchmarks.bench_sources --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds "
     "--json benchmarks/results/distance_head.json"
 )
 SPEED_COMMAND = (
-    "python benchmarks/bench_inference.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 "
+    "python -m benchmarks.bench_inference --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 "
     "out/v2/rgb_b16_dist out/v2/rgb_b32_dist --sizes 2048 --devices cpu --repeats 2"
 )
 """The commands that wrote the results files the card reads (model folders as ``training/train_default_model.sh``
 makes them)."""
 TEST_TIME_COMMAND = (
-    "python benchmarks/bench_sources.py --models default --inference plain tta auto tta+auto multiscale "
+    "python -m benchmarks.bench_sources --models default --inference plain tta auto tta+auto multiscale "
     "--json benchmarks/results/default_model_v2_test_time.json"
 )
 TEST_TIME_NAMES = {
@@ -233,12 +229,11 @@ def test_time_lines(bundle: Any, test_time: dict[str, Any] | None, current: dict
 
 def split_counts() -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
     """Images per (source, split) and per (group, split) in ``training/splits_v2.json``."""
-    document = json.loads(SPLITS_FILE.read_text())
     by_source: dict[tuple[str, str], int] = {}
     by_group: dict[tuple[str, str], int] = {}
-    for key, split in document["splits"].items():
-        source = (key.split("/", 1)[0], split)
-        group = (document["groups"][key], split)
+    for item in split_images():
+        source = (item.source, item.split)
+        group = (item.group, item.split)
         by_source[source] = by_source.get(source, 0) + 1
         by_group[group] = by_group.get(group, 0) + 1
     return by_source, by_group

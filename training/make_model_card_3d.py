@@ -9,7 +9,7 @@ Every number comes from a file a script wrote:
 
 Usage::
 
-    python training/make_model_card_3d.py napari_unet/weights/nuclei-3d \\
+    python -m training.make_model_card_3d napari_unet/weights/nuclei-3d \\
         --train benchmarks/results/nuclei_3d_training.json [LATER_RUN.json ...] \\
         --bench benchmarks/results/bench_3d.json
 """
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.core.io import write_json
-from napari_unet.core.model import count_parameters
-from napari_unet.core.store import load_model
+from napari_unet.core.models.network import count_parameters
+from napari_unet.core.models.registry import load_model
 
-TRAIN_COMMAND = "OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --steps {steps}{extra} --out OUT"
-BENCH_COMMAND = "python benchmarks/bench_3d.py --stacks {stacks} --json benchmarks/results/bench_3d.json"
+TRAIN_COMMAND = "OMP_NUM_THREADS=2 nice -n 19 python -m training.train_nuclei_3d --steps {steps}{extra} --out OUT"
+BENCH_COMMAND = "python -m benchmarks.bench_3d --stacks {stacks} --json benchmarks/results/bench_3d.json"
 
 
 def merged_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,12 +103,12 @@ Z-stack path with the bundled 2D model (each plane alone, objects joined across 
 
 ## Training
 
-- Data: {n_train} synthetic stacks (`napari_unet.core.synthetic.random_zstack`, seeds 0-{n_train - 1});
+- Data: {n_train} synthetic stacks (`napari_unet.core.data.synthetic.random_zstack`, seeds 0-{n_train - 1});
   {train["val_stacks"]} more (seeds from 10000) chose the checkpoint (validation AP@0.5 {val_ap:.3f} at the starting
   thresholds) and the thresholds (validation AP@0.5 {tuned:.3f} with them). No real annotated 3D
   data: the synthetic stacks vary every setting widely so that the model does not learn one
   simulator's look.
-- Recipe: `napari_unet.core.volume_training.iter_train_volume` (3D patches, flips along Z/Y/X, quarter turns in
+- Recipe: `napari_unet.core.train.volumetric.iter_train_volume` (3D patches, flips along Z/Y/X, quarter turns in
   YX, intensity and noise, masked cross-entropy + Dice), {train["steps"]} steps in {train["seconds"] / 60:.0f} min on
   2 CPU cores, in {len(train["runs"])} run(s): {"; then ".join(f"`{run}`" for run in train["runs"])}.
 - Architecture: depth {arch["depth"]}, base {arch["base_channels"]} channels, {arch["norm"]} norm,

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python training/plot_val_errors.py [--model default] [--data ../shared/data/dsb2018/val] \
+    python -m training.plot_val_errors [--model default] [--data ../shared/data/dsb2018/val] \
         [--count 4] [--output docs/images/val_errors.png]
 
 Each row shows one image (its AP@0.5 in the title) and, beside it, the
@@ -20,13 +20,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from napari_unet.core.inference import predict
+from napari_unet.core.data.normalize import normalize_plane
+from napari_unet.core.evaluate.metrics import evaluate_image
 from napari_unet.core.io import read_annotated_folder
-from napari_unet.core.metrics import evaluate_image
-from napari_unet.core.normalize import normalize_plane
-from napari_unet.core.store import load_model
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
+from training.splits import SHARED_DATA
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
+DEFAULT_DATA = SHARED_DATA / "dsb2018" / "val"
 GREEN, MAGENTA = (0.1, 0.9, 0.1), (1.0, 0.1, 0.9)
 
 

@@ -11,7 +11,7 @@ two runs from the same start, "model soup"), which can beat both.
 
 Usage::
 
-    python training/swap_branch.py --base default --branch gray --weights out/cpu_grey/checkpoint.pt \
+    python -m training.swap_branch --base default --branch gray --weights out/cpu_grey/checkpoint.pt \
         --out out/candidates/grey_cpu [--share 0.5]
 """
 
@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from napari_unet.core.store import load_model, save_model
-from napari_unet.core.training import mix_states
+from napari_unet.core.models.bundle import save_model
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.train.outcome import blend_states
 
 BRANCHES = ("gray", "colour")
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     bundle = load_model(args.base)
     weights, step = branch_weights(args.weights)
     branch = getattr(bundle.network, args.branch)
-    branch.load_state_dict(mix_states(weights, branch.state_dict(), args.share))
+    branch.load_state_dict(blend_states(weights, branch.state_dict(), args.share))
     source = {"branch": args.branch, "weights": str(args.weights), "step": step, "base": args.base, "share": args.share}
     bundle = replace(bundle, metadata={**bundle.metadata, "swapped_branch": source})
     print(save_model(bundle, args.out, overwrite=True))

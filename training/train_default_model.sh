@@ -4,7 +4,7 @@
 #
 # 1. Pack the data (../shared/data -> data_pack/nuclei_v2.npz, <= 45 MiB, ignored by git); the train / val /
 #    test split is the committed training/splits_v2.json.
-#      python training/data_pack.py build
+#      python -m training.data_pack build
 # 2. Survey: six candidates from scratch at once on one GPU (carry data_pack/ to the GPU machine):
 #      OUT=$OUT PLAN=survey TRAIN_SECONDS=420 bash training/gpu_train.sh        -> out/gpu_run1/
 # 3. Refine the grey and colour networks from the survey's weights (copied to data_pack/init/):
@@ -12,36 +12,36 @@
 #                                                                                 -> out/gpu_run2/
 # 4. Model folders for the candidates, then the assembled grey + colour model (records the training runs and
 #    the training nuclei's diameters):
-#      python training/import_gpu_weights.py out/gpu_run1/*.safetensors --out out/v2
-#      python training/import_gpu_weights.py out/gpu_run2/*.safetensors --out out/v2r
-#      python training/assemble_default_v2.py --gray out/gpu_run2/grey_b16.safetensors \
+#      python -m training.import_gpu_weights out/gpu_run1/*.safetensors --out out/v2
+#      python -m training.import_gpu_weights out/gpu_run2/*.safetensors --out out/v2r
+#      python -m training.assemble_default_v2 --gray out/gpu_run2/grey_b16.safetensors \
 #        --colour out/gpu_run2/colour_b16.safetensors --logs out/gpu_run1/train_log.json out/gpu_run2/train_log.json \
 #        --out out/default_v2
 # 5. Thresholds of every model and baseline chosen on the validation split, scores on the test split
 #    (out/v1_default: the previous bundled model, commit 64630bf):
-#      python benchmarks/bench_sources.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
+#      python -m benchmarks.bench_sources --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
 #        out/v2/rgb_b16_dist out/v2/rgb_b32_dist out/v2r/grey_b16 out/v2r/colour_b16 \
 #        --route out/v2r/grey_b16+out/v2r/colour_b16 --baselines otsu,li,local,watershed \
 #        --json benchmarks/results/default_model_v2_sources.json
-#      python benchmarks/bench_sources.py --models out/v1_default out/v2/rgb_b16 out/v2/grey_b16 out/v2/colour_b16 \
+#      python -m benchmarks.bench_sources --models out/v1_default out/v2/rgb_b16 out/v2/grey_b16 out/v2/colour_b16 \
 #        out/v2/rgb_b32 out/v2/rgb_b16_dist out/v2/rgb_b32_dist --route out/v2/grey_b16+out/v2/colour_b16 \
 #        --json benchmarks/results/default_model_v2_survey.json
-#      python benchmarks/bench_sources.py --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds \
+#      python -m benchmarks.bench_sources --models out/v2/rgb_b16_dist out/v2/rgb_b32_dist --distance-seeds \
 #        --json benchmarks/results/distance_head.json
 # 6. Install with the chosen thresholds, choose the test-time setting (each with thresholds chosen on validation;
 #    flips won among those whose cost does not depend on the image) and install again with it, measure speed (CPU,
 #    nothing else running) and write the card:
-#      python training/install_default_v2.py out/default_v2 benchmarks/results/default_model_v2_sources.json
-#      python benchmarks/bench_sources.py --models default --inference plain tta auto tta+auto multiscale \
+#      python -m training.install_default_v2 out/default_v2 benchmarks/results/default_model_v2_sources.json
+#      python -m benchmarks.bench_sources --models default --inference plain tta auto tta+auto multiscale \
 #        --json benchmarks/results/default_model_v2_test_time.json
-#      python training/install_default_v2.py default benchmarks/results/default_model_v2_test_time.json \
+#      python -m training.install_default_v2 default benchmarks/results/default_model_v2_test_time.json \
 #        --entry "default (tta)"
-#      python benchmarks/bench_inference.py --models out/v1_default default --sizes 2048 --devices cpu --repeats 2 \
+#      python -m benchmarks.bench_inference --models out/v1_default default --sizes 2048 --devices cpu --repeats 2 \
 #        > benchmarks/results/inference_default_flips.json
-#      python benchmarks/bench_inference.py --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
+#      python -m benchmarks.bench_inference --models out/v1_default out/default_v2 out/v2/rgb_b16 out/v2/rgb_b32 \
 #        out/v2/rgb_b16_dist out/v2/rgb_b32_dist --sizes 2048 --devices cpu --repeats 2 \
 #        > benchmarks/results/default_model_v2_speed.json
-#      python training/make_model_card.py napari_unet/weights/default \
+#      python -m training.make_model_card napari_unet/weights/default \
 #        --sources benchmarks/results/default_model_v2_sources.json \
 #        --survey benchmarks/results/default_model_v2_survey.json \
 #        --speed benchmarks/results/default_model_v2_speed.json --distance benchmarks/results/distance_head.json \

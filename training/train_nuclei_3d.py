@@ -1,6 +1,6 @@
 """Train the bundled 3D nuclei model ``nuclei-3d`` on synthetic Z-stacks, with napari-unet's own 3D code.
 
-Data: :func:`napari_unet.core.synthetic.random_zstack` stacks (each seed its own optics, anisotropy, nucleus
+Data: :func:`napari_unet.core.data.synthetic.random_zstack` stacks (each seed its own optics, anisotropy, nucleus
 size, crowding and noise). Seeds 0.. train; seeds from 10_000 choose the checkpoint and the thresholds (their
 ``val`` AP is reported as such, never as accuracy); seeds from 20_000 are only ever scored by
 ``benchmarks/bench_3d.py``.
@@ -9,10 +9,10 @@ The run is resumable: ``--init`` starts from a saved model folder (e.g. the last
 
 Usage::
 
-    OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --steps 1800 --out out/nuclei3d
-    OMP_NUM_THREADS=2 nice -n 19 python training/train_nuclei_3d.py --steps 1500 --init napari_unet/weights/nuclei-3d \
+    OMP_NUM_THREADS=2 nice -n 19 python -m training.train_nuclei_3d --steps 1800 --out out/nuclei3d
+    OMP_NUM_THREADS=2 nice -n 19 python -m training.train_nuclei_3d --steps 1500 --init napari_unet/weights/nuclei-3d \
         --out out/nuclei3d_r2                                       # continue from the bundled model
-    python training/train_nuclei_3d.py --install out/nuclei3d/model     # copy into napari_unet/weights/nuclei-3d
+    python -m training.train_nuclei_3d --install out/nuclei3d/model     # copy into napari_unet/weights/nuclei-3d
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from napari_unet.core.config import InferenceConfig, ModelConfig, PostprocessConfig, TrainingConfig
+from napari_unet.core.data.synthetic import random_zstack
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import write_json
-from napari_unet.core.metrics import evaluate_image, summary_row
+from napari_unet.core.models.bundle import ModelBundle, save_model
+from napari_unet.core.models.registry import BUNDLED_3D_NAME, bundled_model_dir, load_model
+from napari_unet.core.predict.volumetric import iter_predict_volume
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import BUNDLED_3D_NAME, ModelBundle, bundled_model_dir, load_model, save_model
-from napari_unet.core.synthetic import random_zstack
-from napari_unet.core.volume import iter_predict_volume
-from napari_unet.core.volume_training import iter_train_volume
+from napari_unet.core.train.volumetric import iter_train_volume
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 0, 10_000, 20_000
 STACK_SHAPE = (32, 128, 128)
@@ -75,7 +76,7 @@ def choose_thresholds(
     bundle: ModelBundle, probabilities: list[np.ndarray], labels: list[np.ndarray]
 ) -> tuple[PostprocessConfig, list[dict]]:
     """Grid-search the post-processing on the validation stacks; return the best config and every row."""
-    from napari_unet.core.inference import labels_from_probabilities
+    from napari_unet.core.labels.extraction import labels_from_probabilities
 
     rows = []
     for values in itertools.product(*GRID.values()):

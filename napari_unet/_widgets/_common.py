@@ -4,7 +4,8 @@
 - :mod:`._notify`: notifications;
 - :mod:`._layers`: memory-checked layer copies, lookups, and writing labels without losing edits;
 - :mod:`._pickers`: the scrolling panel layout, layer and model pickers, the model-saved bus;
-- :mod:`._jobs`: the job panel (progress bar, status, Cancel) running engine generators in a thread.
+- :mod:`._jobs`: the job panel (progress bar, status, Cancel) running engine generators in a thread,
+  and ``load_model_step``, the first step of the jobs that run a model.
 
 Nothing here computes on image data; it only moves data between napari layers,
 Qt widgets and the engine in :mod:`napari_unet.core`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from napari_unet._widgets._jobs import (
     JobPanel,
+    load_model_step,
 )
 from napari_unet._widgets._layers import (
     EDITED_KEY,
@@ -83,6 +85,7 @@ __all__ = [
     "labels_digest",
     "layer_meta",
     "layer_z_spacing",
+    "load_model_step",
     "load_settings",
     "logger",
     "mark_written",

@@ -43,9 +43,9 @@ from napari_unet._widgets._common import (
     snapshot,
 )
 from napari_unet._widgets._plot import MiniPlot
-from napari_unet.core.baselines import BASELINE_METHODS
+from napari_unet.core.data.normalize import infer_axes, spatial_shape
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.normalize import infer_axes, spatial_shape
+from napari_unet.core.evaluate.baselines import BASELINE_METHODS
 from napari_unet.core.progress import Progress, check_cancel
 
 SETTINGS = "compare"
@@ -222,7 +222,7 @@ def _compare_job(
     """Build the generator the worker runs: segment with each method, time it, score it."""
 
     def job(cancel: Callable[[], bool]) -> Generator[Progress, None, tuple[list[MethodScore], list[str]]]:
-        from napari_unet.core.metrics import error_class_map, error_maps, evaluate_image, summary_row
+        from napari_unet.core.evaluate.metrics import error_class_map, error_maps, evaluate_image, summary_row
 
         scores, skipped = [], []
         for done, method in enumerate(methods):
@@ -252,10 +252,10 @@ def _segment(
     watershed run on the volume (distances in physical units when the layer's
     scale gives the Z step), the local threshold per plane with slices linked.
     """
-    from napari_unet.core.baselines import VOLUME_BASELINE_METHODS, segment_baseline, segment_volume_baseline
-    from napari_unet.core.inference import predict
-    from napari_unet.core.postprocess import link_slices
-    from napari_unet.core.store import load_model, previous_version
+    from napari_unet.core.evaluate.baselines import VOLUME_BASELINE_METHODS, segment_baseline, segment_volume_baseline
+    from napari_unet.core.labels.postprocess import link_slices
+    from napari_unet.core.models.registry import load_model, previous_version
+    from napari_unet.core.predict.segment import predict
 
     if method in (UNET_CURRENT, UNET_PREVIOUS):
         reference = model if method == UNET_CURRENT else previous_version(model)

@@ -1,6 +1,6 @@
 """Correct widget: helpers beside napari's own paint / erase / fill tools.
 
-Every edit is computed by :mod:`napari_unet.core.editing` on a copy of the
+Every edit is computed by :mod:`napari_unet.core.labels.editing` on a copy of the
 labels and written back with ``Labels.data_setitem`` inside
 ``Labels.block_history()``, so one press of Ctrl+Z undoes one helper.
 """
@@ -34,8 +34,8 @@ from napari_unet._widgets._common import (
     save_settings,
     scroll_layout,
 )
-from napari_unet.core import editing
 from napari_unet.core.errors import UserInputError
+from napari_unet.core.labels import editing
 
 SETTINGS = "correct"
 POINTS_NAME = "correction points"
@@ -214,7 +214,7 @@ class CorrectWidget(QWidget):
         metadata names it); only a 2D image of the labels' shape is used.
         """
         from napari_unet.core.config import NormalizeConfig
-        from napari_unet.core.normalize import normalize_plane
+        from napari_unet.core.data.normalize import normalize_plane
 
         labels = self.labels.layer()
         name = layer_meta(labels).get("image") if labels is not None else None

@@ -40,6 +40,7 @@ from napari_unet._widgets._common import (
     info,
     layer_meta,
     layer_z_spacing,
+    load_model_step,
     load_settings,
     notify_exception,
     save_settings,
@@ -50,10 +51,11 @@ from napari_unet._widgets._common import (
 from napari_unet._widgets._correct import reviewed_layer_name
 from napari_unet._widgets._plot import MiniPlot
 from napari_unet.core.config import InferenceConfig, TrainingConfig
+from napari_unet.core.data.normalize import infer_axes, spatial_shape
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.normalize import infer_axes, spatial_shape
+from napari_unet.core.predict.volumetric import VOLUME_AXES
 from napari_unet.core.progress import Progress
-from napari_unet.core.volume import VOLUME_AXES
+from napari_unet.core.train.outcome import notice_of
 
 SETTINGS = "finetune"
 MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", "Changed areas": "changed"}
@@ -79,7 +81,7 @@ class TrainingData:
 class FineTuneOutcome:
     """What the worker hands back: the training result and any re-segmentations."""
 
-    result: Any  # napari_unet.core.training.TrainResult
+    result: Any  # napari_unet.core.train.loop.TrainResult
     resegmented: list[tuple[str, Any, float]]  # (image layer name, Prediction, scale it was predicted at)
 
 
@@ -259,7 +261,7 @@ class FineTuneWidget(QWidget):
                 raise UserInputError("a fine-tuning is already running; wait for it to finish or press its Cancel")
             cfg = self.training_config()
             name, start = self.save_name.text().strip(), self.start_model.reference()
-            from napari_unet.core.store import is_3d_model
+            from napari_unet.core.models.registry import is_3d_model
 
             volumetric = is_3d_model(start)
             snapshot_pairs = self._snapshot_stacks if volumetric else self._snapshot_data
@@ -268,8 +270,7 @@ class FineTuneWidget(QWidget):
                 raise UserInputError("type a name under 'Save as' for the fine-tuned model")
             self._save_settings()
             self._reset_plot()
-            make_job = _finetune_volume_job if volumetric else _finetune_job
-            job = make_job(data, cfg, start, name, self.resegment.isChecked())
+            job = _finetune_job(data, cfg, start, name, self.resegment.isChecked())
             worker = self.jobs.start(job, self._on_trained, self._on_failed, keep_result_if_cancelled=True)
         except Exception as exc:
             notify_exception(exc, "Fine-tuning")
@@ -373,6 +374,10 @@ class FineTuneWidget(QWidget):
         self.last_outcome = outcome
         result = outcome.result
         self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
+        if result.saved is None:
+            head = f"Fine-tuned for {result.steps} steps ({result.seconds:.0f} s); no new version saved"
+            info(f"{head}: {notice_of(result)}")
+            return
         for image_name, prediction, scale in outcome.resegmented:
             self._write_resegmented(image_name, prediction, result.saved.spec, scale)
         bus.model_saved.emit(result.saved.spec)
@@ -399,12 +404,12 @@ class FineTuneWidget(QWidget):
 
     def refresh_history(self) -> None:
         """List the saved versions of the 'Save as' model."""
-        from napari_unet.core import store
+        from napari_unet.core.models import registry
 
         self.history.clear()
         name = self.save_name.text().strip()
         try:
-            versions = store.list_versions(name) if name else []
+            versions = registry.list_versions(name) if name else []
         except UserInputError:  # not an error: nothing saved under this name yet
             versions = []
         for version in reversed(versions):
@@ -412,14 +417,14 @@ class FineTuneWidget(QWidget):
 
     def revert_selected(self) -> Any:
         """Make the selected version the newest again (a copy; history is kept)."""
-        from napari_unet.core import store
+        from napari_unet.core.models import registry
 
         items = self.history.selectedItems()
         try:
             if not items:
                 raise UserInputError("select a version in the model history to revert to")
             name, _, version = items[0].text().split()[0].partition("@v")
-            saved = store.revert(name, int(version))
+            saved = registry.revert(name, int(version))
         except Exception as exc:
             notify_exception(exc, "Revert")
             return None
@@ -456,11 +461,11 @@ def _export_job(
     """Build the generator the worker runs: load the version, write its bioimage.io package."""
 
     def job(cancel: Callable[[], bool]) -> Generator[Progress, None, Path]:
-        from napari_unet.core.bioimageio import export_bioimageio
-        from napari_unet.core.store import load_model
+        from napari_unet.core.models.bioimageio import export_bioimageio
 
+        bundle = yield from load_model_step(reference)
         yield Progress("export", 0, 0, f"Packaging {reference} (weights as PyTorch, TorchScript and ONNX)")
-        return export_bioimageio(load_model(reference), path, overwrite=overwrite)
+        return export_bioimageio(bundle, path, overwrite=overwrite)
 
     return job
 
@@ -468,66 +473,33 @@ def _export_job(
 def _finetune_job(
     data: TrainingData, cfg: TrainingConfig, start: str, name: str, resegment: bool
 ) -> Callable[[Callable[[], bool]], Generator[Progress, None, FineTuneOutcome]]:
-    """Build the generator the worker runs: load, fine-tune and save, then optionally re-segment."""
+    """Build the generator the worker runs: load, fine-tune (2D or 3D) and save, then optionally re-segment."""
 
     def job(cancel: Callable[[], bool]) -> Generator[Progress, None, FineTuneOutcome]:
-        from napari_unet.core.inference import iter_predict
-        from napari_unet.core.store import load_model
-        from napari_unet.core.training import fine_tune_and_save
+        from napari_unet.core.predict.segment import iter_predict
+        from napari_unet.core.train.fine_tune import fine_tune_and_save
+        from napari_unet.core.train.volumetric import VOLUME_BATCH_SIZE
 
-        yield Progress("load", 0, 0, f"Loading model {start}")
-        bundle = load_model(start)
+        bundle = yield from load_model_step(start)
+        volumetric = bundle.config.spatial_dims == 3
         result = yield from fine_tune_and_save(
             bundle,
             data.images,
             data.labels,
-            cfg,
+            replace(cfg, batch_size=VOLUME_BATCH_SIZE) if volumetric else cfg,
             name=name,
             rois=data.rois,
-            previous=data.previous,
+            previous=None if volumetric else data.previous,
+            z_spacings=data.z_spacings if volumetric else None,
             cancel=cancel,
         )
         resegmented = []
-        if resegment:
+        if resegment and result.saved is not None:
             inference = InferenceConfig(device=cfg.device)
-            for image, axes, image_name, scale in data.sources:
-                scaled = replace(inference, scale=scale)
-                prediction = yield from iter_predict(image, result.bundle, axes, scaled, None, cancel)
-                resegmented.append((image_name, prediction, scale))
-        return FineTuneOutcome(result, resegmented)
-
-    return job
-
-
-def _finetune_volume_job(
-    data: TrainingData, cfg: TrainingConfig, start: str, name: str, resegment: bool
-) -> Callable[[Callable[[], bool]], Generator[Progress, None, FineTuneOutcome]]:
-    """Build the generator the worker runs for a 3D model: load, train on the stacks, save, optionally re-segment."""
-
-    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, FineTuneOutcome]:
-        from napari_unet.core.inference import iter_predict
-        from napari_unet.core.store import load_model, save_version
-        from napari_unet.core.volume_training import VOLUME_BATCH_SIZE, iter_train_volume
-
-        yield Progress("load", 0, 0, f"Loading model {start}")
-        bundle = load_model(start)
-        volume_cfg = replace(cfg, batch_size=VOLUME_BATCH_SIZE)
-        result = yield from iter_train_volume(
-            bundle,
-            data.images,
-            data.labels,
-            volume_cfg,
-            annotated=data.rois,
-            z_spacings=data.z_spacings,
-            cancel=cancel,
-        )
-        result.saved = save_version(result.bundle, name, result.lineage)
-        yield Progress("train", result.steps, result.steps, f"saved as model {name!r}", {})
-        resegmented = []
-        if resegment:
-            inference = InferenceConfig(device=cfg.device)
-            for (image, axes, image_name, scale), z_spacing in zip(data.sources, data.z_spacings, strict=True):
-                prediction = yield from iter_predict(image, result.bundle, axes, inference, None, cancel, z_spacing)
+            z_spacings = data.z_spacings if volumetric else [None] * len(data.sources)
+            for (image, axes, image_name, scale), z_spacing in zip(data.sources, z_spacings, strict=True):
+                scaled = inference if volumetric else replace(inference, scale=scale)
+                prediction = yield from iter_predict(image, result.bundle, axes, scaled, None, cancel, z_spacing)
                 resegmented.append((image_name, prediction, scale))
         return FineTuneOutcome(result, resegmented)
 
@@ -546,7 +518,7 @@ def reviewed_voxels(shapes: list[np.ndarray], shape_zyx: tuple[int, ...]) -> np.
         The stack's shape.
 
     """
-    from napari_unet.core.targets import rasterize_rois
+    from napari_unet.core.train.pixel_classes import rasterize_rois
 
     mask = np.zeros(shape_zyx, dtype=bool)
     for vertices in shapes:
@@ -576,7 +548,7 @@ def _add_planes(
     Planes are resized by ``scale``, the factor the labels were segmented at, so
     the model learns nuclei at the size it sees them when segmenting.
     """
-    from napari_unet.core.sizing import rescale_training_plane
+    from napari_unet.core.predict.object_size import rescale_training_plane
 
     if "C" in axes:
         image = np.moveaxis(image, axes.index("C"), -1)
@@ -631,8 +603,6 @@ def _version_text(version: Any) -> str:
 
 
 def _summary(result: Any) -> str:
-    before, after = result.metrics_before or {}, result.metrics_after or {}
+    """Describe a fine-tune that saved a version: steps, time, the version, what validation said."""
     head = f"Fine-tuned for {result.steps} steps ({result.seconds:.0f} s) and saved {result.saved.spec}."
-    if "val_ap50" in before and "val_ap50" in after:
-        return f"{head} Validation AP@0.5: {before['val_ap50']:.3f} before -> {after['val_ap50']:.3f} after."
-    return f"{head} No validation score: {result.messages[-1] if result.messages else 'too little data'}."
+    return f"{head} {notice_of(result)}"

@@ -1,10 +1,13 @@
-"""The job panel: a progress bar, status line and Cancel button running one engine generator in a thread."""
+"""The job panel (a progress bar, status line and Cancel button running one engine generator in a thread).
+
+Also :func:`load_model_step`, the "load the model" first step of the jobs that run one.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import create_worker
 from qtpy.QtCore import Signal
@@ -20,6 +23,21 @@ from qtpy.QtWidgets import (
 from napari_unet._widgets._notify import info, notify_exception
 from napari_unet.core.errors import Cancelled, UserInputError
 from napari_unet.core.progress import Progress
+
+if TYPE_CHECKING:
+    from napari_unet.core.models.bundle import ModelBundle
+
+
+def load_model_step(reference: str) -> Generator[Progress, None, ModelBundle]:
+    """Report the "load" stage, load the model ``reference`` and return its bundle (worker thread).
+
+    The first step of every job that runs a model: ``bundle = yield from load_model_step(model)``.
+    :func:`napari_unet.core.models.registry.load_model` is looked up at each call (tests replace it).
+    """
+    from napari_unet.core.models.registry import load_model
+
+    yield Progress("load", 0, 0, f"Loading model {reference}")
+    return load_model(reference)
 
 
 class _JobState:

@@ -32,7 +32,7 @@ def snapshot(layer: Layer) -> np.ndarray:
         freeze the machine while it is read).
 
     """
-    from napari_unet.core.memory import system_available_bytes
+    from napari_unet.core.predict.memory import system_available_bytes
 
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     needed = int(np.prod(np.shape(data), dtype=np.int64)) * np.dtype(data.dtype).itemsize

@@ -153,7 +153,7 @@ class ModelCombo(QComboBox):
         self.setCurrentText(reference)
 
     def reference(self) -> str:
-        """Return the selected model reference for :func:`napari_unet.core.store.load_model`."""
+        """Return the selected model reference for :func:`napari_unet.core.models.registry.load_model`."""
         text = self.currentText()
         if not text:
             raise UserInputError("no model to use: train one with Fine-tune or load one from a file")
@@ -166,10 +166,10 @@ class ModelCombo(QComboBox):
 
 def model_references() -> list[str]:
     """Model references the store knows (bundled first), e.g. ``["default", "my-nuclei@v2", ...]``."""
-    from napari_unet.core import store
+    from napari_unet.core.models import registry
 
     try:
-        infos = store.list_models()
+        infos = registry.list_models()
     except Exception as exc:  # a broken store must not break the widget
         logger.warning("could not list models", exc_info=True)
         warn(f"Could not list the saved models ({type(exc).__name__}: {exc}); models can still be loaded from files.")

@@ -1,26 +1,13 @@
 """Segment widget: run a UNet on an image layer and write an editable Labels layer.
 
-Large or lazy images
---------------------
-A layer whose data is not a NumPy array (dask, zarr, napari multiscale data:
-its full-resolution level) or a NumPy image with more than
-:data:`~napari_unet.core.large_image.LARGE_IMAGE_PIXELS` pixels per plane is never copied into memory: the array
-itself goes to :func:`napari_unet.core.large_image.predict_large`, which
-segments it chunk by chunk into an OME-Zarr store in the cache folder
-(:func:`large_store_path`).  The Labels layer then shows that store, opened
-lazily (edits are written back to it).  No probability map is kept for such
-images, so "keep probability map" and "re-run post-processing" are skipped
-with a notice.  Lazy stacks (ZYX/TYX) are refused with a notice; NumPy stacks
-use the in-memory path as before.
+The panel only: its engine calls are in :mod:`._segment_jobs`; large or lazy
+images (segmented chunk by chunk into an OME-Zarr store) in :mod:`._large_outputs`.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,12 +29,10 @@ from qtpy.QtWidgets import (
 
 from napari_unet._widgets._common import (
     EDITED_KEY,
-    META_KEY,
     WRITTEN_KEY,
     JobPanel,
     LayerCombo,
     ModelCombo,
-    cache_dir,
     check_image_layer,
     get_layer,
     holds_edits,
@@ -56,7 +41,6 @@ from napari_unet._widgets._common import (
     layer_meta,
     layer_z_spacing,
     load_settings,
-    logger,
     notify_exception,
     save_settings,
     scroll_layout,
@@ -65,16 +49,33 @@ from napari_unet._widgets._common import (
     unique_name,
     warn,
 )
-from napari_unet.core import large_image
+from napari_unet._widgets._large_outputs import (
+    LAZY_STACK_MESSAGE,
+    delete_unused_store,
+    full_resolution,
+    is_large,
+    large_store_path,
+    layer_store,
+    removed_store_notice,
+)
+from napari_unet._widgets._segment_jobs import (
+    LargeSegmentResult,
+    SegmentResult,
+    accuracy_note,
+    estimate_job,
+    how_it_ran,
+    labels_metadata,
+    segment_job,
+    segment_large_job,
+)
 from napari_unet.core.config import MAX_SCALE, MIN_SCALE, InferenceConfig, PostprocessConfig
-from napari_unet.core.editing import label_ids
+from napari_unet.core.data.normalize import SUPPORTED_AXES, infer_axes
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.large_image import LARGE_AXES
-from napari_unet.core.normalize import SUPPORTED_AXES, infer_axes
-from napari_unet.core.progress import Progress
+from napari_unet.core.labels.editing import label_ids
+from napari_unet.core.predict.large_image import LARGE_AXES
 
 if TYPE_CHECKING:
-    from napari_unet.core.sizing import SizeEstimate
+    from napari_unet.core.predict.object_size import SizeEstimate
 
 SETTINGS = "segment"
 AUTO = "auto"
@@ -82,114 +83,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LABELS_SUFFIX = " labels"
 PROBABILITY_SUFFIX = " probability"
 
-LARGE_CHUNK = 2048
-"""Chunk edge (pixels) for large images; memory grows with ``(LARGE_CHUNK + 2 * LARGE_HALO) ** 2``."""
-LARGE_HALO = 64
-"""Context around each chunk (pixels); at least the largest nucleus diameter."""
-LAZY_STACK_MESSAGE = (
-    "lazy stacks are not supported yet; load the stack into memory (or copy one plane into its own layer) "
-    "and press Segment again, or segment the file with the CLI (napari-unet predict)"
-)
-
-
-@dataclass
-class SegmentResult:
-    """What a segmentation run hands back to the GUI thread."""
-
-    prediction: Any  # napari_unet.core.inference.Prediction
-    model: str
-    model_sha256: str
-    settings: dict[str, Any]
-
-
-@dataclass
-class LargeSegmentResult:
-    """What a chunked (large-image) segmentation hands back to the GUI thread."""
-
-    store: Path
-    labels: Any  # zarr array (Y, X) uint32, opened lazily from ``store``
-    model: str
-    model_sha256: str
-    settings: dict[str, Any]
-
 
 def labels_layer_name(image_name: str) -> str:
     """Name of the Labels layer a segmentation of ``image_name`` writes."""
     return image_name + LABELS_SUFFIX
-
-
-def full_resolution(layer: Image) -> Any:
-    """Return the layer's array as it is (level 0 of multiscale data), never copied or loaded."""
-    return layer.data[0] if layer.multiscale else layer.data
-
-
-def is_lazy(layer: Image) -> bool:
-    """Return True for data that is not an in-memory NumPy array (dask, zarr, multiscale)."""
-    return bool(layer.multiscale) or not isinstance(layer.data, np.ndarray)
-
-
-def is_large(layer: Image, axes: str) -> bool:
-    """Return True when ``layer`` goes chunk by chunk: lazy data, or a 2D NumPy image over ``LARGE_IMAGE_PIXELS``."""
-    if is_lazy(layer):
-        return True
-    sizes = dict(zip(axes, layer.data.shape, strict=True))
-    return axes in LARGE_AXES and sizes["Y"] * sizes["X"] > large_image.LARGE_IMAGE_PIXELS
-
-
-def large_store_dir() -> Path:
-    """Return the cache folder holding the labels of large images segmented in the viewer."""
-    return cache_dir() / "large"
-
-
-def large_store_path(image_name: str) -> Path:
-    """Return a new ``.zarr`` path in :func:`large_store_dir` for a chunked segmentation of ``image_name``."""
-    safe = re.sub(r"[^\w.-]+", "_", image_name).strip("._") or "image"
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return large_store_dir() / f"{safe}-{stamp}.zarr"
-
-
-def accuracy_note(model_sha256: str) -> str:
-    """Return a sentence (with a leading space) giving the measured accuracy of a model, or ``""``.
-
-    Parameters
-    ----------
-    model_sha256 : str
-        Hash of the model's weights: the saved model with these weights is
-        looked up, however the model was loaded.
-
-    Notes
-    -----
-    The bundled model's accuracy comes from its model card (per image family,
-    on test images); a trained model's from its validation data while it was trained.
-
-    """
-    from napari_unet.core.store import list_models
-
-    try:
-        infos = list_models()
-    except Exception:  # a broken store must not stop the result from being shown
-        logger.warning("could not list models", exc_info=True)
-        return ""
-    metrics = next((info.metrics for info in infos if info.sha256 == model_sha256 and info.metrics), {})
-    grey, colour, tissue = (metrics.get(f"test_ap50_{family}") for family in ("grey", "colour", "tissue"))
-    if grey is not None and colour is not None and tissue is not None:
-        return (
-            f" Its measured AP@0.5 on held-out test images with its default settings: {grey:.2f} grey "
-            f"(fluorescence, brightfield), {colour:.2f} colour (H&E-like), {tissue:.2f} tissue sections; images "
-            "unlike these may score lower (its model card has the details)."
-        )
-    if isinstance(metrics.get("val_ap50"), float):
-        return f" It scored AP@0.5 {metrics['val_ap50']:.2f} on its validation data when it was trained."
-    return ""
-
-
-def open_lazy_labels(store: Path) -> Any:
-    """Open the labels :func:`~napari_unet.core.large_image.predict_large` wrote, lazily and writable."""
-    import zarr
-
-    from napari_unet.core.large_image import LABEL_NAME
-
-    return zarr.open_array(str(Path(store) / "labels" / LABEL_NAME / "0"), mode="r+")
 
 
 TEST_TIME_AUGMENTATION: dict[str, dict[str, bool]] = {
@@ -347,8 +244,8 @@ class SegmentWidget(QWidget):
         if not str(path).lower().endswith(".zip"):
             self.model.select(path)
             return path
-        from napari_unet.core.bioimageio import import_bioimageio
-        from napari_unet.core.store import save_version
+        from napari_unet.core.models.bioimageio import import_bioimageio
+        from napari_unet.core.models.registry import save_version
 
         try:
             bundle = import_bioimageio(path)
@@ -393,8 +290,8 @@ class SegmentWidget(QWidget):
 
         Returns True when they were read; otherwise the fields keep their values and a warning is shown.
         """
-        from napari_unet.core.inference import model_uses_flips
-        from napari_unet.core.store import model_metadata, model_postprocess
+        from napari_unet.core.models.registry import model_metadata, model_postprocess
+        from napari_unet.core.predict.runtime import model_uses_flips
 
         reference = self.model.currentText()
         try:
@@ -485,7 +382,7 @@ class SegmentWidget(QWidget):
                 return self._run_large(layer, axes)
             image = snapshot(layer)
             model, inference, postprocess = self.model.reference(), self.inference_config(), self.postprocess_config()
-            job = _segment_job(image, axes, model, inference, postprocess, layer_z_spacing(layer, axes))
+            job = segment_job(image, axes, model, inference, postprocess, layer_z_spacing(layer, axes))
             self._save_settings()
             return self.jobs.start(job, lambda result: self._on_segmented(layer, result))
         except Exception as exc:
@@ -499,7 +396,7 @@ class SegmentWidget(QWidget):
             source = full_resolution(layer)  # lazy data stays lazy: only the central window is read
             axes = infer_axes(tuple(source.shape), self.chosen_axes(layer))
             model = self.model.reference()
-            job = _estimate_job(source, axes, model, self.inference_config(), self.postprocess_config())
+            job = estimate_job(source, axes, model, self.inference_config(), self.postprocess_config())
             return self.jobs.start(job, lambda estimate: self._on_estimated(layer, estimate))
         except Exception as exc:
             notify_exception(exc, "Scale estimate")
@@ -516,7 +413,7 @@ class SegmentWidget(QWidget):
             raise UserInputError(LAZY_STACK_MESSAGE)
         store = large_store_path(layer.name)
         store.parent.mkdir(parents=True, exist_ok=True)
-        job = _segment_large_job(
+        job = segment_large_job(
             full_resolution(layer),
             axes,
             self.model.reference(),
@@ -531,7 +428,7 @@ class SegmentWidget(QWidget):
 
     def _on_segmented(self, image_layer: Image, result: SegmentResult) -> None:
         prediction = result.prediction
-        meta = _labels_metadata(image_layer, result, prediction.axes)
+        meta = labels_metadata(image_layer.name, result, prediction.axes)
         layer = self._write_labels(image_layer, prediction.labels, meta)
         self._cache = {
             "probabilities": prediction.probabilities,
@@ -551,7 +448,7 @@ class SegmentWidget(QWidget):
         )
 
     def _on_large_segmented(self, image_layer: Image, result: LargeSegmentResult) -> None:
-        meta = _labels_metadata(image_layer, result, "YX", store=str(result.store))
+        meta = labels_metadata(image_layer.name, result, "YX", store=str(result.store))
         layer = self._write_large_labels(image_layer, result.labels, meta)
         self._cache = {"large": True, "layer": layer}
         info(
@@ -567,39 +464,23 @@ class SegmentWidget(QWidget):
         if existing is not None and not same_shape:
             name = unique_name(self.viewer, name)
         replaced = get_layer(self.viewer, name)
-        old_store = replaced.metadata.get(META_KEY, {}).get("store") if replaced is not None else None
+        old_store = layer_store(replaced)
         layer = set_layer_data(self.viewer, name, labels, "labels", like=image_layer)
         layer_meta(layer).pop("prediction", None)  # a whole-image copy is what large images must avoid
         layer_meta(layer).update(meta)
         self.last_labels_layer = layer
         if old_store and old_store != meta.get("store"):
-            self._delete_unused_store(Path(old_store))
+            delete_unused_store(self.viewer, Path(old_store))
         return layer
-
-    def _is_unused_cached_store(self, store: Path) -> bool:
-        """Return True when ``store`` is a labels store in the large-image cache that no layer shows."""
-        in_use = {layer.metadata.get(META_KEY, {}).get("store") for layer in self.viewer.layers}
-        return store.parent == large_store_dir() and str(store) not in in_use
-
-    def _delete_unused_store(self, store: Path) -> None:
-        """Delete a cached labels store that no layer of the viewer shows any more (its layer was re-segmented)."""
-        if self._is_unused_cached_store(store):
-            shutil.rmtree(store, ignore_errors=True)
 
     def _on_layer_removed(self, event: Any) -> None:
         """Say where the labels of a removed large-image layer stay on disk, and how much space they take.
 
         They are not deleted: they may hold edits the user has not exported.
         """
-        store = event.value.metadata.get(META_KEY, {}).get("store")
-        if not store or not Path(store).is_dir() or not self._is_unused_cached_store(Path(store)):
-            return
-        size = sum(path.stat().st_size for path in Path(store).rglob("*") if path.is_file())
-        info(
-            f"'{event.value.name}' was removed; its labels stay on disk ({size / 2**20:.1f} MB) in the OME-Zarr "
-            f"store {store}. Export them with 'napari-unet export {store} -o FOLDER', or delete the store to free "
-            "the space."
-        )
+        notice = removed_store_notice(self.viewer, event.value)
+        if notice:
+            info(notice)
 
     def _labels_target(self, image_layer: Image) -> str:
         """Name of the Labels layer a segmentation of ``image_layer`` goes to.
@@ -629,7 +510,7 @@ class SegmentWidget(QWidget):
         return layer
 
     def _write_probability(self, image_layer: Image, probabilities: np.ndarray) -> None:
-        from napari_unet.core.inference import foreground_probability
+        from napari_unet.core.labels.extraction import foreground_probability
 
         layer = set_layer_data(
             self.viewer,
@@ -647,7 +528,7 @@ class SegmentWidget(QWidget):
 
     def rerun_postprocessing(self) -> Labels | None:
         """Re-segment from the cached probabilities with the current thresholds (no network)."""
-        from napari_unet.core.inference import labels_from_probabilities
+        from napari_unet.core.labels.extraction import labels_from_probabilities
 
         if self._cache is not None and self._cache.get("large"):
             info(
@@ -688,111 +569,12 @@ class SegmentWidget(QWidget):
         return layer
 
 
-# ---------------------------------------------------------------------- engine calls (worker thread)
-
-
-def how_it_ran(model: str, prediction: Any) -> str:
-    """One sentence on how a stack was segmented (empty for a single image)."""
-    if prediction.axes == "YX":
-        return ""
-    planes = prediction.labels.shape[0]
-    if prediction.volumetric:
-        return f"The 3D model '{model}' segmented the {planes}-plane Z-stack as one volume (3D objects)."
-    if prediction.axes == "ZYX":
-        return f"The 2D model '{model}' segmented the {planes}-plane Z-stack slice by slice, linking objects across Z."
-    return f"The 2D model '{model}' segmented the {planes}-frame time-lapse frame by frame."
-
-
-def _segment_job(
-    image: np.ndarray,
-    axes: str,
-    model: str,
-    inference: InferenceConfig,
-    postprocess: PostprocessConfig,
-    z_spacing: float | None = None,
-) -> Callable[[Callable[[], bool]], Generator[Progress, None, SegmentResult]]:
-    """Build the generator the worker runs: load the model, then predict."""
-
-    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, SegmentResult]:
-        from napari_unet.core.inference import iter_predict
-        from napari_unet.core.store import load_model
-
-        yield Progress("load", 0, 0, f"Loading model {model}")
-        bundle = load_model(model)
-        prediction = yield from iter_predict(image, bundle, axes, inference, postprocess, cancel, z_spacing)
-        settings = {"axes": axes, "inference": inference.to_dict(), "postprocess": postprocess.to_dict()}
-        if prediction.volumetric:
-            settings["z_spacing"] = z_spacing
-        return SegmentResult(prediction, _pinned_reference(bundle, model), bundle.sha256, settings)
-
-    return job
-
-
-def _estimate_job(
-    source: Any, axes: str, model: str, inference: InferenceConfig, postprocess: PostprocessConfig
-) -> Callable[[Callable[[], bool]], Generator[Progress, None, SizeEstimate]]:
-    """Build the generator the worker runs: load the model, then measure the nuclei of ``source``."""
-
-    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, SizeEstimate]:
-        from napari_unet.core.sizing import estimate_scale
-        from napari_unet.core.store import load_model
-
-        yield Progress("load", 0, 0, f"Loading model {model}")
-        bundle = load_model(model)
-        yield Progress("estimate", 0, 0, "Measuring the nuclei (passes on the image's centre)")
-        return estimate_scale(source, bundle, axes, inference, postprocess, cancel)
-
-    return job
-
-
-def _segment_large_job(
-    source: Any, axes: str, model: str, inference: InferenceConfig, postprocess: PostprocessConfig, store: Path
-) -> Callable[[Callable[[], bool]], Generator[Progress, None, LargeSegmentResult]]:
-    """Build the generator the worker runs for a large image: load the model, then predict chunk by chunk.
-
-    ``source`` (``YX``, ``YXC`` or ``CYX``; NumPy, dask or zarr) is only ever read one window at a time.
-    """
-    chunk, halo = LARGE_CHUNK, LARGE_HALO
-
-    def job(cancel: Callable[[], bool]) -> Generator[Progress, None, LargeSegmentResult]:
-        from napari_unet.core.large_image import predict_large
-        from napari_unet.core.store import load_model
-
-        yield Progress("load", 0, 0, f"Loading model {model}")
-        bundle = load_model(model)
-        path = yield from predict_large(
-            source,
-            bundle,
-            store,
-            chunk=chunk,
-            halo=halo,
-            inference=inference,
-            postprocess=postprocess,
-            axes=axes,
-            cancel=cancel,
-        )
-        settings = {
-            "axes": axes,
-            "inference": inference.to_dict(),
-            "postprocess": postprocess.to_dict(),
-            "chunk": chunk,
-            "halo": halo,
-        }
-        return LargeSegmentResult(
-            path, open_lazy_labels(path), _pinned_reference(bundle, model), bundle.sha256, settings
-        )
-
-    return job
-
-
-def _pinned_reference(bundle: Any, model: str) -> str:
-    """``name@vN`` for store models (pins the exact version), else the reference as given."""
-    return bundle.spec if bundle.version is not None else model
+# ---------------------------------------------------------------------- form helpers
 
 
 def describe_devices() -> str:
     """One line naming the compute devices PyTorch can see."""
-    from napari_unet.core.inference import accelerator_names
+    from napari_unet.core.predict.runtime import accelerator_names
 
     found = accelerator_names()
     return "found: " + (", ".join(found) if found else "CPU only (no GPU visible to PyTorch)")
@@ -813,16 +595,3 @@ def _float_spin(low: float, high: float, value: float, step: float = 0.05) -> QD
     box.setSingleStep(step)
     box.setValue(value)
     return box
-
-
-def _labels_metadata(image_layer: Image, result: SegmentResult | LargeSegmentResult, axes: str, **extra: Any) -> dict:
-    """Provenance stored in the labels layer's metadata (model, its hash, settings, axes)."""
-    return {
-        "image": image_layer.name,
-        "method": "unet",
-        "model": result.model,
-        "model_sha256": result.model_sha256,
-        "settings": result.settings,
-        "axes": axes,
-        **extra,
-    }

@@ -109,14 +109,14 @@ class ModelConfig(JsonConfig):
     dropout : float
         Dropout probability in the bottleneck.
     head : str
-        Meaning of the output channels (see :mod:`napari_unet.core.model`).
+        Meaning of the output channels (see :mod:`napari_unet.core.models.network`).
     branches : str
         ``single``: one UNet.  ``gray_colour``: two UNets of this shape in one
         model (``in_channels`` must be 3), a 1-channel one for grey inputs and
         a 3-channel one for colour inputs; each input tile goes to the grey
         branch when its three channels are equal (a grey image, repeated)
         and to the colour branch otherwise (see
-        :class:`napari_unet.core.model.GrayColourUNet`).
+        :class:`napari_unet.core.models.network.GrayColourUNet`).
     xy_only_levels : int
         3D models only: the first this many down-sampling steps pool Y and X
         but keep Z, for stacks whose Z step is larger than their pixel size
@@ -237,7 +237,7 @@ class InferenceConfig(JsonConfig):
         Test-time augmentation: average the predictions of the image and its
         three flips (4x slower).  ``None`` (the default) follows the model:
         on when its thresholds were chosen on flip-averaged predictions
-        (:func:`napari_unet.core.inference.model_uses_flips`, true of the
+        (:func:`napari_unet.core.predict.runtime.model_uses_flips`, true of the
         bundled default model), else off.
     scale : float
         Resize factor applied to each plane before the network (bilinear);
@@ -378,6 +378,19 @@ class TrainingConfig(JsonConfig):
         Seed for sampling and augmentation.
     num_threads : int
         CPU threads torch may use while training (0 = all cores).
+    replay_fraction : float
+        Share of training patches drawn from the starting model's replay set
+        (annotated crops of its own training images, shipped with the bundled
+        default model and inherited by its fine-tuned children), so a
+        fine-tune on a few images of one kind keeps what the model knew about
+        others (rehearsal).  Ignored when the model has no replay set.
+    freeze_batch_norm : bool
+        Keep BatchNorm running statistics as the starting model had them
+        (normalise with them, never update them); scales and shifts still learn.
+    retune_thresholds : bool
+        Rechoose the foreground and seed thresholds of a fine-tuned child on
+        the held-out corrections (kept only when strictly better there);
+        otherwise the child keeps its parent's.
 
     """
 
@@ -402,10 +415,14 @@ class TrainingConfig(JsonConfig):
     amp: bool = True
     seed: int = 0
     num_threads: int = 0
+    replay_fraction: float = 0.25
+    freeze_batch_norm: bool = False
+    retune_thresholds: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_range(name, "num_threads", self.num_threads, 0, 1024)
+        _check_range(name, "replay_fraction", self.replay_fraction, 0.0, 0.9)
         _check_range(name, "patch_size", self.patch_size, 16, 4096)
         _check_range(name, "batch_size", self.batch_size, 1, 1024)
         _check_range(name, "learning_rate", self.learning_rate, 1e-8, 1.0)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.cli import main
+from napari_unet.cli import build_parser, main
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.synthetic import synthetic_nuclei
+from napari_unet.core.data.synthetic import synthetic_nuclei
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:
     """A small untrained model saved as a folder (the CLI only needs it to load and run)."""
-    from napari_unet.core.store import ModelBundle, save_model
+    from napari_unet.core.models.bundle import ModelBundle, save_model
 
     bundle = ModelBundle.new(ModelConfig(depth=2, base_channels=4))
     return save_model(bundle, tmp_path / "tiny-model")
@@ -46,7 +46,7 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def ap50(truth: np.ndarray, labels: np.ndarray) -> float:
-    from napari_unet.core.metrics import evaluate_image, summary_row
+    from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 
     return summary_row(evaluate_image(truth, labels, (0.5,)))["AP@0.5"]
 
@@ -62,6 +62,38 @@ def test_version_via_console_script() -> None:
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "napari_unet.cli"]
     out = subprocess.run([*command, "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("napari-unet ")
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    out = subprocess.run([sys.executable, "-m", "napari_unet.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("napari-unet ")
+
+
+TRAIN = ["train", "--images", "a.tif", "--labels", "a_labels.tif", "--output", "m"]
+PREDICT = ["predict", "a.tif", "-o", "out"]
+EVALUATE = ["evaluate", "--images", "data"]
+TUNE = ["tune", "--images", "data", "--output", "tuned"]
+
+
+@pytest.mark.parametrize(
+    ("command", "new", "old", "value", "dest"),
+    [
+        (TRAIN, "--start-model", "--from", "scratch", "start"),
+        (TRAIN, "--annotated-planes", "--planes", "4,12,20", "planes"),
+        (PREDICT, "--tile-size", "--tile", "256", "tile"),
+        (EVALUATE, "--tile-size", "--tile", "256", "tile"),
+        (TUNE, "--tile-size", "--tile", "256", "tile"),
+        (PREDICT, "--method", "--methods", "otsu", "method"),
+        (EVALUATE, "--methods", "--method", "otsu,li", "methods"),
+    ],
+)
+def test_old_option_spellings_parse_like_the_new_ones(command, new, old, value, dest) -> None:
+    parser = build_parser()
+    with_new = parser.parse_args([*command, new, value])
+    with_old = parser.parse_args([*command, old, value])
+    assert getattr(with_new, dest) == getattr(with_old, dest) != getattr(parser.parse_args(command), dest)
+    assert vars(with_new) == vars(with_old)
 
 
 @pytest.mark.parametrize("method", ["otsu", "li", "local", "watershed"])
@@ -152,7 +184,7 @@ def test_train_from_scratch_then_predict_with_it(dataset, model_dir, tmp_path, c
     code, stdout, err = run(args, capsys)
     assert code == 0, err
     assert "cli-test@v1" in stdout
-    from napari_unet.core.store import load_model
+    from napari_unet.core.models.registry import load_model
 
     diameters = load_model("cli-test@v1").metadata["object_diameter"]  # measured on the training labels
     assert diameters["images"] == 2 and 0 < diameters["low"] <= diameters["high"]
@@ -303,7 +335,8 @@ def test_evaluate_on_shared_val_subset(tmp_path, capsys) -> None:
 def test_tune_repairs_a_deliberately_bad_threshold(dataset, tmp_path, capsys) -> None:
     from dataclasses import replace
 
-    from napari_unet.core.store import load_model, save_model
+    from napari_unet.core.models.bundle import save_model
+    from napari_unet.core.models.registry import load_model
 
     bundle = load_model("default")
     bundle.postprocess = replace(bundle.postprocess, min_size=5000)  # removes every nucleus: AP 0
@@ -344,8 +377,8 @@ def test_predict_scale_auto_measures_the_nuclei_and_records_the_scale(tiny_nucle
 
 
 def test_diameter_sets_the_scale_from_the_models_training_sizes(tiny_nuclei_image, tmp_path, capsys) -> None:
-    from napari_unet.core.sizing import DiameterRange
-    from napari_unet.core.store import load_model
+    from napari_unet.core.models.registry import load_model
+    from napari_unet.core.predict.object_size import DiameterRange
 
     expected = DiameterRange.of_model(load_model("default").metadata).scale_for(6.0)
     out = tmp_path / "out"
@@ -387,7 +420,7 @@ def test_tune_refuses_scale_auto(dataset, tiny_model, tmp_path, capsys) -> None:
 
 
 def test_tune_records_the_flips_it_tuned_with_and_predict_follows_them(dataset, tiny_model, tmp_path, capsys) -> None:
-    from napari_unet.core.store import load_model
+    from napari_unet.core.models.registry import load_model
 
     tuned = tmp_path / "tuned-with-flips"
     args = ["tune", "--images", str(dataset), "--model", str(tiny_model), "--tile", "64"]
@@ -408,8 +441,8 @@ def test_tune_records_the_flips_it_tuned_with_and_predict_follows_them(dataset, 
 
 
 def test_train_at_a_scale_with_rois_and_synthetic_images(dataset, model_dir, tmp_path, capsys) -> None:
-    from napari_unet.core.sizing import diameter_range_of
-    from napari_unet.core.store import load_model
+    from napari_unet.core.models.registry import load_model
+    from napari_unet.core.predict.object_size import diameter_range_of
 
     images = [str(dataset / "s1_image.tif"), str(dataset / "s2_image.tif")]
     labels = [str(dataset / "s1_labels.tif"), str(dataset / "s2_labels.tif")]
@@ -475,7 +508,7 @@ def test_export_model_then_import_model_gives_the_same_labels(dataset, model_dir
 @pytest.fixture
 def stack_files(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     """A held-out synthetic Z-stack (test seed of benchmarks/bench_3d.py) and its 3D labels as TIFF files."""
-    from napari_unet.core.synthetic import random_zstack
+    from napari_unet.core.data.synthetic import random_zstack
 
     image, labels, _ = random_zstack(20_001, (16, 64, 64))
     folder = tmp_path / "stacks"

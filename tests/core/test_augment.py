@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.core.augment import (
+from napari_unet.core.train.augment import (
     AugmentParams,
     augment_sample,
     flip_rot90,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.metrics import evaluate_image, match_instances
+from napari_unet.core.evaluate.baselines import BASELINE_METHODS, segment_baseline
+from napari_unet.core.evaluate.metrics import evaluate_image, match_instances
 
 CENTERS = ((20, 20), (20, 90), (60, 50), (100, 25), (100, 100), (60, 110))
 RADIUS = 9

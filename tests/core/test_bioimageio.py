@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import zipfile
 from pathlib import Path
 
@@ -12,7 +14,10 @@ import torch
 pytest.importorskip("bioimageio.core")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from napari_unet.core.bioimageio import (  # noqa: E402
+from napari_unet.core.config import ModelConfig, TrainingConfig  # noqa: E402
+from napari_unet.core.data.synthetic import synthetic_nuclei  # noqa: E402
+from napari_unet.core.errors import UserInputError  # noqa: E402
+from napari_unet.core.models.bioimageio import (  # noqa: E402
     CONFIG_KEY,
     export_bioimageio,
     export_network,
@@ -20,13 +25,11 @@ from napari_unet.core.bioimageio import (  # noqa: E402
     package_test_input,
     run_package_test,
 )
-from napari_unet.core.config import ModelConfig, TrainingConfig  # noqa: E402
-from napari_unet.core.errors import UserInputError  # noqa: E402
-from napari_unet.core.inference import predict  # noqa: E402
+from napari_unet.core.models.bundle import ModelBundle  # noqa: E402
+from napari_unet.core.models.registry import load_model  # noqa: E402
+from napari_unet.core.predict.segment import predict  # noqa: E402
 from napari_unet.core.progress import run_to_end  # noqa: E402
-from napari_unet.core.store import ModelBundle, load_model  # noqa: E402
-from napari_unet.core.synthetic import synthetic_nuclei  # noqa: E402
-from napari_unet.core.training import iter_train  # noqa: E402
+from napari_unet.core.train.fine_tune import iter_train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +98,61 @@ def test_a_package_another_tool_made_is_refused_with_what_is_supported(bundled_p
         import_bioimageio(foreign)
     with pytest.raises(UserInputError, match="no such package"):
         import_bioimageio(tmp_path / "missing.zip")
+
+
+def _tampered_package(source: Path, target: Path, change: str) -> Path:
+    """Copy the package ``source`` to ``target`` with its weights or its recorded weights hash changed.
+
+    ``change="weights"`` adds 0.5 to one tensor of ``weights.pt`` and records the new file's sha256 in
+    ``rdf.yaml`` (so bioimage.io's own file check passes and only napari-unet's weights hash can tell);
+    ``change="recorded-hash"`` replaces ``config.napari_unet.weights_sha256`` by another hash;
+    ``change="none"`` copies the package as it is.
+    """
+    with zipfile.ZipFile(source) as original:
+        members = [(item, original.read(item.filename)) for item in original.infolist()]
+    files = {item.filename: data for item, data in members}
+    rdf = files["rdf.yaml"]
+    if change == "weights-only":  # the file changed, rdf.yaml not: bioimage.io's own file check fails
+        state = torch.load(io.BytesIO(files["weights.pt"]), map_location="cpu", weights_only=True)
+        first = next(key for key, value in state.items() if value.is_floating_point())
+        state[first] = state[first] + 0.5
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        files["weights.pt"] = buffer.getvalue()
+    elif change == "weights":
+        state = torch.load(io.BytesIO(files["weights.pt"]), map_location="cpu", weights_only=True)
+        first = next(key for key, value in state.items() if value.is_floating_point())
+        state[first] = state[first] + 0.5
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        old_file_hash = hashlib.sha256(files["weights.pt"]).hexdigest().encode()
+        assert old_file_hash in rdf, "rdf.yaml records the sha256 of weights.pt"
+        rdf = rdf.replace(old_file_hash, hashlib.sha256(buffer.getvalue()).hexdigest().encode())
+        files["weights.pt"] = buffer.getvalue()
+    elif change == "recorded-hash":
+        recorded = f"weights_sha256: {load_model('default').sha256}".encode()
+        assert recorded in rdf, "the package records the weights hash"
+        rdf = rdf.replace(recorded, b"weights_sha256: " + b"f" * 64)  # hex digits, so YAML keeps it a string
+    files["rdf.yaml"] = rdf
+    with zipfile.ZipFile(target, "w") as copy:
+        for item, _ in members:
+            copy.writestr(item, files[item.filename])
+    return target
+
+
+@pytest.mark.parametrize("change", ["weights", "recorded-hash"])
+def test_import_refuses_a_package_whose_weights_do_not_match_the_recorded_hash(bundled_package, tmp_path, change):
+    tampered = _tampered_package(bundled_package, tmp_path / "tampered.zip", change)
+    with pytest.raises(UserInputError, match="weights do not match the hash the package records"):
+        import_bioimageio(tampered)
+    intact = _tampered_package(bundled_package, tmp_path / "intact.zip", "none")
+    assert import_bioimageio(intact).sha256 == load_model("default").sha256, "an unchanged copy imports"
+
+
+def test_a_damaged_weights_file_is_refused_with_a_clear_message(bundled_package, tmp_path):
+    damaged = _tampered_package(bundled_package, tmp_path / "damaged.zip", "weights-only")
+    with pytest.raises(UserInputError, match="the weights file is damaged"):
+        import_bioimageio(damaged)
 
 
 def test_only_2d_three_class_models_are_packaged(tmp_path):

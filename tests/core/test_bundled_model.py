@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from napari_unet.core.baselines import BASELINE_METHODS, segment_baseline
-from napari_unet.core.inference import predict
+from napari_unet.core.evaluate.baselines import BASELINE_METHODS, segment_baseline
+from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
 from napari_unet.core.io import read_image, read_labels
-from napari_unet.core.metrics import evaluate_dataset, summary_row
-from napari_unet.core.store import bundled_model_dir, load_model
+from napari_unet.core.models.registry import bundled_model_dir, load_model
+from napari_unet.core.predict.segment import predict
 
 VAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018" / "val"
 
@@ -47,7 +47,7 @@ def test_default_model_beats_every_baseline_on_real_nuclei() -> None:
 
 
 def test_3d_model_is_shipped_small_documented_and_3d() -> None:
-    from napari_unet.core.store import BUNDLED_3D_NAME
+    from napari_unet.core.models.registry import BUNDLED_3D_NAME
 
     folder = bundled_model_dir(BUNDLED_3D_NAME)
     assert (folder / "model.safetensors").stat().st_size < 20 * 1024**2
@@ -58,8 +58,8 @@ def test_3d_model_is_shipped_small_documented_and_3d() -> None:
 
 
 def test_3d_model_beats_2d_linking_and_the_3d_watershed_on_held_out_stacks() -> None:
-    from napari_unet.core.baselines import segment_volume_baseline
-    from napari_unet.core.synthetic import random_zstack
+    from napari_unet.core.data.synthetic import random_zstack
+    from napari_unet.core.evaluate.baselines import segment_volume_baseline
 
     bundle3d, bundle2d = load_model("nuclei-3d"), load_model("default")
     scores: dict[str, list[float]] = {"3d": [], "2d": [], "watershed": []}

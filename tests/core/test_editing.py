@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from napari_unet.core import editing
 from napari_unet.core.config import NormalizeConfig
+from napari_unet.core.data.normalize import normalize_plane
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.io import read_annotated_folder
-from napari_unet.core.normalize import normalize_plane
+from napari_unet.core.labels import editing
 
 
 def two_blobs() -> np.ndarray:
@@ -187,8 +186,7 @@ def test_split_selected_makes_two_pieces_not_three():
 )
 def test_split_recovers_real_fused_nuclei():
     """Touching nuclei of the DSB validation images, merged, then split at their centroids with the image."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import bench_split
+    from benchmarks import bench_split
 
     report_rng = np.random.default_rng(0)
     cases = []

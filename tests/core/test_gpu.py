@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from napari_unet.core.config import InferenceConfig, TrainingConfig
-from napari_unet.core.inference import predict
-from napari_unet.core.metrics import evaluate_image, summary_row
+from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import load_model
-from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.training import iter_train
+from napari_unet.core.train.fine_tune import iter_train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

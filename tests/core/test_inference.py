@@ -9,29 +9,24 @@ import torch
 from skimage.draw import disk
 from torch import nn
 
-from napari_unet.core import inference
 from napari_unet.core.config import InferenceConfig, ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.inference import (
+from napari_unet.core.labels.extraction import foreground_probability, labels_from_probabilities
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.network import UNet
+from napari_unet.core.predict import runtime
+from napari_unet.core.predict.planar import MULTISCALE_FACTORS, predict_probabilities, resize_plane, scaled_shape
+from napari_unet.core.predict.runtime import (
     FLIPS_METADATA_KEY,
-    MULTISCALE_FACTORS,
     Prediction,
     accelerator_names,
-    foreground_probability,
     inference_network,
-    iter_predict,
-    labels_from_probabilities,
     model_uses_flips,
-    predict,
-    predict_probabilities,
-    resize_plane,
     resolve_device,
-    scaled_shape,
     settings_for_model,
 )
-from napari_unet.core.model import UNet
+from napari_unet.core.predict.segment import iter_predict, predict
 from napari_unet.core.progress import Progress, run_to_end
-from napari_unet.core.store import ModelBundle
 
 CPU = InferenceConfig(device="cpu", tile_size=64, overlap=0.125, batch_size=4)
 POST = PostprocessConfig(min_size=5, min_seed_size=1)
@@ -117,7 +112,7 @@ def assert_discs_found(labels: np.ndarray, masks: list[np.ndarray]) -> None:
 
 def test_resolve_device_cpu_and_auto_without_accelerators(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(inference, "_mps_available", lambda: False)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(UserInputError, match="no CUDA GPU"):
@@ -140,12 +135,12 @@ def test_resolve_device_with_cuda_present(monkeypatch):
 
 def test_accelerator_names_list_cuda_devices_then_mps(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(inference, "_mps_available", lambda: False)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: False)
     assert accelerator_names() == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU model {index}")
-    monkeypatch.setattr(inference, "_mps_available", lambda: True)
+    monkeypatch.setattr(runtime, "_mps_available", lambda: True)
     assert accelerator_names() == ["cuda:0 GPU model 0", "cuda:1 GPU model 1", "Apple MPS"]
 
 
@@ -232,15 +227,15 @@ def test_probabilities_do_not_depend_on_batch_size():
 
 
 def test_amp_on_cpu_uses_bfloat16_only_where_the_processor_has_it(monkeypatch):
-    from napari_unet.core import inference
+    from napari_unet.core.predict import runtime
 
     plane = smooth_noise((1, 64, 64), seed=4)
     bundle = unet_bundle(depth=2)
     without = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=False))
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     emulated = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=True))
     np.testing.assert_array_equal(emulated, without)  # no native bfloat16: float32, bit for bit
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     native = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", amp=True))
     assert not np.array_equal(native, without), "bfloat16 really ran"
     np.testing.assert_allclose(native, without, atol=0.05)
@@ -350,7 +345,7 @@ def test_inference_runs_a_cached_folded_copy_and_leaves_the_network_alone():
 
 
 def test_folded_batch_norm_computes_the_same_logits():
-    from napari_unet.core.model import GrayColourUNet, fold_batch_norm
+    from napari_unet.core.models.network import GrayColourUNet, fold_batch_norm
 
     torch.manual_seed(0)
     for network in (

@@ -398,7 +398,7 @@ def test_list_images(tmp_path: Path) -> None:
 
 def test_provenance_record_and_export(tmp_path: Path) -> None:
     from napari_unet.core.config import ModelConfig, PostprocessConfig
-    from napari_unet.core.store import ModelBundle
+    from napari_unet.core.models.bundle import ModelBundle
 
     source = tmp_path / "input.tif"
     tifffile.imwrite(source, np.ones((4, 4), np.uint8))

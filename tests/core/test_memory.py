@@ -5,7 +5,7 @@ import torch
 
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.memory import (
+from napari_unet.core.predict.memory import (
     OomGuard,
     as_torch_device,
     available_memory_bytes,

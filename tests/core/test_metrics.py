@@ -1,4 +1,4 @@
-"""Metrics against hand-computed cases (stardist conventions, see napari_unet.core.metrics)."""
+"""Metrics against hand-computed cases (stardist conventions, see napari_unet.core.evaluate.metrics)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from napari_unet.core import metrics
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.metrics import (
+from napari_unet.core.evaluate import metrics
+from napari_unet.core.evaluate.metrics import (
     SCORE_NAMES,
     THRESHOLDS,
     error_class_map,

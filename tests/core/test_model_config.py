@@ -15,7 +15,7 @@ from napari_unet.core.config import (
     PostprocessConfig,
     TrainingConfig,
 )
-from napari_unet.core.model import UNet, count_parameters, flops_per_pixel
+from napari_unet.core.models.network import UNet, count_parameters, flops_per_pixel
 
 ALL_CONFIGS = [ModelConfig(), NormalizeConfig(), InferenceConfig(), PostprocessConfig(), TrainingConfig()]
 

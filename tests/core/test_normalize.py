@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet.core.config import NormalizeConfig
-from napari_unet.core.errors import UserInputError
-from napari_unet.core.normalize import (
+from napari_unet.core.data.normalize import (
     LUMINANCE_WEIGHTS,
     IntensityStats,
     apply_stats,
@@ -19,6 +18,7 @@ from napari_unet.core.normalize import (
     to_planes,
     validate_image,
 )
+from napari_unet.core.errors import UserInputError
 
 FULL_RANGE = NormalizeConfig(low_percentile=0.0, high_percentile=100.0, invert="never")
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018"
@@ -282,6 +282,53 @@ def test_invert_can_be_forced(mode, inverted):
     assert out[8, 8] == pytest.approx(0.0 if inverted else 1.0)
 
 
+def nuclei_with_outliers(channels: int = 1) -> np.ndarray:
+    """Dim background (100-200) with bright nuclei (1000-1100), 0.5% dead (0) and 0.25% hot (5000) pixels.
+
+    The 1st and 99.5th percentiles fall inside the background and the nuclei, far from the outliers.
+    Colour images hold the same intensities at 1, 0.6 and 0.3 times in R, G, B.
+    """
+    rng = np.random.default_rng(11)
+    image = rng.uniform(100, 200, size=(80, 100))
+    image[10:30, 10:30] = rng.uniform(1000, 1100, size=(20, 20))
+    image[45:70, 50:80] = rng.uniform(1000, 1100, size=(25, 30))
+    flat = image.ravel()  # a view
+    outliers = rng.permutation(flat.size)
+    flat[outliers[:40]] = 0.0  # 0.5% dead pixels
+    flat[outliers[40:60]] = 5000.0  # 0.25% hot pixels
+    if channels == 1:
+        return image.astype(np.float32)
+    return np.stack([image, 0.6 * image, 0.3 * image], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("channels", "in_channels", "invert"),
+    [(1, 1, "auto"), (1, 1, "never"), (1, 3, "auto_gray"), (3, 3, "auto"), (3, 3, "auto_gray"), (3, 1, "never")],
+)
+def test_low_percentile_maps_to_zero_high_to_one_and_bright_nuclei_stay_bright(channels, in_channels, invert):
+    image = nuclei_with_outliers(channels)
+    cfg = NormalizeConfig(low_percentile=1.0, high_percentile=99.5, invert=invert)
+    out = normalize_plane(image, cfg, in_channels)
+    model_input = image if in_channels == 3 or channels == 1 else image @ np.float32(LUMINANCE_WEIGHTS)
+    low, high = np.percentile(model_input, [1.0, 99.5])  # jointly over the channels
+    assert low > 0 and high < model_input.max() / 4, "the percentiles ignore the dead and the hot pixels"
+
+    stats = intensity_stats(image, cfg, in_channels)
+    assert stats == IntensityStats(low=pytest.approx(low), high=pytest.approx(high), invert=False, gray_rgb=False)
+    scaled = (model_input - low) / (high - low)
+    expected = np.moveaxis(scaled, -1, 0) if model_input.ndim == 3 else np.repeat(scaled[None], in_channels, 0)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+    assert np.mean(out < 0) == pytest.approx(0.01, abs=0.002), "1% of the values lie below 0"
+    assert np.mean(out > 1) == pytest.approx(0.005, abs=0.002), "0.5% lie above 1"
+    nuclei, background = np.s_[10:30, 10:30], np.s_[0:8, 40:100]
+    assert 0.85 < np.median(out[0][nuclei]) < 1.05, "nuclei (in the brightest channel) near 1"
+    for channel in out:
+        assert np.median(channel[nuclei]) > np.median(channel[background]) + 0.25, "nuclei stay brighter"
+    order = np.argsort(model_input[..., 0] if model_input.ndim == 3 else model_input, axis=None, kind="stable")
+    assert np.all(np.diff(out[0].ravel()[order]) >= 0), "brighter in the image is brighter in the output"
+
+
 # --------------------------------------------------------------------------- intensity statistics
 
 
@@ -336,8 +383,8 @@ def test_auto_invert_matches_real_images():
 
 @pytest.mark.parametrize(("shape", "axes"), [((1, 1), "YX"), ((1, 50), "YX"), ((1, 1, 3), "YXC"), ((5, 1, 64), "ZYX")])
 def test_tiny_images_are_refused_as_too_small_not_constant(shape, axes):
-    from napari_unet.core.inference import predict
-    from napari_unet.core.store import placeholder_default
+    from napari_unet.core.models.bundle import placeholder_default
+    from napari_unet.core.predict.segment import predict
 
     image = np.ones(shape, np.uint8)
     image.flat[0] = 0 if image.size > 1 else 1

@@ -6,7 +6,7 @@ from skimage.draw import disk
 from skimage.segmentation import find_boundaries
 
 from napari_unet.core.config import PostprocessConfig
-from napari_unet.core.postprocess import (
+from napari_unet.core.labels.postprocess import (
     fill_label_holes,
     link_slices,
     probabilities_to_labels,

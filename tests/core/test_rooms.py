@@ -13,7 +13,7 @@ FORBIDDEN = ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6
 
 def test_core_modules_import_no_gui_package() -> None:
     modules = [m.name for m in pkgutil.walk_packages(napari_unet.core.__path__, "napari_unet.core.")]
-    assert "napari_unet.core.inference" in modules and "napari_unet.core.io.labels" in modules
+    assert "napari_unet.core.predict.planar" in modules and "napari_unet.core.io.labels" in modules
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}: importlib.import_module(name)\n"

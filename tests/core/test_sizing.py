@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.sizing import (
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.object_size import (
     DEFAULT_DIAMETER_RANGE,
     METADATA_KEY,
     DiameterRange,
@@ -18,8 +21,6 @@ from napari_unet.core.sizing import (
     median_diameter,
     object_diameters,
 )
-from napari_unet.core.store import ModelBundle, load_model
-from napari_unet.core.synthetic import synthetic_nuclei
 
 
 def disks(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float) -> np.ndarray:
@@ -159,7 +160,7 @@ def test_measured_diameters_are_divided_by_the_models_bias(bundled) -> None:
 
 
 def test_measurement_bias_over_training_pairs(bundled) -> None:
-    from napari_unet.core.sizing import measurement_bias
+    from napari_unet.core.predict.object_size import measurement_bias
 
     pairs = [synthetic_nuclei((192, 192), 30, seed=seed, radius_range=(7.0, 10.0)) for seed in (4, 5)]
     images, labels = [image for image, _ in pairs], [truth for _, truth in pairs]
@@ -180,7 +181,7 @@ def test_estimate_can_be_cancelled(bundled) -> None:
 
 
 def test_rescale_training_plane_resizes_like_prediction() -> None:
-    from napari_unet.core.sizing import rescale_training_plane
+    from napari_unet.core.predict.object_size import rescale_training_plane
 
     labels = disks((40, 60), [(20, 20), (20, 42)], radius=6)
     image = np.stack([labels > 0] * 3, axis=-1).astype(np.uint8) * 200

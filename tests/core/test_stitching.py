@@ -5,10 +5,10 @@ import pytest
 import zarr
 from skimage.draw import disk
 from skimage.measure import label
-from skimage.segmentation import relabel_sequential
+from skimage.segmentation import clear_border, relabel_sequential
 
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.stitching import (
+from napari_unet.core.predict.stitching import (
     Stitcher,
     UnionFind,
     intersect,
@@ -111,6 +111,31 @@ def test_tiled_result_equals_whole_image_result_on_random_discs():
     assert_same_partition(result, expected)
     assert result.dtype == np.uint32
     np.testing.assert_array_equal(np.unique(result), np.arange(expected.max() + 1))
+
+
+def whole_objects_segmenter(window: np.ndarray) -> np.ndarray:
+    """A segmenter that needs context: it drops objects cut by its window's edge (as a UNet misreads cut nuclei)."""
+    return clear_border(threshold_segmenter(window))
+
+
+def test_halo_gives_every_window_the_whole_of_each_object_crossing_its_core_border():
+    radius, chunk = 9, 64
+    on_borders = [(64, 100), (128, 40), (100, 128), (192, 64), (150, 192), (64, 64), (128, 128), (192, 192)]
+    centres = list(on_borders)
+    rng = np.random.default_rng(5)
+    while len(centres) < 30:  # separate discs: no object is larger than one disc
+        candidate = rng.integers(2 * radius, [256 - 2 * radius, 224 - 2 * radius])
+        if min(np.hypot(*(candidate - centre)) for centre in centres) > 2 * radius + 2:
+            centres.append(tuple(candidate))
+    image = disc_image((256, 224), centres, radius)
+    expected = whole_objects_segmenter(image)  # objects touching the image edge are dropped here too
+    assert all(expected[y, x] > 0 for y, x in on_borders), "the discs crossing core borders and corners are found"
+
+    result = segment_tiled(image, whole_objects_segmenter, chunk=chunk, halo=2 * radius + 2)  # halo > diameter
+    assert_same_partition(result, expected)
+
+    too_small = segment_tiled(image, whole_objects_segmenter, chunk=chunk, halo=radius // 2)
+    assert (too_small > 0).sum() < (expected > 0).sum(), "without enough context the cut discs are lost"
 
 
 def test_touching_objects_meeting_on_a_border_stay_two_objects():

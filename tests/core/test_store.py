@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import store
 from napari_unet.core.config import ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.store import ModelBundle
+from napari_unet.core.models import bundle as bundle_format
+from napari_unet.core.models import registry
+from napari_unet.core.models.bundle import ModelBundle
 
 TINY = ModelConfig(depth=1, base_channels=2)  # batch norm: running stats and num_batches_tracked are saved too
 
@@ -21,8 +22,8 @@ TINY = ModelConfig(depth=1, base_channels=2)  # batch norm: running stats and nu
 @pytest.fixture
 def model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "user-models"
-    monkeypatch.setenv(store.MODEL_DIR_ENV, str(folder))
-    monkeypatch.setattr(store, "bundled_model_dir", lambda name="default": tmp_path / "bundled" / name)
+    monkeypatch.setenv(registry.MODEL_DIR_ENV, str(folder))
+    monkeypatch.setattr(registry, "bundled_model_dir", lambda name="default": tmp_path / "bundled" / name)
     return folder
 
 
@@ -64,9 +65,9 @@ def test_constructor_keywords_and_properties() -> None:
 
 def test_save_load_round_trip_reproduces_outputs(tmp_path: Path, model_dir: Path) -> None:
     bundle = tiny_bundle(name="mine", description="test")
-    folder = store.save_model(bundle, tmp_path / "saved")
+    folder = bundle_format.save_model(bundle, tmp_path / "saved")
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
-    loaded = store.load_model(folder)
+    loaded = registry.load_model(folder)
     assert torch.equal(outputs(loaded), outputs(bundle))
     assert (loaded.config, loaded.normalize, loaded.postprocess) == (
         bundle.config,
@@ -76,7 +77,7 @@ def test_save_load_round_trip_reproduces_outputs(tmp_path: Path, model_dir: Path
     assert loaded.metadata["description"] == "test" and loaded.name == "mine"
     assert loaded.path == folder and not loaded.network.training
     for variant in (folder / "model.json", folder / "model.safetensors", str(folder)):
-        assert store.load_model(variant).sha256 == bundle.sha256
+        assert registry.load_model(variant).sha256 == bundle.sha256
 
 
 def test_sha256_is_stable_and_tracks_weights(tmp_path: Path) -> None:
@@ -85,8 +86,8 @@ def test_sha256_is_stable_and_tracks_weights(tmp_path: Path) -> None:
     assert len(first) == 64 and bundle.sha256 == first
     assert tiny_bundle(seed=1).sha256 == first
     assert tiny_bundle(seed=2).sha256 != first
-    store.save_model(bundle, tmp_path / "m")
-    assert store.load_model(tmp_path / "m").sha256 == first
+    bundle_format.save_model(bundle, tmp_path / "m")
+    assert registry.load_model(tmp_path / "m").sha256 == first
     assert json.loads((tmp_path / "m" / "model.json").read_text())["metadata"]["sha256"] == first
     with torch.no_grad():
         next(bundle.network.parameters())[0].add_(1.0)
@@ -95,12 +96,12 @@ def test_sha256_is_stable_and_tracks_weights(tmp_path: Path) -> None:
 
 def test_save_model_refuses_overwrite_then_replaces(tmp_path: Path) -> None:
     first, second = tiny_bundle(seed=1), tiny_bundle(seed=2)
-    store.save_model(first, tmp_path / "m")
+    bundle_format.save_model(first, tmp_path / "m")
     with pytest.raises(UserInputError, match="exists; pass overwrite=True"):
-        store.save_model(second, tmp_path / "m")
-    assert store.load_model(tmp_path / "m").sha256 == first.sha256
-    store.save_model(second, tmp_path / "m", overwrite=True)
-    assert store.load_model(tmp_path / "m").sha256 == second.sha256
+        bundle_format.save_model(second, tmp_path / "m")
+    assert registry.load_model(tmp_path / "m").sha256 == first.sha256
+    bundle_format.save_model(second, tmp_path / "m", overwrite=True)
+    assert registry.load_model(tmp_path / "m").sha256 == second.sha256
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
@@ -111,14 +112,14 @@ def test_save_model_overwrite_replaces_only_a_model_folder(tmp_path: Path) -> No
     (folder / "sub" / "data.csv").write_text("a,b\n")
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     with pytest.raises(UserInputError, match="napari-unet did not write"):
-        store.save_model(tiny_bundle(), folder, overwrite=True)
+        bundle_format.save_model(tiny_bundle(), folder, overwrite=True)
     assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
-    model = store.save_model(tiny_bundle(seed=1), tmp_path / "model")
+    model = bundle_format.save_model(tiny_bundle(seed=1), tmp_path / "model")
     (model / "notes.txt").write_text("mine")  # a model folder the user added a file to is theirs too
-    assert not store.is_model_folder(model)
+    assert not bundle_format.is_model_folder(model)
     with pytest.raises(UserInputError, match=r"notes\.txt"):
-        store.save_model(tiny_bundle(seed=2), model, overwrite=True)
+        bundle_format.save_model(tiny_bundle(seed=2), model, overwrite=True)
     assert (model / "notes.txt").read_text() == "mine"
 
 
@@ -128,13 +129,13 @@ def test_failed_save_leaves_no_folder(tmp_path: Path, model_dir: Path, monkeypat
 
     monkeypatch.setattr("safetensors.torch.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        store.save_model(tiny_bundle(), tmp_path / "m")
+        bundle_format.save_model(tiny_bundle(), tmp_path / "m")
     assert not (tmp_path / "m").exists()
     with pytest.raises(OSError, match="disk full"):
-        store.save_version(tiny_bundle(), "nuclei")
+        registry.save_version(tiny_bundle(), "nuclei")
     assert list((model_dir / "nuclei").iterdir()) == []
     with pytest.raises(UserInputError, match="unknown model"):
-        store.load_model("nuclei")
+        registry.load_model("nuclei")
 
 
 # ----------------------------------------------------------------------------- corrupt and foreign files
@@ -142,7 +143,7 @@ def test_failed_save_leaves_no_folder(tmp_path: Path, model_dir: Path, monkeypat
 
 @pytest.fixture
 def saved(tmp_path: Path) -> Path:
-    return store.save_model(tiny_bundle(), tmp_path / "saved")
+    return bundle_format.save_model(tiny_bundle(), tmp_path / "saved")
 
 
 def drop_weights_hash(folder: Path) -> None:
@@ -167,7 +168,7 @@ def test_corrupt_weights_are_user_errors(saved: Path, damage: str, check_hash: b
     if not check_hash:
         drop_weights_hash(saved)
     with pytest.raises(UserInputError, match=r"model\.safetensors"):
-        store.load_model(saved)
+        registry.load_model(saved)
 
 
 def test_wrong_architecture_is_a_user_error(saved: Path) -> None:
@@ -176,11 +177,11 @@ def test_wrong_architecture_is_a_user_error(saved: Path) -> None:
     document["model"]["base_channels"] = 4
     path.write_text(json.dumps(document))
     with pytest.raises(UserInputError, match=r"model\.safetensors does not fit the architecture"):
-        store.load_model(saved)
+        registry.load_model(saved)
     document["model"]["depth"] = 2
     path.write_text(json.dumps(document))
     with pytest.raises(UserInputError, match="does not fit the architecture"):
-        store.load_model(saved)
+        registry.load_model(saved)
 
 
 def test_missing_or_foreign_json(saved: Path, tmp_path: Path) -> None:
@@ -188,50 +189,50 @@ def test_missing_or_foreign_json(saved: Path, tmp_path: Path) -> None:
     original = path.read_text()
     path.write_text(json.dumps({"format": "something-else", "model": {}}))
     with pytest.raises(UserInputError, match=r"model\.json is not a napari-unet model"):
-        store.load_model(saved)
+        registry.load_model(saved)
     path.write_text("{not json")
     with pytest.raises(UserInputError, match="not valid JSON"):
-        store.load_model(saved)
+        registry.load_model(saved)
     document = json.loads(original)
     document["format_version"] = 99
     path.write_text(json.dumps(document))
     with pytest.raises(UserInputError, match="newer napari-unet"):
-        store.load_model(saved)
+        registry.load_model(saved)
     document["format_version"] = 1
     document["model"]["depth"] = 99
     path.write_text(json.dumps(document))
     with pytest.raises(UserInputError, match="invalid configuration"):
-        store.load_model(saved)
+        registry.load_model(saved)
     path.unlink()
     with pytest.raises(UserInputError, match=r"model\.json is missing"):
-        store.load_model(saved / "model.safetensors")
+        registry.load_model(saved / "model.safetensors")
     with pytest.raises(UserInputError, match="no such model file"):
-        store.load_model(tmp_path / "nowhere")
+        registry.load_model(tmp_path / "nowhere")
 
 
 # ----------------------------------------------------------------------------- names, versions, lineage
 
 
 def test_unknown_name_lists_available(model_dir: Path) -> None:
-    store.save_version(tiny_bundle(), "alpha")
-    store.save_version(tiny_bundle(), "beta")
+    registry.save_version(tiny_bundle(), "alpha")
+    registry.save_version(tiny_bundle(), "beta")
     with pytest.raises(UserInputError, match=r"unknown model 'gamma'; available models: alpha, beta"):
-        store.load_model("gamma")
+        registry.load_model("gamma")
     with pytest.raises(UserInputError, match=r"no version v7; its versions are v1"):
-        store.load_model("alpha@v7")
+        registry.load_model("alpha@v7")
     with pytest.raises(UserInputError, match="no user model named 'gamma'"):
-        store.list_versions("gamma")
+        registry.list_versions("gamma")
 
 
 def test_versions_increment_and_load_by_spec(model_dir: Path) -> None:
     bundles = [tiny_bundle(seed=s) for s in (1, 2, 3)]
-    infos = [store.save_version(b, "nuclei", {"metrics": {"ap": i / 10}}) for i, b in enumerate(bundles)]
+    infos = [registry.save_version(b, "nuclei", {"metrics": {"ap": i / 10}}) for i, b in enumerate(bundles)]
     assert [info.version for info in infos] == [1, 2, 3]
     assert [info.path.name for info in infos] == ["v1", "v2", "v3"]
-    assert store.load_model("nuclei").sha256 == bundles[2].sha256
-    assert store.load_model("nuclei@v1").sha256 == bundles[0].sha256
-    assert store.load_model("nuclei@2").sha256 == bundles[1].sha256
-    loaded = store.load_model("nuclei@v2")
+    assert registry.load_model("nuclei").sha256 == bundles[2].sha256
+    assert registry.load_model("nuclei@v1").sha256 == bundles[0].sha256
+    assert registry.load_model("nuclei@2").sha256 == bundles[1].sha256
+    loaded = registry.load_model("nuclei@v2")
     assert (loaded.name, loaded.version, loaded.spec) == ("nuclei", 2, "nuclei@v2")
     assert bundles[2].spec == "nuclei@v3" and bundles[2].path == infos[2].path
 
@@ -239,15 +240,15 @@ def test_versions_increment_and_load_by_spec(model_dir: Path) -> None:
 def test_version_numbers_skip_taken_folders(model_dir: Path) -> None:
     (model_dir / "nuclei" / "v1").mkdir(parents=True)
     (model_dir / "nuclei" / "v1" / "stray.txt").write_text("left by a crashed save")
-    info = store.save_version(tiny_bundle(), "nuclei")
+    info = registry.save_version(tiny_bundle(), "nuclei")
     assert info.version == 2
-    assert [i.version for i in store.list_versions("nuclei")] == [2]  # the incomplete v1 is not a model
+    assert [i.version for i in registry.list_versions("nuclei")] == [2]  # the incomplete v1 is not a model
 
 
 def test_saved_versions_get_normal_permissions(model_dir: Path) -> None:
     umask = os.umask(0o022)
     try:
-        info = store.save_version(tiny_bundle(), "nuclei")
+        info = registry.save_version(tiny_bundle(), "nuclei")
     finally:
         os.umask(umask)
     assert stat.S_IMODE(info.path.stat().st_mode) == 0o755  # not the private 0700 of the staging folder
@@ -256,8 +257,8 @@ def test_saved_versions_get_normal_permissions(model_dir: Path) -> None:
 
 def test_lineage_round_trip(model_dir: Path) -> None:
     parent = tiny_bundle()
-    store.save_version(parent, "nuclei", {"metrics": {"ap": 0.4}})
-    loaded = store.load_model("nuclei")
+    registry.save_version(parent, "nuclei", {"metrics": {"ap": 0.4}})
+    loaded = registry.load_model("nuclei")
     parent_sha = loaded.sha256
     with torch.no_grad():
         next(loaded.network.parameters())[0].mul_(0.5)  # "fine-tuned"
@@ -268,9 +269,9 @@ def test_lineage_round_trip(model_dir: Path) -> None:
         "metrics": {"ap": 0.75},
         "seconds": 12.5,
     }
-    info = store.save_version(loaded, "nuclei", lineage)
+    info = registry.save_version(loaded, "nuclei", lineage)
     assert (info.version, info.parent, info.metrics) == (2, "nuclei@v1", {"ap": 0.75})
-    reloaded = store.load_model("nuclei@v2").metadata["lineage"]
+    reloaded = registry.load_model("nuclei@v2").metadata["lineage"]
     assert reloaded["parent"] == {"name": "nuclei", "version": 1, "sha256": parent_sha}
     assert reloaded["settings"] == {"patch_size": 64, "tile": [32, 32], "lr": 0.25}
     assert reloaded["data"] == lineage["data"] and reloaded["annotation_mode"] == "rois"
@@ -279,74 +280,74 @@ def test_lineage_round_trip(model_dir: Path) -> None:
 
 def test_revert_keeps_history(model_dir: Path) -> None:
     first, second = tiny_bundle(seed=1), tiny_bundle(seed=2)
-    store.save_version(first, "nuclei", {"metrics": {"ap": 0.9}})
-    store.save_version(second, "nuclei", {"metrics": {"ap": 0.1}})
-    info = store.revert("nuclei", 1)
+    registry.save_version(first, "nuclei", {"metrics": {"ap": 0.9}})
+    registry.save_version(second, "nuclei", {"metrics": {"ap": 0.1}})
+    info = registry.revert("nuclei", 1)
     assert info.version == 3 and info.metrics == {"ap": 0.9}
-    assert store.load_model("nuclei").sha256 == first.sha256
-    assert store.load_model("nuclei").metadata["lineage"]["reverted_from"] == 1
-    assert [i.version for i in store.list_versions("nuclei")] == [1, 2, 3]
-    store.delete_version("nuclei", 2)
-    assert [i.version for i in store.list_versions("nuclei")] == [1, 3]
+    assert registry.load_model("nuclei").sha256 == first.sha256
+    assert registry.load_model("nuclei").metadata["lineage"]["reverted_from"] == 1
+    assert [i.version for i in registry.list_versions("nuclei")] == [1, 2, 3]
+    registry.delete_version("nuclei", 2)
+    assert [i.version for i in registry.list_versions("nuclei")] == [1, 3]
     with pytest.raises(UserInputError, match="no version v2"):
-        store.delete_version("nuclei", 2)
+        registry.delete_version("nuclei", 2)
 
 
 def test_previous_version_prefers_the_lineage_parent(model_dir: Path) -> None:
-    store.save_version(tiny_bundle(seed=1), "nuclei")  # v1: a new model, no parent
-    store.save_version(tiny_bundle(seed=2), "other")
-    fine_tuned = store.load_model("other@v1")
-    store.save_version(fine_tuned, "nuclei")  # v2: fine-tuned from other@v1
-    store.save_version(tiny_bundle(seed=3), "nuclei")  # v3: no parent recorded
-    assert store.previous_version("nuclei@v2") == "other@v1"
-    assert store.previous_version("nuclei@2") == "other@v1"
-    assert store.previous_version("nuclei") == "nuclei@v2"  # latest (v3) has no parent: the next older version
-    assert store.previous_version("nuclei@v1") is None
-    assert store.previous_version("nuclei@v9") == "nuclei@v2"  # an unknown version falls back to the latest
+    registry.save_version(tiny_bundle(seed=1), "nuclei")  # v1: a new model, no parent
+    registry.save_version(tiny_bundle(seed=2), "other")
+    fine_tuned = registry.load_model("other@v1")
+    registry.save_version(fine_tuned, "nuclei")  # v2: fine-tuned from other@v1
+    registry.save_version(tiny_bundle(seed=3), "nuclei")  # v3: no parent recorded
+    assert registry.previous_version("nuclei@v2") == "other@v1"
+    assert registry.previous_version("nuclei@2") == "other@v1"
+    assert registry.previous_version("nuclei") == "nuclei@v2"  # latest (v3) has no parent: the next older version
+    assert registry.previous_version("nuclei@v1") is None
+    assert registry.previous_version("nuclei@v9") == "nuclei@v2"  # an unknown version falls back to the latest
     for reference in ("default", "gamma", str(model_dir / "nuclei"), "nuclei/v2"):
-        assert store.previous_version(reference) is None
+        assert registry.previous_version(reference) is None
 
 
 def test_reserved_and_invalid_names(model_dir: Path) -> None:
     for name in ("default", "a/b", "", "x@v1", ".hidden"):
         with pytest.raises(UserInputError, match="name"):
-            store.save_version(tiny_bundle(), name)
+            registry.save_version(tiny_bundle(), name)
 
 
 def test_listing_puts_bundled_default_first(model_dir: Path, tmp_path: Path) -> None:
-    store.save_version(tiny_bundle(), "zeta")
-    store.save_version(tiny_bundle(), "alpha")
-    store.save_version(store.load_model("alpha"), "alpha")
-    assert [i.spec for i in store.list_models()] == ["alpha@v1", "alpha@v2", "zeta@v1"]
+    registry.save_version(tiny_bundle(), "zeta")
+    registry.save_version(tiny_bundle(), "alpha")
+    registry.save_version(registry.load_model("alpha"), "alpha")
+    assert [i.spec for i in registry.list_models()] == ["alpha@v1", "alpha@v2", "zeta@v1"]
     bundled = tiny_bundle(seed=5, description="bundled")
-    store.save_model(bundled, tmp_path / "bundled" / "default")
-    infos = store.list_models()
+    bundle_format.save_model(bundled, tmp_path / "bundled" / "default")
+    infos = registry.list_models()
     assert [i.spec for i in infos] == ["default", "alpha@v1", "alpha@v2", "zeta@v1"]
     assert infos[0].sha256 == bundled.sha256 and infos[1].created is not None
     assert (infos[1].parent, infos[2].parent, infos[2].metrics) == (None, "alpha@v1", {})
-    default = store.load_model("default")
+    default = registry.load_model("default")
     assert default.name == "default" and default.sha256 == bundled.sha256
     with pytest.raises(UserInputError, match="available models: default, alpha, zeta"):
-        store.load_model("nope")
+        registry.load_model("nope")
 
 
 def test_missing_bundled_model_explains_reinstall(model_dir: Path) -> None:
     with pytest.raises(UserInputError, match=r"bundled 'default' model is missing.*reinstall"):
-        store.load_model("default")
-    assert store.list_models() == []
+        registry.load_model("default")
+    assert registry.list_models() == []
 
 
 def test_user_model_dir_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(store.MODEL_DIR_ENV, raising=False)
-    default = store.user_model_dir()
+    monkeypatch.delenv(registry.MODEL_DIR_ENV, raising=False)
+    default = registry.user_model_dir()
     assert default.name == "models" and "napari-unet" in str(default)
-    monkeypatch.setenv(store.MODEL_DIR_ENV, str(tmp_path / "x"))
-    assert store.user_model_dir() == tmp_path / "x"
+    monkeypatch.setenv(registry.MODEL_DIR_ENV, str(tmp_path / "x"))
+    assert registry.user_model_dir() == tmp_path / "x"
 
 
 def test_placeholder_default_is_deterministic() -> None:
     state = torch.random.get_rng_state()
-    first, second = store.placeholder_default(), store.placeholder_default()
+    first, second = bundle_format.placeholder_default(), bundle_format.placeholder_default()
     assert torch.equal(torch.random.get_rng_state(), state)
     assert first.sha256 == second.sha256
     assert first.metadata["placeholder"] is True and first.config == ModelConfig()
@@ -357,12 +358,12 @@ def test_registered_name_wins_over_same_named_folder(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bundle = tiny_bundle(seed=4)
-    store.save_version(bundle, "alpha")
-    other = store.save_model(tiny_bundle(seed=5), tmp_path / "work" / "alpha")
+    registry.save_version(bundle, "alpha")
+    other = bundle_format.save_model(tiny_bundle(seed=5), tmp_path / "work" / "alpha")
     monkeypatch.chdir(tmp_path / "work")
-    assert store.load_model("alpha").sha256 == bundle.sha256
-    assert store.load_model("./alpha").path == Path("./alpha")
-    assert store.load_model(Path("alpha")).sha256 == store.load_model(other).sha256
+    assert registry.load_model("alpha").sha256 == bundle.sha256
+    assert registry.load_model("./alpha").path == Path("./alpha")
+    assert registry.load_model(Path("alpha")).sha256 == registry.load_model(other).sha256
 
 
 # ----------------------------------------------------------------------------- post-processing without weights
@@ -371,19 +372,19 @@ def test_registered_name_wins_over_same_named_folder(
 def test_model_postprocess_reads_model_json_only(model_dir: Path, tmp_path: Path) -> None:
     tuned = PostprocessConfig(foreground_threshold=0.35, seed_threshold=0.8, min_size=40, split_distance=6)
     bundle = ModelBundle.new(TINY, postprocess=tuned, seed=0)
-    store.save_version(tiny_bundle(), "nuclei")  # v1 keeps min_size=7
-    store.save_version(bundle, "nuclei")  # v2 holds the tuned thresholds
-    folder = store.save_model(bundle, tmp_path / "folder-model")
+    registry.save_version(tiny_bundle(), "nuclei")  # v1 keeps min_size=7
+    registry.save_version(bundle, "nuclei")  # v2 holds the tuned thresholds
+    folder = bundle_format.save_model(bundle, tmp_path / "folder-model")
     (folder / "model.safetensors").unlink()  # only model.json is read: no weights needed
     (model_dir / "nuclei" / "v2" / "model.safetensors").unlink()
 
-    assert store.model_postprocess("nuclei") == tuned  # latest version
-    assert store.model_postprocess("nuclei@v2") == tuned
-    assert store.model_postprocess("nuclei@v1") == PostprocessConfig(min_size=7)
+    assert registry.model_postprocess("nuclei") == tuned  # latest version
+    assert registry.model_postprocess("nuclei@v2") == tuned
+    assert registry.model_postprocess("nuclei@v1") == PostprocessConfig(min_size=7)
     for reference in (folder, str(folder), folder / "model.json", str(folder / "model.json")):
-        assert store.model_postprocess(reference) == tuned
+        assert registry.model_postprocess(reference) == tuned
     with pytest.raises(UserInputError, match="unknown model 'gamma'"):
-        store.model_postprocess("gamma")
+        registry.model_postprocess("gamma")
 
 
 def test_model_postprocess_rejects_bad_json(saved: Path) -> None:
@@ -392,26 +393,26 @@ def test_model_postprocess_rejects_bad_json(saved: Path) -> None:
     document["postprocess"]["seed_threshold"] = 3.0
     path.write_text(json.dumps(document))
     with pytest.raises(UserInputError, match="invalid configuration"):
-        store.model_postprocess(saved)
+        registry.model_postprocess(saved)
     path.write_text("{not json")
     with pytest.raises(UserInputError, match="not valid JSON"):
-        store.model_postprocess(saved)
+        registry.model_postprocess(saved)
 
 
 def test_a_model_card_gives_the_measured_scores_else_the_training_lineage(model_dir: Path, tmp_path: Path) -> None:
-    info = store.save_version(tiny_bundle(), "nuclei", {"metrics": {"val_ap50": 0.61}})
-    assert store.list_models()[-1].metrics == {"val_ap50": 0.61}  # a trained model: what its training measured
+    info = registry.save_version(tiny_bundle(), "nuclei", {"metrics": {"val_ap50": 0.61}})
+    assert registry.list_models()[-1].metrics == {"val_ap50": 0.61}  # a trained model: what its training measured
 
     card = {"test": {"family_mean_ap50": 0.7, "families": {"grey": {"AP@0.5": 0.73}}}}
-    (info.path / store.MODEL_CARD_JSON).write_text(json.dumps(card))
-    assert store.list_models()[-1].metrics == {"test_ap50": 0.7, "test_ap50_grey": 0.73}
-    (info.path / store.MODEL_CARD_JSON).write_text("{not json")
-    assert store.list_models()[-1].metrics == {"val_ap50": 0.61}  # an unreadable card is ignored
+    (info.path / bundle_format.MODEL_CARD_JSON).write_text(json.dumps(card))
+    assert registry.list_models()[-1].metrics == {"test_ap50": 0.7, "test_ap50_grey": 0.73}
+    (info.path / bundle_format.MODEL_CARD_JSON).write_text("{not json")
+    assert registry.list_models()[-1].metrics == {"val_ap50": 0.61}  # an unreadable card is ignored
 
 
 def test_the_bundled_models_scores_are_those_of_its_model_card() -> None:
-    card = json.loads((store.bundled_model_dir() / store.MODEL_CARD_JSON).read_text())["test"]
-    bundled = store.recorded_metrics(store.bundled_model_dir(), {})
+    card = json.loads((registry.bundled_model_dir() / bundle_format.MODEL_CARD_JSON).read_text())["test"]
+    bundled = registry.recorded_metrics(registry.bundled_model_dir(), {})
     assert bundled == {
         "test_ap50": card["family_mean_ap50"],
         **{f"test_ap50_{family}": card["families"][family]["AP@0.5"] for family in ("grey", "colour", "tissue")},

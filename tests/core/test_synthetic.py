@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.core.errors import UserInputError
-from napari_unet.core.synthetic import (
+from napari_unet.core.data.synthetic import (
     NucleiLayout,
     draw_nuclei,
     ellipse_footprint,
@@ -15,6 +14,7 @@ from napari_unet.core.synthetic import (
     synthetic_timelapse,
     synthetic_zstack,
 )
+from napari_unet.core.errors import UserInputError
 
 SHAPE = (128, 128)
 N = 20

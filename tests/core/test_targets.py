@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from skimage.segmentation import find_boundaries
 
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.targets import (
+from napari_unet.core.train.pixel_classes import (
     BOUNDARY,
     INTERIOR,
     changed_pixels,
     labels_to_classes,
+    labels_to_classes_torch,
     loss_weights,
     rasterize_rois,
 )
@@ -146,3 +149,79 @@ def test_error_cases():
         loss_weights(labels, "everything")
     with pytest.raises(UserInputError, match="negative"):
         loss_weights(labels.astype(int) - 1, "full")
+
+
+def random_label_batch(rng: np.random.Generator, count: int = 6, shape: tuple[int, int] = (48, 40)) -> np.ndarray:
+    """Labels with big and tiny (1-4 px) objects, touching, at the image border, partly painted over."""
+    batch = np.zeros((count, *shape), dtype=np.int64)
+    for labels in batch:
+        for label_id in rng.choice(np.arange(1, 200), size=int(rng.integers(5, 30)), replace=False):
+            y, x = rng.integers(-2, shape[0]), rng.integers(-2, shape[1])
+            if rng.random() < 0.4:  # tiny: 1 pixel, 1x2, 2x1, 2x2, L shapes
+                height, width = rng.integers(1, 3, size=2)
+                labels[max(0, y) : y + height, max(0, x) : x + width] = label_id
+                if rng.random() < 0.3:
+                    labels[max(0, y - 1), max(0, x)] = label_id
+            else:
+                height, width = rng.integers(2, 14, size=2)
+                labels[max(0, y) : y + height, max(0, x) : x + width] = label_id  # overlaps: later ids win
+    return batch
+
+
+def classes_per_sample(batch: np.ndarray) -> np.ndarray:
+    return np.stack([labels_to_classes(labels) for labels in batch])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_torch_classes_equal_numpy_classes_on_random_labels(seed):
+    rng = np.random.default_rng(seed)
+    batch = random_label_batch(rng)
+    batch[0] = 0  # an empty image
+    batch[1, :, :] = 7  # one object filling the image: no boundary at the image edge
+    noise = rng.integers(0, 4, size=batch.shape[1:])  # pixel noise: many 1-3 px pieces, disconnected ids
+    batch[2] = np.where(rng.random(batch.shape[1:]) < 0.5, noise, batch[2])
+    expected = classes_per_sample(batch)
+    classes = labels_to_classes_torch(torch.from_numpy(batch))
+    assert classes.dtype == torch.int64 and classes.shape == batch.shape
+    assert np.array_equal(classes.numpy(), expected)
+    assert (expected == INTERIOR).any() and (expected == BOUNDARY).any()
+    rim = np.stack([find_boundaries(labels, mode="inner") for labels in batch])
+    assert (rim & (expected == INTERIOR)).any()  # the tiny-object rule was exercised
+
+
+def test_torch_classes_of_tiny_objects_and_large_ids():
+    labels = np.zeros((9, 9), dtype=np.int64)
+    labels[1:4, 1:4] = 1  # 3x3: ring of boundary around one interior pixel
+    labels[6, 6] = 2  # a single pixel
+    labels[6, 1:3] = 3  # two pixels
+    labels[8, 0] = 4  # a single pixel in the corner
+    labels[0:2, 7:9] = 5  # 2x2 at the border
+    labels[4:9, 4] = 6  # a line touching object 2's neighbourhood and the border
+    labels[3, 5:8] = 2  # a second piece of object 2, with no interior either
+    expected = labels_to_classes(labels)
+    np.testing.assert_array_equal(labels_to_classes_torch(torch.from_numpy(labels[None]))[0].numpy(), expected)
+    # the classes do not depend on the ids: huge ids (beyond what find_objects could index) give the same
+    rng = np.random.default_rng(1)
+    batch = random_label_batch(rng, count=3)
+    huge = np.zeros_like(batch)
+    for index, labels in enumerate(batch):
+        ids = np.unique(labels[labels > 0])
+        mapping = dict(zip(ids, rng.choice(2**62, size=ids.size, replace=False) + 1, strict=True))
+        huge[index] = np.vectorize(lambda v, m=mapping: m.get(v, 0), otypes=[np.int64])(labels)
+    assert huge.max() > 2**40
+    expected = classes_per_sample(batch)
+    assert torch.equal(labels_to_classes_torch(torch.from_numpy(huge)), torch.from_numpy(expected))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.bool])
+def test_torch_classes_of_other_integer_dtypes(dtype):
+    batch = random_label_batch(np.random.default_rng(2), count=2) % (2 if dtype == torch.bool else 100)
+    expected = classes_per_sample(batch)
+    assert np.array_equal(labels_to_classes_torch(torch.from_numpy(batch).to(dtype)).numpy(), expected)
+
+
+def test_torch_classes_refuse_float_and_unbatched_labels():
+    with pytest.raises(UserInputError, match="integer"):
+        labels_to_classes_torch(torch.zeros((1, 4, 4)))
+    with pytest.raises(UserInputError, match=r"\(N, Y, X\)"):
+        labels_to_classes_torch(torch.zeros((4, 4), dtype=torch.int64))

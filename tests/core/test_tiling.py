@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core.tiling import gaussian_weights, pad_to_multiple, padded_size, tile_grid, tile_starts
+from napari_unet.core.predict.tiling import gaussian_weights, pad_to_multiple, padded_size, tile_grid, tile_starts
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,12 @@ from scipy import ndimage as ndi
 
 from napari_unet.core.config import ModelConfig, TrainingConfig
 from napari_unet.core.errors import Cancelled, UserInputError
-from napari_unet.core.losses import class_weights_from_targets, masked_soft_dice, segmentation_loss
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import ModelBundle, load_model
-from napari_unet.core.training import fine_tune_and_save, iter_train
+from napari_unet.core.train.fine_tune import fine_tune_and_save, iter_train
+from napari_unet.core.train.losses import class_weights_from_targets, masked_soft_dice, segmentation_loss
+from napari_unet.core.train.pixel_classes import changed_pixels, labels_to_classes, loss_weights
 
 TINY = ModelConfig(depth=2, base_channels=8)
 FAST = TrainingConfig(
@@ -140,7 +142,7 @@ def test_lr_warms_up_then_decays():
 
 
 def test_validation_on_held_out_images_keeps_the_best_weights():
-    images, labels = dataset(3)
+    images, labels = dataset(5)
     cfg = dataclasses.replace(FAST, max_steps=6, val_every=3)
     result, events = drain(iter_train(tiny_bundle(), images, labels, cfg))
     assert any("held-out image" in e.message for e in events)
@@ -150,23 +152,45 @@ def test_validation_on_held_out_images_keeps_the_best_weights():
     assert result.best_score == best["val_ap50"] and result.best_step == best["step"]
     assert result.metrics_before == {k: scored[0][k] for k in ("val_ap50", "val_ap75", "val_f1", "val_loss")}
     roles = [entry["role"] for entry in result.lineage["data"]]
-    assert roles.count("validation") == 1 and roles.count("train") == 2
+    assert roles.count("validation") == 1 and roles.count("train") == 4
 
 
 def test_one_image_holds_out_a_strip_when_it_has_enough_nuclei():
     image, label = discs(3, shape=(64, 128), n=30)
     cfg = dataclasses.replace(FAST, max_steps=3, val_every=3)
     result, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))
-    assert any("validating on the right 20%" in e.message for e in events)
+    assert any(e.message.startswith("validating on ") and "held-out nuclei" in e.message for e in events)
     assert result.best_score is not None
     assert [r["step"] for r in result.history if "val_ap50" in r] == [0, 3]
+
+
+def test_two_images_each_give_a_strip_chosen_by_nucleus_count_and_both_train():
+    from napari_unet.core.train.inputs import PreparedImages
+    from napari_unet.core.train.validation import MIN_VAL_OBJECTS, count_objects, split_validation
+
+    pairs = [discs(seed, shape=(64, 128), n=12) for seed in (5, 6)]
+    labels = [label for _, label in pairs]
+    classes = [labels_to_classes(label) for label in labels]
+    weights = [np.ones(label.shape, np.float32) for label in labels]
+    normalized = [np.repeat(image[None].astype(np.float32), TINY.in_channels, axis=0) for image, _ in pairs]
+    prepared = PreparedImages(normalized, classes, weights, [{}, {}])
+    train_ids, windows, message = split_validation(tiny_bundle(), prepared, labels, FAST, None, None)
+    assert train_ids == [0, 1] and len(windows) == 2
+    held = sum(count_objects(window) for window in windows)
+    total = sum(len(np.unique(label)) - 1 for label in labels)
+    assert MIN_VAL_OBJECTS <= held <= round(FAST.val_fraction * total) + 2
+    assert f"validating on {held} held-out nuclei" in message
+    for label, weight in zip(labels, prepared.weights, strict=True):
+        held_out = weight == 0
+        assert held_out.any() and (weight > 0).any()
+        assert held_out[:, -1].all() and not held_out[:, 0].any()  # a right-hand strip, the rest trains
 
 
 def test_one_image_with_few_nuclei_trains_without_validation():
     image, label = discs(4, n=2)
     cfg = dataclasses.replace(FAST, max_steps=3)
     result, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))
-    assert any(e.message.startswith("no validation possible: only") for e in events)
+    assert any(e.message.startswith("no validation possible: 2 annotated nuclei") for e in events)
     assert result.steps == 3 and result.best_score is None and result.stopped_reason == "steps"
 
 
@@ -204,6 +228,68 @@ def test_rois_and_changed_modes_train_on_corrections():
     cfg = dataclasses.replace(cfg, annotation_mode="changed")
     result, _ = drain(iter_train(tiny_bundle(), images, labels, cfg, previous=[previous]))
     assert result.steps == 2 and result.lineage["annotation_mode"] == "changed"
+
+
+# The loss weights decide which pixels a fine-tune learns from: labels where the weight is 0 (outside the ROIs,
+# or left as predicted beyond the margin of the corrections) must not change the trained weights at all.
+# Seeded, no time budget, no validation, on the CPU (CUDA convolutions may be nondeterministic): runs can be compared.
+MASKED = dataclasses.replace(FAST, max_steps=4, max_seconds=None, val_fraction=0.0, device="cpu")
+
+
+def trained_state(image, labels, cfg, **kwargs) -> dict[str, torch.Tensor]:
+    result, _ = drain(iter_train(tiny_bundle(), [image], [labels], cfg, **kwargs))
+    assert result.steps == cfg.max_steps
+    return result.bundle.network.state_dict()
+
+
+def differing_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert a.keys() == b.keys()
+    return [key for key in a if not torch.equal(a[key], b[key])]
+
+
+def with_square(labels: np.ndarray, rows: slice, cols: slice, value: int = 99) -> np.ndarray:
+    labels = labels.copy()
+    labels[rows, cols] = value
+    return labels
+
+
+def test_labels_outside_the_rois_do_not_change_the_trained_weights():
+    image, labels = discs(0)
+    rois = [[(0, 0, 64, 32)]]  # the left half; nuclei 4 and 5 straddle its right edge
+    assert (labels[:, :32] > 0).any()
+    outside = labels.copy()
+    outside[:, 34:] = 0  # 2 px from the ROI, so no class inside it changes
+    outside = with_square(outside, slice(8, 20), slice(44, 56))
+    inside = with_square(labels, slice(40, 50), slice(8, 18))
+    assert np.array_equal(labels_to_classes(outside)[:, :32], labels_to_classes(labels)[:, :32])
+    assert not np.array_equal(labels_to_classes(inside)[:, :32], labels_to_classes(labels)[:, :32])
+    cfg = dataclasses.replace(MASKED, annotation_mode="rois")
+    reference = trained_state(image, labels, cfg, rois=rois)
+    assert differing_tensors(trained_state(image, outside, cfg, rois=rois), reference) == [], "ROI-less pixels learned"
+    assert differing_tensors(trained_state(image, inside, cfg, rois=rois), reference), "control: ROI pixels count"
+
+
+def test_labels_left_as_predicted_beyond_the_margin_do_not_change_the_trained_weights():
+    image, labels = discs(0)
+    previous = labels.copy()
+    previous[labels == 2] = 0  # the prediction missed nucleus 2, centred at (22, 8)
+    cfg = dataclasses.replace(MASKED, annotation_mode="changed")
+    weight = loss_weights(labels, "changed", previous=previous, margin=cfg.changed_margin)
+    beyond = ndi.distance_transform_edt(~changed_pixels(labels, previous)) > cfg.changed_margin + 1
+    far_labels, far_previous = labels.copy(), previous.copy()
+    far_labels[beyond] = far_previous[beyond] = 0  # every other nucleus, erased in the prediction too
+    near_labels, near_previous = (with_square(a, slice(29, 34), slice(6, 11)) for a in (labels, previous))
+    for new_labels, new_previous in ((far_labels, far_previous), (near_labels, near_previous)):
+        new_weight = loss_weights(new_labels, "changed", previous=new_previous, margin=cfg.changed_margin)
+        assert np.array_equal(new_weight, weight), "the same pixels count (and the same ones are corrected)"
+    counted = weight > 0
+    assert np.array_equal(labels_to_classes(far_labels)[counted], labels_to_classes(labels)[counted])
+    assert not np.array_equal(labels_to_classes(near_labels)[counted], labels_to_classes(labels)[counted])
+    reference = trained_state(image, labels, cfg, previous=[previous])
+    far = trained_state(image, far_labels, cfg, previous=[far_previous])
+    assert differing_tensors(far, reference) == [], "pixels left as predicted beyond the margin were learned"
+    near = trained_state(image, near_labels, cfg, previous=[near_previous])
+    assert differing_tensors(near, reference), "control: uncorrected pixels within the margin count"
 
 
 def test_rgb_and_small_images_are_padded_with_a_message():
@@ -306,7 +392,7 @@ def test_trained_children_keep_the_parents_thresholds_and_confidence_filter():
 def test_a_model_with_a_distance_output_is_refused_with_a_clear_message():
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.errors import UserInputError
-    from napari_unet.core.store import ModelBundle
+    from napari_unet.core.models.bundle import ModelBundle
 
     bundle = ModelBundle.new(
         ModelConfig(depth=2, base_channels=4, out_channels=4, head="bg_interior_boundary_distance")
@@ -318,23 +404,23 @@ def test_a_model_with_a_distance_output_is_refused_with_a_clear_message():
 
 def test_validation_of_a_model_that_runs_with_flips_averages_them_as_inference_does(monkeypatch):
     from napari_unet.core.config import InferenceConfig
-    from napari_unet.core.inference import predict_probabilities
-    from napari_unet.core.training import _ValWindow, _window_logits_and_probabilities
+    from napari_unet.core.predict.planar import predict_probabilities
+    from napari_unet.core.train.validation import ValWindow, window_logits_and_probabilities
 
     bundle = tiny_bundle()
     bundle.network.eval()
     image = np.random.default_rng(0).random((1, 48, 64), dtype=np.float32)
     region = (slice(8, 40), slice(4, 60))
-    window = _ValWindow(image, region, np.zeros((32, 56), np.uint32), np.zeros((32, 56)), np.ones((32, 56)))
+    window = ValWindow(image, region, np.zeros((32, 56), np.uint32), np.zeros((32, 56)), np.ones((32, 56)))
     passes = []
     monkeypatch.setattr(bundle.network, "forward", counting(bundle.network.forward, passes))
-    logits, averaged = _window_logits_and_probabilities(bundle.network, window, torch.device("cpu"), False, flips=True)
+    logits, averaged = window_logits_and_probabilities(bundle.network, window, torch.device("cpu"), False, flips=True)
     assert len(passes) == 4, "the loss's logits come from the unflipped pass: 4 passes, not 5"
     settings = InferenceConfig(device="cpu", tile_size=64, tta=True, amp=False)
     expected = predict_probabilities(bundle, image, settings)[(slice(None), *region)]
     np.testing.assert_allclose(averaged, expected, atol=1e-4)
     passes.clear()
-    one_pass_logits, one_pass = _window_logits_and_probabilities(
+    one_pass_logits, one_pass = window_logits_and_probabilities(
         bundle.network, window, torch.device("cpu"), False, flips=False
     )
     assert len(passes) == 1
@@ -354,13 +440,13 @@ def counting(forward, calls: list):
 
 
 def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatch):
-    from napari_unet.core import training
+    from napari_unet.core.train import outcome
 
     image, label = discs(4, n=2)  # too few nuclei to validate on
     cfg = dataclasses.replace(FAST, max_steps=3, learning_rate=1e-2)
     trained = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
     parent_state = {k: v.clone() for k, v in trained.network.state_dict().items()}
-    monkeypatch.setattr(training, "UNVALIDATED_PARENT_SHARE", 1.0)  # all parent: the result must be the parent
+    monkeypatch.setattr(outcome, "UNVALIDATED_PARENT_SHARE", 1.0)  # all parent: the result must be the parent
     result, events = drain(iter_train(trained, [image], [label], cfg))
     for key, value in result.bundle.network.state_dict().items():
         if value.is_floating_point():
@@ -370,7 +456,7 @@ def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatc
     assert untrained.bundle.sha256 != tiny_bundle().sha256
     assert any(e.message.endswith("training on everything; keeping the last weights") for e in events)
 
-    mixed = training.mix_states(
+    mixed = outcome.blend_states(
         {"w": torch.ones(2), "n": torch.tensor(1)}, {"w": torch.zeros(2), "n": torch.tensor(5)}, 0.5
     )
     torch.testing.assert_close(mixed["w"], torch.full((2,), 0.5))
@@ -378,10 +464,10 @@ def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatc
 
 
 def test_a_trained_parent_keeps_its_place_on_a_validation_tie_unless_outlines_improve():
-    from napari_unet.core.training import _Loop
+    from napari_unet.core.train.loop import TrainingRun
 
-    def loop_after_parent(bundle: ModelBundle) -> _Loop:
-        loop = _Loop.__new__(_Loop)
+    def loop_after_parent(bundle: ModelBundle) -> TrainingRun:
+        loop = TrainingRun.__new__(TrainingRun)
         loop.bundle, loop.network, loop.cfg = bundle, bundle.network, FAST
         loop.best_score, loop.best_val_loss, loop.best_step, loop.step = 0.8, 0.5, 0, 10
         loop.best_metrics = {"val_ap50": 0.8, "val_ap75": 0.5, "val_loss": 0.5}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.synthetic import synthetic_nuclei
-from napari_unet.core.training_data import add_synthetic_images, rescale_training_data
+from napari_unet.core.train.preparation import add_synthetic_images, rescale_training_data
 
 
 def test_rescaling_resizes_images_labels_and_rois_together():

@@ -8,8 +8,8 @@ from skimage.measure import label
 
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.errors import Cancelled, UserInputError
+from napari_unet.core.evaluate.tuning import candidate_configs, iter_tune_postprocess
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.tuning import candidate_configs, iter_tune_postprocess
 from tests.core.test_inference import disc_image, threshold_bundle
 
 CPU = InferenceConfig(device="cpu", tile_size=64)
@@ -64,8 +64,8 @@ def test_stacks_are_refused() -> None:
 
 
 def test_shared_watershed_gives_what_each_config_gives_alone() -> None:
-    from napari_unet.core.postprocess import probabilities_to_labels
-    from napari_unet.core.tuning import _SharedWatershed
+    from napari_unet.core.evaluate.tuning import _SharedWatershed
+    from napari_unet.core.labels.postprocess import probabilities_to_labels
 
     rng = np.random.default_rng(0)
     probabilities = [rng.dirichlet((2, 1, 1), size=(48, 48)).transpose(2, 0, 1).astype(np.float32) for _ in range(2)]
@@ -87,7 +87,7 @@ def blob_probabilities(shape: tuple[int, int], boxes: list[tuple[slice, slice]])
 
 
 def test_ties_go_to_the_earlier_candidate() -> None:
-    from napari_unet.core.tuning import iter_choose_postprocess
+    from napari_unet.core.evaluate.tuning import iter_choose_postprocess
 
     box = (slice(4, 12), slice(4, 12))
     truth = np.zeros((16, 16), np.int32)
@@ -101,7 +101,7 @@ def test_ties_go_to_the_earlier_candidate() -> None:
 
 
 def test_choosing_needs_candidates_and_paired_inputs() -> None:
-    from napari_unet.core.tuning import iter_choose_postprocess
+    from napari_unet.core.evaluate.tuning import iter_choose_postprocess
 
     probabilities, truth = [blob_probabilities((16, 16), [])], [np.zeros((16, 16), np.int32)]
     with pytest.raises(UserInputError, match="at least one candidate"):

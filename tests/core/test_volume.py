@@ -6,20 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.baselines import segment_volume_baseline
 from napari_unet.core.config import ConfigError, InferenceConfig, ModelConfig, PostprocessConfig, TrainingConfig
+from napari_unet.core.data.synthetic import random_zstack, synthetic_zstack
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.inference import labels_from_probabilities, predict
-from napari_unet.core.metrics import evaluate_image, summary_row
-from napari_unet.core.model import build_model
-from napari_unet.core.postprocess import fill_label_holes, probabilities_to_labels
+from napari_unet.core.evaluate.baselines import segment_volume_baseline
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
+from napari_unet.core.labels.extraction import labels_from_probabilities
+from napari_unet.core.labels.postprocess import fill_label_holes, probabilities_to_labels
+from napari_unet.core.models.bundle import ModelBundle, save_model
+from napari_unet.core.models.network import build_model
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
+from napari_unet.core.predict.tiling import gaussian_weights
+from napari_unet.core.predict.volumetric import resample, volume_tiles
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.store import ModelBundle, load_model, save_model
-from napari_unet.core.synthetic import random_zstack, synthetic_zstack
-from napari_unet.core.targets import BOUNDARY, INTERIOR, labels_to_classes
-from napari_unet.core.tiling import gaussian_weights
-from napari_unet.core.volume import resample, volume_tiles
-from napari_unet.core.volume_training import annotated_mask, iter_train_volume, sparse_classes
+from napari_unet.core.train.pixel_classes import BOUNDARY, INTERIOR, labels_to_classes
+from napari_unet.core.train.volumetric import annotated_mask, iter_train_volume, sparse_classes
 
 SMALL_3D = ModelConfig(spatial_dims=3, depth=2, base_channels=4, xy_only_levels=1, norm="group")
 

@@ -23,7 +23,7 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def tiny_model(tiny_model_folder: Path, isolated_dirs: Path) -> str:
     """Register the tiny model as user model ``tiny`` (version 1); return ``"tiny@v1"``."""
-    from napari_unet.core.store import load_model, save_version
+    from napari_unet.core.models.registry import load_model, save_version
 
     info = save_version(load_model(tiny_model_folder), "tiny")
     return info.spec
@@ -43,7 +43,7 @@ def notifications(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 @pytest.fixture
 def sample() -> tuple[np.ndarray, np.ndarray]:
     """A 96 x 96 synthetic fluorescence image (uint16) and its true labels."""
-    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.data.synthetic import synthetic_nuclei
 
     return synthetic_nuclei((96, 96), n_nuclei=10, seed=21)
 

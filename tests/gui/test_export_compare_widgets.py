@@ -9,7 +9,7 @@ import tifffile
 import zarr
 
 from napari_unet._widgets import CompareWidget, ExportWidget, SegmentWidget
-from napari_unet.core.store import model_postprocess
+from napari_unet.core.models.registry import model_postprocess
 from tests.gui.helpers import messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
@@ -149,7 +149,7 @@ def test_settings_are_remembered(make_napari_viewer, qtbot, tiny_model, sample):
 def test_layers_larger_than_free_memory_are_refused_before_reading(
     exporter, qtbot, tmp_path, notifications, monkeypatch
 ):
-    from napari_unet.core import memory
+    from napari_unet.core.predict import memory
 
     viewer, widget = exporter
     viewer.add_labels(np.zeros((4096, 4096), np.uint32), name="big")  # 67 MB

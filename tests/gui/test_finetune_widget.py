@@ -5,7 +5,7 @@ import pytest
 
 from napari_unet._widgets import FineTuneWidget
 from napari_unet._widgets._finetune import segmentation_scale
-from napari_unet.core import store
+from napari_unet.core.models import registry
 from tests.gui.helpers import messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
@@ -42,7 +42,7 @@ def test_cancel_keeps_previous_model(setup, qtbot, notifications):
     wait_for_training(qtbot, widget)
     widget.jobs.cancel_button.click()
     wait_until_idle(qtbot, widget)
-    assert [v.version for v in store.list_versions("tiny")] == [1]
+    assert [v.version for v in registry.list_versions("tiny")] == [1]
     assert any("previous model is kept" in m for m in messages(notifications, "info"))
     assert not messages(notifications, "error")
 
@@ -60,7 +60,7 @@ def test_two_finetunes_at_once_are_refused(setup, make_napari_viewer, qtbot, not
     assert "already running" in messages(notifications, "error")[-1]
     first.jobs.cancel()
     wait_until_idle(qtbot, first)
-    assert [v.version for v in store.list_versions("tiny")] == [1]
+    assert [v.version for v in registry.list_versions("tiny")] == [1]
 
 
 def test_rois_mode_and_revert(setup, qtbot, notifications):
@@ -76,14 +76,14 @@ def test_rois_mode_and_revert(setup, qtbot, notifications):
     )
     assert widget.start() is not None
     wait_until_idle(qtbot, widget)
-    assert [v.version for v in store.list_versions("tiny")] == [1, 2]
+    assert [v.version for v in registry.list_versions("tiny")] == [1, 2]
     assert widget.last_outcome.result.lineage["annotation_mode"] == "rois"
     assert widget.history.count() == 2
 
     widget.history.setCurrentRow(1)  # newest first: row 1 is tiny@v1
     saved = widget.revert_selected()
     assert saved.spec == "tiny@v3"
-    assert store.load_model("tiny@v3").sha256 == store.load_model("tiny@v1").sha256
+    assert registry.load_model("tiny@v3").sha256 == registry.load_model("tiny@v1").sha256
     assert widget.start_model.currentText() == "tiny@v3"
 
 
@@ -112,7 +112,7 @@ def test_bad_pairs_are_refused_with_messages(setup, notifications):
 
     assert widget.add_pair(image_layer, viewer.layers["nuclei labels"])
     assert widget.pairs.count() == 1
-    assert [v.version for v in store.list_versions("tiny")] == [1], "nothing was trained"
+    assert [v.version for v in registry.list_versions("tiny")] == [1], "nothing was trained"
 
 
 def test_closing_viewer_while_training_stops_the_worker(make_napari_viewer, qtbot, tiny_model, sample, notifications):
@@ -130,7 +130,7 @@ def test_closing_viewer_while_training_stops_the_worker(make_napari_viewer, qtbo
     viewer.close()
     qtbot.waitUntil(lambda: state.worker is None, timeout=60_000)
     assert not worker.is_running
-    assert [v.version for v in store.list_versions("tiny")] == [1]
+    assert [v.version for v in registry.list_versions("tiny")] == [1]
     assert not messages(notifications, "error")
 
 
@@ -197,25 +197,43 @@ def test_plot_draws_each_validation_once_and_ends_on_the_final_score(setup, qtbo
     assert not messages(notifications, "error")
 
 
-def test_export_model_button_writes_a_package_the_segment_panel_can_add(
+def test_export_model_button_writes_the_selected_version_as_a_package_the_segment_panel_can_add(
     setup, make_napari_viewer, qtbot, tmp_path, sample, notifications
 ):
     pytest.importorskip("bioimageio.core")
+    import torch
+
     from napari_unet._widgets import SegmentWidget
+    from napari_unet.core.models.bioimageio import import_bioimageio
+    from napari_unet.core.predict.segment import predict
 
     viewer, widget = setup
+    newer = registry.load_model("tiny@v1")
+    with torch.no_grad():
+        next(newer.network.parameters()).add_(0.5)
+    registry.save_version(newer, "tiny")  # tiny@v2: other weights, listed first
     widget.save_name.setText("tiny")
     widget.refresh_history()
     assert widget.export_selected(tmp_path / "tiny.zip") is None  # nothing selected yet
     assert "select a version" in messages(notifications, "error")[-1]
-    widget.history.setCurrentRow(0)
+    widget.history.setCurrentRow(1)  # newest first: row 1 is tiny@v1
     assert widget.export_selected(tmp_path / "tiny.zip") is not None
     wait_until_idle(qtbot, widget)
-    assert (tmp_path / "tiny.zip").is_file()
+    assert any(m.startswith("Exported tiny@v1 to") for m in messages(notifications, "info"))
+
+    exported, other = registry.load_model("tiny@v1"), registry.load_model("tiny@v2")
+    assert exported.sha256 != other.sha256
+    package = import_bioimageio(tmp_path / "tiny.zip")
+    assert package.sha256 == exported.sha256, "the package holds the selected version's weights"
+    assert package.config == exported.config and package.postprocess == exported.postprocess
+    expected = predict(sample[0], exported).labels
+    assert expected.max() > 0
+    np.testing.assert_array_equal(predict(sample[0], package).labels, expected)
 
     segment = SegmentWidget(viewer)
     spec = segment.add_model_from_file(str(tmp_path / "tiny.zip"))
-    assert spec is not None and spec.startswith("tiny@v") and segment.model.currentText() == spec
+    assert spec == "tiny@v3" and segment.model.currentText() == spec
+    assert registry.load_model(spec).sha256 == exported.sha256
     assert any("Imported the package tiny.zip" in m for m in messages(notifications, "info"))
     assert not segment.add_model_from_file(str(tmp_path / "broken.zip"))
     assert "no such package" in messages(notifications, "error")[-1]

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from napari_unet._widgets import CompareWidget, CorrectWidget, ExportWidget, FineTuneWidget, SegmentWidget
-from napari_unet.core import store
+from napari_unet.core.models import registry
 from tests.gui.helpers import messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
@@ -54,7 +54,7 @@ def test_segment_correct_finetune_compare_export(
     worker = finetune.start()
     assert worker is not None
     wait_until_idle(qtbot, finetune)
-    assert [v.version for v in store.list_versions("tiny")] == [1, 2]
+    assert [v.version for v in registry.list_versions("tiny")] == [1, 2]
     assert finetune.last_outcome.result.steps == 3
     assert finetune.start_model.currentText() == "tiny@v2"
     assert segment.model.currentText() == "tiny@v2", "the new version is selected everywhere"

@@ -11,17 +11,18 @@ import pytest
 import zarr
 
 from napari_unet._widgets import SegmentWidget
-from napari_unet._widgets import _segment as segment_module
-from napari_unet.core import large_image
-from napari_unet.core import store as store_module
+from napari_unet._widgets import _segment_jobs as segment_jobs
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.inference import predict
+from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.evaluate.metrics import match_instances
 from napari_unet.core.io import read_labels
-from napari_unet.core.metrics import match_instances
-from napari_unet.core.store import ModelBundle, load_model
-from napari_unet.core.synthetic import synthetic_nuclei
-from tests.core.test_distributed import PixelNet
-from tests.core.test_distributed import disc_image as _disc_image
+from napari_unet.core.models import registry as store_module
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict import large_image
+from napari_unet.core.predict.segment import predict
+from tests.core.test_cluster import PixelNet
+from tests.core.test_cluster import disc_image as _disc_image
 from tests.gui.helpers import make_segment_widget, messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
@@ -52,8 +53,8 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     The intensity statistics are read in bands of 64 rows too (same pixels, so the same statistics): a small
     image fits one 2048-row band, and a dask slice covering the whole array is the array itself.
     """
-    monkeypatch.setattr(segment_module, "LARGE_CHUNK", 64)
-    monkeypatch.setattr(segment_module, "LARGE_HALO", 16)
+    monkeypatch.setattr(segment_jobs, "LARGE_CHUNK", 64)
+    monkeypatch.setattr(segment_jobs, "LARGE_HALO", 16)
     original = large_image.strided_sample
 
     def banded(image, max_pixels=large_image.PERCENTILE_SAMPLE_PIXELS, band=2048):
@@ -146,7 +147,7 @@ def test_large_numpy_image_becomes_a_lazy_zarr_labels_layer(
     store = Path(meta["store"])
     assert store.parent == cache / "large" and store.name.startswith("big-") and store.suffix == ".zarr"
     np.testing.assert_array_equal(read_labels(store), layer.data[:])
-    assert meta["model"] == tiny_model and meta["settings"]["chunk"] == segment_module.LARGE_CHUNK
+    assert meta["model"] == tiny_model and meta["settings"]["chunk"] == segment_jobs.LARGE_CHUNK
     assert "prediction" not in meta
     infos = messages(notifications, "info")
     assert any(str(store) in m for m in infos)

@@ -6,8 +6,9 @@ from qtpy.QtWidgets import QPushButton
 
 from napari_unet._widgets import SegmentWidget
 from napari_unet._widgets._common import save_settings
-from napari_unet.core import store
 from napari_unet.core.config import InferenceConfig, ModelConfig, PostprocessConfig
+from napari_unet.core.models import bundle as bundle_format
+from napari_unet.core.models import registry
 from tests.gui.helpers import make_segment_widget, messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
@@ -142,8 +143,8 @@ TUNED = PostprocessConfig(
 
 def save_untrained(folder, postprocess: PostprocessConfig):
     """Save a tiny untrained model whose model.json holds ``postprocess``; return the folder."""
-    bundle = store.ModelBundle.new(ModelConfig(depth=1, base_channels=2), postprocess=postprocess, seed=0)
-    return store.save_model(bundle, folder)
+    untrained = bundle_format.ModelBundle.new(ModelConfig(depth=1, base_channels=2), postprocess=postprocess, seed=0)
+    return bundle_format.save_model(untrained, folder)
 
 
 def form_values(widget: SegmentWidget) -> tuple:
@@ -160,7 +161,7 @@ def form_values(widget: SegmentWidget) -> tuple:
 @pytest.fixture
 def no_bundled_model(isolated_dirs, monkeypatch):
     """Hide the bundled model so the store lists only the models a test saves."""
-    monkeypatch.setattr(store, "bundled_model_dir", lambda name="default": isolated_dirs / "no-bundled" / name)
+    monkeypatch.setattr(registry, "bundled_model_dir", lambda name="default": isolated_dirs / "no-bundled" / name)
 
 
 def button(widget: SegmentWidget, text: str) -> QPushButton:
@@ -173,7 +174,7 @@ def test_fields_follow_the_selected_models_postprocessing(
 ):
     tuned = save_untrained(isolated_dirs / "tuned", TUNED)
     plain = save_untrained(isolated_dirs / "plain", PostprocessConfig())
-    store.save_version(store.load_model(tuned), "tuned")
+    registry.save_version(registry.load_model(tuned), "tuned")
     tuned_values = (0.35, 0.75, 33, 5, False, 0.85)
     default_values = (0.5, 0.6, 15, 0, True, 0.0)
 
@@ -204,9 +205,9 @@ def test_fields_follow_the_selected_models_postprocessing(
 
 def test_test_time_flips_follow_the_selected_model(make_napari_viewer, isolated_dirs, no_bundled_model):
     plain = save_untrained(isolated_dirs / "plain", PostprocessConfig())
-    bundle = store.load_model(save_untrained(isolated_dirs / "flips-source", TUNED))
+    bundle = registry.load_model(save_untrained(isolated_dirs / "flips-source", TUNED))
     bundle.metadata = {**bundle.metadata, "tuned_with_flips": True}
-    flips = store.save_model(bundle, isolated_dirs / "flips")
+    flips = bundle_format.save_model(bundle, isolated_dirs / "flips")
 
     widget = SegmentWidget(make_napari_viewer())
     widget.model.select(str(flips))
@@ -260,7 +261,7 @@ def test_segment_at_a_scale_keeps_the_image_shape_and_is_not_remembered(make_nap
 
 
 def test_estimate_sets_the_scale_from_the_nuclei(make_napari_viewer, qtbot, notifications):
-    from napari_unet.core.synthetic import synthetic_nuclei
+    from napari_unet.core.data.synthetic import synthetic_nuclei
 
     viewer, widget = make_segment_widget(make_napari_viewer, "default")
     image, _ = synthetic_nuclei(shape=(192, 192), n_nuclei=80, seed=3, radius_range=(2.5, 3.5))
@@ -280,7 +281,7 @@ def test_estimate_without_an_image_is_notified(make_napari_viewer, tiny_model, n
 
 
 def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot, tiny_model, sample, notifications):
-    from napari_unet.core.store import list_models, load_model, save_version
+    from napari_unet.core.models.registry import list_models, load_model, save_version
 
     viewer, widget = make_segment_widget(make_napari_viewer, "default")
     widget.image.set_layer(viewer.add_image(sample[0], name="nuclei"))

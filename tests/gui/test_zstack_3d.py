@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from napari_unet._widgets import CompareWidget, CorrectWidget, ExportWidget, FineTuneWidget
-from napari_unet.core import store
-from napari_unet.core.metrics import evaluate_image, summary_row
-from napari_unet.core.synthetic import random_zstack
+from napari_unet.core.data.synthetic import random_zstack
+from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
+from napari_unet.core.models import registry
 from tests.gui.helpers import make_segment_widget, messages, wait_until_idle
 
 pytestmark = pytest.mark.gui
 
-MODEL_3D = store.BUNDLED_3D_NAME
+MODEL_3D = registry.BUNDLED_3D_NAME
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_finetune_a_3d_model_on_a_zstack_saves_a_3d_version(finetune_3d, qtbot, 
     widget.resegment.setChecked(True)
     assert widget.start() is not None
     wait_until_idle(qtbot, widget, timeout=300_000)
-    assert [v.version for v in store.list_versions("my-3d")] == [1]
-    saved = store.load_model("my-3d")
+    assert [v.version for v in registry.list_versions("my-3d")] == [1]
+    saved = registry.load_model("my-3d")
     assert saved.config.spatial_dims == 3
     assert widget.last_outcome.result.steps == 2
     assert widget.last_outcome.resegmented[0][1].volumetric
@@ -113,7 +113,7 @@ def test_finetune_3d_on_reviewed_planes_only(finetune_3d, qtbot, notifications):
     )
     assert widget.start() is not None
     wait_until_idle(qtbot, widget, timeout=300_000)
-    assert [v.version for v in store.list_versions("my-3d")] == [1]
+    assert [v.version for v in registry.list_versions("my-3d")] == [1]
 
 
 def test_compare_and_export_3d_labels(make_napari_viewer, qtbot, stack, tmp_path, notifications):

@@ -1,0 +1,255 @@
+"""A simulated microscopist, kind by kind: correct K images of an experiment, fine-tune, segment the rest.
+
+For every *kind* of image in the shared data (grouped by source, stain and
+modality; only images the default model neither trained on nor chose its
+thresholds with: the ``val`` and ``test`` splits of ``training/splits_v2.json``)
+the first K images stand in for the user's corrections (their ground truth)
+and the model is fine-tuned from the default model as ``napari-unet train``
+and the Fine-tune panel do (:func:`napari_unet.core.train.fine_tune.iter_fine_tune`
+with the CLI's training defaults).  Scored, before and after (AP@0.5, the
+model's own test-time settings):
+
+(a) ``kind``: up to ``--scored`` other images of the same kind (the rest of the experiment);
+(b) ``forgetting``: a fixed panel of ``--panel`` images of every *other* kind;
+(c) ``half_image`` (with ``--half-image``): the right half of the first image
+    after correcting its left half (annotation mode ``rois``).
+
+Budgets are training steps: ``--seconds`` is turned into steps with
+``--steps-per-second``, the pace of an undisturbed fine-tune on 2 CPU cores
+(measure it with ``--calibrate``), so results do not depend on what else the
+machine runs; the seconds the run itself took and the share spent validating
+are recorded too.  Recipes are named sets of :class:`TrainingConfig` changes
+(``--recipes``).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_hitl.py --calibrate
+    .venv/bin/python benchmarks/bench_hitl.py --k 2 --seconds 120 --steps-per-second 0.9 \\
+        --recipes shipped,no_replay --json benchmarks/results/hitl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core.config import TrainingConfig
+from napari_unet.core.evaluate.metrics import evaluate_image
+from napari_unet.core.io import read_image, read_labels, write_json
+from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.segment import predict
+from napari_unet.core.progress import run_to_end
+from napari_unet.core.train.fine_tune import iter_fine_tune
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SPLITS = ROOT / "training" / "splits_v2.json"
+FOLDERS = {"dsb2018_stage1": "dsb2018_stage1_train", "dsb2018_val": "dsb2018/val", "s_bsst265": "s_bsst265/train"}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "shipped": {},
+    "no_replay": {"replay_fraction": 0.0},
+    "replay_half": {"replay_fraction": 0.5},
+    "low_lr": {"learning_rate": 3e-4},
+    "retune": {"retune_thresholds": True},
+    "frozen_bn": {"freeze_batch_norm": True},
+    "frozen_bn_low_lr": {"freeze_batch_norm": True, "learning_rate": 3e-4},
+    "low_lr_replay_half": {"learning_rate": 3e-4, "replay_fraction": 0.5},
+    "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
+}
+"""Recipe name -> TrainingConfig fields changed from the CLI's defaults (``shipped`` = the defaults as they are)."""
+
+
+def kind_of(key: str, group: str, shape: tuple[int, ...]) -> str | None:
+    """The kind of one held-out image (None: a kind too small to benchmark).
+
+    DSB stage-1 fluorescence splits by image size (small crops vs large
+    fields, different microscopes and magnifications); S-BSST265 by tissue
+    (tumour sections vs normal samples); the DSB test-stage images
+    (``dsb2018_val``) are their own experiment.
+    """
+    source, name = key.split("/", 1)
+    if source == "s_bsst265":
+        return "s_bsst265_normal" if name.startswith("normal") else "s_bsst265_tumour"
+    if source == "dsb2018_val":
+        return "dsb_stage2_colour" if group == "colour" else "dsb_stage2_fluorescence"
+    if group == "colour":
+        return "dsb_colour_tissue"
+    if group == "fluorescence":
+        return "dsb_fluorescence_small" if max(shape[:2]) <= 360 else "dsb_fluorescence_large"
+    return None
+
+
+def held_out_kinds() -> dict[str, list[tuple[str, Path, Path]]]:
+    """Kind -> held-out images ``(key, image path, labels path)`` in a fixed shuffled order (kinds with >= 3)."""
+    splits = json.loads(SPLITS.read_text(encoding="utf-8"))
+    kinds: dict[str, list[tuple[str, Path, Path]]] = {}
+    for key in sorted(splits["splits"]):
+        if splits["splits"][key] == "train":
+            continue
+        source, name = key.split("/", 1)
+        folder = DATA / FOLDERS[source]
+        image_path, labels_path = folder / f"{name}_image.tif", folder / f"{name}_labels.tif"
+        kind = kind_of(key, splits["groups"][key], read_labels(labels_path).shape)
+        if kind is not None:
+            kinds.setdefault(kind, []).append((key, image_path, labels_path))
+    rng = np.random.default_rng(0)
+    return {kind: [items[i] for i in rng.permutation(len(items))] for kind, items in kinds.items() if len(items) >= 3}
+
+
+def ap50(bundle: Any, image: np.ndarray, labels: np.ndarray) -> float:
+    """AP@0.5 of the model on one image (the model's own test-time settings)."""
+    return float(evaluate_image(labels, predict(image, bundle).labels)["per_threshold"][0]["accuracy"])
+
+
+def fine_tune(bundle: Any, images: list, labels: list, cfg: TrainingConfig, rois: list | None = None) -> Any:
+    """Fine-tune ``bundle`` and return the TrainResult."""
+    return run_to_end(iter_fine_tune(bundle, images, labels, cfg, rois=rois))
+
+
+def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """AP@0.5 per image."""
+    return [ap50(bundle, image, labels) for image, labels in pairs]
+
+
+def run_recipe(
+    args: argparse.Namespace, recipe: str, kinds: dict[str, Any], default: Any, before: dict[str, Any]
+) -> dict[str, Any]:
+    """All kinds for one recipe: fine-tune on K images per kind, score its kind and the forgetting panel."""
+    steps = max(1, round(args.seconds * args.steps_per_second))
+    cfg = replace(TrainingConfig(), max_seconds=None, max_steps=steps, seed=args.seed, **RECIPES[recipe])
+    results: dict[str, Any] = {}
+    for kind, data in kinds.items():
+        print(f"[{recipe}] {kind}: fine-tuning {steps} steps on {len(data['corrected'])} image(s)", file=sys.stderr)
+        images, labels = zip(*data["corrected"], strict=True)
+        started = time.perf_counter()
+        result = fine_tune(default, list(images), list(labels), cfg)
+        seconds = time.perf_counter() - started
+        after_kind = score(result.bundle, data["scored"])
+        after_panel = {other: score(result.bundle, kinds[other]["panel"]) for other in kinds if other != kind}
+        row = {
+            "kind_before": before[kind]["kind"],
+            "kind_after": after_kind,
+            "kind_gain": float(np.mean(after_kind) - np.mean(before[kind]["kind"])),
+            "forgetting": {
+                other: float(np.mean(after_panel[other]) - np.mean(before[other]["panel"])) for other in after_panel
+            },
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "seconds": seconds,
+            "validation_seconds": result.lineage.get("validation_seconds"),
+            "messages": result.messages,
+        }
+        row["forgetting_mean"] = float(np.mean(list(row["forgetting"].values()))) if row["forgetting"] else 0.0
+        if args.half_image:
+            row["half_image"] = half_image(default, data["corrected"][0], cfg)
+        results[kind] = row
+        print(
+            f"[{recipe}] {kind}: gain {row['kind_gain']:+.3f}, forgetting {row['forgetting_mean']:+.3f}",
+            file=sys.stderr,
+        )
+    return results
+
+
+def half_image(default: Any, pair: tuple[np.ndarray, np.ndarray], cfg: TrainingConfig) -> dict[str, float]:
+    """Correct the left half of one image (ROI), fine-tune, score the right half before and after."""
+    image, labels = pair
+    middle = labels.shape[1] // 2
+    right = (slice(None), slice(middle, None))
+    result = fine_tune(
+        default, [image], [labels], replace(cfg, annotation_mode="rois"), [[(0, 0, labels.shape[0], middle)]]
+    )
+    return {
+        "before": ap50(default, image[right], labels[right]),
+        "after": ap50(result.bundle, image[right], labels[right]),
+    }
+
+
+def calibrate(seconds: float) -> float:
+    """Steps per second of an undisturbed fine-tune of the default model (CLI defaults) on this machine."""
+    kinds = held_out_kinds()
+    items = next(iter(kinds.values()))[:2]
+    images = [read_image(path) for _, path, _ in items]
+    labels = [read_labels(path) for _, _, path in items]
+    result = fine_tune(load_model("default"), images, labels, replace(TrainingConfig(), max_seconds=seconds))
+    return result.steps / max(result.seconds, 1e-9)
+
+
+def load_kinds(args: argparse.Namespace) -> dict[str, Any]:
+    """Kind -> corrected pairs, scored pairs, forgetting-panel pairs (read once)."""
+    wanted = None if args.kinds == "all" else set(args.kinds.split(","))
+    kinds = {}
+    for kind, items in held_out_kinds().items():
+        if wanted is not None and kind not in wanted:
+            continue
+        pairs = [(read_image(image), read_labels(labels)) for _, image, labels in items]
+        rest = pairs[args.k :][: args.scored]
+        kinds[kind] = {
+            "keys": [key for key, _, _ in items],
+            "corrected": pairs[: args.k],
+            "scored": rest,
+            "panel": rest[: args.panel],
+        }
+    return kinds
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, default=2, help="images the simulated user corrects per kind")
+    parser.add_argument("--seconds", type=float, default=120.0, help="fine-tuning budget on 2 CPU cores")
+    parser.add_argument("--steps-per-second", type=float, default=None, help="pace that turns seconds into steps")
+    parser.add_argument("--calibrate", action="store_true", help="measure --steps-per-second (run on an idle machine)")
+    parser.add_argument("--recipes", default="shipped,no_replay", help=f"comma-separated, of {sorted(RECIPES)}")
+    parser.add_argument("--kinds", default="all", help="comma-separated kinds, or all")
+    parser.add_argument("--scored", type=int, default=6, help="other images of the kind scored")
+    parser.add_argument("--panel", type=int, default=2, help="images per kind in the forgetting panel")
+    parser.add_argument("--half-image", action="store_true", help="also run test (c) on each kind's first image")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print (and optionally write) its JSON."""
+    args = parse_args(argv)
+    torch.set_num_threads(2)
+    if args.calibrate:
+        print(json.dumps({"steps_per_second": calibrate(args.seconds)}))
+        return 0
+    if args.steps_per_second is None:
+        raise SystemExit("give --steps-per-second (measure it with --calibrate on an idle machine)")
+    default = load_model("default")
+    kinds = load_kinds(args)
+    before = {
+        kind: {"kind": score(default, data["scored"]), "panel": score(default, data["panel"])}
+        for kind, data in kinds.items()
+    }
+    report = {
+        "benchmark": "bench_hitl",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "kinds": {
+            kind: {"images": data["keys"], "default_ap50": float(np.mean(before[kind]["kind"]))}
+            for kind, data in kinds.items()
+        },
+        "recipes": {recipe: run_recipe(args, recipe, kinds, default, before) for recipe in args.recipes.split(",")},
+    }
+    text = json.dumps(report, indent=2, default=float)
+    print(text)
+    if args.json:
+        write_json(args.json, json.loads(text), overwrite=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Image preparation: validation, axes, normalisation, synthetic nuclei."""

@@ -1,0 +1,1 @@
+"""Scores: instance metrics, classical baselines, method comparison, threshold tuning."""

@@ -1,0 +1,1 @@
+"""Probabilities to instance labels, and label edits."""

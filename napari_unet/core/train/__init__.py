@@ -1,0 +1,1 @@
+"""Training and fine-tuning: targets, losses, augmentation, the loop, 3D training."""

@@ -1,0 +1,360 @@
+"""Fine-tuning a UNet bundle on annotated images, as a cancellable progress generator (2D; 3D dispatched).
+
+:func:`iter_train` trains a *copy* of a bundle's network on user annotations
+and returns a new bundle holding the best weights (by validation score);
+:func:`fine_tune_and_save` does the same and stores the result as a new model
+version, only when the run completes.
+
+Pipeline
+--------
+1. Inputs are checked (matching shapes and list lengths, finite intensities,
+   at least one labelled nucleus) and normalised with the bundle's
+   :class:`~napari_unet.core.config.NormalizeConfig`.
+2. Labels become 3-class targets and per-pixel loss weights
+   (:mod:`napari_unet.core.train.pixel_classes`) following ``cfg.annotation_mode``.
+3. A validation set is the given ``val_images``/``val_labels``, else held-out
+   images (``val_fraction`` of them) from five annotated images on, else a
+   strip on the right of each image chosen by nucleus count (together
+   ``val_fraction`` of the nuclei, at least
+   :data:`~napari_unet.core.train.validation.MIN_VAL_OBJECTS`), so one typical
+   image can be validated and every image still trains.  Otherwise a
+   progress message says why no validation is possible and training goes on.
+4. Patches are sampled around corrected, foreground and other annotated
+   pixels (in that order of preference), augmented
+   (:mod:`napari_unet.core.train.augment`) and fed to AdamW with a linear warm-up
+   followed by a cosine decay (or plateau halving, or a constant rate).  The
+   schedule runs on the fraction of the budget used, so a time-only budget
+   still decays to its end.
+5. Every ``val_every`` steps and at the end, the held-out data is predicted
+   (averaged over flips for a model that runs with them,
+   :func:`~napari_unet.core.predict.runtime.model_uses_flips`),
+   post-processed and scored (AP@0.5, pooled over the validation crops) and
+   the validation loss is computed; the best weights are kept (the starting
+   weights are a candidate too, so fine-tuning never returns a model that
+   validates worse than its parent).  Without validation the last weights win,
+   averaged with the starting weights when those were trained
+   (:data:`~napari_unet.core.train.outcome.UNVALIDATED_PARENT_SHARE`).
+
+BatchNorm layers stay in training mode while training (batch statistics of
+``batch_size`` patches of ``patch_size`` pixels are plenty) and use their
+running statistics when validating; a user who fine-tunes with batches of
+one or two patches should prefer a model with ``norm="group"`` or
+``"instance"``.
+
+Side effects: ``torch.manual_seed(cfg.seed)`` is called, and on the CPU the
+number of torch threads is set to ``cfg.num_threads`` (0 = all cores) and
+restored afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core.config import TrainingConfig
+from napari_unet.core.errors import UserInputError
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import save_version
+from napari_unet.core.predict.runtime import model_uses_flips, resolve_device
+from napari_unet.core.progress import Progress, check_cancel
+from napari_unet.core.train.inputs import (
+    PreparedImages,
+    Roi,
+    TrainImage,
+    as_image_lists,
+    check_batch_norm,
+    choose_patch_size,
+    per_image,
+    prepare_images,
+    train_image,
+)
+from napari_unet.core.train.loop import CancelFlag, TrainingRun, set_torch_threads
+from napari_unet.core.train.losses import class_weights_from_targets
+from napari_unet.core.train.outcome import (
+    UNVALIDATED_OUTCOME,
+    TrainResult,
+    child_metadata,
+    child_postprocess,
+    is_trained,
+    notice_of,
+)
+from napari_unet.core.train.replay import check_other_kinds, load_replay_set, replay_set_path, split_replay_set
+from napari_unet.core.train.validation import rechoose_thresholds, split_validation
+
+
+def iter_train(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    cfg: TrainingConfig | None = None,
+    *,
+    rois: Sequence[Sequence[Roi] | None] | None = None,
+    previous: Sequence[np.ndarray | None] | None = None,
+    val_images: Sequence[np.ndarray] | None = None,
+    val_labels: Sequence[np.ndarray] | None = None,
+    cancel: CancelFlag = None,
+) -> Generator[Progress, None, TrainResult]:
+    """Fine-tune a copy of ``bundle``'s network, yielding progress after every step.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        Starting model; its network is deep-copied and never modified.
+    images : list of arrays (Y, X) or (Y, X, C)
+        Annotated images, any numeric dtype (a single array is one image).
+    labels : list of arrays (Y, X) of int
+        Instance labels of each image (0 = background).
+    cfg : TrainingConfig, optional
+        Run settings (``annotation_mode`` decides which pixels count).
+    rois : list, optional
+        Per image, a list of rectangles ``(y0, x0, y1, x1)`` or ``(N, 2)``
+        polygons; needed for ``annotation_mode="rois"``.
+    previous : list of arrays (Y, X), optional
+        Per image, the prediction the user corrected; needed for ``changed``
+        mode, and used in every mode to up-weight corrected pixels.
+    val_images, val_labels : lists, optional
+        Fully annotated validation images; otherwise part of the data is held out.
+    cancel : callable, optional
+        Checked between steps; when it returns True, :class:`Cancelled` is raised.
+
+    Yields
+    ------
+    Progress
+        ``stage="train"``, ``done`` = steps, ``total`` = planned steps (0 when
+        only a time budget is set) and ``metrics`` with ``loss``, ``lr``,
+        ``val_ap50``, ``val_loss``, ``eta_s``, ``steps_per_s``, ``elapsed_s``.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    UserInputError
+        For unusable inputs (see the module docstring).
+    Cancelled
+        When ``cancel()`` returns True; nothing is returned or changed.
+
+    """
+    cfg = cfg or TrainingConfig()
+    started = time.perf_counter()
+    images, labels = as_image_lists(images, labels)
+    rois_list = per_image(rois, len(images), "rois")
+    previous_list = per_image(previous, len(images), "previous")
+    model_cfg = bundle.config
+    if model_cfg.head != "bg_interior_boundary":
+        raise UserInputError(
+            f"fine-tuning trains the 3-class head (background / interior / boundary); this model's head is "
+            f"{model_cfg.head!r}. Start from the default model or another 3-class model."
+        )
+    prepared = prepare_images(bundle, images, labels, cfg, rois_list, previous_list)
+    messages: list[str] = []
+    patch, notes = choose_patch_size(cfg.patch_size, model_cfg.size_multiple, [a.shape[:2] for a in images])
+    messages += notes
+    check_batch_norm(model_cfg.norm, cfg.batch_size, patch // model_cfg.size_multiple)
+    train_ids, val_windows, val_note = split_validation(bundle, prepared, labels, cfg, val_images, val_labels)
+    if not val_windows:
+        val_note += f"; {UNVALIDATED_OUTCOME[is_trained(bundle)]}"
+    messages.append(val_note)
+    replay_set, check_pairs = replay_train_images(bundle, cfg, patch)
+    if replay_set:
+        share = round(100 * cfg.replay_fraction)
+        messages.append(
+            f"rehearsal: {share}% of the patches come from {len(replay_set)} crops of the model's training images"
+        )
+    for message in messages:
+        yield Progress("train", 0, 0, message)
+    train_set = [train_image(prepared, i, patch) for i in train_ids]
+    class_weights = class_weights_from_targets([t.target for t in train_set], [t.weight for t in train_set])
+
+    device = resolve_device(cfg.device)
+    network = copy.deepcopy(bundle.network).to(device=device, dtype=torch.float32)
+    threads = set_torch_threads(device, cfg.num_threads)
+    try:
+        loop = TrainingRun(
+            network, device, cfg, train_set, val_windows, class_weights, patch, bundle, started, replay_set
+        )
+        yield from loop.run(cancel)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
+    network.load_state_dict(loop.best_state)
+    network.eval().to("cpu")
+    lineage = training_lineage(bundle, cfg, prepared, train_ids, loop, time.perf_counter() - started, device, val_note)
+    new_bundle = ModelBundle(
+        network=network,
+        config=bundle.config,
+        normalize=bundle.normalize,
+        postprocess=child_postprocess(bundle.postprocess),
+        metadata=child_metadata(bundle, lineage),
+    )
+    if cfg.retune_thresholds and val_windows and loop.best_step > 0:
+        check_cancel(cancel)
+        yield Progress("train", loop.step, loop.step, "rechoosing the thresholds on the held-out corrections")
+        new_bundle.postprocess, lineage["retuned_thresholds"] = rechoose_thresholds(
+            network, val_windows, new_bundle.postprocess, model_uses_flips(bundle.metadata)
+        )
+    if check_pairs[0] and loop.best_step > 0:
+        check_cancel(cancel)
+        yield Progress("train", loop.step, loop.step, "checking the new model on other kinds of images")
+        lineage["replay_check"] = check_other_kinds(bundle, new_bundle, check_pairs)
+    seconds = time.perf_counter() - started
+    return TrainResult(
+        bundle=new_bundle,
+        history=loop.history,
+        best_score=loop.best_score,
+        stopped_reason=loop.stopped_reason,
+        best_step=loop.best_step,
+        steps=loop.step,
+        seconds=seconds,
+        metrics_before=loop.metrics_before,
+        metrics_after=loop.best_metrics,
+        lineage=lineage,
+        messages=messages,
+    )
+
+
+def replay_train_images(
+    bundle: ModelBundle, cfg: TrainingConfig, patch: int
+) -> tuple[list[TrainImage], tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Return the starting model's rehearsal crops ready for patch sampling and its check crops ``(images, labels)``.
+
+    Both are empty without a replay set; rehearsal is empty with
+    ``replay_fraction`` 0 (the check still runs).  Each crop counts as fully
+    annotated; see :mod:`napari_unet.core.train.replay`.
+    """
+    path = replay_set_path(bundle)
+    if path is None:
+        return [], ([], [])
+    (images, labels), check = split_replay_set(*load_replay_set(path))
+    if cfg.replay_fraction <= 0:
+        return [], check
+    unannotated: list[Any] = [None] * len(images)
+    prepared = prepare_images(bundle, images, labels, replace(cfg, annotation_mode="full"), unannotated, unannotated)
+    return [train_image(prepared, index, patch) for index in range(len(images))], check
+
+
+def iter_fine_tune(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    cfg: TrainingConfig | None = None,
+    *,
+    rois: Sequence[Any] | None = None,
+    z_spacings: Sequence[float | None] | None = None,
+    **kwargs: Any,
+) -> Generator[Progress, None, TrainResult]:
+    """Fine-tune ``bundle`` on annotated images: 2D planes or, for a 3D model, Z-stacks (as ``iter_predict`` picks).
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The starting model; ``bundle.config.spatial_dims`` picks the path.
+    images, labels : sequence of numpy.ndarray
+        ``(Y, X[, C])`` images with ``(Y, X)`` labels for a 2D model;
+        ``(Z, Y, X[, C])`` stacks with ``(Z, Y, X)`` labels for a 3D one.
+    cfg : TrainingConfig, optional
+        Budget, rates and validation settings (defaults when omitted).
+    rois : sequence, optional
+        Per image: the annotated ROIs (2D, see :func:`iter_train`) or the
+        reviewed planes / mask (3D, ``annotated`` of
+        :func:`~napari_unet.core.train.volumetric.iter_train_volume`).
+    z_spacings : sequence of float or None, optional
+        Per stack: its Z step (3D only).
+    **kwargs
+        ``previous``, ``val_images``, ``val_labels``, ``cancel`` (both paths take
+        ``val_images``/``val_labels``/``cancel``; ``previous`` is 2D only).
+
+    Returns
+    -------
+    TrainResult
+        Via ``StopIteration.value``.
+
+    """
+    if bundle.config.spatial_dims == 3:
+        from napari_unet.core.train.volumetric import iter_train_volume
+
+        if kwargs.pop("previous", None) is not None:
+            raise UserInputError("3D fine-tuning does not use the previous prediction; leave 'previous' out")
+        val_volumes = kwargs.pop("val_images", None)
+        return (
+            yield from iter_train_volume(
+                bundle, images, labels, cfg, annotated=rois, val_volumes=val_volumes, z_spacings=z_spacings, **kwargs
+            )
+        )
+    if z_spacings is not None and any(z is not None for z in z_spacings):
+        raise UserInputError("a Z step is for 3D models; this model is 2D")
+    return (yield from iter_train(bundle, images, labels, cfg, rois=rois, **kwargs))
+
+
+def fine_tune_and_save(
+    bundle: ModelBundle,
+    images: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[np.ndarray] | np.ndarray,
+    cfg: TrainingConfig | None = None,
+    name: str = "fine-tuned",
+    **kwargs: Any,
+) -> Generator[Progress, None, TrainResult]:
+    """Run :func:`iter_fine_tune` (2D or 3D) and save the result as a new version of model ``name``.
+
+    Nothing is saved when the run is cancelled or fails, or when validation
+    kept the starting weights (``result.kept_parent``: no better model to
+    save), so the previous versions stay untouched.  Keyword arguments go to
+    :func:`iter_fine_tune`.
+
+    Returns
+    -------
+    TrainResult
+        With ``saved`` set to the ``ModelInfo`` returned by
+        :func:`~napari_unet.core.models.registry.save_version` (None when nothing was saved).
+
+    """
+    result = yield from iter_fine_tune(bundle, images, labels, cfg, **kwargs)
+    if result.kept_parent:
+        yield Progress("train", result.steps, result.steps, f"no new version saved: {notice_of(result)}", {})
+        return result
+    result.saved = save_version(result.bundle, name, result.lineage)
+    yield Progress("train", result.steps, result.steps, f"saved as model {name!r}", {})
+    return result
+
+
+def training_lineage(
+    bundle: ModelBundle,
+    cfg: TrainingConfig,
+    prepared: PreparedImages,
+    train_ids: list[int],
+    loop: TrainingRun,
+    seconds: float,
+    device: torch.device,
+    validation: str,
+) -> dict[str, Any]:
+    """Return the lineage a fine-tuned child records: parent, data checksums and roles, settings, scores, steps."""
+    data = [{**sums, "role": "train" if i in train_ids else "validation"} for i, sums in enumerate(prepared.checksums)]
+    return {
+        "parent": {
+            "name": bundle.name,
+            "version": bundle.version,
+            "sha256": bundle.sha256,
+        },
+        "data": data,
+        "annotation_mode": cfg.annotation_mode,
+        "settings": cfg.to_dict(),
+        "metrics_before": loop.metrics_before,
+        "metrics_after": loop.best_metrics,
+        "metrics": dict(loop.best_metrics or {}),
+        "validation": validation,
+        "seconds": round(seconds, 3),
+        "validation_seconds": round(loop.validation_seconds, 3),
+        "steps": loop.step,
+        "best_step": loop.best_step,
+        "stopped_reason": loop.stopped_reason,
+        "device": str(device),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

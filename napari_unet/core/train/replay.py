@@ -1,0 +1,115 @@
+"""Rehearsal: annotated crops of a model's own training images, mixed into fine-tuning batches.
+
+A fine-tune on a few corrected images of one kind pulls the whole network
+towards that kind and wipes out what it knew about others (a 2-image
+fine-tune took a held-out kind from 0.83 to 0.13 AP@0.5).  The bundled
+default model ships ``replay.npz`` beside its weights (made by
+``training/make_replay_set.py`` from CC0 images of its training split);
+``metadata["replay_set"]`` names the bundled model whose set a model uses, and
+fine-tuned children inherit it with the rest of their parent's metadata.
+:class:`~napari_unet.core.config.TrainingConfig` ``replay_fraction`` of every
+batch's patches come from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.errors import UserInputError
+
+REPLAY_FILE = "replay.npz"
+"""File name of a replay set inside a model folder."""
+
+REPLAY_METADATA_KEY = "replay_set"
+"""Model metadata: the bundled model whose replay set fine-tuning mixes in."""
+
+CHECK_EVERY = 4
+"""Every 4th crop of a replay set is kept out of rehearsal and checks the fine-tuned model on other kinds."""
+
+FORGETTING_WARNING = 0.05
+"""The notice warns when the fine-tuned model's AP@0.5 on the check crops drops by more than this."""
+
+
+def replay_set_path(bundle: Any) -> Path | None:
+    """Return the replay set a model fine-tunes with, or None.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        A loaded model: its own folder's ``replay.npz`` when present, else the
+        one of the bundled model named by ``metadata["replay_set"]``.
+
+    """
+    from napari_unet.core.models.registry import bundled_model_dir
+
+    own = Path(bundle.path) / REPLAY_FILE if getattr(bundle, "path", None) else None
+    if own is not None and own.is_file():
+        return own
+    name = bundle.metadata.get(REPLAY_METADATA_KEY)
+    if not name:
+        return None
+    shipped = bundled_model_dir(str(name)) / REPLAY_FILE
+    return shipped if shipped.is_file() else None
+
+
+def load_replay_set(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Read a replay set: images ``(Y, X)`` or ``(Y, X, 3)`` uint8 and their ``(Y, X)`` uint16 labels.
+
+    Raises
+    ------
+    UserInputError
+        When the file is unreadable or its images and labels do not pair up.
+
+    """
+    try:
+        with np.load(path) as archive:
+            count = sum(1 for key in archive.files if key.startswith("image_"))
+            images = [archive[f"image_{i}"] for i in range(count)]
+            labels = [archive[f"labels_{i}"] for i in range(count)]
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserInputError(f"cannot read the replay set {path} ({exc}); reinstall napari-unet") from exc
+    if any(image.shape[:2] != label.shape for image, label in zip(images, labels, strict=True)):
+        raise UserInputError(f"the replay set {path} pairs images with labels of another shape; reinstall napari-unet")
+    return images, labels
+
+
+def split_replay_set(
+    images: list[np.ndarray], labels: list[np.ndarray]
+) -> tuple[tuple[list[np.ndarray], list[np.ndarray]], tuple[list[np.ndarray], list[np.ndarray]]]:
+    """Split a replay set into rehearsal crops and check crops (every :data:`CHECK_EVERY`-th), never both."""
+    check = [i for i in range(len(images)) if i % CHECK_EVERY == CHECK_EVERY - 1]
+    rehearse = [i for i in range(len(images)) if i not in check]
+    return ([images[i] for i in rehearse], [labels[i] for i in rehearse]), (
+        [images[i] for i in check],
+        [labels[i] for i in check],
+    )
+
+
+def check_other_kinds(parent: Any, child: Any, pairs: tuple[list[np.ndarray], list[np.ndarray]]) -> dict[str, float]:
+    """AP@0.5 (pooled) of the parent and the fine-tuned child on the check crops, with each model's own settings.
+
+    Parameters
+    ----------
+    parent, child : ModelBundle
+        The starting model and the fine-tuned one.
+    pairs : (images, labels)
+        Check crops of other kinds, never trained on (:func:`split_replay_set`).
+
+    Returns
+    -------
+    dict
+        ``{"before": float, "after": float, "crops": int}``.
+
+    """
+    from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
+    from napari_unet.core.predict.segment import predict
+
+    images, labels = pairs
+    scores = {}
+    for key, model in (("before", parent), ("after", child)):
+        predictions = [predict(image, model).labels for image in images]
+        scores[key] = float(summary_row(evaluate_dataset(list(labels), predictions)["pooled"])["AP@0.5"])
+    return {**scores, "crops": len(images)}
