@@ -7,7 +7,7 @@ the same settings but other nuclei (AP@0.5 and AP@0.75 over 3D IoU):
 
 - ``parent``: the bundled model before fine-tuning;
 - ``last``: the last fine-tuned weights (what a run without validation returned before the guard);
-- ``averaged``: :func:`napari_unet.core.train.loop.average_with_parent`, the last weights averaged with the parent's
+- ``averaged``: :func:`napari_unet.core.train.outcome.average_with_parent`, the last weights averaged with the parent's
   (what it returns now for a trained starting model).
 
 With ``--radius-factor 2`` the nuclei are twice as large as the kind's (beyond the 3.5-12 px radii

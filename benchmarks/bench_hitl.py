@@ -23,8 +23,8 @@ are recorded too.  Recipes are named sets of :class:`TrainingConfig` changes
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_hitl.py --calibrate
-    .venv/bin/python benchmarks/bench_hitl.py --k 2 --seconds 120 --steps-per-second 0.9 \\
+    .venv/bin/python -m benchmarks.bench_hitl --calibrate
+    .venv/bin/python -m benchmarks.bench_hitl --k 2 --seconds 120 --steps-per-second 0.9 \\
         --recipes shipped,no_replay --json benchmarks/results/hitl.json
 """
 
@@ -49,11 +49,7 @@ from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train.fine_tune import iter_fine_tune
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-SPLITS = ROOT / "training" / "splits_v2.json"
-FOLDERS = {"dsb2018_stage1": "dsb2018_stage1_train", "dsb2018_val": "dsb2018/val", "s_bsst265": "s_bsst265/train"}
+from training.splits import split_images
 
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": {},
@@ -64,6 +60,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "frozen_bn": {"freeze_batch_norm": True},
     "frozen_bn_low_lr": {"freeze_batch_norm": True, "learning_rate": 3e-4},
     "low_lr_replay_half": {"learning_rate": 3e-4, "replay_fraction": 0.5},
+    "blend": {"parent_share": 0.5},
+    "frozen_bn_blend": {"freeze_batch_norm": True, "parent_share": 0.5},
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
 }
 """Recipe name -> TrainingConfig fields changed from the CLI's defaults (``shipped`` = the defaults as they are)."""
@@ -91,17 +89,12 @@ def kind_of(key: str, group: str, shape: tuple[int, ...]) -> str | None:
 
 def held_out_kinds() -> dict[str, list[tuple[str, Path, Path]]]:
     """Kind -> held-out images ``(key, image path, labels path)`` in a fixed shuffled order (kinds with >= 3)."""
-    splits = json.loads(SPLITS.read_text(encoding="utf-8"))
+    held_out = sorted(split_images(split="val") + split_images(split="test"), key=lambda item: item.key)
     kinds: dict[str, list[tuple[str, Path, Path]]] = {}
-    for key in sorted(splits["splits"]):
-        if splits["splits"][key] == "train":
-            continue
-        source, name = key.split("/", 1)
-        folder = DATA / FOLDERS[source]
-        image_path, labels_path = folder / f"{name}_image.tif", folder / f"{name}_labels.tif"
-        kind = kind_of(key, splits["groups"][key], read_labels(labels_path).shape)
+    for item in held_out:
+        kind = kind_of(item.key, item.group, read_labels(item.labels_path).shape)
         if kind is not None:
-            kinds.setdefault(kind, []).append((key, image_path, labels_path))
+            kinds.setdefault(kind, []).append((item.key, item.image_path, item.labels_path))
     rng = np.random.default_rng(0)
     return {kind: [items[i] for i in rng.permutation(len(items))] for kind, items in kinds.items() if len(items) >= 3}
 

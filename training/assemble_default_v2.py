@@ -1,7 +1,7 @@
 """Assemble the bundled default model v2 from a grey and a colour network trained by ``gpu_train.py``.
 
 The result is one model folder (``model.json`` + ``model.safetensors``) with
-``branches="gray_colour"`` (:class:`napari_unet.core.models.network.GrayColourUNet`):
+``branches="gray_colour"`` (:class:`napari_unet.core.models.network.GreyColourUNet`):
 grey images go to the grey network, colour images to the colour one.  It
 records where its weights came from (the GPU training logs), the training
 nuclei's diameters for ``--scale auto`` (measured on the training split of
@@ -10,7 +10,7 @@ validation split by ``benchmarks/bench_sources.py``).
 
 Usage::
 
-    python -m training.assemble_default_v2 --gray GREY.safetensors --colour COLOUR.safetensors \
+    python -m training.assemble_default_v2 --grey GREY.safetensors --colour COLOUR.safetensors \
         --logs train_log.json [train_log2.json] [--postprocess thresholds.json] --out out/default_v2
 """
 
@@ -81,15 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pack", type=Path, default=Path("data_pack/nuclei_v2.npz"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    gray_state, gray_meta = branch_state(args.gray, "gray")
+    grey_state, grey_meta = branch_state(args.gray, "gray")
     colour_state, _ = branch_state(args.colour, "colour")
-    branch_config = ModelConfig.from_dict(json.loads(gray_meta["model_config"]))
+    branch_config = ModelConfig.from_dict(json.loads(grey_meta["model_config"]))
     config = ModelConfig(
         in_channels=3, depth=branch_config.depth, base_channels=branch_config.base_channels, branches="gray_colour"
     )
     postprocess = PostprocessConfig.from_json(args.postprocess.read_text()) if args.postprocess else PostprocessConfig()
     bundle = ModelBundle.new(config, normalize=NormalizeConfig(invert="auto_gray"), postprocess=postprocess)
-    bundle.network.load_state_dict({**gray_state, **colour_state}, strict=True)
+    bundle.network.load_state_dict({**grey_state, **colour_state}, strict=True)
     bundle.network.eval()
     bundle.metadata.update(
         name="default",

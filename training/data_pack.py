@@ -247,8 +247,8 @@ def build_pack(data: Path, out: Path) -> dict:
     entries, blobs = [], []
     for source, folder in SOURCES.items():
         for name, image, labels in read_annotated_folder(data / folder):
-            gray = image.ndim == 2
-            stats = intensity_stats(image, NormalizeConfig(invert="auto" if gray else "never"), 3)
+            grey = image.ndim == 2
+            stats = intensity_stats(image, NormalizeConfig(invert="auto" if grey else "never"), 3)
             key = f"{source}/{name}"
             entries.append(
                 {

@@ -13,7 +13,7 @@ labels renumbered per crop) with ``replay.json`` (sources and licence).
 
 Usage (from the repository root, with ``../shared/data``)::
 
-    .venv/bin/python training/make_replay_set.py [--per-group fluorescence=16,colour=8,brightfield=4,tissue=8]
+    .venv/bin/python -m training.make_replay_set [--per-group fluorescence=16,colour=8,brightfield=4,tissue=8]
 """
 
 from __future__ import annotations
@@ -27,12 +27,9 @@ import numpy as np
 from skimage.segmentation import relabel_sequential
 
 from napari_unet.core.io import atomic_write_path, read_image, read_labels, write_json
+from training.splits import split_images
 
-ROOT = Path(__file__).resolve().parents[1]
-SPLITS = ROOT / "training" / "splits_v2.json"
-DATA = ROOT.parent / "shared" / "data"
-OUTPUT = ROOT / "napari_unet" / "weights" / "default" / "replay.npz"
-FOLDERS = {"dsb2018_stage1": "dsb2018_stage1_train", "dsb2018_train": "dsb2018/train", "s_bsst265": "s_bsst265/train"}
+OUTPUT = Path(__file__).resolve().parents[1] / "napari_unet" / "weights" / "default" / "replay.npz"
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,13 +40,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     return parser.parse_args()
-
-
-def image_path(key: str) -> tuple[Path, Path]:
-    """``(image, labels)`` paths of a split key such as ``dsb2018_stage1/00071198d059``."""
-    source, name = key.split("/", 1)
-    folder = DATA / FOLDERS[source]
-    return folder / f"{name}_image.tif", folder / f"{name}_labels.tif"
 
 
 def densest_crop(labels: np.ndarray, size: int, rng: np.random.Generator) -> tuple[slice, slice]:
@@ -69,16 +59,15 @@ def main() -> None:
     """Pick the crops and write the replay set atomically."""
     args = parse_args()
     wanted = {group: int(n) for group, n in (item.split("=") for item in args.per_group.split(","))}
-    splits = json.loads(SPLITS.read_text(encoding="utf-8"))
     rng = np.random.default_rng(args.seed)
     arrays: dict[str, np.ndarray] = {}
     sources = []
     for group, count in wanted.items():
-        keys = sorted(k for k, g in splits["groups"].items() if g == group and splits["splits"][k] == "train")
+        candidates = split_images(split="train", group=group)
         chosen = 0
-        for key in rng.permutation(keys):
-            image_file, labels_file = image_path(str(key))
-            image, labels = read_image(image_file), read_labels(labels_file)
+        for index in rng.permutation(len(candidates)):
+            item = candidates[int(index)]
+            image, labels = read_image(item.image_path), read_labels(item.labels_path)
             if min(labels.shape) < args.size:
                 continue
             window = densest_crop(labels, args.size, rng)
@@ -88,7 +77,7 @@ def main() -> None:
             index = len(sources)
             arrays[f"image_{index}"] = np.ascontiguousarray(image[window]).astype(np.uint8)
             arrays[f"labels_{index}"] = crop_labels
-            sources.append({"key": str(key), "group": group, "window": [[w.start, w.stop] for w in window]})
+            sources.append({"key": item.key, "group": group, "window": [[w.start, w.stop] for w in window]})
             chosen += 1
             if chosen == count:
                 break
@@ -96,10 +85,11 @@ def main() -> None:
     np.savez_compressed(buffer, **arrays)
     with atomic_write_path(args.output, overwrite=True) as temp:
         Path(temp).write_bytes(buffer.getvalue())
+    options = [f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key != "output"]
     description = {
         "what": "annotated crops of the default model's training images, mixed into fine-tuning batches (rehearsal)",
         "licence": "CC0 (2018 Data Science Bowl / BBBC038; S-BSST265, Kromp et al. 2020)",
-        "made_by": "training/make_replay_set.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"),
+        "made_by": "python -m training.make_replay_set " + " ".join(options),
         "crops": sources,
     }
     write_json(args.output.with_suffix(".json"), description, overwrite=True)

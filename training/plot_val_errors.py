@@ -31,9 +31,9 @@ DEFAULT_DATA = SHARED_DATA / "dsb2018" / "val"
 GREEN, MAGENTA = (0.1, 0.9, 0.1), (1.0, 0.1, 0.9)
 
 
-def outline_overlay(gray: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Return ``(Y, X, 3)`` float RGB: ``gray (Y, X)`` in [0, 1] with truth outlines green, predicted magenta."""
-    rgb = np.repeat(np.clip(gray, 0, 1)[..., None] * 0.7, 3, axis=-1)
+def outline_overlay(grey: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Return ``(Y, X, 3)`` float RGB: ``grey (Y, X)`` in [0, 1] with truth outlines green, predicted magenta."""
+    rgb = np.repeat(np.clip(grey, 0, 1)[..., None] * 0.7, 3, axis=-1)
     rgb[find_boundaries(truth, mode="inner")] = GREEN
     rgb[find_boundaries(predicted, mode="inner")] = MAGENTA
     return rgb
@@ -58,8 +58,8 @@ def main() -> None:
     for (ap50, name, image, truth, labels), (left, right) in zip(rows, axes, strict=False):
         left.imshow(image, cmap=None if image.ndim == 3 else "gray")
         left.set_title(f"{name[:12]}: AP@0.5 {ap50:.2f}")
-        gray = normalize_plane(image, bundle.normalize, 1)[0]
-        right.imshow(outline_overlay(gray, truth, labels))
+        grey = normalize_plane(image, bundle.normalize, 1)[0]
+        right.imshow(outline_overlay(grey, truth, labels))
         right.set_title("annotated (green) vs predicted (magenta)")
         for axis in (left, right):
             axis.axis("off")

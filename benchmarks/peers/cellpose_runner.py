@@ -27,7 +27,7 @@ torch.set_num_threads(2)
 from cellpose import dynamics, models, train  # noqa: E402
 
 NIMG_PER_EPOCH = 64
-CHANNELS = [0, 0]  # grayscale (colour images are averaged), no second channel
+CHANNELS = [0, 0]  # greyscale (colour images are averaged), no second channel
 
 
 def read_pairs(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -81,7 +81,7 @@ class TrainingData:
 class FineTuneOutcome:
     """What the worker hands back: the training result and any re-segmentations."""
 
-    result: Any  # napari_unet.core.train.loop.TrainResult
+    result: Any  # napari_unet.core.train.outcome.TrainResult
     resegmented: list[tuple[str, Any, float]]  # (image layer name, Prediction, scale it was predicted at)
 
 

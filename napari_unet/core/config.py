@@ -95,7 +95,7 @@ class ModelConfig(JsonConfig):
     spatial_dims : int
         2 for images, 3 for volumetric models (3D convolutions over Z, Y, X).
     in_channels : int
-        Channels the network reads (1 for gray; 3 for RGB models).
+        Channels the network reads (1 for grey; 3 for RGB models).
     out_channels : int
         Channels the network writes: 3 for the ``bg_interior_boundary`` head,
         4 for ``bg_interior_boundary_distance``.
@@ -116,7 +116,7 @@ class ModelConfig(JsonConfig):
         a 3-channel one for colour inputs; each input tile goes to the grey
         branch when its three channels are equal (a grey image, repeated)
         and to the colour branch otherwise (see
-        :class:`napari_unet.core.models.network.GrayColourUNet`).
+        :class:`napari_unet.core.models.network.GreyColourUNet`).
     xy_only_levels : int
         3D models only: the first this many down-sampling steps pool Y and X
         but keep Z, for stacks whose Z step is larger than their pixel size
@@ -384,6 +384,10 @@ class TrainingConfig(JsonConfig):
         default model and inherited by its fine-tuned children), so a
         fine-tune on a few images of one kind keeps what the model knew about
         others (rehearsal).  Ignored when the model has no replay set.
+    parent_share : float
+        After a validated fine-tune of a trained model, also validate the
+        kept weights averaged with the starting ones (this share of the
+        starting model) and keep the average unless it validates worse.
     freeze_batch_norm : bool
         Keep BatchNorm running statistics as the starting model had them
         (normalise with them, never update them); scales and shifts still learn.
@@ -416,6 +420,7 @@ class TrainingConfig(JsonConfig):
     seed: int = 0
     num_threads: int = 0
     replay_fraction: float = 0.25
+    parent_share: float = 0.0
     freeze_batch_norm: bool = False
     retune_thresholds: bool = False
 
@@ -423,6 +428,7 @@ class TrainingConfig(JsonConfig):
         name = type(self).__name__
         _check_range(name, "num_threads", self.num_threads, 0, 1024)
         _check_range(name, "replay_fraction", self.replay_fraction, 0.0, 0.9)
+        _check_range(name, "parent_share", self.parent_share, 0.0, 0.9)
         _check_range(name, "patch_size", self.patch_size, 16, 4096)
         _check_range(name, "batch_size", self.batch_size, 1, 1024)
         _check_range(name, "learning_rate", self.learning_rate, 1e-8, 1.0)

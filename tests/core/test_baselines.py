@@ -105,8 +105,8 @@ def test_stack_is_segmented_slice_by_slice_with_unique_labels() -> None:
 
 def test_channels_first_image_needs_axes() -> None:
     gt = disc_labels()
-    gray = fluorescence(gt, seed=8)
-    cyx = np.stack([gray, gray, gray])
+    grey = fluorescence(gt, seed=8)
+    cyx = np.stack([grey, grey, grey])
     labels = segment_baseline(cyx, "otsu", axes="CYX")
     assert labels.shape == gt.shape
     assert_finds_all(gt, labels)

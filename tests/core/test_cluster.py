@@ -223,8 +223,8 @@ def test_predict_large_at_a_scale_equals_in_memory_prediction(tmp_path, pixel_bu
 
 
 def test_predict_large_handles_rgb_images(tmp_path, pixel_bundle):
-    gray = disc_image((140, 130), n=8, seed=2)
-    rgb = np.stack([gray // 8, gray // 4, gray // 8], axis=-1).astype(np.uint8)
+    grey = disc_image((140, 130), n=8, seed=2)
+    rgb = np.stack([grey // 8, grey // 4, grey // 8], axis=-1).astype(np.uint8)
     path = run_to_end(predict_large(rgb, pixel_bundle, tmp_path / "rgb.zarr", chunk=64, halo=24, inference=CPU))
     expected = predict(rgb, pixel_bundle, inference=CPU).labels
     assert expected.max() > 4

@@ -245,7 +245,7 @@ def test_amp_on_cpu_uses_bfloat16_only_where_the_processor_has_it(monkeypatch):
 # --------------------------------------------------------------------------- whole images
 
 
-def test_predict_finds_discs_in_a_gray_image():
+def test_predict_finds_discs_in_a_grey_image():
     result = predict(disc_image(), threshold_bundle(), inference=CPU)
     assert isinstance(result, Prediction)
     assert result.labels.dtype == np.uint32 and result.labels.shape == (56, 64)
@@ -259,8 +259,8 @@ def test_predict_inverts_brightfield():
 
 
 def test_predict_rgb_and_channels_first():
-    gray = disc_image().astype(np.float32) / 4.0
-    rgb = np.stack([gray, gray * 0.5, gray * 0.25], axis=-1)
+    grey = disc_image().astype(np.float32) / 4.0
+    rgb = np.stack([grey, grey * 0.5, grey * 0.25], axis=-1)
     result = predict(rgb, threshold_bundle(), inference=CPU)
     assert result.image_axes == "YXC" and result.labels.shape == (56, 64)
     assert_discs_found(result.labels, disc_masks())
@@ -345,12 +345,12 @@ def test_inference_runs_a_cached_folded_copy_and_leaves_the_network_alone():
 
 
 def test_folded_batch_norm_computes_the_same_logits():
-    from napari_unet.core.models.network import GrayColourUNet, fold_batch_norm
+    from napari_unet.core.models.network import GreyColourUNet, fold_batch_norm
 
     torch.manual_seed(0)
     for network in (
         UNet(ModelConfig(depth=2, base_channels=8)),
-        GrayColourUNet(ModelConfig(in_channels=3, depth=2, base_channels=8, branches="gray_colour")),
+        GreyColourUNet(ModelConfig(in_channels=3, depth=2, base_channels=8, branches="gray_colour")),
     ):
         for module in network.modules():  # non-trivial running statistics and affine parameters
             if isinstance(module, torch.nn.BatchNorm2d):

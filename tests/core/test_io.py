@@ -205,22 +205,22 @@ def test_csv_measurements(tmp_path: Path) -> None:
     assert float(rows[1]["solidity"]) < 1.0  # the hole
 
 
-def test_measure_intensity_gray_and_rgb() -> None:
+def test_measure_intensity_grey_and_rgb() -> None:
     labels = make_labels()
-    gray = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
-    table = io.measure_objects(labels, gray)
+    grey = np.arange(labels.size, dtype=np.float32).reshape(labels.shape)
+    table = io.measure_objects(labels, grey)
     for index, label in enumerate(table["label"]):
-        values = gray[labels == label]
+        values = grey[labels == label]
         assert table["mean_intensity"][index] == pytest.approx(values.mean())
         assert table["max_intensity"][index] == values.max()
         assert table["min_intensity"][index] == values.min()
-    rgb = np.stack([gray, 2 * gray, np.zeros_like(gray)], axis=-1)
+    rgb = np.stack([grey, 2 * grey, np.zeros_like(grey)], axis=-1)
     table = io.measure_objects(labels, rgb)
-    assert table["mean_intensity_c1"][0] == pytest.approx(2 * gray[labels == 1].mean())
+    assert table["mean_intensity_c1"][0] == pytest.approx(2 * grey[labels == 1].mean())
     channels_first = io.measure_objects(labels, np.moveaxis(rgb, -1, 0))
     np.testing.assert_allclose(channels_first["mean_intensity_c1"], table["mean_intensity_c1"])
     with pytest.raises(UserInputError, match="does not match"):
-        io.measure_objects(labels, gray[:10])
+        io.measure_objects(labels, grey[:10])
 
 
 def test_measure_empty_and_3d() -> None:

@@ -134,14 +134,14 @@ def test_spatial_shape_checks_the_axes():
 
 
 def test_to_planes_single_images():
-    gray = ramp((4, 5))
-    planes, plane_axis = to_planes(gray, "YX")
+    grey = ramp((4, 5))
+    planes, plane_axis = to_planes(grey, "YX")
     assert planes.shape == (1, 4, 5, 1)
     assert planes.dtype == np.float32
     assert plane_axis is None
-    np.testing.assert_array_equal(planes[0, :, :, 0], gray)
+    np.testing.assert_array_equal(planes[0, :, :, 0], grey)
 
-    cyx = np.stack([gray, gray + 100, gray + 200]).astype(np.uint8)
+    cyx = np.stack([grey, grey + 100, grey + 200]).astype(np.uint8)
     planes, plane_axis = to_planes(cyx, "CYX")
     assert planes.shape == (1, 4, 5, 3)
     np.testing.assert_array_equal(planes[0, 2, 3], [cyx[0, 2, 3], cyx[1, 2, 3], cyx[2, 2, 3]])
@@ -198,7 +198,7 @@ def test_negative_float_images():
     np.testing.assert_allclose(out[0], (image + 50) / 99.0, atol=1e-6)
 
 
-def test_rgb_to_gray_uses_luminance_for_one_channel_models():
+def test_rgb_to_grey_uses_luminance_for_one_channel_models():
     plane = np.zeros((2, 2, 3), dtype=np.uint8)
     plane[0, 0] = (255, 0, 0)
     plane[0, 1] = (0, 255, 0)
@@ -209,7 +209,7 @@ def test_rgb_to_gray_uses_luminance_for_one_channel_models():
     np.testing.assert_allclose(out[0], expected, atol=1e-6)
 
 
-def test_gray_is_repeated_for_three_channel_models():
+def test_grey_is_repeated_for_three_channel_models():
     image = ramp((6, 7))
     out = normalize_plane(image, FULL_RANGE, 3)
     assert out.shape == (3, 6, 7)
@@ -314,7 +314,7 @@ def test_low_percentile_maps_to_zero_high_to_one_and_bright_nuclei_stay_bright(c
     assert low > 0 and high < model_input.max() / 4, "the percentiles ignore the dead and the hot pixels"
 
     stats = intensity_stats(image, cfg, in_channels)
-    assert stats == IntensityStats(low=pytest.approx(low), high=pytest.approx(high), invert=False, gray_rgb=False)
+    assert stats == IntensityStats(low=pytest.approx(low), high=pytest.approx(high), invert=False, grey_rgb=False)
     scaled = (model_input - low) / (high - low)
     expected = np.moveaxis(scaled, -1, 0) if model_input.ndim == 3 else np.repeat(scaled[None], in_channels, 0)
     np.testing.assert_allclose(out, expected, atol=1e-5)
@@ -376,8 +376,8 @@ def test_auto_invert_matches_real_images():
     for path in images:
         image = tifffile.imread(path)
         labels = tifffile.imread(str(path).replace("_image", "_labels"))
-        gray = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(float)
-        nuclei_darker = gray[labels > 0].mean() < gray[labels == 0].mean()
+        grey = image[..., :3].mean(axis=-1) if image.ndim == 3 else image.astype(float)
+        nuclei_darker = grey[labels > 0].mean() < grey[labels == 0].mean()
         assert is_bright_background(image) == nuclei_darker, path.name
 
 

@@ -173,11 +173,11 @@ def test_brightfield_is_rgb_with_dark_purple_nuclei_on_a_light_background(bright
     image, labels = brightfield
     assert image.shape == (*SHAPE, 3) and image.dtype == np.uint8
     assert labels.shape == SHAPE and labels.dtype == np.uint16
-    gray = image.astype(float).mean(axis=-1)
+    grey = image.astype(float).mean(axis=-1)
     nuclei = labels > 0
     far = ~ndi.binary_dilation(nuclei, iterations=4)
-    assert gray[nuclei].mean() < gray[far].mean() - 50
-    assert np.median(gray[far]) > 170
+    assert grey[nuclei].mean() < grey[far].mean() - 50
+    assert np.median(grey[far]) > 170
     red, green, blue = (image[..., c][nuclei].astype(float).mean() for c in range(3))
     assert blue > red > green  # hematoxylin: purple-blue
     red, green, blue = (image[..., c][far].astype(float).mean() for c in range(3))

@@ -3,7 +3,7 @@
 The engine accepts napari layer data with these axes (napari letters):
 
 ========  =====================================================
-``YX``    one gray image
+``YX``    one grey image
 ``YXC``   one colour / multi-channel image (channels last, as napari RGB)
 ``CYX``   one multi-channel image, channels first (needs explicit axes)
 ``ZYX``   a z-stack, segmented slice by slice by a 2D model, as one volume by a 3D one
@@ -42,7 +42,7 @@ SUPPORTED_AXES = ("YX", "YXC", "CYX", "ZYX", "TYX", "ZYXC", "TYXC")
 """Axis orders the engine understands."""
 
 LUMINANCE_WEIGHTS = (0.2125, 0.7154, 0.0721)
-"""ITU-R BT.709 weights used to turn RGB into gray (as ``skimage.color.rgb2gray``)."""
+"""ITU-R BT.709 weights used to turn RGB into grey (as ``skimage.color.rgb2gray``)."""
 
 _PERCENTILE_SAMPLE_PIXELS = 2**20
 """Planes with more pixels estimate percentiles on a regular sub-grid of about this many pixels."""
@@ -253,7 +253,7 @@ def to_planes(
     Returns
     -------
     planes : numpy.ndarray
-        ``(P, Y, X, C)``; ``P`` is 1 for single images, ``C`` is 1 for gray.
+        ``(P, Y, X, C)``; ``P`` is 1 for single images, ``C`` is 1 for grey.
     plane_axis : str or None
         ``"Z"`` or ``"T"`` for stacks, ``None`` for single images.
 
@@ -290,9 +290,9 @@ class IntensityStats:
         Intensities mapped to 0 and 1 (``high <= low``: no range, everything maps to 0).
     invert : bool
         Whether bright maps to 0 and dark to 1 (bright-background images).
-    gray_rgb : bool
+    grey_rgb : bool
         Whether the image is an RGB picture of a grey image (see
-        :func:`is_gray_rgb`): a 3-channel model then reads its luminance
+        :func:`is_grey_rgb`): a 3-channel model then reads its luminance
         three times, exactly as a grey image, and a 1-channel model its
         luminance as always.
 
@@ -301,7 +301,7 @@ class IntensityStats:
     low: float
     high: float
     invert: bool
-    gray_rgb: bool = False
+    grey_rgb: bool = False
 
 
 def intensity_stats(image: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> IntensityStats:
@@ -329,9 +329,9 @@ def intensity_stats(image: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
 
     """
     plane = _with_channel_axis(image)
-    gray_rgb = _is_gray_rgb_plane(plane)
-    stats = _channel_stats(_match_channels(plane, in_channels, gray_rgb), cfg, _brightness(plane, gray_rgb))
-    return replace(stats, gray_rgb=gray_rgb)
+    grey_rgb = _is_grey_rgb_plane(plane)
+    stats = _channel_stats(_match_channels(plane, in_channels, grey_rgb), cfg, _brightness(plane, grey_rgb))
+    return replace(stats, grey_rgb=grey_rgb)
 
 
 def apply_stats(image: np.ndarray, stats: IntensityStats, in_channels: int) -> np.ndarray:
@@ -357,7 +357,7 @@ def apply_stats(image: np.ndarray, stats: IntensityStats, in_channels: int) -> n
         If the channel count cannot be mapped onto ``in_channels``.
 
     """
-    return _scale(_match_channels(_with_channel_axis(image), in_channels, stats.gray_rgb), stats)
+    return _scale(_match_channels(_with_channel_axis(image), in_channels, stats.grey_rgb), stats)
 
 
 def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> np.ndarray:
@@ -381,13 +381,13 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
 
     Notes
     -----
-    Channels: RGB(A) -> gray (BT.709 luminance) when the model reads 1
-    channel; gray is repeated when the model reads 3; RGBA loses its alpha
+    Channels: RGB(A) -> grey (BT.709 luminance) when the model reads 1
+    channel; grey is repeated when the model reads 3; RGBA loses its alpha
     channel unless the model reads 4.  The percentiles are taken jointly over
     all channels, which keeps colour ratios.  ``invert="auto"`` inverts when
     the background is bright: the median brightness (most pixels are
     background) lies in the upper half of the 1st-99.5th percentile range.
-    Brightness is the intensity of gray planes and the maximum over R, G, B of
+    Brightness is the intensity of grey planes and the maximum over R, G, B of
     colour planes (HSV value), which sets pink H&E background apart from
     purple nuclei better than luminance does.  A plane with no
     intensity range (a blank slice of a stack) becomes all zeros.
@@ -401,9 +401,9 @@ def normalize_plane(plane: np.ndarray, cfg: NormalizeConfig, in_channels: int) -
 
     """
     plane = _with_channel_axis(plane)
-    gray_rgb = _is_gray_rgb_plane(plane)
-    channels = _match_channels(plane, in_channels, gray_rgb)
-    return _scale(channels, _channel_stats(channels, cfg, _brightness(plane, gray_rgb)))
+    grey_rgb = _is_grey_rgb_plane(plane)
+    channels = _match_channels(plane, in_channels, grey_rgb)
+    return _scale(channels, _channel_stats(channels, cfg, _brightness(plane, grey_rgb)))
 
 
 def normalize_volume(volume: np.ndarray, cfg: NormalizeConfig, in_channels: int) -> np.ndarray:
@@ -436,15 +436,15 @@ def _with_channel_axis(image: np.ndarray) -> np.ndarray:
     return image[..., np.newaxis] if image.ndim == 2 else image
 
 
-def _match_channels(plane: np.ndarray, in_channels: int, gray_rgb: bool = False) -> list[np.ndarray]:
+def _match_channels(plane: np.ndarray, in_channels: int, grey_rgb: bool = False) -> list[np.ndarray]:
     """Return ``in_channels`` (Y, X) arrays (views where possible) from a (Y, X, C) plane.
 
-    A grey picture saved as RGB (``gray_rgb``) gives its luminance, repeated.
+    A grey picture saved as RGB (``grey_rgb``) gives its luminance, repeated.
     """
     n = plane.shape[-1]
     if n == 4 and in_channels != 4:
         plane, n = plane[..., :3], 3
-    if n == 3 and gray_rgb:
+    if n == 3 and grey_rgb:
         return [_luminance(plane)] * in_channels
     if n == in_channels:
         return [plane[..., c] for c in range(n)]
@@ -480,7 +480,7 @@ def _channel_stats(
     """Return the statistics of the (model-mapped) channels of one plane.
 
     ``brightness`` is the (sampled) map the inversion is decided on; ``None``
-    (gray planes) means the pooled channels themselves.
+    (grey planes) means the pooled channels themselves.
     """
     unique = list({id(c): c for c in channels}.values())
     pooled = np.concatenate([_sample(c).ravel() for c in unique]) if len(unique) > 1 else _sample(unique[0])
@@ -512,30 +512,30 @@ def _is_bright(dark: float, median: float, bright: float) -> bool:
     return bright > dark and (median - dark) / (bright - dark) > _INVERT_DECISION_FRACTION
 
 
-def _brightness(plane: np.ndarray, gray_rgb: bool) -> np.ndarray | None:
-    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for gray ones."""
-    if plane.shape[-1] < 3 or gray_rgb:
+def _brightness(plane: np.ndarray, grey_rgb: bool) -> np.ndarray | None:
+    """Return the sampled brightness of a (Y, X, C) colour plane (max over RGB, HSV value); None for grey ones."""
+    if plane.shape[-1] < 3 or grey_rgb:
         return None
     return _sample(plane)[..., :3].max(axis=-1)
 
 
-def _is_gray_rgb_plane(plane: np.ndarray) -> bool:
-    """Whether a (Y, X, C) plane has 3 or 4 channels whose RGB is grey (see :func:`is_gray_rgb`)."""
-    return plane.shape[-1] in (3, 4) and is_gray_rgb(_sample(plane)[..., :3])
+def _is_grey_rgb_plane(plane: np.ndarray) -> bool:
+    """Whether a (Y, X, C) plane has 3 or 4 channels whose RGB is grey (see :func:`is_grey_rgb`)."""
+    return plane.shape[-1] in (3, 4) and is_grey_rgb(_sample(plane)[..., :3])
 
 
-GRAY_RGB_TOLERANCE = 0.01
-"""RGB planes whose channels differ by at most this fraction of their range, on average, count as gray."""
+GREY_RGB_TOLERANCE = 0.01
+"""RGB planes whose channels differ by at most this fraction of their range, on average, count as grey."""
 
 
-def is_gray_rgb(rgb: np.ndarray) -> bool:
-    """Whether an RGB image ``(Y, X, 3)`` is a gray picture: its channels differ by under 1% of its range on average."""
+def is_grey_rgb(rgb: np.ndarray) -> bool:
+    """Whether an RGB image ``(Y, X, 3)`` is a grey picture: its channels differ by under 1% of its range on average."""
     low, high = float(rgb.min()), float(rgb.max())
     if high <= low:
         return True
     work = rgb.astype(np.float32, copy=False)
     spread = np.abs(work[..., 0] - work[..., 1]).mean() + np.abs(work[..., 1] - work[..., 2]).mean()
-    return bool(spread <= GRAY_RGB_TOLERANCE * (high - low))
+    return bool(spread <= GREY_RGB_TOLERANCE * (high - low))
 
 
 def _scale(channels: list[np.ndarray], stats: IntensityStats) -> np.ndarray:
@@ -566,7 +566,7 @@ def is_bright_background(plane: np.ndarray) -> bool:
 
     """
     plane = _with_channel_axis(plane)
-    brightness = _brightness(plane, _is_gray_rgb_plane(plane))
+    brightness = _brightness(plane, _is_grey_rgb_plane(plane))
     if brightness is None:
         brightness = _sample(plane).mean(axis=-1) if plane.shape[-1] > 1 else _sample(plane[..., 0])
     return _is_bright(*(float(v) for v in np.percentile(brightness, _INVERT_PERCENTILES)))

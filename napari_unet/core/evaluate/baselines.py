@@ -107,8 +107,8 @@ def segment_baseline(
     labels = np.zeros(planes.shape[:3], dtype=np.int32)
     next_label = 0
     for index, plane in enumerate(planes):
-        gray = normalize_plane(plane, normalize, in_channels=1)[0]
-        plane_labels = _segment_plane(gray, method, min_size, block_size | 1, sigma, local_offset, min_distance)
+        grey = normalize_plane(plane, normalize, in_channels=1)[0]
+        plane_labels = _segment_plane(grey, method, min_size, block_size | 1, sigma, local_offset, min_distance)
         labels[index] = np.where(plane_labels > 0, plane_labels + next_label, 0)
         next_label += int(plane_labels.max())
     return labels if plane_axis is not None else labels[0]
@@ -162,10 +162,10 @@ def segment_volume_baseline(
         raise UserInputError(f"a 3D baseline needs a (Z, Y, X) stack, got shape {volume.shape}")
     if not z_spacing > 0:
         raise UserInputError(f"z_spacing must be a positive number of pixel sizes, got {z_spacing}")
-    gray = normalize_volume(volume, NormalizeConfig(invert="auto"), in_channels=1)[0]
-    if not gray.max() > gray.min():
+    grey = normalize_volume(volume, NormalizeConfig(invert="auto"), in_channels=1)[0]
+    if not grey.max() > grey.min():
         raise UserInputError("the stack has no intensity range (every voxel has the same value)")
-    smooth = ndi.gaussian_filter(gray, (sigma / z_spacing, sigma, sigma)) if sigma > 0 else gray
+    smooth = ndi.gaussian_filter(grey, (sigma / z_spacing, sigma, sigma)) if sigma > 0 else grey
     foreground = ndi.binary_fill_holes(_threshold(smooth, "li" if name == "li" else "otsu", 3, 0.0))
     components = _components(foreground, min_size)
     if name == "watershed":
@@ -198,7 +198,7 @@ def _check_params(min_size: int, invert: str | bool, block_size: int, sigma: flo
 
 
 def _segment_plane(
-    gray: np.ndarray,
+    grey: np.ndarray,
     method: str,
     min_size: int,
     block_size: int,
@@ -207,9 +207,9 @@ def _segment_plane(
     min_distance: int,
 ) -> np.ndarray:
     """Segment one percentile-scaled ``(Y, X)`` float plane into int32 labels."""
-    if not gray.max() > gray.min():  # a blank slice of a stack
-        return np.zeros(gray.shape, dtype=np.int32)
-    smooth = ndi.gaussian_filter(gray, sigma) if sigma > 0 else gray
+    if not grey.max() > grey.min():  # a blank slice of a stack
+        return np.zeros(grey.shape, dtype=np.int32)
+    smooth = ndi.gaussian_filter(grey, sigma) if sigma > 0 else grey
     foreground = ndi.binary_fill_holes(_threshold(smooth, method, block_size, local_offset))
     components = _components(foreground, min_size)
     if method == "watershed":

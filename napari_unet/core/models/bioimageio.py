@@ -39,7 +39,7 @@ from torch import nn
 
 from napari_unet.core.config import ModelConfig, NormalizeConfig, PostprocessConfig
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.models.network import GrayColourUNet, build_model, is_gray_input
+from napari_unet.core.models.network import GreyColourUNet, build_model, is_grey_input
 
 EXTRA_HINT = 'install the optional packages: pip install "napari-unet[bioimageio]"'
 CLASS_NAMES = ("background", "interior", "boundary")
@@ -54,7 +54,7 @@ DEFAULT_LICENSE = "CC-BY-4.0"
 class ExportNetwork(nn.Module):
     """What a package runs: the UNet, then the softmax of its three classes.
 
-    A grey + colour model (:class:`~napari_unet.core.models.network.GrayColourUNet`)
+    A grey + colour model (:class:`~napari_unet.core.models.network.GreyColourUNet`)
     runs both branches and keeps, per sample, the one napari-unet would
     choose, so that TorchScript and ONNX can trace it (twice the work of
     napari-unet's own path, the same numbers).
@@ -77,9 +77,9 @@ class ExportNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the class probabilities ``(N, 3, Y, X)`` of ``x (N, C, Y, X)``."""
-        if isinstance(self.network, GrayColourUNet):
-            gray, colour = self.network.gray(x[:, :1]), self.network.colour(x)
-            logits = torch.where(is_gray_input(x).view(-1, 1, 1, 1), gray, colour)
+        if isinstance(self.network, GreyColourUNet):
+            grey, colour = self.network.gray(x[:, :1]), self.network.colour(x)
+            logits = torch.where(is_grey_input(x).view(-1, 1, 1, 1), grey, colour)
         else:
             logits = self.network(x)
         return torch.softmax(logits[:, :3], dim=1)

@@ -125,7 +125,7 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-class GrayColourUNet(nn.Module):
+class GreyColourUNet(nn.Module):
     """Two UNets in one model: a 1-channel one for grey inputs and a 3-channel one for colour inputs.
 
     Parameters
@@ -138,7 +138,7 @@ class GrayColourUNet(nn.Module):
     -----
     ``forward`` maps ``(N, 3, *S)`` to logits ``(N, out_channels, *S)``.  An
     input whose three channels are equal everywhere (a grey image, repeated
-    by :func:`napari_unet.core.data.normalize.normalize_plane`) goes to ``gray``
+    by :func:`napari_unet.core.data.normalize.normalize_plane`) goes to ``grey``
     as its first channel; any other input to ``colour``.  Grey and colour
     images are different problems (bright fluorescent or inverted
     brightfield nuclei versus stained ones): two small networks, each
@@ -152,32 +152,32 @@ class GrayColourUNet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.gray = UNet(replace(config, in_channels=1, branches="single"))
+        self.gray = UNet(replace(config, in_channels=1, branches="single"))  # "gray." names its weights in saved files
         self.colour = UNet(replace(config, branches="single"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, out_channels, *S)`` for input ``(N, 3, *S)``."""
-        gray = is_gray_input(x)
-        if bool(gray.all()):
+        grey = is_grey_input(x)
+        if bool(grey.all()):
             return self.gray(x[:, :1])
-        if not bool(gray.any()):
+        if not bool(grey.any()):
             return self.colour(x)
-        gray_logits, colour_logits = self.gray(x[gray, :1]), self.colour(x[~gray])
-        out = gray_logits.new_empty((x.shape[0], *gray_logits.shape[1:]))
-        out[gray], out[~gray] = gray_logits, colour_logits
+        grey_logits, colour_logits = self.gray(x[grey, :1]), self.colour(x[~grey])
+        out = grey_logits.new_empty((x.shape[0], *grey_logits.shape[1:]))
+        out[grey], out[~grey] = grey_logits, colour_logits
         return out
 
 
-def is_gray_input(x: torch.Tensor) -> torch.Tensor:
+def is_grey_input(x: torch.Tensor) -> torch.Tensor:
     """Per sample of ``x (N, 3, *S)``: whether its three channels are equal everywhere; ``(N,)`` bool."""
     flat = x.flatten(2)
     return ((flat[:, 0] == flat[:, 1]) & (flat[:, 1] == flat[:, 2])).all(dim=1)
 
 
-def build_model(config: ModelConfig) -> UNet | GrayColourUNet:
-    """Return a freshly initialised network for ``config`` (:class:`GrayColourUNet` for ``branches="gray_colour"``)."""
+def build_model(config: ModelConfig) -> UNet | GreyColourUNet:
+    """Return a freshly initialised network for ``config`` (:class:`GreyColourUNet` for ``branches="gray_colour"``)."""
     if config.branches == "gray_colour":
-        return GrayColourUNet(config)
+        return GreyColourUNet(config)
     return UNet(config)
 
 
@@ -193,7 +193,7 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     Parameters
     ----------
     network : torch.nn.Module
-        A :class:`UNet` or :class:`GrayColourUNet` (any module whose
+        A :class:`UNet` or :class:`GreyColourUNet` (any module whose
         ``nn.Sequential`` children hold ``Conv -> BatchNorm`` pairs).
 
     Returns

@@ -105,7 +105,7 @@ class LargeImage:
 
     @property
     def ndim(self) -> int:
-        """2 for gray, 3 for channels-last."""
+        """2 for grey, 3 for channels-last."""
         return len(self.shape)
 
     def __getitem__(self, region: tuple[slice, slice]) -> np.ndarray:

@@ -352,6 +352,7 @@ def training_lineage(
         "validation": validation,
         "seconds": round(seconds, 3),
         "validation_seconds": round(loop.validation_seconds, 3),
+        "averaged_with_parent": loop.blended,
         "steps": loop.step,
         "best_step": loop.best_step,
         "stopped_reason": loop.stopped_reason,

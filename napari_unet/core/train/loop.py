@@ -27,7 +27,13 @@ from napari_unet.core.progress import Progress, check_cancel
 from napari_unet.core.train.augment import augment_sample
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
-from napari_unet.core.train.outcome import average_with_parent, child_postprocess, finite_or_zero, is_trained
+from napari_unet.core.train.outcome import (
+    average_with_parent,
+    blend_states,
+    child_postprocess,
+    finite_or_zero,
+    is_trained,
+)
 from napari_unet.core.train.validation import ValWindow, keep_annotated, window_logits_and_probabilities
 
 PLATEAU_PATIENCE, PLATEAU_FACTOR = 2, 0.5
@@ -109,6 +115,7 @@ class TrainingRun:
         self.train_seconds = 0.0
         self.validation_seconds = 0.0  # time spent validating (start, intermediate and final checks)
         self.last_validation_cost = 0.0
+        self.blended = False  # True when the kept weights are the fine-tuned ones averaged with the parent's
         self.replay_set = replay_set or []  # rehearsal crops, drawn for cfg.replay_fraction of the patches
 
     def _planned_steps(self) -> int:
@@ -147,6 +154,30 @@ class TrainingRun:
             yield self._progress(self.history[-1].get("loss"), "final validation", validated=True)
         if not self.val_windows:
             self.best_state, self.best_step = self._unvalidated_result(), self.step
+        elif self.cfg.parent_share > 0 and self.best_step > 0 and is_trained(self.bundle):
+            check_cancel(cancel)
+            message = self._try_blend_with_parent()
+            yield self._progress(self.history[-1].get("loss"), message, validated=True)
+
+    def _try_blend_with_parent(self) -> str:
+        """Validate the kept weights averaged with the parent's; keep the average unless it validates worse.
+
+        The average moves less far from what the parent knew about other
+        kinds (weight-space ensembles, Wortsman et al. 2022), so on a tie it wins.
+        """
+        share = self.cfg.parent_share
+        blend = blend_states(self.start_state, self.best_state, share)
+        self.network.load_state_dict(blend)
+        started = time.perf_counter()
+        scores = self._scores()
+        self.validation_seconds += time.perf_counter() - started
+        self.history[-1].update({f"blend_{key}": value for key, value in scores.items()})
+        if scores["val_ap50"] >= (self.best_score or 0.0):
+            self.best_state, self.best_metrics, self.blended = blend, dict(scores), True
+            return f"kept the fine-tuned weights averaged with the starting model's ({share:.0%} of it)"
+        return (
+            f"kept the fine-tuned weights (averaged with the starting model's they validate {scores['val_ap50']:.3f})"
+        )
 
     def _validation_due(self) -> bool:
         """Whether this step validates: every ``val_every`` steps, while validation stays within its time share.
@@ -292,6 +323,13 @@ class TrainingRun:
             self.validation_seconds += self.last_validation_cost
 
     def _score_validation(self) -> dict[str, float]:
+        """Score the current weights and keep them if they validate best so far."""
+        scores = self._scores()
+        self._keep_if_best(scores)
+        return scores
+
+    def _scores(self) -> dict[str, float]:
+        """AP@0.5, AP@0.75, F1@0.5 (pooled over the windows) and the loss of the current weights."""
         gts, preds, losses = [], [], []
         for window in self.val_windows:
             logits, probs = window_logits_and_probabilities(
@@ -311,7 +349,6 @@ class TrainingRun:
             "val_loss": float(np.mean(losses)),
         }
         self.last_val = scores
-        self._keep_if_best(scores)
         return scores
 
     def _keep_if_best(self, scores: dict[str, float]) -> None:

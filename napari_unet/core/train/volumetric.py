@@ -1,6 +1,6 @@
 """Train a 3D model on annotated Z-stacks, fully or sparsely annotated.
 
-What :func:`napari_unet.core.train.loop.iter_train` is for images, this is for
+What :func:`napari_unet.core.train.fine_tune.iter_train` is for images, this is for
 volumes: random 3D patches (mostly centred on nuclei), flips along Z, Y and X,
 quarter turns in the YX plane and random contrast, gamma and noise; the same
 masked cross-entropy + Dice loss on the background / interior / boundary
@@ -9,7 +9,7 @@ schedule; and, on validation stacks, the 3D AP@0.5 of the full segmentation
 every ``val_every`` steps, keeping the best weights (the starting ones until a
 later step scores strictly higher). Without validation stacks, a fine-tune of
 a trained model returns the last weights averaged with the starting ones, as
-in 2D (:func:`napari_unet.core.train.loop.average_with_parent`).
+in 2D (:func:`napari_unet.core.train.outcome.average_with_parent`).
 
 Sparse annotation
 -----------------
@@ -270,7 +270,7 @@ def iter_train_volume(
     val_volumes, val_labels : lists, optional
         Fully annotated validation stacks; without them the last weights are
         kept, averaged with the starting weights when the starting model is
-        trained (:func:`~napari_unet.core.train.loop.average_with_parent`).
+        trained (:func:`~napari_unet.core.train.outcome.average_with_parent`).
     patch_zyx : tuple of int
         Training patch, rounded down to the network's size multiples.
     z_spacings : list of float or None, optional
