@@ -62,6 +62,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "low_lr_replay_half": {"learning_rate": 3e-4, "replay_fraction": 0.5},
     "blend": {"parent_share": 0.5},
     "frozen_bn_blend": {"freeze_batch_norm": True, "parent_share": 0.5},
+    "low_lr_replay_half_blend": {"learning_rate": 3e-4, "replay_fraction": 0.5, "parent_share": 0.5},
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
 }
 """Recipe name -> TrainingConfig fields changed from the CLI's defaults (``shipped`` = the defaults as they are)."""

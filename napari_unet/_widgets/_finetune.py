@@ -55,13 +55,14 @@ from napari_unet.core.data.normalize import infer_axes, spatial_shape
 from napari_unet.core.errors import Cancelled, UserInputError
 from napari_unet.core.predict.volumetric import VOLUME_AXES
 from napari_unet.core.progress import Progress
+from napari_unet.core.train.fine_tune import FINE_TUNE_LEARNING_RATE
 from napari_unet.core.train.outcome import notice_of
 
 SETTINGS = "finetune"
 MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", "Changed areas": "changed"}
 RESEGMENTED_SUFFIX = " re-segmented"
 PLOT_EVERY = 5  # redraw the live plot every this many steps (and on every validation)
-FINETUNE_LEARNING_RATE = 3e-4
+FINETUNE_LEARNING_RATE = FINE_TUNE_LEARNING_RATE
 """Default learning rate when starting from a trained model (the benchmarked fine-tuning rate)."""
 
 

@@ -419,7 +419,7 @@ class TrainingConfig(JsonConfig):
     amp: bool = True
     seed: int = 0
     num_threads: int = 0
-    replay_fraction: float = 0.25
+    replay_fraction: float = 0.5
     parent_share: float = 0.0
     freeze_batch_norm: bool = False
     retune_thresholds: bool = False
