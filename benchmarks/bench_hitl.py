@@ -35,6 +35,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,15 @@ from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
-from napari_unet.core.train.fine_tune import iter_fine_tune
+from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
 from training.splits import split_images
 
 RECIPES: dict[str, dict[str, Any]] = {
     "shipped": {},
     "no_replay": {"replay_fraction": 0.0},
+    "high_lr": {"learning_rate": 1e-3},
+    "no_epoch_cap": {"max_epochs": None},
+    "epochs_50": {"max_epochs": 50},
     "replay_half": {"replay_fraction": 0.5},
     "low_lr": {"learning_rate": 3e-4},
     "retune": {"retune_thresholds": True},
@@ -65,7 +69,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "low_lr_replay_half_blend": {"learning_rate": 3e-4, "replay_fraction": 0.5, "parent_share": 0.5},
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
 }
-"""Recipe name -> TrainingConfig fields changed from the CLI's defaults (``shipped`` = the defaults as they are)."""
+"""Recipe name -> TrainingConfig fields changed from the product's recipe (``shipped``: the CLI's and the panel's
+fine-tuning of the default model, :func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`)."""
+
+SYNTHETIC_KIND = "synthetic_he"
+"""A kind the default model is weak on: H&E-like brightfield images from napari-unet's generator
+(``bench_finetune``'s seeds, never used in training), since the shared data holds few such images."""
+
+SYNTHETIC_IMAGES = 8
 
 
 def kind_of(key: str, group: str, shape: tuple[int, ...]) -> str | None:
@@ -100,6 +111,13 @@ def held_out_kinds() -> dict[str, list[tuple[str, Path, Path]]]:
     return {kind: [items[i] for i in rng.permutation(len(items))] for kind, items in kinds.items() if len(items) >= 3}
 
 
+def synthetic_kind() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The :data:`SYNTHETIC_KIND` images ``(key, image (256, 256, 3), labels (256, 256))``."""
+    from benchmarks.bench_finetune import synthetic_brightfield_pairs
+
+    return [(f"synthetic/{key}", image, labels) for key, image, labels in synthetic_brightfield_pairs(SYNTHETIC_IMAGES)]
+
+
 def ap50(bundle: Any, image: np.ndarray, labels: np.ndarray) -> float:
     """AP@0.5 of the model on one image (the model's own test-time settings)."""
     return float(evaluate_image(labels, predict(image, bundle).labels)["per_threshold"][0]["accuracy"])
@@ -116,12 +134,21 @@ def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float
 
 
 def run_recipe(
-    args: argparse.Namespace, recipe: str, kinds: dict[str, Any], default: Any, before: dict[str, Any]
-) -> dict[str, Any]:
-    """All kinds for one recipe: fine-tune on K images per kind, score its kind and the forgetting panel."""
+    args: argparse.Namespace,
+    recipe: str,
+    kinds: dict[str, Any],
+    default: Any,
+    before: dict[str, Any],
+    results: dict[str, Any],
+    checkpoint: Callable[[], Any],
+) -> None:
+    """All kinds for one recipe: fine-tune on K images per kind, score its kind and the forgetting panel.
+
+    ``results`` (kind -> row) fills as kinds finish; ``checkpoint()`` is called after each.
+    """
     steps = max(1, round(args.seconds * args.steps_per_second))
-    cfg = replace(TrainingConfig(), max_seconds=None, max_steps=steps, seed=args.seed, **RECIPES[recipe])
-    results: dict[str, Any] = {}
+    recipe_cfg = fine_tune_recipe(default, TrainingConfig())
+    cfg = replace(recipe_cfg, max_seconds=None, max_steps=steps, seed=args.seed, **RECIPES[recipe])
     for kind, data in kinds.items():
         print(f"[{recipe}] {kind}: fine-tuning {steps} steps on {len(data['corrected'])} image(s)", file=sys.stderr)
         images, labels = zip(*data["corrected"], strict=True)
@@ -139,19 +166,27 @@ def run_recipe(
             },
             "steps": result.steps,
             "best_step": result.best_step,
+            "kept_parent": result.kept_parent,
+            "averaged_with_parent": result.lineage.get("averaged_with_parent"),
             "seconds": seconds,
             "validation_seconds": result.lineage.get("validation_seconds"),
+            "held_out_before": result.metrics_before,
+            "held_out_after": result.metrics_after,
+            "other_kinds_check": result.replay_check,
+            "validations": [
+                {"step": row["step"], "val_ap50": row["val_ap50"]} for row in result.history if "val_ap50" in row
+            ],
             "messages": result.messages,
         }
         row["forgetting_mean"] = float(np.mean(list(row["forgetting"].values()))) if row["forgetting"] else 0.0
         if args.half_image:
             row["half_image"] = half_image(default, data["corrected"][0], cfg)
         results[kind] = row
+        checkpoint()
         print(
             f"[{recipe}] {kind}: gain {row['kind_gain']:+.3f}, forgetting {row['forgetting_mean']:+.3f}",
             file=sys.stderr,
         )
-    return results
 
 
 def half_image(default: Any, pair: tuple[np.ndarray, np.ndarray], cfg: TrainingConfig) -> dict[str, float]:
@@ -174,18 +209,25 @@ def calibrate(seconds: float) -> float:
     items = next(iter(kinds.values()))[:2]
     images = [read_image(path) for _, path, _ in items]
     labels = [read_labels(path) for _, _, path in items]
-    result = fine_tune(load_model("default"), images, labels, replace(TrainingConfig(), max_seconds=seconds))
+    default = load_model("default")
+    cfg = replace(fine_tune_recipe(default, TrainingConfig()), max_seconds=seconds)
+    result = fine_tune(default, images, labels, cfg)
     return result.steps / max(result.seconds, 1e-9)
 
 
 def load_kinds(args: argparse.Namespace) -> dict[str, Any]:
     """Kind -> corrected pairs, scored pairs, forgetting-panel pairs (read once)."""
     wanted = None if args.kinds == "all" else set(args.kinds.split(","))
+    found: dict[str, list[tuple[str, Any, Any]]] = {
+        kind: [(key, read_image(image), read_labels(labels)) for key, image, labels in items]
+        for kind, items in held_out_kinds().items()
+        if wanted is None or kind in wanted
+    }
+    if wanted is None or SYNTHETIC_KIND in wanted:
+        found[SYNTHETIC_KIND] = synthetic_kind()
     kinds = {}
-    for kind, items in held_out_kinds().items():
-        if wanted is not None and kind not in wanted:
-            continue
-        pairs = [(read_image(image), read_labels(labels)) for _, image, labels in items]
+    for kind, items in found.items():
+        pairs = [(image, labels) for _, image, labels in items]
         rest = pairs[args.k :][: args.scored]
         kinds[kind] = {
             "keys": [key for key, _, _ in items],
@@ -236,13 +278,21 @@ def main(argv: list[str] | None = None) -> int:
             kind: {"images": data["keys"], "default_ap50": float(np.mean(before[kind]["kind"]))}
             for kind, data in kinds.items()
         },
-        "recipes": {recipe: run_recipe(args, recipe, kinds, default, before) for recipe in args.recipes.split(",")},
+        "recipes": {},
     }
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    if args.json:
-        write_json(args.json, json.loads(text), overwrite=True)
+    for recipe in args.recipes.split(","):
+        results = report["recipes"].setdefault(recipe, {})
+        run_recipe(args, recipe, kinds, default, before, results, lambda: save(report, args.json))
+    print(save(report, args.json))
     return 0
+
+
+def save(report: dict[str, Any], path: Path | None) -> str:
+    """Write ``report`` to ``path`` (when given; also after every kind, so a long run keeps what it measured)."""
+    text = json.dumps(report, indent=2, default=float)
+    if path:
+        write_json(path, json.loads(text), overwrite=True)
+    return text
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ safetensors (no napari needed).  Rows:
   (``predict``) megapixels/s on synthetic images of the given sizes;
 - ``network_only``: ``predict_probabilities`` alone on larger sizes (their
   end-to-end time is CPU post-processing);
+- ``pipeline``: end to end at the first size with one-pass post-processing
+  (``workers=1``) and with chunks labelled by every core while the network
+  runs, the labels of one against the other, and CUDA labels against the
+  CPU path's at 2048²;
 - ``fine_tune``: steps done in 10 s on CUDA and whether the weights changed.
 
 Usage: python -m benchmarks.gpu_check [--sizes 4096] [--network-sizes 16384] [--json OUT.json]
@@ -47,6 +51,37 @@ def network_only(bundle, size: int) -> dict:
     return {"size": size, "network_s": best, "network_mpx_per_s": size * size / 1e6 / best}
 
 
+def pipeline(bundle, size: int, cpu_size: int) -> dict:
+    """End to end on CUDA at ``size``²: one-pass post-processing against chunks labelled by every core meanwhile.
+
+    Also compares the pipelined CUDA labels with the CPU path's at ``cpu_size``² (AP@0.5 of one against the other).
+    """
+    from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
+    from napari_unet.core.labels.chunked import postprocess_workers
+    from napari_unet.core.predict.segment import predict
+
+    def ap50(reference: np.ndarray, labels: np.ndarray) -> float:
+        return float(summary_row(evaluate_image(reference, labels, (0.5,)))["AP@0.5"])
+
+    image, _ = synthetic_nuclei(shape=(size, size), n_nuclei=size * size // 4000, seed=5)
+    rows: dict = {"size": size, "workers": postprocess_workers(0)}
+    labels = {}
+    for name, workers in (("previous", 1), ("pipelined", 0)):
+        config = InferenceConfig(device="cuda", workers=workers)
+        predict(image[:512, :512], bundle, inference=config)  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        labels[name] = predict(image, bundle, inference=config).labels
+        seconds = time.perf_counter() - start
+        rows[name] = {"seconds": seconds, "mpx_per_s": size * size / 1e6 / seconds}
+    rows["labels_ap50_pipelined_vs_previous"] = ap50(labels["previous"], labels["pipelined"])
+    crop = image[:cpu_size, :cpu_size]
+    on_cpu = predict(crop, bundle, inference=InferenceConfig(device="cpu")).labels
+    on_gpu = predict(crop, bundle, inference=InferenceConfig(device="cuda")).labels
+    rows["labels_ap50_cuda_vs_cpu"] = {"size": cpu_size, "ap50": ap50(on_cpu, on_gpu)}
+    return rows
+
+
 def fine_tune(bundle, seconds: float) -> dict:
     """A ``seconds`` fine-tune on CUDA from ``bundle`` on one synthetic image."""
     image, labels = synthetic_nuclei(shape=(512, 512), n_nuclei=60, seed=3)
@@ -84,6 +119,7 @@ def main() -> None:
     sections = {
         "inference": lambda: [bench_size(bundle, int(s), "cuda", 2) for s in args.sizes.split(",") if s],
         "network_only": lambda: [network_only(bundle, int(s)) for s in args.network_sizes.split(",") if s],
+        "pipeline": lambda: pipeline(bundle, int(args.sizes.split(",")[0]), 2048),
         "fine_tune": lambda: fine_tune(bundle, args.fine_tune_seconds),
     }
     for name, run in sections.items():

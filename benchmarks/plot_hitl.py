@@ -6,7 +6,8 @@ Markdown table ``docs/benchmarks.md`` quotes.
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m benchmarks.plot_hitl benchmarks/results/hitl.json --png docs/images/hitl.png
+    .venv/bin/python -m benchmarks.plot_hitl benchmarks/results/hitl.json --png docs/images/hitl.png \\
+        --grid benchmarks/results/hitl_k4_120.json ...
 """
 
 from __future__ import annotations
@@ -19,16 +20,51 @@ from typing import Any
 import numpy as np
 
 
-def table(report: dict[str, Any]) -> str:
-    """Markdown table: one row per kind, default AP@0.5 then after / forgetting for each recipe."""
-    recipes = list(report["recipes"])
-    head = "| kind (held-out images) | default | " + " | ".join(f"{r}: after / forgetting" for r in recipes) + " |"
-    rows = [head, "|" + "---|" * (2 + len(recipes))]
+def table(report: dict[str, Any], recipe: str = "shipped") -> str:
+    """Markdown table of one recipe: per kind, default and fine-tuned AP@0.5, forgetting, what was kept, half image."""
+    rows = [
+        "| kind (held-out images) | default | fine-tuned | gain | forgetting | held-out corrections | kept | "
+        "right half after correcting the left |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for kind, info in report["kinds"].items():
-        cells = [f"{kind} ({len(info['images'])})", f"{info['default_ap50']:.3f}"]
-        for recipe in recipes:
-            row = report["recipes"][recipe][kind]
-            cells.append(f"{np.mean(row['kind_after']):.3f} / {row['forgetting_mean']:+.3f}")
+        row = report["recipes"][recipe][kind]
+        held = f"{row['held_out_before']['val_ap50']:.3f} -> {row['held_out_after']['val_ap50']:.3f}"
+        half = row.get("half_image")
+        cells = [
+            f"{kind} ({len(info['images'])})",
+            f"{info['default_ap50']:.3f}",
+            f"{np.mean(row['kind_after']):.3f}",
+            f"{row['kind_gain']:+.3f}",
+            f"{row['forgetting_mean']:+.3f}",
+            held if row.get("held_out_before") else "-",
+            kept_text(row),
+            f"{half['before']:.3f} -> {half['after']:.3f}" if half else "-",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def kept_text(row: dict[str, Any]) -> str:
+    """What the run kept: the starting model, the new weights, or their average (and why)."""
+    check = row.get("other_kinds_check") or {}
+    if row["kept_parent"]:
+        return "start (other kinds)" if check.get("kept_parent") else "start (held-out)"
+    if "parent_share" in check:
+        return f"average, {check['parent_share']:.0%} start"
+    return "new, warned" if check.get("warning") else "new"
+
+
+def grid_table(reports: list[dict[str, Any]], recipe: str = "shipped") -> str:
+    """Markdown table over runs with other K / budgets: per kind, gain on the kind / mean forgetting of each run."""
+    heads = [f"K={r['settings']['k']}, {r['settings']['seconds']:.0f} s" for r in reports]
+    rows = ["| kind | " + " | ".join(f"{head}: gain / forgetting" for head in heads) + " |"]
+    rows.append("|" + "---|" * (1 + len(reports)))
+    for kind in reports[0]["kinds"]:
+        cells = [kind]
+        for report in reports:
+            row = report["recipes"][recipe].get(kind)
+            cells.append("-" if row is None else f"{row['kind_gain']:+.3f} / {row['forgetting_mean']:+.3f}")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -68,11 +104,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
     parser.add_argument("--png", type=Path, default=None)
+    parser.add_argument("--grid", type=Path, nargs="*", default=[], help="more runs (other K / budgets) to tabulate")
     args = parser.parse_args()
     report = json.loads(args.results.read_text(encoding="utf-8"))
     if args.png:
         plot(report, args.png)
     print(table(report))
+    if args.grid:
+        print()
+        print(grid_table([report, *(json.loads(path.read_text(encoding="utf-8")) for path in args.grid)]))
 
 
 if __name__ == "__main__":

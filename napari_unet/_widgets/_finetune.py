@@ -478,16 +478,17 @@ def _finetune_job(
 
     def job(cancel: Callable[[], bool]) -> Generator[Progress, None, FineTuneOutcome]:
         from napari_unet.core.predict.segment import iter_predict
-        from napari_unet.core.train.fine_tune import fine_tune_and_save
+        from napari_unet.core.train.fine_tune import fine_tune_and_save, fine_tune_recipe
         from napari_unet.core.train.volumetric import VOLUME_BATCH_SIZE
 
         bundle = yield from load_model_step(start)
         volumetric = bundle.config.spatial_dims == 3
+        recipe = fine_tune_recipe(bundle, cfg, keep_learning_rate=True)  # the learning rate is the panel's
         result = yield from fine_tune_and_save(
             bundle,
             data.images,
             data.labels,
-            replace(cfg, batch_size=VOLUME_BATCH_SIZE) if volumetric else cfg,
+            replace(recipe, batch_size=VOLUME_BATCH_SIZE) if volumetric else recipe,
             name=name,
             rois=data.rois,
             previous=None if volumetric else data.previous,

@@ -61,6 +61,7 @@ def inference_config(args: argparse.Namespace, bundle: Any = None) -> Any:
         "tile_size": args.tile,
         "overlap": args.overlap,
         "batch_size": args.batch_size,
+        "workers": getattr(args, "workers", None),
         "scale": args.scale if isinstance(args.scale, float) else None,
     }
     if getattr(args, "diameter", None) is not None:

@@ -45,6 +45,12 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overlap", type=float, default=None, help="tile overlap fraction (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="threads that label a large image in chunks while the network runs (default: one per CPU core)",
+    )
     parser.add_argument("--axes", default=None, help="axes of the inputs, e.g. YX, YXC, CYX, ZYX, TYX")
     parser.add_argument(
         "--z-spacing",

@@ -30,11 +30,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         The exit code.
 
     """
-    from dataclasses import replace
-
     from napari_unet.core.io import read_image, read_labels
-    from napari_unet.core.train.fine_tune import FINE_TUNE_LEARNING_RATE, iter_fine_tune
-    from napari_unet.core.train.outcome import is_trained, notice_of
+    from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
+    from napari_unet.core.train.outcome import notice_of
     from napari_unet.core.train.preparation import (
         add_synthetic_images,
         record_training_diameters,
@@ -58,8 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     val_images, val_labels = _validation_data(args)
     config = _training_config(args)
     bundle = _starting_bundle(args)
-    if args.lr is None and is_trained(bundle):  # the recipe bench_hitl measured for fine-tuning a trained model
-        config = replace(config, learning_rate=FINE_TUNE_LEARNING_RATE)
+    config = fine_tune_recipe(bundle, config, keep_learning_rate=args.lr is not None)  # what bench_hitl measured
     _check_train_output(args)
     gen = iter_fine_tune(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
     result = progress_bar(gen, "train", args.quiet)

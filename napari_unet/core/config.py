@@ -249,6 +249,9 @@ class InferenceConfig(JsonConfig):
         Test-time augmentation over sizes: average the predictions at
         ``scale`` times 0.71, 1 and 1.41 (about 3.5x slower; combines with
         ``tta``).
+    workers : int
+        Threads that post-process a large plane in chunks (0, the default:
+        one per usable CPU core; 1: one pass, as before chunking).
 
     """
 
@@ -261,10 +264,12 @@ class InferenceConfig(JsonConfig):
     tta: bool | None = None
     scale: float = 1.0
     multiscale: bool = False
+    workers: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         _check_range(name, "tile_size", self.tile_size, 32, 8192)
+        _check_range(name, "workers", self.workers, 0, 1024)
         _check_range(name, "scale", self.scale, MIN_SCALE, MAX_SCALE)
         _check_range(name, "overlap", self.overlap, 0.0, 0.49)
         _check_range(name, "batch_size", self.batch_size, 0, 256)

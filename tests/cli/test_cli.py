@@ -15,6 +15,7 @@ import tifffile
 from napari_unet.cli import build_parser, main
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.data.synthetic import synthetic_nuclei
+from napari_unet.core.train.fine_tune import FINE_TUNE_LEARNING_RATE
 
 
 @pytest.fixture
@@ -542,3 +543,36 @@ def test_train_the_3d_model_on_some_planes_then_predict_with_it(stack_files, mod
     assert code == 0 and tifffile.imread(tmp_path / "o" / "s_image_labels.tif").shape == truth.shape
     code, _, err = run([*args[:-2], "--planes", "40", "--output", "bad-3d", "--steps", "1"], capsys)
     assert code != 0 and "Z indices" in err
+
+
+def test_fine_tuning_the_default_model_learns_the_kind_of_image_it_got_wrong(model_dir, tmp_path, capsys) -> None:
+    """One corrected H&E-like image, 120 steps from the bundled model: other images of that kind come out better."""
+    from napari_unet.core.models.registry import load_model
+    from napari_unet.core.predict.segment import predict
+
+    corrected = synthetic_nuclei((192, 192), 25, seed=7001, kind="brightfield")
+    unseen = [synthetic_nuclei((192, 192), 25, seed=7002 + i, kind="brightfield") for i in range(3)]
+    tifffile.imwrite(tmp_path / "he.tif", corrected[0])
+    tifffile.imwrite(tmp_path / "he_labels.tif", corrected[1].astype(np.uint16))
+    parent = load_model("default")
+    before = np.mean([ap50(labels, predict(image, parent).labels) for image, labels in unseen])
+    args = ["train", "--images", str(tmp_path / "he.tif"), "--labels", str(tmp_path / "he_labels.tif")]
+    args += ["--from", "default", "--output", "he", "--steps", "120", "--seed", "0"]
+    code, stdout, err = run(args, capsys)
+    assert code == 0, err
+    summary = json.loads(stdout[: stdout.rindex("}") + 1])
+    assert summary["kept_starting_model"] is False, stdout
+    assert summary["held_out_after"] > summary["held_out_before"]
+    assert "held-out corrections AP@0.5" in stdout
+    child = load_model("he@v1")
+    assert child.metadata["lineage"]["settings"]["learning_rate"] == FINE_TUNE_LEARNING_RATE  # the recipe
+    after = np.mean([ap50(labels, predict(image, child).labels) for image, labels in unseen])
+    assert after >= before + 0.15, (before, after)
+
+
+def test_workers_flag_sets_the_post_processing_threads() -> None:
+    from napari_unet.cli.inference import inference_config
+
+    args = build_parser().parse_args(["predict", "a.tif", "-o", "out", "--workers", "3"])
+    assert inference_config(args).workers == 3
+    assert inference_config(build_parser().parse_args(["predict", "a.tif", "-o", "out"])).workers == 0

@@ -11,6 +11,7 @@ import torch
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.models.bundle import save_model
 from napari_unet.core.models.registry import bundled_model_dir, list_versions, load_model
+from napari_unet.core.train import guard
 from napari_unet.core.train import loop as training_loop
 from napari_unet.core.train.fine_tune import fine_tune_and_save, iter_train, replay_train_images
 from napari_unet.core.train.outcome import TrainResult, notice_of
@@ -21,7 +22,7 @@ from napari_unet.core.train.replay import (
     replay_set_path,
     split_replay_set,
 )
-from tests.core.test_training import FAST, TINY, ModelBundle, discs, drain, tiny_bundle
+from tests.core.test_training import FAST, TINY, ModelBundle, discs, drain
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_a_fine_tune_with_rehearsal_says_so_and_checks_other_kinds(tmp_path):
     if result.best_step > 0:
         check = result.replay_check
         assert check is not None and check["crops"] == 2 and 0.0 <= check["before"] <= 1.0
-        assert "other kinds (2 reference crops)" in notice_of(result)
+        assert "Other kinds (2 reference crops)" in notice_of(result)
     else:
         assert result.kept_parent and result.replay_check is None
 
@@ -116,13 +117,14 @@ def test_a_fine_tune_that_does_not_beat_its_parent_saves_nothing_and_says_why(mo
     assert result.kept_parent and result.saved is None
     with pytest.raises(UserInputError, match="no user model named 'mine'"):
         list_versions("mine")
-    assert any(e.message.startswith("no new version saved: the fine-tuned weights did not beat") for e in events)
+    saved_nothing = "no new version saved: the fine-tuned weights did not end up better"
+    assert any(e.message.startswith(saved_nothing) for e in events)
     for key, value in result.bundle.network.state_dict().items():
         torch.testing.assert_close(value, parent.network.state_dict()[key])
 
 
 def test_a_fine_tune_that_beats_its_parent_is_saved_with_before_and_after(model_dir, monkeypatch):
-    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation({0: 0.5, 3: 0.7}))
+    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation({0: 0.5, 3: 0.7, 6: 0.65}))
     parent = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
     images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
     result, _ = drain(fine_tune_and_save(parent, list(images), list(labels), FAST, name="mine"))
@@ -130,21 +132,68 @@ def test_a_fine_tune_that_beats_its_parent_is_saved_with_before_and_after(model_
     assert "held-out corrections AP@0.5 0.500 before -> 0.700 after" in notice_of(result)
 
 
-@pytest.mark.parametrize(("after", "warned"), [(0.70, True), (0.78, False)])
-def test_the_notice_warns_when_other_kinds_got_worse(after, warned):
-    result = TrainResult(
-        bundle=tiny_bundle(),
-        history=[],
-        best_score=0.9,
-        stopped_reason="steps",
-        best_step=5,
-        metrics_before={"val_ap50": 0.6},
-        metrics_after={"val_ap50": 0.9},
-        lineage={"replay_check": {"before": 0.80, "after": after, "crops": 9}},
-    )
+def scripted_check_scores(monkeypatch, scores: list[float]) -> list[float]:
+    """Make the guard's other-kinds scores come from ``scores`` in call order (parent, child, averages...)."""
+    remaining = list(scores)
+    monkeypatch.setattr(guard, "check_score", lambda bundle, pairs: remaining.pop(0))
+    return remaining
+
+
+def guarded_fine_tune(tmp_path, monkeypatch, check_scores: list[float]) -> tuple[TrainResult, ModelBundle]:
+    """A 4-step fine-tune of a model with a replay set, validated 0.5 -> 0.7, other-kinds scores scripted."""
+    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation({0: 0.5, 4: 0.7}))
+    monkeypatch.setattr(training_loop.TrainingRun, "_scores", lambda self: {"val_ap50": 0.6, "val_loss": 0.5})
+    bundle = bundle_with_replay_set(tmp_path / "model")
+    scripted_check_scores(monkeypatch, check_scores)
+    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
+    cfg = dataclasses.replace(FAST, max_steps=4, val_every=4, replay_fraction=0.5, learning_rate=1e-2)
+    result, _ = drain(iter_train(bundle, list(images), list(labels), cfg))
+    return result, bundle
+
+
+def test_a_fine_tune_that_forgot_other_kinds_is_averaged_with_its_parent(tmp_path, monkeypatch):
+    # held-out + other kinds: child 0.7 + 0.60, averages 0.6 + 0.79 and 0.6 + 0.77, parent 0.5 + 0.80
+    result, parent = guarded_fine_tune(tmp_path, monkeypatch, [0.80, 0.60, 0.79, 0.77])
+    check = result.replay_check
+    assert check == {"before": 0.80, "after": 0.79, "crops": 2, "forgot": 0.60, "parent_share": 0.5}
+    assert result.best_step == 4 and not result.kept_parent and result.lineage["averaged_with_parent"]
+    assert result.metrics_after["val_ap50"] == 0.6  # the average's held-out score
+    trained = result.bundle.network.state_dict()
+    start = parent.network.state_dict()
+    assert any(not torch.equal(trained[key], start[key]) for key in start if start[key].is_floating_point())
     text = notice_of(result)
-    assert "0.600 before -> 0.900 after" in text and f"0.800 -> {after:.3f}" in text
-    assert text.count("Warning: it got worse on other kinds") == int(warned)
+    assert "0.500 before -> 0.600 after" in text and "alone scored 0.600 there" in text and "(50% of it)" in text
+    assert "Warning" not in text
+
+
+def test_a_fine_tune_that_gained_little_and_forgot_much_gives_way_to_its_parent(tmp_path, monkeypatch):
+    # child 0.7 + 0.50, averages 0.6 + 0.60 and 0.6 + 0.65, parent 0.5 + 0.80: the parent wins
+    result, parent = guarded_fine_tune(tmp_path, monkeypatch, [0.80, 0.50, 0.60, 0.65])
+    assert result.kept_parent and result.best_step == 0 and result.replay_check["kept_parent"]
+    for key, value in result.bundle.network.state_dict().items():
+        torch.testing.assert_close(value, parent.network.state_dict()[key])
+    assert "gained too little on the held-out corrections" in notice_of(result)
+    assert "(2 reference crops: AP@0.5 0.800 -> 0.500)" in notice_of(result)
+
+
+def test_a_fine_tune_that_gained_more_than_it_forgot_is_kept_as_trained_with_a_warning(tmp_path, monkeypatch):
+    # child 0.7 + 0.70, averages 0.6 + 0.72 and 0.6 + 0.74, parent 0.5 + 0.80: the child wins
+    result, parent = guarded_fine_tune(tmp_path, monkeypatch, [0.80, 0.70, 0.72, 0.74])
+    assert not result.kept_parent and result.best_step == 4 and not result.lineage["averaged_with_parent"]
+    assert result.replay_check == {"before": 0.80, "after": 0.70, "crops": 2, "forgot": 0.70, "warning": True}
+    assert result.metrics_after["val_ap50"] == 0.7  # the fine-tuned weights' own held-out score
+    start = parent.network.state_dict()
+    trained = result.bundle.network.state_dict()
+    assert any(not torch.equal(trained[key], start[key]) for key in start if start[key].is_floating_point())
+    text = notice_of(result)
+    assert "AP@0.5 0.800 -> 0.700." in text and "Warning: it got worse on other kinds of images" in text
+
+
+def test_a_fine_tune_within_the_forgetting_limit_is_kept_as_trained(tmp_path, monkeypatch):
+    result, _ = guarded_fine_tune(tmp_path, monkeypatch, [0.80, 0.76])
+    assert result.replay_check == {"before": 0.80, "after": 0.76, "crops": 2}
+    assert result.metrics_after["val_ap50"] == 0.7 and not result.lineage["averaged_with_parent"]
+    assert "Other kinds (2 reference crops): AP@0.5 0.800 -> 0.760." in notice_of(result)
 
 
 def test_intermediate_validation_stays_within_its_share_of_a_time_budget(monkeypatch):
@@ -190,3 +239,21 @@ def ndimage_inner(label: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.binary_erosion(label > 0, iterations=2) & (label > 0)
+
+
+@pytest.mark.parametrize(("late", "kept"), [(0.4, True), (0.6, False)])
+def test_a_held_out_improvement_that_does_not_last_to_the_end_keeps_the_parent(model_dir, monkeypatch, late, kept):
+    """Best at step 2 (0.9 against the parent's 0.5); the last three validations then decide."""
+    scores = {0: 0.5, 2: 0.9, 4: late, 6: late, 8: late}
+    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation(scores))
+    parent = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
+    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
+    cfg = dataclasses.replace(FAST, max_steps=8, val_every=2)
+    result, _ = drain(fine_tune_and_save(parent, list(images), list(labels), cfg, name="mine"))
+    assert result.kept_parent is kept
+    assert result.lineage["held_out_last_validations"] == pytest.approx(late)  # steps 4, 6 and 8
+    if kept:
+        assert result.saved is None and result.metrics_after["val_ap50"] == 0.5
+        assert f"their last validations averaged {late:.3f}); the starting model is kept" in notice_of(result)
+    else:
+        assert result.saved is not None and result.best_step == 2

@@ -151,8 +151,7 @@ def test_touching_objects_meeting_on_a_border_stay_two_objects():
 def test_object_longer_than_the_halo_spanning_many_chunks_keeps_one_id():
     truth = np.zeros((80, 200), np.int64)
     truth[30:36, 5:195] = 1  # a bar across 7 chunks, far longer than the halo
-    truth[0:80, 100:103] = 2  # crosses the bar? no: make it a separate vertical bar that touches it
-    truth[30:36, 100:103] = 1
+    truth[36:80, 100:103] = 2  # a separate vertical bar that touches it from below, across two chunk rows
     result = segment_tiled(truth, identity_segmenter, chunk=32, halo=4)
     assert_same_partition(result, truth)
 

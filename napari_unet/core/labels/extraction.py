@@ -8,6 +8,7 @@ import numpy as np
 
 from napari_unet.core.config import PostprocessConfig
 from napari_unet.core.errors import UserInputError
+from napari_unet.core.labels.chunked import labels_in_chunks
 from napari_unet.core.labels.postprocess import link_slices, probabilities_to_labels, relabel_stack_unique
 from napari_unet.core.progress import check_cancel
 
@@ -24,6 +25,7 @@ def labels_from_probabilities(
     postprocess: PostprocessConfig,
     cancel: Callable[[], bool] | None = None,
     volumetric: bool = False,
+    workers: int = 0,
 ) -> np.ndarray:
     """Instance labels from class probabilities, exactly as :func:`iter_predict` makes them.
 
@@ -46,6 +48,9 @@ def labels_from_probabilities(
     volumetric : bool
         ``Prediction.volumetric``: the ``(Z, 3, Y, X)`` probabilities of a 3D
         model, post-processed as one volume.
+    workers : int
+        Threads that post-process a large ``"YX"`` plane in chunks
+        (:func:`~napari_unet.core.labels.chunked.labels_in_chunks`; 0: one per core).
 
     Returns
     -------
@@ -64,7 +69,7 @@ def labels_from_probabilities(
             "pass (3, Y, X) with 'YX', or (P, 3, Y, X) with 'ZYX' or 'TYX' (as in Prediction)."
         )
     if axes == "YX":
-        return probabilities_to_labels(probabilities, postprocess).astype(np.uint32)
+        return labels_in_chunks(probabilities, postprocess, workers, cancel=cancel)
     if volumetric:
         return probabilities_to_labels(probabilities.transpose(1, 0, 2, 3), postprocess).astype(np.uint32)
     labels = np.empty((probabilities.shape[0], *probabilities.shape[2:]), dtype=np.int32)

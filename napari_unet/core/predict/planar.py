@@ -111,12 +111,16 @@ def _iter_plane_probabilities(
     cfg: InferenceConfig,
     device: torch.device,
     cancel: Callable[[], bool] | None,
+    on_rows: RowsCallback | None = None,
 ) -> Generator[int, None, np.ndarray]:
     """Run one normalised plane ``(C, Y, X)`` float32 through ``network`` tile batch by tile batch.
 
     Yields the number of tiles finished by each batch and returns ``(K, Y, X)``
     float32 softmax probabilities (``K`` = the network's output channels).
     Grad and autocast modes are entered per batch, never across a ``yield``.
+    After each batch, rows no later tile touches are final: they are
+    normalised then and, with ``on_rows``, handed over as
+    ``on_rows(band (K, rows, X) float32, first row)`` in the plane's coordinates.
     """
     padded, crop = pad_to_multiple(plane, plan.multiple, plan.min_size)
     out_channels = plan.out_channels
@@ -127,6 +131,8 @@ def _iter_plane_probabilities(
             source = source.pin_memory()
         total = torch.zeros((out_channels, *plan.padded_shape), dtype=torch.float32, device=store)
         weights = None if plan.weights is None else torch.from_numpy(plan.weights).to(store)
+    rows = _FinalRows(plan, crop[-2:], total, on_rows)
+    done = 0
     for batch in _batches(plan.tiles, effective_batch_size(cfg, device)):
         check_cancel(cancel)
         with torch.inference_mode():
@@ -138,12 +144,44 @@ def _iter_plane_probabilities(
                     total[:, sy, sx] = one_tile
                 else:
                     total[:, sy, sx].addcmul_(one_tile, weights)
+            done += len(batch)
+            rows.finalise(done)
         yield len(batch)
     with torch.inference_mode():
-        if plan.inverse_weight_sum is not None:
-            total *= torch.from_numpy(plan.inverse_weight_sum).to(store)
         cropped = total[(slice(None), *crop[-2:])]
         return np.ascontiguousarray(cropped.cpu().numpy())
+
+
+RowsCallback = Callable[[np.ndarray, int], None]
+"""``on_rows(band (K, rows, X) float32, first row)``: final probability rows of a plane, top to bottom."""
+
+
+class _FinalRows:
+    """Normalises the rows of a plane's blended probabilities that no remaining tile touches, and hands them on."""
+
+    def __init__(
+        self, plan: _TilePlan, crop: tuple[slice, ...], total: torch.Tensor, on_rows: RowsCallback | None
+    ) -> None:
+        self.plan, self.total, self.on_rows = plan, total, on_rows
+        self.crop_y, self.crop_x = crop
+        starts = [sy.start for sy, _ in plan.tiles] + [plan.padded_shape[0]]
+        self.final_before = np.minimum.accumulate(starts[::-1])[::-1]  # [i]: first row tiles i.. still touch
+        self.inverse = None if plan.inverse_weight_sum is None else torch.from_numpy(plan.inverse_weight_sum)
+        self.done_rows = 0
+
+    def finalise(self, tiles_done: int) -> None:
+        """Normalise (and hand on) the rows made final by the first ``tiles_done`` tiles."""
+        stop = int(self.final_before[tiles_done])
+        if stop <= self.done_rows:
+            return
+        band = slice(self.done_rows, stop)
+        if self.inverse is not None:
+            self.total[:, band] *= self.inverse[band].to(self.total.device)
+        self.done_rows = stop
+        first, last = max(band.start, self.crop_y.start), min(stop, self.crop_y.stop)
+        if self.on_rows is not None and last > first:
+            rows = self.total[:, first:last, self.crop_x]
+            self.on_rows(rows.cpu().numpy(), first - self.crop_y.start)
 
 
 def scaled_shape(shape_yx: Sequence[int], scale: float) -> tuple[int, int]:
@@ -198,12 +236,18 @@ def iter_scaled_plane_probabilities(
     cfg: InferenceConfig,
     device: torch.device,
     cancel: Callable[[], bool] | None,
+    on_rows: RowsCallback | None = None,
 ) -> Generator[int, None, np.ndarray]:
     """Average of :func:`_iter_plane_probabilities` of ``plane (C, Y, X)`` resized to each planned scale.
 
     Yields tiles finished, as :func:`_iter_plane_probabilities`; returns
-    ``(K, Y, X)`` float32 probabilities at the plane's own size.
+    ``(K, Y, X)`` float32 probabilities at the plane's own size.  ``on_rows``
+    (final rows as they are made) needs a single plan at scale 1 (see :func:`rows_arrive_in_order`).
     """
+    if on_rows is not None and not rows_arrive_in_order(plans):
+        raise ValueError("final rows can be handed on only for a single plan at scale 1")
+    if on_rows is not None:
+        return (yield from _iter_plane_probabilities(network, plane, plans[0][1], cfg, device, cancel, on_rows))
     shape_yx = (plane.shape[-2], plane.shape[-1])
     total: np.ndarray | None = None
     for scale, plan in plans:
@@ -213,6 +257,11 @@ def iter_scaled_plane_probabilities(
         total = probabilities if total is None else total + probabilities
     assert total is not None  # there is at least one scale
     return total / len(plans) if len(plans) > 1 else total
+
+
+def rows_arrive_in_order(plans: list[tuple[float, _TilePlan]]) -> bool:
+    """Whether a plane's final probability rows can be handed on while it is predicted (one plan, at scale 1)."""
+    return len(plans) == 1 and plans[0][0] == 1.0
 
 
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))

@@ -15,8 +15,9 @@ import numpy as np
 
 from napari_unet.core.config import InferenceConfig, PostprocessConfig
 from napari_unet.core.data.normalize import check_image_size, infer_axes, normalize_plane, to_planes, validate_image
+from napari_unet.core.labels.chunked import ChunkLabeller, worth_chunking
 from napari_unet.core.labels.extraction import labels_from_probabilities
-from napari_unet.core.predict.planar import iter_scaled_plane_probabilities, plan_scales
+from napari_unet.core.predict.planar import iter_scaled_plane_probabilities, plan_scales, rows_arrive_in_order
 from napari_unet.core.predict.runtime import (
     BundleLike,
     Prediction,
@@ -97,28 +98,42 @@ def iter_predict(
     plans = plan_scales(planes.shape[1:3], bundle.config, inference)
     total = len(planes) * sum(plan.tiles_per_plane for _, plan in plans)
     yield Progress("predict", 0, total, f"Predicting {total} tile(s) on {device}", {"device": str(device)})
-    probabilities: np.ndarray | None = None
-    done = 0
+    shape_yx = (int(planes.shape[1]), int(planes.shape[2]))
+    if plane_axis is None and rows_arrive_in_order(plans) and worth_chunking(shape_yx, inference.workers):
+        with ChunkLabeller(shape_yx, postprocess, inference.workers) as labeller:
+            network_input = normalize_plane(planes[0], bundle.normalize, bundle.config.in_channels)
+            plane_gen = iter_scaled_plane_probabilities(
+                network, network_input, plans, inference, device, cancel, labeller.add_rows
+            )
+            probabilities = yield from _progress_of_plane(plane_gen, 0, 1, 0, total)
+            return Prediction(labeller.finish(cancel), probabilities, "YX", image_axes)
+    stacked: np.ndarray | None = None
     for index, plane in enumerate(planes):
         check_cancel(cancel)
         network_input = normalize_plane(plane, bundle.normalize, bundle.config.in_channels)
         plane_gen = iter_scaled_plane_probabilities(network, network_input, plans, inference, device, cancel)
-        while True:
-            try:
-                done += next(plane_gen)
-            except StopIteration as stop:
-                plane_probabilities = stop.value
-                break
-            yield Progress("predict", done, total, _message(index, len(planes), done, total), {"plane": index})
-        if probabilities is None:
-            probabilities = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
-        probabilities[index] = plane_probabilities
-    assert probabilities is not None  # validate_image guarantees at least one plane
+        before = index * (total // len(planes))
+        plane_probabilities = yield from _progress_of_plane(plane_gen, index, len(planes), before, total)
+        if stacked is None:
+            stacked = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
+        stacked[index] = plane_probabilities
+    assert stacked is not None  # validate_image guarantees at least one plane
     labels_axes = "YX" if plane_axis is None else f"{plane_axis}YX"
-    if plane_axis is None:
-        probabilities = probabilities[0]
-    labels = labels_from_probabilities(probabilities, labels_axes, postprocess, cancel)
+    probabilities = stacked[0] if plane_axis is None else stacked
+    labels = labels_from_probabilities(probabilities, labels_axes, postprocess, cancel, workers=inference.workers)
     return Prediction(labels, probabilities, labels_axes, image_axes)
+
+
+def _progress_of_plane(
+    plane_gen: Generator[int, None, np.ndarray], index: int, planes: int, done: int, total: int
+) -> Generator[Progress, None, np.ndarray]:
+    """Turn one plane's tile counts into progress events (``done`` tiles before it); return its probabilities."""
+    while True:
+        try:
+            done += next(plane_gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress("predict", done, total, _message(index, planes, done, total), {"plane": index})
 
 
 def _message(index: int, planes: int, done: int, total: int) -> str:

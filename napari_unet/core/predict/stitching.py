@@ -12,13 +12,16 @@ keeps one label across core borders:
    to the output array.
 2. *Border reconciliation.*  Neighbouring windows (8-neighbourhood, so corners
    count too) overlap in a band of about ``2 * halo`` pixels where *both*
-   segmentations exist.  Labels ``a`` (one window) and ``b`` (the other) that
-   cover the same pixels there - their shared area is at least
-   ``min_overlap`` of the smaller of the two inside the band - are one
-   object and are merged in a union-find.  Two different nuclei that touch
-   exactly on a core border barely overlap in the band, so they stay apart.
-   Only these overlap bands are kept in memory (for a raster order: about two
-   rows of bands, ``O(width * halo)``), never the image.
+   segmentations exist; they are compared in its middle (both cores grown by
+   ``halo // 2``), away from either window's outer edge, where nuclei cut
+   by the edge leave slivers that the watershed gives to a neighbour.
+   Labels ``a`` (one window) and ``b`` (the other) that cover the same pixels
+   there - their shared area is at least ``min_overlap`` of the smaller of
+   the two inside the band - are one object and are merged in a union-find.
+   Two different nuclei that touch exactly on a core border barely overlap
+   in the band, so they stay apart.  Only these bands are kept in memory
+   (for a raster order: about two rows of bands, ``O(width * halo)``),
+   never the image.
 3. *Relabel pass.*  A lookup table maps every provisional id still present in
    the output to its union-find root and then to consecutive ids ``1..K``;
    the output is rewritten core by core through it.
@@ -284,7 +287,7 @@ class Stitcher:
         return labels
 
     def _reconcile(self, plan: ChunkPlan, other: ChunkIndex, labels: np.ndarray) -> None:
-        region = intersect(plan.window, self.plan(other).window)
+        region = self._match_region(plan, self.plan(other))
         if region is None:
             return
         mine = labels[_relative(region, plan.window)]
@@ -294,6 +297,24 @@ class Stitcher:
         theirs = self._bands.pop((other, plan.index))
         for a, b in match_labels(theirs, mine, self.min_overlap):
             self.union_find.union(a, b)
+
+    def _match_region(self, first: ChunkPlan, second: ChunkPlan) -> Region | None:
+        """Where two windows are compared: both cores grown by half the halo, intersected.
+
+        There both windows have at least half the halo of context; nearer a
+        window's outer edge, nuclei cut by that edge leave slivers too small to
+        seed, which the watershed gives to a neighbour, and comparing them
+        would join two nuclei.
+        """
+        reach = self.halo // 2
+        grown = [
+            tuple(
+                slice(max(0, part.start - reach), min(size, part.stop + reach))
+                for part, size in zip(core, self.shape_yx, strict=True)
+            )
+            for core in (first.core, second.core)
+        ]
+        return intersect(grown[0], grown[1])
 
 
 def iter_segment_tiled(

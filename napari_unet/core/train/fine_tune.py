@@ -64,6 +64,7 @@ from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.models.registry import save_version
 from napari_unet.core.predict.runtime import model_uses_flips, resolve_device
 from napari_unet.core.progress import Progress, check_cancel
+from napari_unet.core.train.guard import guard_other_kinds
 from napari_unet.core.train.inputs import (
     PreparedImages,
     Roi,
@@ -85,12 +86,34 @@ from napari_unet.core.train.outcome import (
     is_trained,
     notice_of,
 )
-from napari_unet.core.train.replay import check_other_kinds, load_replay_set, replay_set_path, split_replay_set
+from napari_unet.core.train.replay import load_replay_set, replay_set_path, split_replay_set
 from napari_unet.core.train.validation import rechoose_thresholds, split_validation
 
 FINE_TUNE_LEARNING_RATE = 3e-4
 """Peak learning rate for fine-tuning a trained model (CLI and Fine-tune panel): with half the patches from the
 replay set it cut forgetting on other kinds from -0.21 to -0.06 AP@0.5 (benchmarks/results/hitl_levers.json)."""
+
+FINE_TUNE_MAX_EPOCHS = 100
+"""Fine-tuning a trained model stops after this many passes over the corrected pixels (or at the time budget,
+whichever comes first): a few corrected images are learnt well before a 2-minute budget ends, and training on
+past that fits those images at the expense of the rest of the experiment (``benchmarks/results/hitl.json``)."""
+
+
+def fine_tune_recipe(bundle: ModelBundle, cfg: TrainingConfig, *, keep_learning_rate: bool = False) -> TrainingConfig:
+    """Return ``cfg`` with the fine-tuning recipe for this starting model (what the CLI and the panel run).
+
+    A trained starting model is fine-tuned at :data:`FINE_TUNE_LEARNING_RATE`
+    (unless ``keep_learning_rate``: the user chose one) and, in 2D, for at most
+    :data:`FINE_TUNE_MAX_EPOCHS` epochs (unless ``cfg`` sets its own; 3D
+    fine-tuning was not measured with a cap); training from scratch keeps
+    ``cfg`` as it is.  ``benchmarks/bench_hitl.py`` measures this recipe.
+    """
+    if not is_trained(bundle):
+        return cfg
+    learning_rate = cfg.learning_rate if keep_learning_rate else FINE_TUNE_LEARNING_RATE
+    capped = cfg.max_epochs is None and bundle.config.spatial_dims == 2
+    max_epochs = FINE_TUNE_MAX_EPOCHS if capped else cfg.max_epochs
+    return replace(cfg, learning_rate=learning_rate, max_epochs=max_epochs)
 
 
 def iter_train(
@@ -191,7 +214,14 @@ def iter_train(
             torch.set_num_threads(threads)
     network.load_state_dict(loop.best_state)
     network.eval().to("cpu")
+    other_kinds = None
+    if check_pairs[0] and loop.best_step > 0:
+        check_cancel(cancel)
+        yield Progress("train", loop.step, loop.step, "checking the new model on other kinds of images")
+        other_kinds = guard_other_kinds(bundle, check_pairs, loop)
     lineage = training_lineage(bundle, cfg, prepared, train_ids, loop, time.perf_counter() - started, device, val_note)
+    if other_kinds is not None:
+        lineage["replay_check"] = other_kinds
     new_bundle = ModelBundle(
         network=network,
         config=bundle.config,
@@ -205,10 +235,6 @@ def iter_train(
         new_bundle.postprocess, lineage["retuned_thresholds"] = rechoose_thresholds(
             network, val_windows, new_bundle.postprocess, model_uses_flips(bundle.metadata)
         )
-    if check_pairs[0] and loop.best_step > 0:
-        check_cancel(cancel)
-        yield Progress("train", loop.step, loop.step, "checking the new model on other kinds of images")
-        lineage["replay_check"] = check_other_kinds(bundle, new_bundle, check_pairs)
     seconds = time.perf_counter() - started
     return TrainResult(
         bundle=new_bundle,
@@ -354,6 +380,7 @@ def training_lineage(
         "metrics_after": loop.best_metrics,
         "metrics": dict(loop.best_metrics or {}),
         "validation": validation,
+        "held_out_last_validations": loop.late_held_out_score() if loop.metrics_before is not None else None,
         "seconds": round(seconds, 3),
         "validation_seconds": round(loop.validation_seconds, 3),
         "averaged_with_parent": loop.blended,

@@ -84,18 +84,26 @@ def notice_of(result: TrainResult) -> str:
     Returns
     -------
     str
-        One or two sentences; a warning when the model got worse on other
-        kinds by more than :data:`~napari_unet.core.train.replay.FORGETTING_WARNING`.
+        One to three sentences: held-out scores before and after (or why
+        there were none), the scores on other kinds, and what the other-kinds
+        guard (:mod:`~napari_unet.core.train.guard`) kept when it stepped in.
 
     """
-    from napari_unet.core.train.replay import FORGETTING_WARNING
-
     before, after = result.metrics_before or {}, result.metrics_after or {}
+    check = result.replay_check or {}
+    if check.get("kept_parent"):
+        return (
+            f"the fine-tuned weights gained too little on the held-out corrections for what they lost on other "
+            f"kinds of images ({check['crops']} reference crops: AP@0.5 {check['before']:.3f} -> "
+            f"{check['forgot']:.3f}), even averaged with the starting model; the starting model is kept."
+        )
     if "val_ap50" in before and "val_ap50" in after:
         if result.kept_parent:
+            late = result.lineage.get("held_out_last_validations")
+            lasting = f"; their last validations averaged {late:.3f}" if late is not None else ""
             text = (
-                f"the fine-tuned weights did not beat the starting model on the held-out corrections "
-                f"(AP@0.5 {before['val_ap50']:.3f}); the starting model is kept."
+                f"the fine-tuned weights did not end up better than the starting model on the held-out corrections "
+                f"(AP@0.5 {before['val_ap50']:.3f}{lasting}); the starting model is kept."
             )
         else:
             text = f"held-out corrections AP@0.5 {before['val_ap50']:.3f} before -> {after['val_ap50']:.3f} after."
@@ -103,14 +111,19 @@ def notice_of(result: TrainResult) -> str:
         text = (
             f"no held-out corrections to score it on ({result.messages[0] if result.messages else 'too little data'})."
         )
-    check = result.replay_check
     if check:
-        change = check["after"] - check["before"]
-        other = f"other kinds ({check['crops']} reference crops) {check['before']:.3f} -> {check['after']:.3f}"
-        if change < -FORGETTING_WARNING:
-            text += f" Warning: it got worse on {other}; keep the previous model for other experiments."
-        else:
-            text += f" On {other}."
+        text += f" Other kinds ({check['crops']} reference crops): AP@0.5 {check['before']:.3f} -> {check['after']:.3f}"
+        if "parent_share" in check:
+            text += (
+                f"; the fine-tuned weights alone scored {check['forgot']:.3f} there, so they were averaged with "
+                f"the starting model's ({check['parent_share']:.0%} of it)"
+            )
+        text += "."
+        if check.get("warning"):
+            text += (
+                " Warning: it got worse on other kinds of images (it gained more on yours); use it for images "
+                "like the corrected ones and keep the previous model for other experiments."
+            )
     return text
 
 

@@ -29,8 +29,10 @@ REPLAY_METADATA_KEY = "replay_set"
 CHECK_EVERY = 4
 """Every 4th crop of a replay set is kept out of rehearsal and checks the fine-tuned model on other kinds."""
 
-FORGETTING_WARNING = 0.05
-"""The notice warns when the fine-tuned model's AP@0.5 on the check crops drops by more than this."""
+FORGETTING_LIMIT = 0.05
+"""Largest AP@0.5 a fine-tuned model may lose on the check crops (other kinds) before
+:func:`~napari_unet.core.train.guard.guard_other_kinds` averages it with its parent (or, when no average
+helps, the notice warns)."""
 
 
 def replay_set_path(bundle: Any) -> Path | None:
@@ -88,28 +90,11 @@ def split_replay_set(
     )
 
 
-def check_other_kinds(parent: Any, child: Any, pairs: tuple[list[np.ndarray], list[np.ndarray]]) -> dict[str, float]:
-    """AP@0.5 (pooled) of the parent and the fine-tuned child on the check crops, with each model's own settings.
-
-    Parameters
-    ----------
-    parent, child : ModelBundle
-        The starting model and the fine-tuned one.
-    pairs : (images, labels)
-        Check crops of other kinds, never trained on (:func:`split_replay_set`).
-
-    Returns
-    -------
-    dict
-        ``{"before": float, "after": float, "crops": int}``.
-
-    """
+def check_score(bundle: Any, pairs: tuple[list[np.ndarray], list[np.ndarray]]) -> float:
+    """Pooled AP@0.5 of a model on the check crops ``(images, labels)``, with its own test-time settings."""
     from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
     from napari_unet.core.predict.segment import predict
 
     images, labels = pairs
-    scores = {}
-    for key, model in (("before", parent), ("after", child)):
-        predictions = [predict(image, model).labels for image in images]
-        scores[key] = float(summary_row(evaluate_dataset(list(labels), predictions)["pooled"])["AP@0.5"])
-    return {**scores, "crops": len(images)}
+    predictions = [predict(image, bundle).labels for image in images]
+    return float(summary_row(evaluate_dataset(list(labels), predictions)["pooled"])["AP@0.5"])
