@@ -59,7 +59,8 @@ from napari_unet.core.train.fine_tune import FINE_TUNE_LEARNING_RATE
 from napari_unet.core.train.outcome import notice_of
 
 SETTINGS = "finetune"
-MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", "Changed areas": "changed"}
+CHANGED_AREAS = "Changed areas"
+MODES = {"Whole image": "full", "Reviewed regions (ROIs)": "rois", CHANGED_AREAS: "changed"}
 RESEGMENTED_SUFFIX = " re-segmented"
 PLOT_EVERY = 5  # redraw the live plot every this many steps (and on every validation)
 FINETUNE_LEARNING_RATE = FINE_TUNE_LEARNING_RATE
@@ -123,6 +124,8 @@ class FineTuneWidget(QWidget):
         self._restore_settings()
         self.jobs.progressed.connect(self._on_progress)
         self.save_name.editingFinished.connect(self.refresh_history)
+        self.start_model.currentTextChanged.connect(self._offer_modes)
+        self._offer_modes()
         self.refresh_history()
 
     # ------------------------------------------------------------------ layout
@@ -227,6 +230,20 @@ class FineTuneWidget(QWidget):
     def _remove_selected_pair(self) -> None:
         for item in self.pairs.selectedItems():
             self.pairs.takeItem(self.pairs.row(item))
+
+    def _offer_modes(self) -> None:
+        """Offer *Changed areas* only for a 2D starting model (3D fine-tuning learns from whole stacks or ROIs)."""
+        from napari_unet.core.models.registry import is_3d_model
+
+        reference = self.start_model.currentText()
+        try:
+            volumetric = bool(reference) and is_3d_model(reference)
+        except Exception:  # an unreadable model is reported when fine-tuning starts
+            volumetric = False
+        changed = self.mode.model().item(self.mode.findText(CHANGED_AREAS))
+        changed.setEnabled(not volumetric)
+        if volumetric and self.mode.currentText() == CHANGED_AREAS:
+            self.mode.setCurrentText(next(iter(MODES)))
 
     def chosen_pairs(self) -> list[tuple[Image, Labels]]:
         """Return the listed pairs as layers (or the pair chosen in the combos when none is listed)."""
@@ -368,7 +385,7 @@ class FineTuneWidget(QWidget):
                 scores.append(float(metrics["val_ap50"]))
         if validated or event.done % PLOT_EVERY == 0:
             self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
-        if metrics.get("eta_s") is not None:
+        if metrics.get("eta_s") is not None and not self.jobs.cancel_requested():
             self.jobs.status.setText(f"{event.message}  (about {float(metrics['eta_s']):.0f} s left)")
 
     def _on_trained(self, outcome: FineTuneOutcome) -> None:
@@ -447,7 +464,9 @@ class FineTuneWidget(QWidget):
                 raise UserInputError("select a version in the model history to export")
             reference = items[0].text().split()[0]
             job = _export_job(reference, Path(path), overwrite)
-            return self.jobs.start(job, lambda written: info(f"Exported {reference} to {written}."))
+            return self.jobs.start(
+                job, lambda written: info(f"Exported {reference} to {written}."), action="Exporting the model"
+            )
         except Exception as exc:
             notify_exception(exc, "Export model")
             return None

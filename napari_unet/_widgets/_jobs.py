@@ -75,6 +75,7 @@ class JobPanel(QWidget):
     def __init__(self, action: str) -> None:
         super().__init__()
         self.action = action
+        self.job_action = action  # the running (or last) job's name: ``action`` unless start() named it
         self._state = _JobState()
         self._on_done: Callable[[Any], None] = lambda _result: None
         self._on_failed: Callable[[BaseException], None] | None = None
@@ -115,8 +116,13 @@ class JobPanel(QWidget):
         on_done: Callable[[Any], None],
         on_failed: Callable[[BaseException], None] | None = None,
         keep_result_if_cancelled: bool = False,
+        action: str | None = None,
     ) -> Any:
         """Run ``make_generator(cancel)`` in a napari thread worker and return the worker.
+
+        ``action`` names this job in the status line and notices (default:
+        the panel's action); ``on_failed``, when given, also tells the user
+        about a cancel (the panel then adds no notice of its own).
 
         A result that arrives after Cancel was pressed (the job finished
         before it checked) is discarded and the job reported as cancelled,
@@ -130,7 +136,8 @@ class JobPanel(QWidget):
 
         """
         if self.busy:
-            raise UserInputError(f"{self.action} is already running; wait for it or press Cancel")
+            raise UserInputError(f"{self.job_action} is already running; wait for it or press Cancel")
+        self.job_action = action or self.action
         state = self._state
         state.cancel.clear()
         self._on_done, self._on_failed = on_done, on_failed
@@ -139,7 +146,7 @@ class JobPanel(QWidget):
         def job() -> Generator[Progress, None, Any]:
             return (yield from make_generator(state.cancel_requested))
 
-        worker = create_worker(job, _progress={"desc": self.action}, _ignore_errors=True)
+        worker = create_worker(job, _progress={"desc": self.job_action}, _ignore_errors=True)
         # bound methods only: Qt drops them if this widget is deleted (viewer closed) before the worker ends
         worker.yielded.connect(self._handle_progress)
         worker.returned.connect(self._handle_result)
@@ -149,7 +156,7 @@ class JobPanel(QWidget):
         worker.finished.connect(self._handle_finished)
         self._state.worker = worker
         self.bar.setRange(0, 0)
-        self.status.setText(f"{self.action}: starting...")
+        self.status.setText(f"{self.job_action}: starting...")
         self.cancel_button.setEnabled(True)
         worker.start()
         return worker
@@ -162,13 +169,14 @@ class JobPanel(QWidget):
         """Ask the running job to stop at its next check."""
         if self._state.worker is not None:
             self._state.cancel.set()
-            self.status.setText(f"{self.action}: cancelling...")
+            self.status.setText(f"{self.job_action}: cancelling...")
 
     def _handle_progress(self, event: Progress) -> None:
         if event.total:
             self.bar.setRange(0, event.total)
             self.bar.setValue(min(event.done, event.total))
-        self.status.setText(event.message or f"{event.stage} {event.done}/{event.total}")
+        if not self._state.cancel.is_set():  # after Cancel the status says so until the job ends
+            self.status.setText(event.message or f"{event.stage} {event.done}/{event.total}")
         self._update_napari_progress(event)
         self.progressed.emit(event)
 
@@ -183,24 +191,27 @@ class JobPanel(QWidget):
             pbar.set_description(event.message)
 
     def _handle_result(self, result: Any) -> None:
+        action = self.job_action
         if self._state.cancel.is_set() and not self._keep_result_if_cancelled:
-            self.status.setText(f"{self.action}: cancelled")
-            info(f"{self.action} cancelled: its result was discarded, nothing was changed.")
+            self.status.setText(f"{action}: cancelled")
+            info(f"{action} cancelled: its result was discarded, nothing was changed.")
             return
-        self.status.setText(f"{self.action}: done")
+        self.status.setText(f"{action}: done")
         try:
             self._on_done(result)
         except Exception as exc:  # turning results into layers must not crash napari
-            notify_exception(exc, self.action)
+            notify_exception(exc, action)
 
     def _handle_error(self, exc: BaseException) -> None:
-        notify_exception(exc, self.action)
-        self.status.setText(f"{self.action}: cancelled" if isinstance(exc, Cancelled) else f"{self.action}: failed")
+        action = self.job_action
+        if not (isinstance(exc, Cancelled) and self._on_failed is not None):  # on_failed says it once
+            notify_exception(exc, action)
+        self.status.setText(f"{action}: cancelled" if isinstance(exc, Cancelled) else f"{action}: failed")
         if self._on_failed is not None:
             self._on_failed(exc)
 
     def _handle_abort(self) -> None:
-        self.status.setText(f"{self.action}: stopped")
+        self.status.setText(f"{self.job_action}: stopped")
 
     def _handle_finished(self) -> None:
         self.cancel_button.setEnabled(False)

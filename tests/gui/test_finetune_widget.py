@@ -43,7 +43,9 @@ def test_cancel_keeps_previous_model(setup, qtbot, notifications):
     widget.jobs.cancel_button.click()
     wait_until_idle(qtbot, widget)
     assert [v.version for v in registry.list_versions("tiny")] == [1]
-    assert any("previous model is kept" in m for m in messages(notifications, "info"))
+    cancelled = [m for m in messages(notifications, "info") if "cancelled" in m]
+    assert cancelled == ["Fine-tuning cancelled: no new version was saved, the previous model is kept."]  # once
+    assert widget.jobs.status.text() == "Fine-tuning: cancelled"  # not the last step's loss and time left
     assert not messages(notifications, "error")
 
 
@@ -220,6 +222,7 @@ def test_export_model_button_writes_the_selected_version_as_a_package_the_segmen
     assert widget.export_selected(tmp_path / "tiny.zip") is not None
     wait_until_idle(qtbot, widget)
     assert any(m.startswith("Exported tiny@v1 to") for m in messages(notifications, "info"))
+    assert widget.jobs.status.text() == "Exporting the model: done"  # not "Fine-tuning: done"
 
     exported, other = registry.load_model("tiny@v1"), registry.load_model("tiny@v2")
     assert exported.sha256 != other.sha256

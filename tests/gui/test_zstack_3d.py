@@ -104,7 +104,12 @@ def test_finetune_a_3d_model_on_a_zstack_saves_a_3d_version(finetune_3d, qtbot, 
 
 def test_finetune_3d_on_reviewed_planes_only(finetune_3d, qtbot, notifications):
     viewer, widget = finetune_3d
-    widget.mode.setCurrentText("Changed areas")
+    changed = widget.mode.model().item(widget.mode.findText("Changed areas"))
+    assert not changed.isEnabled()  # not offered for a 3D model...
+    widget.start_model.select("default")
+    assert changed.isEnabled()  # ...but for a 2D one
+    widget.start_model.select(MODEL_3D)
+    widget.mode.setCurrentText("Changed areas")  # chosen anyway (programmatically): refused with the way out
     assert widget.start() is None
     assert "Whole image" in messages(notifications, "error")[-1]
     widget.mode.setCurrentText("Reviewed regions (ROIs)")
