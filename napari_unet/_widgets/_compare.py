@@ -31,7 +31,7 @@ from napari_unet._widgets._common import (
     ModelCombo,
     check_image_layer,
     check_labels_layer,
-    holds_edits,
+    ground_truth_rank,
     image_axes_hint,
     info,
     layer_z_spacing,
@@ -74,7 +74,7 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.ground_truth = LayerCombo(napari_viewer, (Labels,), prefer=holds_edits)  # not a raw prediction
+        self.ground_truth = LayerCombo(napari_viewer, (Labels,), prefer=ground_truth_rank)  # not a raw prediction
         self.image = LayerCombo(napari_viewer, (Image,))
         self.model = ModelCombo()
         self.method_boxes = {UNET_CURRENT: QCheckBox("UNet (model above)"), UNET_PREVIOUS: QCheckBox(UNET_PREVIOUS)}

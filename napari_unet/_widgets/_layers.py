@@ -145,6 +145,13 @@ def _mark_edited(event: Any) -> None:
     layer_meta(event.source)[EDITED_KEY] = True
 
 
+def ground_truth_rank(layer: Labels) -> int:
+    """How likely ``layer`` is a ground truth: 2 napari-unet never wrote it, 1 a corrected prediction, 0 a raw one."""
+    if layer.metadata.get(META_KEY, {}).get(WRITTEN_KEY) is None:
+        return 2
+    return 1 if holds_edits(layer) else 0
+
+
 def holds_edits(layer: Labels) -> bool:
     """Whether ``layer`` holds labels napari-unet did not write: painted, corrected, or made by someone else.
 

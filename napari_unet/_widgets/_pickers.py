@@ -60,7 +60,7 @@ class LayerCombo(QComboBox):
         viewer: Any,
         layer_types: tuple[type, ...],
         allow_none: bool = False,
-        prefer: Callable[[Layer], bool] | None = None,
+        prefer: Callable[[Layer], float] | None = None,
     ) -> None:
         super().__init__()
         self._viewer = viewer
@@ -79,8 +79,9 @@ class LayerCombo(QComboBox):
     def refresh(self, *_: Any) -> None:
         """Re-list matching layers, keeping the selection when it still exists.
 
-        Until the user picks a layer, a layer ``prefer`` accepts is selected
-        over one it does not (e.g. corrected labels over a raw prediction).
+        Until the user picks a layer, the layer ``prefer`` ranks highest
+        (above 0; the first of equals) is selected, also when it is added
+        later: e.g. a ground truth over corrected labels over a raw prediction.
         """
         current = self.currentText()
         self.blockSignals(True)
@@ -90,9 +91,10 @@ class LayerCombo(QComboBox):
         layers = [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
         names = [layer.name for layer in layers]
         self.addItems(names)
-        preferred = [layer.name for layer in layers if self._prefer is not None and self._prefer(layer)]
-        if preferred and not self._chosen_by_user and current not in preferred:
-            self.setCurrentText(preferred[0])
+        ranks = {layer.name: float(self._prefer(layer)) if self._prefer is not None else 0.0 for layer in layers}
+        best = max(ranks.values(), default=0.0)
+        if best > 0 and not self._chosen_by_user and ranks.get(current, 0.0) < best:
+            self.setCurrentText(next(name for name in names if ranks[name] == best))
         elif current in names:
             self.setCurrentText(current)
         self.blockSignals(False)

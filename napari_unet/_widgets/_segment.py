@@ -442,8 +442,8 @@ class SegmentWidget(QWidget):
         if self.keep_probabilities.isChecked():
             self._write_probability(image_layer, prediction.probabilities)
         n_objects = len(label_ids(prediction.labels))
-        info(
-            f"Segmented '{image_layer.name}' with {result.model}: {n_objects} objects in '{layer.name}'."
+        info(  # the count first: a long accuracy note must not push it out of the notification's view
+            f"{n_objects} objects in '{layer.name}' (segmented '{image_layer.name}' with {result.model})."
             f"{accuracy_note(result.model_sha256)}"
         )
 

@@ -220,3 +220,21 @@ def test_export_refuses_a_folder_it_cannot_write_to_before_starting(exporter, tm
     assert widget.export() is None
     assert "cannot write to" in messages(notifications, "error")[-1]
     assert not (tmp_path / "export").exists()
+
+
+def test_compare_switches_to_a_ground_truth_added_after_a_corrected_prediction(make_napari_viewer, sample):
+    from napari_unet._widgets._common import set_layer_data
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(sample[0], name="nuclei")
+    predicted = set_layer_data(viewer, "nuclei labels", (sample[1] > 0).astype(np.int32), "labels", like=image)
+    widget = CompareWidget(viewer)
+    assert widget.ground_truth.layer() is predicted  # the only labels: offered, though a raw prediction
+    predicted.data = predicted.data * 2  # corrected by hand
+    widget.ground_truth.refresh()
+    assert widget.ground_truth.layer() is predicted
+    truth = viewer.add_labels(sample[1].astype(np.int32), name="truth")  # a real ground truth, opened later
+    assert widget.ground_truth.layer() is truth
+    widget.ground_truth.set_layer(predicted)  # the user's own choice is kept
+    viewer.add_labels(sample[1].astype(np.int32), name="another truth")
+    assert widget.ground_truth.layer() is predicted

@@ -288,6 +288,8 @@ def test_the_notice_gives_the_models_measured_accuracy(make_napari_viewer, qtbot
     widget.run()
     wait_until_idle(qtbot, widget)
     measured = list_models()[0].metrics  # the bundled model's, from its model card
+    count = len(np.unique(viewer.layers["nuclei labels"].data)) - 1
+    assert messages(notifications, "info")[-1].startswith(f"{count} objects in 'nuclei labels' (segmented 'nuclei'")
     assert messages(notifications, "info")[-1].endswith(
         f"Its measured AP@0.5 on held-out test images with its default settings: {measured['test_ap50_grey']:.2f} "
         "grey (fluorescence, "
