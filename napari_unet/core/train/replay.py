@@ -31,8 +31,8 @@ CHECK_EVERY = 4
 
 FORGETTING_LIMIT = 0.05
 """Largest AP@0.5 a fine-tuned model may lose on the check crops (other kinds) before
-:func:`~napari_unet.core.train.guard.guard_other_kinds` averages it with its parent (or, when no average
-helps, the notice warns)."""
+:func:`~napari_unet.core.train.guard.guard_other_kinds` weighs it against the averages with its parent and
+the parent itself (the notice warns when what is kept still lost more)."""
 
 
 def replay_set_path(bundle: Any) -> Path | None:
