@@ -179,6 +179,7 @@ def test_dask_layer_is_streamed_chunk_by_chunk_and_updated_in_place(
     assert expected.max() > 10
     assert_same_objects(layer.data[:], expected)
     chunk, halo = small_chunks
+    qtbot.waitUntil(lambda: events[-1].done == events[-1].total, timeout=10_000)  # the last event may trail "idle"
     assert events[-1].done == events[-1].total == 1 + 2 * 3 * 4  # statistics, 12 chunks, 12 relabels
     assert (chunk + 2 * halo, chunk + 2 * halo) in spy.converted, "interior chunks are read with their halo"
     first_store = layer.metadata["napari_unet"]["store"]
