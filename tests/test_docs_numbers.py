@@ -203,7 +203,7 @@ def test_pipeline_speed_paragraph_quotes_its_results_file():
     validation = results["labels_ap50_vs_previous_validation"]
     for quoted in (
         f"everything else is {results['non_network_speedup']:.2f}x faster",
-        f"({results['parallel_speedup']:.2f}x of it from the second worker thread",
+        f"(the second worker thread alone: {results['parallel_speedup']:.2f}x over one thread",
         f"takes {seconds['workers_2']:.1f} s instead of {seconds['previous']:.1f} s "
         f"({results['end_to_end_speedup']:.2f}x)",
         f"AP@0.5 {results['labels_ap50_vs_previous_large_plane']:.3f} (and {validation['min_ap50']:.3f} on each of the "

@@ -89,8 +89,8 @@ def test_final_rows_arrive_in_order_once_each_and_equal_the_returned_probabiliti
     cpu = torch.device("cpu")
     network = inference_network(bundle.network, cpu)
     on_rows = lambda band, start: bands.append((start, band.copy()))  # noqa: E731
-    gen = iter_scaled_plane_probabilities(network, plane, plans, cfg, cpu, None, on_rows)
-    probabilities = run_to_end(gen)
+    assert run_to_end(iter_scaled_plane_probabilities(network, plane, plans, cfg, cpu, None, on_rows)) is None
+    probabilities = run_to_end(iter_scaled_plane_probabilities(network, plane, plans, cfg, cpu, None))
     starts = [start for start, _ in bands]
     assert starts == sorted(starts) and starts[0] == 0 and len(bands) > 2
     assert sum(band.shape[1] for _, band in bands) == image.shape[0]

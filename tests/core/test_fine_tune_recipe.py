@@ -257,3 +257,16 @@ def test_a_held_out_improvement_that_does_not_last_to_the_end_keeps_the_parent(m
         assert f"their last validations averaged {late:.3f}); the starting model is kept" in notice_of(result)
     else:
         assert result.saved is not None and result.best_step == 2
+
+
+@pytest.mark.parametrize(("blend_ap", "blended"), [(0.75, True), (0.6, False)])
+def test_parent_share_keeps_the_average_with_the_parent_unless_it_validates_worse(monkeypatch, blend_ap, blended):
+    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation({0: 0.5, 3: 0.7, 6: 0.7}))
+    monkeypatch.setattr(training_loop.TrainingRun, "_scores", lambda self: {"val_ap50": blend_ap, "val_loss": 0.4})
+    parent = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
+    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
+    cfg = dataclasses.replace(FAST, parent_share=0.5)
+    result, _ = drain(iter_train(parent, list(images), list(labels), cfg))
+    assert result.lineage["averaged_with_parent"] is blended
+    assert result.history[-1]["blend_val_ap50"] == blend_ap
+    assert result.metrics_after["val_ap50"] == (blend_ap if blended else 0.7)

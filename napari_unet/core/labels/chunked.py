@@ -125,7 +125,6 @@ def labels_in_chunks(
         return probabilities_to_labels(probabilities, postprocess).astype(np.uint32)
     labeller = ChunkLabeller(shape_yx, postprocess, workers, chunk=chunk, halo=halo, probabilities=probabilities)
     with labeller:
-        labeller.rows_ready(shape_yx[0])
         return labeller.finish(cancel)
 
 

@@ -112,7 +112,7 @@ def _iter_plane_probabilities(
     device: torch.device,
     cancel: Callable[[], bool] | None,
     on_rows: RowsCallback | None = None,
-) -> Generator[int, None, np.ndarray]:
+) -> Generator[int, None, np.ndarray | None]:
     """Run one normalised plane ``(C, Y, X)`` float32 through ``network`` tile batch by tile batch.
 
     Yields the number of tiles finished by each batch and returns ``(K, Y, X)``
@@ -120,7 +120,8 @@ def _iter_plane_probabilities(
     Grad and autocast modes are entered per batch, never across a ``yield``.
     After each batch, rows no later tile touches are final: they are
     normalised then and, with ``on_rows``, handed over as
-    ``on_rows(band (K, rows, X) float32, first row)`` in the plane's coordinates.
+    ``on_rows(band (K, rows, X) float32, first row)`` in the plane's coordinates;
+    the receiver keeps them, so nothing is returned (no second copy of the plane).
     """
     padded, crop = pad_to_multiple(plane, plan.multiple, plan.min_size)
     out_channels = plan.out_channels
@@ -147,6 +148,8 @@ def _iter_plane_probabilities(
             done += len(batch)
             rows.finalise(done)
         yield len(batch)
+    if on_rows is not None:
+        return None
     with torch.inference_mode():
         cropped = total[(slice(None), *crop[-2:])]
         return np.ascontiguousarray(cropped.cpu().numpy())
@@ -162,7 +165,7 @@ class _FinalRows:
     def __init__(
         self, plan: _TilePlan, crop: tuple[slice, ...], total: torch.Tensor, on_rows: RowsCallback | None
     ) -> None:
-        self.plan, self.total, self.on_rows = plan, total, on_rows
+        self.total, self.on_rows = total, on_rows
         self.crop_y, self.crop_x = crop
         starts = [sy.start for sy, _ in plan.tiles] + [plan.padded_shape[0]]
         self.final_before = np.minimum.accumulate(starts[::-1])[::-1]  # [i]: first row tiles i.. still touch
@@ -237,12 +240,13 @@ def iter_scaled_plane_probabilities(
     device: torch.device,
     cancel: Callable[[], bool] | None,
     on_rows: RowsCallback | None = None,
-) -> Generator[int, None, np.ndarray]:
+) -> Generator[int, None, np.ndarray | None]:
     """Average of :func:`_iter_plane_probabilities` of ``plane (C, Y, X)`` resized to each planned scale.
 
     Yields tiles finished, as :func:`_iter_plane_probabilities`; returns
-    ``(K, Y, X)`` float32 probabilities at the plane's own size.  ``on_rows``
-    (final rows as they are made) needs a single plan at scale 1 (see :func:`rows_arrive_in_order`).
+    ``(K, Y, X)`` float32 probabilities at the plane's own size, or None with
+    ``on_rows`` (final rows handed on as they are made; needs a single plan at
+    scale 1, see :func:`rows_arrive_in_order`).
     """
     if on_rows is not None and not rows_arrive_in_order(plans):
         raise ValueError("final rows can be handed on only for a single plan at scale 1")

@@ -105,8 +105,8 @@ def iter_predict(
             plane_gen = iter_scaled_plane_probabilities(
                 network, network_input, plans, inference, device, cancel, labeller.add_rows
             )
-            probabilities = yield from _progress_of_plane(plane_gen, 0, 1, 0, total)
-            return Prediction(labeller.finish(cancel), probabilities, "YX", image_axes)
+            yield from _progress_of_plane(plane_gen, 0, 1, 0, total)  # the rows went to the labeller
+            return Prediction(labeller.finish(cancel), labeller.probabilities, "YX", image_axes)
     stacked: np.ndarray | None = None
     for index, plane in enumerate(planes):
         check_cancel(cancel)
@@ -114,6 +114,7 @@ def iter_predict(
         plane_gen = iter_scaled_plane_probabilities(network, network_input, plans, inference, device, cancel)
         before = index * (total // len(planes))
         plane_probabilities = yield from _progress_of_plane(plane_gen, index, len(planes), before, total)
+        assert plane_probabilities is not None  # returned when no rows are handed on
         if stacked is None:
             stacked = np.empty((len(planes), *plane_probabilities.shape), dtype=np.float32)
         stacked[index] = plane_probabilities
@@ -125,8 +126,8 @@ def iter_predict(
 
 
 def _progress_of_plane(
-    plane_gen: Generator[int, None, np.ndarray], index: int, planes: int, done: int, total: int
-) -> Generator[Progress, None, np.ndarray]:
+    plane_gen: Generator[int, None, np.ndarray | None], index: int, planes: int, done: int, total: int
+) -> Generator[Progress, None, np.ndarray | None]:
     """Turn one plane's tile counts into progress events (``done`` tiles before it); return its probabilities."""
     while True:
         try:

@@ -196,10 +196,8 @@ class TrainingRun:
         """
         share = self.cfg.parent_share
         blend = blend_states(self.start_state, self.best_state, share)
-        self.network.load_state_dict(blend)
-        started = time.perf_counter()
-        scores = self._scores()
-        self.validation_seconds += time.perf_counter() - started
+        scores = self.score_weights(blend)
+        assert scores is not None  # only called with validation windows
         self.history[-1].update({f"blend_{key}": value for key, value in scores.items()})
         if scores["val_ap50"] >= (self.best_score or 0.0):
             self.best_state, self.best_metrics, self.blended = blend, dict(scores), True
