@@ -14,6 +14,11 @@ model's own test-time settings):
 (c) ``half_image`` (with ``--half-image``): the right half of the first image
     after correcting its left half (annotation mode ``rois``).
 
+With ``--pool P --order uncertain`` the user corrects the K of the first P
+images the default model is least sure of (the Experiment view's "Correct
+next"), with ``--order folder`` the first K of them; both score the images
+after the pool, so the two orders compare on the same images.
+
 Budgets are training steps: ``--seconds`` is turned into steps with
 ``--steps-per-second``, the pace of an undisturbed fine-tune on 2 CPU cores
 (measure it with ``--calibrate``), so results do not depend on what else the
@@ -45,6 +50,7 @@ import torch
 
 from napari_unet.core.config import TrainingConfig
 from napari_unet.core.evaluate.metrics import evaluate_image
+from napari_unet.core.experiment import uncertainty
 from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict.segment import predict
@@ -59,6 +65,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "no_epoch_cap": {"max_epochs": None},
     "epochs_50": {"max_epochs": 50},
     "replay_half": {"replay_fraction": 0.5},
+    "replay_quarter": {"replay_fraction": 0.25},
+    "replay_tenth": {"replay_fraction": 0.1},
+    "frozen_bn_replay_quarter": {"freeze_batch_norm": True, "replay_fraction": 0.25},
+    "frozen_bn_replay_tenth": {"freeze_batch_norm": True, "replay_fraction": 0.1},
     "low_lr": {"learning_rate": 3e-4},
     "retune": {"retune_thresholds": True},
     "frozen_bn": {"freeze_batch_norm": True},
@@ -215,8 +225,26 @@ def calibrate(seconds: float) -> float:
     return result.steps / max(result.seconds, 1e-9)
 
 
-def load_kinds(args: argparse.Namespace) -> dict[str, Any]:
-    """Kind -> corrected pairs, scored pairs, forgetting-panel pairs (read once)."""
+def uncertainty_of(bundle: Any, image: np.ndarray) -> float:
+    """The default model's uncertainty on ``image`` (what the Experiment view ranks "Correct next" by)."""
+    return uncertainty(predict(image, bundle).probabilities)
+
+
+def choose_corrected(args: argparse.Namespace, pool: list[tuple[Any, Any]], default: Any) -> list[int]:
+    """Indices into ``pool`` of the K images the simulated user corrects: the first K, or the K most uncertain."""
+    if args.order == "folder":
+        return list(range(min(args.k, len(pool))))
+    ranked = sorted(range(len(pool)), key=lambda i: -uncertainty_of(default, pool[i][0]))
+    return sorted(ranked[: args.k])
+
+
+def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
+    """Kind -> corrected pairs, scored pairs, forgetting-panel pairs (read once).
+
+    The user corrects K of the first ``max(K, --pool)`` images (``--order``:
+    the first K, or the K the default model is least sure of); the images
+    after that pool are scored, so both orders are scored on the same images.
+    """
     wanted = None if args.kinds == "all" else set(args.kinds.split(","))
     found: dict[str, list[tuple[str, Any, Any]]] = {
         kind: [(key, read_image(image), read_labels(labels)) for key, image, labels in items]
@@ -228,10 +256,13 @@ def load_kinds(args: argparse.Namespace) -> dict[str, Any]:
     kinds = {}
     for kind, items in found.items():
         pairs = [(image, labels) for _, image, labels in items]
-        rest = pairs[args.k :][: args.scored]
+        pool = pairs[: max(args.k, args.pool)]
+        chosen = choose_corrected(args, pool, default)
+        rest = pairs[len(pool) :][: args.scored]
         kinds[kind] = {
             "keys": [key for key, _, _ in items],
-            "corrected": pairs[: args.k],
+            "corrected_keys": [items[i][0] for i in chosen],
+            "corrected": [pool[i] for i in chosen],
             "scored": rest,
             "panel": rest[: args.panel],
         }
@@ -250,6 +281,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scored", type=int, default=6, help="other images of the kind scored")
     parser.add_argument("--panel", type=int, default=2, help="images per kind in the forgetting panel")
     parser.add_argument("--half-image", action="store_true", help="also run test (c) on each kind's first image")
+    parser.add_argument("--pool", type=int, default=0, help="the user picks K of the first max(K, pool) images")
+    parser.add_argument("--order", choices=("folder", "uncertain"), default="folder", help="which K of the pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
@@ -265,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps_per_second is None:
         raise SystemExit("give --steps-per-second (measure it with --calibrate on an idle machine)")
     default = load_model("default")
-    kinds = load_kinds(args)
+    kinds = load_kinds(args, default)
     before = {
         kind: {"kind": score(default, data["scored"]), "panel": score(default, data["panel"])}
         for kind, data in kinds.items()
@@ -275,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
         "kinds": {
-            kind: {"images": data["keys"], "default_ap50": float(np.mean(before[kind]["kind"]))}
+            kind: {
+                "images": data["keys"],
+                "corrected": data["corrected_keys"],
+                "default_ap50": float(np.mean(before[kind]["kind"])),
+            }
             for kind, data in kinds.items()
         },
         "recipes": {},

@@ -23,9 +23,9 @@ import numpy as np
 def table(report: dict[str, Any], recipe: str = "shipped") -> str:
     """Markdown table of one recipe: per kind, default and fine-tuned AP@0.5, forgetting, what was kept, half image."""
     rows = [
-        "| kind (held-out images) | default | fine-tuned | gain | forgetting | held-out corrections | kept | "
-        "right half after correcting the left |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kind (held-out images) | default | fine-tuned | gain | forgetting | worst other kind | "
+        "held-out corrections | kept | right half after correcting the left |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, info in report["kinds"].items():
         row = report["recipes"][recipe][kind]
@@ -37,6 +37,7 @@ def table(report: dict[str, Any], recipe: str = "shipped") -> str:
             f"{np.mean(row['kind_after']):.3f}",
             f"{row['kind_gain']:+.3f}",
             f"{row['forgetting_mean']:+.3f}",
+            f"{min(row['forgetting'].values(), default=0.0):+.3f}",
             held if row.get("held_out_before") else "-",
             kept_text(row),
             f"{half['before']:.3f} -> {half['after']:.3f}" if half else "-",
@@ -65,6 +66,29 @@ def grid_table(reports: list[dict[str, Any]], recipe: str = "shipped") -> str:
         for report in reports:
             row = report["recipes"][recipe].get(kind)
             cells.append("-" if row is None else f"{row['kind_gain']:+.3f} / {row['forgetting_mean']:+.3f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def order_table(uncertain: dict[str, Any], folder: dict[str, Any], recipe: str = "shipped") -> str:
+    """Markdown table: per kind, the gain on the same scored images when the user corrects the K most uncertain
+    of the pool or its first K (``bench_hitl --pool P --order uncertain|folder``)."""
+    pool = uncertain["settings"]["pool"]
+    rows = [
+        f"| kind (scored images) | default | first {uncertain['settings']['k']} of {pool}: gain / forgetting "
+        f"| most uncertain {uncertain['settings']['k']} of {pool}: gain / forgetting | same images chosen |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, info in uncertain["kinds"].items():
+        first, unsure = folder["recipes"][recipe][kind], uncertain["recipes"][recipe][kind]
+        same = "yes" if info["corrected"] == folder["kinds"][kind]["corrected"] else "no"
+        cells = [
+            f"{kind} ({len(unsure['kind_before'])})",
+            f"{info['default_ap50']:.3f}",
+            f"{first['kind_gain']:+.3f} / {first['forgetting_mean']:+.3f}",
+            f"{unsure['kind_gain']:+.3f} / {unsure['forgetting_mean']:+.3f}",
+            same,
+        ]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -105,6 +129,9 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("--png", type=Path, default=None)
     parser.add_argument("--grid", type=Path, nargs="*", default=[], help="more runs (other K / budgets) to tabulate")
+    parser.add_argument(
+        "--order", type=Path, nargs=2, default=None, help="UNCERTAIN.json FOLDER.json: the correction-order runs"
+    )
     args = parser.parse_args()
     report = json.loads(args.results.read_text(encoding="utf-8"))
     if args.png:
@@ -113,6 +140,9 @@ def main() -> None:
     if args.grid:
         print()
         print(grid_table([report, *(json.loads(path.read_text(encoding="utf-8")) for path in args.grid)]))
+    if args.order:
+        print()
+        print(order_table(*(json.loads(path.read_text(encoding="utf-8")) for path in args.order)))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ It opens a synthetic H&E-like image (napari-unet's generator: a kind of image
 the bundled model never saw, where it misses nuclei), segments it, corrects the
 left half, fine-tunes for 30 s on that half, compares the fine-tuned model with
 the one it started from and the classical baselines, and shows the export
-panel, saving one window screenshot per step.  It uses the bundled ``default``
+panel, saving one window screenshot per step; then the Experiment tab of the
+one dock on a folder of 6 such images at 1366 x 768, two of them corrected.  It uses the bundled ``default``
 model when installed; otherwise it first trains a small demo model for about
 a minute (into a temporary model folder, so your own models are untouched).
 """
@@ -50,15 +51,7 @@ def demo_model() -> str:
 
 def wait(widget, timeout: float = 600.0) -> None:
     """Process Qt events until the widget's worker has finished."""
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + timeout
-    while widget.jobs.worker is not None and time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.02)
-    for _ in range(20):  # let the layers and plots repaint
-        QApplication.processEvents()
-        time.sleep(0.01)
+    wait_for(widget.jobs, timeout)
 
 
 def shoot(viewer, name: str) -> None:
@@ -148,7 +141,8 @@ def main() -> None:
     dock(viewer, compare, "Compare")
     compare.ground_truth.set_layer("ground truth")
     compare.image.set_layer(image_layer)
-    compare.model.select(finetune.last_outcome.result.saved.spec)
+    saved = finetune.last_outcome.result.saved
+    compare.model.select(saved.spec if saved is not None else model)
     compare.set_methods(["UNet", "UNet (previous version)", "Otsu", "Local threshold", "Watershed"])
     compare.run()
     wait(compare)
@@ -166,6 +160,57 @@ def main() -> None:
     export.folder.setText(str(Path.home() / "napari-unet-exports"))
     shoot(viewer, "export")
     viewer.close()
+    experiment_screenshot(model)
+
+
+def experiment_screenshot(model: str) -> None:
+    """The one dock's Experiment tab on a folder of 6 synthetic H&E-like images, two of them corrected."""
+    import napari
+    import tifffile
+
+    from napari_unet._widgets import NapariUnetDock
+    from napari_unet._widgets._correct import apply_edit
+    from napari_unet._widgets._experiment import LABELS_LAYER
+    from napari_unet.core.data.synthetic import synthetic_nuclei
+
+    folder = Path(tempfile.mkdtemp(prefix="napari-unet-experiment-")) / "slide-scans"
+    folder.mkdir()
+    truths = []
+    for seed in range(6):
+        image, truth = synthetic_nuclei((256, 256), n_nuclei=30, seed=60 + seed, kind="brightfield")
+        tifffile.imwrite(folder / f"field_{seed + 1:02d}.tif", image)
+        truths.append(truth)
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window._qt_window.resize(1366, 768)
+    panels = NapariUnetDock(viewer)
+    DOCKED.append(viewer.window.add_dock_widget(panels, name="napari-unet", area="right"))
+    experiment = panels.panels["Experiment"]
+    experiment.model.select(model)
+    experiment.open_folder(folder)
+    for index in range(2):  # segment, correct (the truth stands in for the user's edits) and save two images
+        experiment.next()
+        wait_for(experiment.image_job)
+        apply_edit(viewer.layers[LABELS_LAYER], truths[index])
+        experiment.save()
+    experiment.segment_rest()
+    wait_for(experiment.jobs)
+    experiment.next()
+    wait_for(experiment.image_job)
+    shoot(viewer, "experiment")
+    viewer.close()
+
+
+def wait_for(panel, timeout: float = 600.0) -> None:
+    """Process Qt events until a job panel's worker has finished."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while panel.worker is not None and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):  # let the layers and plots repaint
+        QApplication.processEvents()
+        time.sleep(0.01)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,18 @@ batch (rehearsal) keeps that knowledge.  This script picks ``--per-group``
 crops from each image group of the default model's *training* split
 (``training/splits_v2.json``: DSB stage-1 fluorescence, colour tissue,
 brightfield, S-BSST265 tissue; all CC0), each ``--size`` pixels square and
-centred on the densest window of a randomly chosen training image, and writes
+centred on the densest window of a randomly chosen training image (skipped
+when the default model's normalisation would invert the crop but not the
+image, or the reverse: :func:`inverted_alike`; ``--sizes``
+gives groups with large nuclei larger crops, so the check crops the
+fine-tuning guard scores hold enough of them), and writes
 them to ``napari_unet/weights/default/replay.npz`` (uint8 images, uint16
 labels renumbered per crop) with ``replay.json`` (sources and licence).
 
 Usage (from the repository root, with ``../shared/data``)::
 
-    .venv/bin/python -m training.make_replay_set [--per-group fluorescence=16,colour=8,brightfield=4,tissue=8]
+    .venv/bin/python -m training.make_replay_set --per-group fluorescence=16,colour=8,brightfield=8,tissue=12 \\
+        --sizes tissue=384
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from pathlib import Path
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
+from napari_unet.core.data.normalize import intensity_stats
 from napari_unet.core.io import atomic_write_path, read_image, read_labels, write_json
+from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.registry import load_model
 from training.splits import split_images
 
 OUTPUT = Path(__file__).resolve().parents[1] / "napari_unet" / "weights" / "default" / "replay.npz"
@@ -37,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-group", default="fluorescence=16,colour=8,brightfield=4,tissue=8")
     parser.add_argument("--size", type=int, default=192, help="crop side in pixels")
+    parser.add_argument(
+        "--sizes", default="", help="crop side per group where it differs, e.g. tissue=384 (large nuclei)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     return parser.parse_args()
@@ -55,24 +66,39 @@ def densest_crop(labels: np.ndarray, size: int, rng: np.random.Generator) -> tup
     return best
 
 
+def inverted_alike(crop: np.ndarray, image: np.ndarray, model: ModelBundle) -> bool:
+    """Whether ``model``'s normalisation inverts the crop as it inverts the whole image (or neither).
+
+    A crop packed with bright nuclei can look like a brightfield image to the
+    ``auto`` inversion rule; the model would then see it inverted, learn from
+    it upside down and fail on it as a check crop (S-BSST265 tissue crops:
+    AP@0.5 0.0 alone, 1.0 when segmented within their image).
+    """
+    cfg, channels = model.normalize, model.config.in_channels
+    return intensity_stats(crop, cfg, channels).invert == intensity_stats(image, cfg, channels).invert
+
+
 def main() -> None:
     """Pick the crops and write the replay set atomically."""
     args = parse_args()
     wanted = {group: int(n) for group, n in (item.split("=") for item in args.per_group.split(","))}
+    sizes = {group: int(n) for group, n in (item.split("=") for item in args.sizes.split(",") if item)}
     rng = np.random.default_rng(args.seed)
+    default = load_model("default")
     arrays: dict[str, np.ndarray] = {}
     sources = []
     for group, count in wanted.items():
         candidates = split_images(split="train", group=group)
+        size = sizes.get(group, args.size)
         chosen = 0
         for index in rng.permutation(len(candidates)):
             item = candidates[int(index)]
             image, labels = read_image(item.image_path), read_labels(item.labels_path)
-            if min(labels.shape) < args.size:
+            if min(labels.shape) < size:
                 continue
-            window = densest_crop(labels, args.size, rng)
+            window = densest_crop(labels, size, rng)
             crop_labels = relabel_sequential(labels[window].astype(np.uint32))[0].astype(np.uint16)
-            if crop_labels.max() < 3:
+            if crop_labels.max() < 3 or not inverted_alike(image[window], image, default):
                 continue
             index = len(sources)
             arrays[f"image_{index}"] = np.ascontiguousarray(image[window]).astype(np.uint8)

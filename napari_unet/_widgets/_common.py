@@ -47,6 +47,7 @@ from napari_unet._widgets._pickers import (
     LayerCombo,
     ModelCombo,
     bus,
+    fit_narrow,
     model_references,
     scroll_layout,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "check_labels_layer",
     "config_dir",
     "error",
+    "fit_narrow",
     "get_layer",
     "ground_truth_rank",
     "holds_edits",

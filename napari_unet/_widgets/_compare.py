@@ -31,6 +31,7 @@ from napari_unet._widgets._common import (
     ModelCombo,
     check_image_layer,
     check_labels_layer,
+    fit_narrow,
     ground_truth_rank,
     image_axes_hint,
     info,
@@ -86,6 +87,7 @@ class CompareWidget(QWidget):
         self.jobs = JobPanel("Comparison")
         self.scores: list[MethodScore] = []
         self._build_layout()
+        fit_narrow(self)
         self._restore_settings()
 
     # ------------------------------------------------------------------ layout

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from napari_unet._widgets._common import (
     LayerCombo,
     check_labels_layer,
+    fit_narrow,
     info,
     layer_meta,
     load_settings,
@@ -70,6 +71,7 @@ class CorrectWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self._build_layout()
+        fit_narrow(self)
         self.min_size.setValue(int(load_settings(SETTINGS).get("min_size", 30)))
 
     # ------------------------------------------------------------------ layout

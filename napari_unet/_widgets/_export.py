@@ -29,6 +29,7 @@ from napari_unet._widgets._common import (
     JobPanel,
     LayerCombo,
     error,
+    fit_narrow,
     info,
     layer_meta,
     load_settings,
@@ -85,6 +86,7 @@ class ExportWidget(QWidget):
         self.jobs = JobPanel("Export")
         self.last_written: list[Path] = []
         self._build_layout()
+        fit_narrow(self)
         self._restore_settings()
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.refresh_layers)
@@ -104,7 +106,7 @@ class ExportWidget(QWidget):
         export.clicked.connect(self.export)
         form = QFormLayout()
         form.addRow("Labels layers", self.layer_list)
-        form.addRow("", select_all)
+        form.addRow(select_all)
         form.addRow("Folder", folder_row)
         form.addRow("Intensity image", self.image)
         formats = QVBoxLayout()

@@ -35,6 +35,7 @@ from napari_unet._widgets._common import (
     bus,
     check_image_layer,
     check_labels_layer,
+    fit_narrow,
     get_layer,
     image_axes_hint,
     info,
@@ -121,6 +122,7 @@ class FineTuneWidget(QWidget):
         self.last_outcome: FineTuneOutcome | None = None
         self._curves: dict[str, tuple[list[float], list[float]]] = {}
         self._build_layout()
+        fit_narrow(self)
         self._restore_settings()
         self.jobs.progressed.connect(self._on_progress)
         self.save_name.editingFinished.connect(self.refresh_history)
@@ -140,10 +142,10 @@ class FineTuneWidget(QWidget):
         budget.addWidget(self.budget_unit)
         form.addRow("Budget", budget)
         form.addRow("Learning rate", self.learning_rate)
-        form.addRow("", self.augment)
+        form.addRow(self.augment)
         form.addRow("Start from", self.start_model)
         form.addRow("Save as", self.save_name)
-        form.addRow("", self.resegment)
+        form.addRow(self.resegment)
         layout.addLayout(form)
         start = QPushButton("Fine-tune")
         start.clicked.connect(self.start)
@@ -164,9 +166,11 @@ class FineTuneWidget(QWidget):
         remove.clicked.connect(self._remove_selected_pair)
         buttons.addWidget(add)
         buttons.addWidget(remove)
-        form.addRow("", buttons)
+        form.addRow(buttons)
         form.addRow("Pairs", self.pairs)
-        form.addRow("", QLabel("With no pair listed, the image and labels chosen above are used."))
+        hint = QLabel("With no pair listed, the image and labels chosen above are used.")
+        hint.setWordWrap(True)
+        form.addRow(hint)
         return box
 
     def _history_box(self) -> QGroupBox:

@@ -89,7 +89,8 @@ def set_layer_data(viewer: Any, name: str, data: Any, kind: str, like: Layer | N
     """Update layer ``name`` in place, or add it (``kind`` ``"labels"`` or ``"image"``) aligned with ``like``.
 
     A Labels layer that holds edits (:func:`holds_edits`) is never overwritten:
-    the data goes to a new layer (``name [2]``, ...) and a notice says so.
+    the data goes to a new layer (``name [2]``, ...), the edited layer is
+    hidden (not blended under the new one) and a notice says where it is.
     Labels this function writes are remembered (:func:`mark_written`), so a
     later call replaces them as long as nobody edited them.
 
@@ -102,7 +103,11 @@ def set_layer_data(viewer: Any, name: str, data: Any, kind: str, like: Layer | N
             if kind == "labels":
                 mark_written(existing)
             return existing
-        info(f"'{name}' holds edits, so it was kept; the new labels are in '{unique_name(viewer, name)}'.")
+        existing.visible = False  # the new labels are not shown blended with the edited ones
+        info(
+            f"'{name}' holds your edits, so it was kept (hidden: tick its eye in the layer list to see it); "
+            f"the new labels are in '{unique_name(viewer, name)}'."
+        )
     if like is not None:
         kwargs.setdefault("scale", tuple(like.scale)[-data.ndim :])
         kwargs.setdefault("translate", tuple(like.translate)[-data.ndim :])

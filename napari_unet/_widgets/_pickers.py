@@ -10,6 +10,7 @@ from napari.layers import Layer
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
+    QFormLayout,
     QFrame,
     QScrollArea,
     QVBoxLayout,
@@ -41,6 +42,23 @@ def scroll_layout(panel: QWidget) -> QVBoxLayout:
     outer.addWidget(scroll)
     panel.scroll_area = scroll  # type: ignore[attr-defined]
     return QVBoxLayout(content)
+
+
+COMBO_MIN_CHARACTERS = 12
+"""Characters a drop-down shows at its narrowest (it grows with the dock)."""
+
+
+def fit_narrow(panel: QWidget) -> None:
+    """Let ``panel`` fit a narrow dock: form fields go below their labels, long drop-down entries do not widen it.
+
+    Call it once the panel's rows are built.  Every control still shows its
+    whole text (a test docks all panels at 1366 x 768 and checks).
+    """
+    for form in panel.findChildren(QFormLayout):
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    for combo in panel.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(COMBO_MIN_CHARACTERS)
 
 
 class LayerCombo(QComboBox):

@@ -34,6 +34,7 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelCombo,
     check_image_layer,
+    fit_narrow,
     get_layer,
     holds_edits,
     image_axes_hint,
@@ -136,6 +137,8 @@ class SegmentWidget(QWidget):
             "Not remembered between sessions."
         )
         self.scale_info = QLabel("")
+        for line in (self.axes_info, self.device_info, self.scale_info):
+            line.setWordWrap(True)
         self.model_postprocess = PostprocessConfig()  # the selected model's saved values (see reset_postprocessing)
         self.foreground = _float_spin(0.0, 1.0, self.model_postprocess.foreground_threshold)
         self.seed = _float_spin(0.0, 1.0, self.model_postprocess.seed_threshold)
@@ -161,6 +164,7 @@ class SegmentWidget(QWidget):
         self.last_labels_layer: Labels | None = None
         self._cache: dict[str, Any] | None = None
         self._build_layout()
+        fit_narrow(self)
         self._restore_settings()
         self.model.currentTextChanged.connect(self._on_model_changed)
         self._on_model_changed()
@@ -180,10 +184,10 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image)
         form.addRow("Axes", self.axes)
-        form.addRow("", self.axes_info)
+        form.addRow(self.axes_info)
         form.addRow("Model", model_row)
         form.addRow("Device", self.device)
-        form.addRow("", self.device_info)
+        form.addRow(self.device_info)
         form.addRow("Tile size", self.tile_size)
         form.addRow("Tile overlap", self.overlap)
         estimate = QPushButton("Estimate")
@@ -196,7 +200,7 @@ class SegmentWidget(QWidget):
         scale_row.addWidget(self.scale, 1)
         scale_row.addWidget(estimate)
         form.addRow("Scale (x)", scale_row)
-        form.addRow("", self.scale_info)
+        form.addRow(self.scale_info)
         form.addRow("Test-time augmentation", self.augment)
         run = QPushButton("Segment")
         run.clicked.connect(self.run)
@@ -222,11 +226,11 @@ class SegmentWidget(QWidget):
         form.addRow("Minimum size (x median)", self.min_relative_size)
         form.addRow("Minimum confidence", self.min_confidence)
         form.addRow("Split fused nuclei (px, 0 = off)", self.split_distance)
-        form.addRow("", self.fill_holes)
+        form.addRow(self.fill_holes)
         reset = QPushButton("Model defaults")
         reset.setToolTip("Reset the post-processing (and test-time flips) to those saved with the selected model")
         reset.clicked.connect(self.reset_postprocessing)
-        form.addRow("", reset)
+        form.addRow(reset)
         return box
 
     def _browse_model(self) -> None:

@@ -388,7 +388,9 @@ class TrainingConfig(JsonConfig):
         (annotated crops of its own training images, shipped with the bundled
         default model and inherited by its fine-tuned children), so a
         fine-tune on a few images of one kind keeps what the model knew about
-        others (rehearsal).  Ignored when the model has no replay set.
+        others (rehearsal); only crops that reach the branches that train
+        (:mod:`~napari_unet.core.train.branches`).  Ignored when the model
+        has no replay set.
     parent_share : float
         After a validated fine-tune of a trained model, also validate the
         kept weights averaged with the starting ones (this share of the
@@ -396,6 +398,8 @@ class TrainingConfig(JsonConfig):
     freeze_batch_norm : bool
         Keep BatchNorm running statistics as the starting model had them
         (normalise with them, never update them); scales and shifts still learn.
+        The fine-tuning recipe sets it for a trained starting model
+        (:func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`).
     retune_thresholds : bool
         Rechoose the foreground and seed thresholds of a fine-tuned child on
         the held-out corrections (kept only when strictly better there);
@@ -424,7 +428,7 @@ class TrainingConfig(JsonConfig):
     amp: bool = True
     seed: int = 0
     num_threads: int = 0
-    replay_fraction: float = 0.5
+    replay_fraction: float = 0.25
     parent_share: float = 0.0
     freeze_batch_norm: bool = False
     retune_thresholds: bool = False

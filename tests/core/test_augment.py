@@ -109,3 +109,18 @@ def test_intensity_changes_image_only_and_gamma_keeps_range():
     assert not np.allclose(out, image)
     noisy = random_intensity(image, np.random.default_rng(0), AugmentParams(p_intensity=0, p_gamma=0, p_noise=1))
     assert 0 < np.std(noisy - image) <= 0.05 * 1.2
+
+
+def test_augmentation_keeps_a_grey_patch_grey_and_noises_colour_channels_apart():
+    """A two-branch model routes by equal channels: augmenting a grey patch must not send it to the colour net."""
+    grey, target, weight = sample()
+    grey = np.repeat(grey[:1], 3, axis=0)
+    rng = np.random.default_rng(0)
+    noisy_only = AugmentParams(p_intensity=1.0, p_gamma=1.0, p_noise=1.0)
+    for _ in range(20):
+        out, _, _ = augment_sample(grey, target, weight, rng, noisy_only)
+        assert (out == out[:1]).all()
+    colour = grey + np.arange(3, dtype=np.float32)[:, None, None] * 0.1
+    out = random_intensity(colour, np.random.default_rng(0), AugmentParams(p_intensity=0, p_gamma=0, p_noise=1))
+    residual = out - colour
+    assert not np.allclose(residual[0], residual[1])

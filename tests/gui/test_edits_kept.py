@@ -42,7 +42,9 @@ def test_resegmenting_keeps_a_painted_layer_and_writes_a_new_one(
     np.testing.assert_array_equal(labels.data, edited)
     fresh = viewer.layers["nuclei labels [2]"]
     assert 99 not in np.unique(fresh.data), "the new prediction is in its own layer"
-    assert any("holds edits" in m for m in messages(notifications, "info"))
+    assert any("holds your edits, so it was kept (hidden" in m for m in messages(notifications, "info"))
+    assert fresh.visible and not labels.visible, "the canvas shows the new labels, not a blend of both"
+    assert viewer.layers.selection.active is fresh
 
     # the fresh layer has no edits: segmenting again updates it in place, and the edited one still stays
     n_layers = len(viewer.layers)

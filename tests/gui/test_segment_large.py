@@ -308,5 +308,6 @@ def test_resegmenting_a_painted_large_layer_keeps_it_and_its_store(
     assert read_labels(store)[3, 4] == 4242
     fresh = viewer.layers["lazy labels [2]"]
     assert Path(fresh.metadata["napari_unet"]["store"]) != store
-    assert any("holds edits" in m for m in messages(notifications, "info"))
+    assert any("holds your edits, so it was kept (hidden" in m for m in messages(notifications, "info"))
+    assert fresh.visible and not layer.visible, "the new labels are shown, not blended with the edited ones"
     assert not messages(notifications, "error")

@@ -207,8 +207,17 @@ def warp(
 
 
 def random_intensity(image: np.ndarray, rng: np.random.Generator, params: AugmentParams = DEFAULT_PARAMS) -> np.ndarray:
-    """Random contrast/brightness, gamma and Gaussian noise of ``image (C, Y, X)`` (returns a new array)."""
+    """Random contrast/brightness, gamma and Gaussian noise of ``image (C, Y, X)`` (returns a new array).
+
+    Every change is the same in every channel of a grey image repeated into
+    ``C`` channels, so the patch stays grey: a two-branch model
+    (:class:`~napari_unet.core.models.network.GreyColourUNet`) sends an
+    input to its grey or colour network by whether its channels are equal,
+    and independent noise per channel would train the colour network on
+    grey images.
+    """
     image = np.array(image, dtype=np.float32)
+    noise_shape = (1, *image.shape[1:]) if channels_equal(image) else image.shape
     if rng.random() < params.p_intensity:
         image *= rng.uniform(*params.intensity_scale)
         image += rng.uniform(*params.intensity_shift)
@@ -217,8 +226,13 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator, params: Augmen
         image = _gamma(image, gamma)
     if rng.random() < params.p_noise:
         sigma = rng.uniform(0.0, params.noise_sigma)
-        image += rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
+        image += rng.normal(0.0, sigma, size=noise_shape).astype(np.float32)
     return image
+
+
+def channels_equal(image: np.ndarray) -> bool:
+    """Whether every channel of ``image (C, Y, X)`` equals the first (a grey image; True for one channel)."""
+    return bool((image == image[:1]).all())
 
 
 def _gamma(image: np.ndarray, gamma: float) -> np.ndarray:

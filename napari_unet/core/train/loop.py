@@ -25,9 +25,11 @@ from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.predict.runtime import model_uses_flips
 from napari_unet.core.progress import Progress, check_cancel
 from napari_unet.core.train.augment import augment_sample
+from napari_unet.core.train.branches import BRANCH_NAMES, branches_reached, freeze_unreached, keep_frozen
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
 from napari_unet.core.train.outcome import (
+    MIN_HELD_OUT_GAIN,
     average_with_parent,
     blend_states,
     child_postprocess,
@@ -45,7 +47,9 @@ parent: see :meth:`TrainingRun._keep_if_best`)."""
 
 
 LASTING_VALIDATIONS = 3
-"""A fine-tune of a trained model is kept only if the mean of its last this-many validations beats the parent."""
+"""A fine-tune of a trained model is kept only if the mean of its last this-many validations beats the parent
+by :data:`~napari_unet.core.train.outcome.MIN_HELD_OUT_GAIN`."""
+
 
 VALIDATION_SHARE = 0.15
 """Intermediate validations are skipped while they would take more than this share of the run's time so far."""
@@ -94,7 +98,11 @@ class TrainingRun:
         self.class_weights = torch.as_tensor(class_weights, device=device)
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        reached = branches_reached(network, [item.image for item in train_set])
+        self.frozen = freeze_unreached(network, reached)  # branches no training image reaches
+        self.frozen_names = [name for name in BRANCH_NAMES if reached is not None and name not in reached]
+        trainable = [parameter for parameter in network.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.use_amp = cfg.amp and device.type == "cuda"
         self.validate_with_flips = model_uses_flips(bundle.metadata)  # score the model as it will run
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
@@ -173,10 +181,7 @@ class TrainingRun:
         return float(np.mean(scores[-LASTING_VALIDATIONS:]))
 
     def _improvement_lasted(self) -> bool:
-        """Whether the last validations still beat the starting model on average, not only the best one.
-
-        (When the kept weights tied the parent's AP@0.5 and won on AP@0.75, the
-        last validations must not fall below that AP@0.5.)
+        """Whether the last validations still beat the starting model on average by :data:`~.outcome.MIN_HELD_OUT_GAIN`.
 
         On a few held-out nuclei one validation in several can beat the parent
         by chance; keeping it is a bet on noise (2 corrected DSB tissue images,
@@ -185,8 +190,7 @@ class TrainingRun:
         ``benchmarks/results/hitl_warn_only_partial.json``).
         """
         late, before = self.late_held_out_score(), (self.metrics_before or {}).get("val_ap50", 0.0)
-        won_on_outlines = self.best_score == before  # a tie in AP@0.5 broken by AP@0.75 (see _keep_if_best)
-        return late > before or (won_on_outlines and late >= before)
+        return late >= before + MIN_HELD_OUT_GAIN - 1e-9
 
     def _try_blend_with_parent(self) -> str:
         """Validate the kept weights averaged with the parent's; keep the average unless it validates worse.
@@ -315,6 +319,7 @@ class TrainingRun:
             group["lr"] = self._lr_for_step()
         images, targets, weights = self._batch()
         self.network.train()
+        keep_frozen(self.frozen)
         if self.cfg.freeze_batch_norm:
             freeze_batch_norm_statistics(self.network)
         self.optimizer.zero_grad(set_to_none=True)

@@ -13,8 +13,10 @@ batch's patches come from it.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,9 +32,43 @@ CHECK_EVERY = 4
 """Every 4th crop of a replay set is kept out of rehearsal and checks the fine-tuned model on other kinds."""
 
 FORGETTING_LIMIT = 0.05
-"""Largest AP@0.5 a fine-tuned model may lose on the check crops (other kinds) before
+"""Largest AP@0.5 a fine-tuned model may lose on the check crops (other kinds), pooled, before
 :func:`~napari_unet.core.train.guard.guard_other_kinds` weighs it against the averages with its parent and
 the parent itself (the notice warns when what is kept still lost more)."""
+
+GROUP_FORGETTING_LIMIT = 0.10
+"""Largest AP@0.5 a fine-tuned model may lose on the check crops of any one group (kind) of the replay set."""
+
+UNGROUPED = "reference"
+"""Group of the crops of a replay set that names no groups."""
+
+
+class Crops(NamedTuple):
+    """Annotated crops: images ``(Y, X)`` or ``(Y, X, 3)`` uint8, labels ``(Y, X)`` uint16, and each crop's group."""
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    groups: list[str]
+
+    def subset(self, indices: list[int]) -> Crops:
+        """Return the crops at ``indices``, in that order."""
+        return Crops(*([part[i] for i in indices] for part in self))
+
+
+@dataclass(frozen=True)
+class CheckScore:
+    """AP@0.5 of a model on the check crops: pooled over all of them, and per group."""
+
+    pooled: float
+    groups: dict[str, float] = field(default_factory=dict)
+
+    def lost_too_much(self, after: CheckScore) -> bool:
+        """Whether ``after`` lost over :data:`FORGETTING_LIMIT` pooled, or :data:`GROUP_FORGETTING_LIMIT` in a group."""
+        if self.pooled - after.pooled > FORGETTING_LIMIT:
+            return True
+        return any(
+            score - after.groups.get(group, score) > GROUP_FORGETTING_LIMIT for group, score in self.groups.items()
+        )
 
 
 def replay_set_path(bundle: Any) -> Path | None:
@@ -57,8 +93,11 @@ def replay_set_path(bundle: Any) -> Path | None:
     return shipped if shipped.is_file() else None
 
 
-def load_replay_set(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Read a replay set: images ``(Y, X)`` or ``(Y, X, 3)`` uint8 and their ``(Y, X)`` uint16 labels.
+def load_replay_set(path: Path) -> Crops:
+    """Read a replay set: images ``(Y, X)`` or ``(Y, X, 3)`` uint8, their ``(Y, X)`` uint16 labels, their groups.
+
+    Groups come from ``replay.json`` beside the set (made with it by
+    ``training/make_replay_set.py``); without it every crop is :data:`UNGROUPED`.
 
     Raises
     ------
@@ -75,26 +114,43 @@ def load_replay_set(path: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
         raise UserInputError(f"cannot read the replay set {path} ({exc}); reinstall napari-unet") from exc
     if any(image.shape[:2] != label.shape for image, label in zip(images, labels, strict=True)):
         raise UserInputError(f"the replay set {path} pairs images with labels of another shape; reinstall napari-unet")
-    return images, labels
+    return Crops(images, labels, replay_groups(path, len(images)))
 
 
-def split_replay_set(
-    images: list[np.ndarray], labels: list[np.ndarray]
-) -> tuple[tuple[list[np.ndarray], list[np.ndarray]], tuple[list[np.ndarray], list[np.ndarray]]]:
+def replay_groups(path: Path, count: int) -> list[str]:
+    """Return the group of each of the ``count`` crops of the replay set ``path`` (from ``replay.json`` beside it)."""
+    try:
+        crops = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["crops"]
+        groups = [str(crop["group"]) for crop in crops]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [UNGROUPED] * count
+    return groups if len(groups) == count else [UNGROUPED] * count
+
+
+def split_replay_set(crops: Crops) -> tuple[Crops, Crops]:
     """Split a replay set into rehearsal crops and check crops (every :data:`CHECK_EVERY`-th), never both."""
-    check = [i for i in range(len(images)) if i % CHECK_EVERY == CHECK_EVERY - 1]
-    rehearse = [i for i in range(len(images)) if i not in check]
-    return ([images[i] for i in rehearse], [labels[i] for i in rehearse]), (
-        [images[i] for i in check],
-        [labels[i] for i in check],
-    )
+    check = [i for i in range(len(crops.images)) if i % CHECK_EVERY == CHECK_EVERY - 1]
+    rehearse = [i for i in range(len(crops.images)) if i not in check]
+    return crops.subset(rehearse), crops.subset(check)
 
 
-def check_score(bundle: Any, pairs: tuple[list[np.ndarray], list[np.ndarray]]) -> float:
-    """Pooled AP@0.5 of a model on the check crops ``(images, labels)``, with its own test-time settings."""
-    from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
+def check_score(bundle: Any, crops: Crops) -> CheckScore:
+    """AP@0.5 of a model on the check crops, pooled and per group, with the model's own test-time settings."""
     from napari_unet.core.predict.segment import predict
 
-    images, labels = pairs
-    predictions = [predict(image, bundle).labels for image in images]
-    return float(summary_row(evaluate_dataset(list(labels), predictions)["pooled"])["AP@0.5"])
+    predictions = [predict(image, bundle).labels for image in crops.images]
+    groups = {
+        group: pooled_ap50(
+            [(t, p) for t, p, g in zip(crops.labels, predictions, crops.groups, strict=True) if g == group]
+        )
+        for group in sorted(set(crops.groups))
+    }
+    return CheckScore(pooled_ap50(list(zip(crops.labels, predictions, strict=True))), groups)
+
+
+def pooled_ap50(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """AP@0.5 pooled over ``(truth, prediction)`` label pairs."""
+    from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
+
+    truths, predictions = zip(*pairs, strict=True)
+    return float(summary_row(evaluate_dataset(list(truths), list(predictions))["pooled"])["AP@0.5"])
