@@ -210,3 +210,11 @@ def test_pipeline_speed_paragraph_quotes_its_results_file():
         f"{validation['images']} `dsb2018/val` images",
     ):
         assert quoted in text, quoted
+
+
+def test_correction_order_table_is_its_results_files():
+    from benchmarks.plot_hitl import order_table
+
+    results = ROOT / "benchmarks" / "results"
+    uncertain, folder = (json.loads((results / f"hitl_order_{o}.json").read_text()) for o in ("uncertain", "folder"))
+    assert " ".join(order_table(uncertain, folder).split()) in hitl_section()

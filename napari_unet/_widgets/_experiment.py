@@ -94,6 +94,8 @@ class ExperimentWidget(QWidget):
         self._build_layout()
         fit_narrow(self)
         bus.model_saved.connect(self._refresh_table)
+        self.image_job.finished.connect(self._segment_shown_if_new)
+        self._segmented_last: int | None = None  # the image the last "this image" job was for
 
     # ------------------------------------------------------------------ layout
 
@@ -178,7 +180,7 @@ class ExperimentWidget(QWidget):
         labels = labels if labels is not None else experiment.prediction(index)
         self._show_labels(labels if labels is not None else np.zeros(image.shape[:2], np.uint32))
         self.table.selectRow(index)
-        if record.status == "new":
+        if record.status == "new" and not self.image_job.busy:  # else it follows when the running one ends
             self.segment_current()
 
     def _show_labels(self, labels: np.ndarray) -> None:
@@ -256,7 +258,17 @@ class ExperimentWidget(QWidget):
             bundle = yield from load_model_step(reference)
             return (yield from iter_segment_experiment(experiment, bundle, [index], cancel))
 
-        return self._start(self.image_job, job, lambda done: self._on_segmented(done, index))
+        worker = self._start(self.image_job, job, lambda done: self._on_segmented(done, index))
+        if worker is not None:
+            self._segmented_last = index
+        return worker
+
+    def _segment_shown_if_new(self) -> None:
+        """After a job for another image: segment the shown image if it is new (the user moved on meanwhile)."""
+        if self.experiment is None or self.current is None or self.current == self._segmented_last:
+            return
+        if self.experiment.records[self.current].status == "new":
+            self.segment_current()
 
     def _on_segmented(self, done: list[int], index: int) -> None:
         self._refresh_table()

@@ -71,6 +71,7 @@ class JobPanel(QWidget):
     """
 
     progressed = Signal(object)  # every Progress event
+    finished = Signal()  # after each job's last signal, once the panel is free for the next job
 
     def __init__(self, action: str) -> None:
         super().__init__()
@@ -217,3 +218,4 @@ class JobPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.bar.setRange(0, 1)
         self.bar.setValue(0 if self._state.cancel.is_set() else 1)
+        self.finished.emit()

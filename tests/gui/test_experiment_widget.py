@@ -138,3 +138,20 @@ def test_a_bad_folder_is_a_clear_notice(make_napari_viewer, tmp_path, notificati
     assert not widget.open_folder("")
     errors = messages(notifications, "error") + messages(notifications, "warning")
     assert any("not an existing folder" in m for m in errors) and any("choose a folder" in m for m in errors)
+
+
+def test_moving_on_while_an_image_is_segmented_segments_the_next_one_after_it(
+    make_napari_viewer, qtbot, tiny_model, tmp_path, notifications
+):
+    folder = tmp_path / "plate-2"
+    make_folder(folder, count=3)
+    widget = ExperimentWidget(make_napari_viewer())
+    widget.model.select(tiny_model)
+    assert widget.open_folder(folder)
+    widget.next()
+    widget.next()  # before the first image's segmentation ended
+    qtbot.waitUntil(lambda: widget.experiment.records[1].status == "segmented", timeout=TIMEOUT_MS)
+    wait_for(qtbot, widget.image_job)
+    assert [r.status for r in widget.experiment.records] == ["segmented", "segmented", "new"]
+    assert widget.current == 1 and widget.viewer.layers[LABELS_LAYER].data.max() > 0
+    assert not messages(notifications, "error") and not messages(notifications, "warning")
