@@ -278,6 +278,9 @@ class ExperimentWidget(QWidget):
         if layer is not None and holds_edits(layer):
             info("The prediction arrived after you started editing; your edits were kept (Save labels keeps them).")
             return
+        if self.experiment.saved_labels(index) is not None:
+            info("The new prediction is saved; your saved labels of this image stay shown (its status is unchanged).")
+            return
         self._show_labels(np.asarray(self.experiment.prediction(index)))
 
     def fine_tune(self) -> Any:

@@ -99,6 +99,11 @@ def test_a_folder_is_worked_through_and_comes_back_as_left(
     wait_for(qtbot, widget.image_job)
     assert widget.experiment.records[1].status == "corrected"
     assert any("Your edits of field_01.tif were saved" in m for m in messages(notifications, "info"))
+    widget.show_image(0)
+    widget.segment_current()  # segmenting a corrected image again never replaces its labels on screen
+    wait_for(qtbot, widget.image_job)
+    np.testing.assert_array_equal(viewer.layers[LABELS_LAYER].data, truths["field_00.tif"])
+    assert widget.experiment.records[0].status == "corrected"
 
     widget.budget.setValue(5)
     meter = GapMeter()
