@@ -47,6 +47,7 @@ from napari_unet.core.errors import UserInputError
 from napari_unet.core.experiment import (
     STATE_DIR,
     Experiment,
+    ImageRecord,
     iter_export_experiment,
     iter_fine_tune_experiment,
     iter_segment_experiment,
@@ -198,10 +199,15 @@ class ExperimentWidget(QWidget):
         layer = get_layer(self.viewer, LABELS_LAYER)
         if self.experiment is None or self.current is None or layer is None or not holds_edits(layer):
             return
-        record = self.experiment.record_labels(self.current, np.asarray(layer.data))
+        record = self._store_labels(self.experiment, layer)
+        info(f"Your edits of {record.name} were saved ({record.status}).")
+
+    def _store_labels(self, experiment: Experiment, layer: Any) -> ImageRecord:
+        """Save ``layer``'s labels as the shown image's, mark them as written, refresh the table."""
+        record = experiment.record_labels(self.current, np.asarray(layer.data))
         mark_written(layer)
         self._refresh_table()
-        info(f"Your edits of {record.name} were saved ({record.status}).")
+        return record
 
     def next(self) -> None:
         """Show the next image in folder order."""
@@ -235,12 +241,10 @@ class ExperimentWidget(QWidget):
             experiment = self._require_experiment()
             if self.current is None or layer is None:
                 raise UserInputError("show an image of the experiment first (Next)")
-            record = experiment.record_labels(self.current, np.asarray(layer.data))
+            record = self._store_labels(experiment, layer)
         except Exception as exc:
             notify_exception(exc, "Saving the labels")
             return
-        mark_written(layer)
-        self._refresh_table()
         changed = "" if record.prediction_ap50 is None else f"; prediction AP@0.5 {record.prediction_ap50:.3f}"
         info(f"Saved {record.name} ({record.status}, {record.objects} objects{changed}).")
         if self.auto_fine_tune.isChecked() and not self.train_job.busy:

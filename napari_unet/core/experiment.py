@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.errors import UserInputError
-from napari_unet.core.io.atomic import atomic_write_path, not_ours_message
+from napari_unet.core.io.atomic import not_ours_message
 from napari_unet.core.io.jsonio import write_json
+from napari_unet.core.io.labels import count_objects, export_labels
 from napari_unet.core.progress import Progress, check_cancel
 
 PathLike = str | os.PathLike
@@ -203,17 +204,13 @@ class Experiment:
 
     def _write_labels(self, record: ImageRecord, suffix: str, labels: np.ndarray) -> None:
         """Atomically write ``labels (Y, X)`` to ``napari-unet/<name><suffix>`` (replacing only our own file)."""
-        import tifffile
-
         name = record.name + suffix
         target = self.state_dir / name
         ours = name in record.written
         if target.exists() and not ours:
             raise UserInputError(not_ours_message(target))
         self.state_dir.mkdir(exist_ok=True)
-        data = labels.astype(np.uint16 if int(labels.max(initial=0)) < 2**16 else np.uint32)
-        with atomic_write_path(target, overwrite=ours) as temp:
-            tifffile.imwrite(temp, data, compression="zlib")
+        export_labels(labels, target, fmt="tif", overwrite=ours)
         if not ours:
             record.written.append(name)
 
@@ -322,11 +319,6 @@ def _is_own_state(path: Path) -> bool:
         return False
 
 
-def count_objects(labels: np.ndarray) -> int:
-    """Count the distinct non-zero labels."""
-    return int(np.count_nonzero(np.unique(labels)))
-
-
 def uncertainty(probabilities: np.ndarray) -> float:
     """Mean normalised entropy of ``probabilities (3, Y, X)`` over pixels whose background probability is below 0.9.
 
@@ -433,7 +425,6 @@ def iter_export_experiment(
 
     """
     from napari_unet.core.io.atomic import atomic_write_dir
-    from napari_unet.core.io.labels import export_labels
     from napari_unet.core.io.measurements import write_csv
     from napari_unet.core.io.provenance import provenance
 

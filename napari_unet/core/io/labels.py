@@ -205,7 +205,8 @@ def _write_roi_zip(labels: np.ndarray, path: Path) -> None:
             archive.writestr(f"{roi.name}.roi", roi.tobytes())
 
 
-def _count_objects(labels: np.ndarray) -> int:
+def count_objects(labels: np.ndarray) -> int:
+    """Count the distinct non-zero labels of ``labels`` (any shape)."""
     return int(np.count_nonzero(np.unique(labels))) if labels.size else 0
 
 
@@ -275,7 +276,7 @@ def export_labels(
             "format": fmt,
             "shape": list(labels.shape),
             "axes": axes,
-            "objects": _count_objects(labels),
+            "objects": count_objects(labels),
         }
         write_provenance(outputs[1], record, overwrite=overwrite)
     return outputs

@@ -216,7 +216,7 @@ def iter_train(
     threads = set_torch_threads(device, cfg.num_threads)
     try:
         loop = TrainingRun(
-            network, device, cfg, train_set, val_windows, class_weights, patch, bundle, started, replay_set
+            network, device, cfg, train_set, val_windows, class_weights, patch, bundle, started, replay_set, reached
         )
         yield from loop.run(cancel)
     finally:

@@ -25,7 +25,7 @@ from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.predict.runtime import model_uses_flips
 from napari_unet.core.progress import Progress, check_cancel
 from napari_unet.core.train.augment import augment_sample
-from napari_unet.core.train.branches import BRANCH_NAMES, branches_reached, freeze_unreached, keep_frozen
+from napari_unet.core.train.branches import BRANCH_NAMES, freeze_unreached, keep_frozen
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
 from napari_unet.core.train.outcome import (
@@ -91,6 +91,7 @@ class TrainingRun:
         bundle: ModelBundle,
         started: float,
         replay_set: list[TrainImage] | None = None,
+        reached: set[str] | None = None,  # branches of a two-branch network to train; None: train everything
     ) -> None:
         self.network, self.device, self.cfg = network, device, cfg
         self.train_set, self.val_windows, self.patch = train_set, val_windows, patch
@@ -98,7 +99,6 @@ class TrainingRun:
         self.class_weights = torch.as_tensor(class_weights, device=device)
         self.rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
-        reached = branches_reached(network, [item.image for item in train_set])
         self.frozen = freeze_unreached(network, reached)  # branches no training image reaches
         self.frozen_names = [name for name in BRANCH_NAMES if reached is not None and name not in reached]
         trainable = [parameter for parameter in network.parameters() if parameter.requires_grad]
