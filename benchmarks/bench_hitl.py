@@ -55,6 +55,7 @@ from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
+from napari_unet.core.train import loop as training_loop
 from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
 from training.splits import split_images
 
@@ -78,6 +79,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "frozen_bn_blend": {"freeze_batch_norm": True, "parent_share": 0.5},
     "low_lr_replay_half_blend": {"learning_rate": 3e-4, "replay_fraction": 0.5, "parent_share": 0.5},
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
+    "flip_checks": {"quick_checks": False},
 }
 """Recipe name -> TrainingConfig fields changed from the product's recipe (``shipped``: the CLI's and the panel's
 fine-tuning of the default model, :func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`)."""
@@ -284,6 +286,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=0, help="the user picks K of the first max(K, pool) images")
     parser.add_argument("--order", choices=("folder", "uncertain"), default="folder", help="which K of the pool")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep-every-child",
+        action="store_true",
+        help="ablation: no held-out gain required (a child that validates best is kept; the other-kinds guard stays)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -297,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.steps_per_second is None:
         raise SystemExit("give --steps-per-second (measure it with --calibrate on an idle machine)")
+    if args.keep_every_child:
+        training_loop.required_held_out_gain = lambda nuclei: -1.0
     default = load_model("default")
     kinds = load_kinds(args, default)
     before = {

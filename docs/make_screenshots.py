@@ -6,8 +6,8 @@ Run from the repository root (needs a display; on a headless machine use Xvfb)::
 
 It opens a synthetic H&E-like image (napari-unet's generator: a kind of image
 the bundled model never saw, where it misses nuclei), segments it, corrects the
-left half, fine-tunes for 30 s on that half, compares the fine-tuned model with
-the one it started from and the classical baselines, and shows the export
+left half, fine-tunes for 30 s on that half, compares the model (the fine-tuned
+one when a version was saved) with the classical baselines, and shows the export
 panel, saving one window screenshot per step; then the Experiment tab of the
 one dock on a folder of 6 such images at 1366 x 768, two of them corrected.  It uses the bundled ``default``
 model when installed; otherwise it first trains a small demo model for about

@@ -5,6 +5,7 @@ The benchmark numbers live in docs/benchmarks.md; the README shows one accuracy 
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -177,6 +178,17 @@ def test_user_guide_quotes_the_hitl_results_file():
     assert f"changed by {row['forgetting_mean']:+.3f} on average" in guide
 
 
+def test_hitl_validation_share_is_the_results_files():
+    section = " ".join(hitl_section().split())
+    for name, phrase in (
+        ("hitl.json", "{low}% to {high}% of the run in `hitl.json`"),
+        ("hitl_margin_005.json", "`hitl_margin_005.json`: {low}% to {high}%"),
+    ):
+        report = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        shares = [100 * row["validation_seconds"] / row["seconds"] for row in report["recipes"]["shipped"].values()]
+        assert phrase.format(low=round(min(shares)), high=round(max(shares))) in section, name
+
+
 def test_hitl_ablation_numbers_are_its_results_file():
     report = json.loads((ROOT / "benchmarks" / "results" / "hitl_warn_only_partial.json").read_text())
     rows = report["recipes"]["shipped"]
@@ -218,3 +230,25 @@ def test_correction_order_table_is_its_results_files():
     results = ROOT / "benchmarks" / "results"
     uncertain, folder = (json.loads((results / f"hitl_order_{o}.json").read_text()) for o in ("uncertain", "folder"))
     assert " ".join(order_table(uncertain, folder).split()) in hitl_section()
+
+
+def test_user_guide_quotes_the_screenshot_comparison_table():
+    rows = {row["Method"]: row for row in csv.DictReader((ROOT / "docs" / "images" / "compare_table.csv").open())}
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    unet, watershed, otsu = (float(rows[name]["AP@0.5"]) for name in ("UNet", "Watershed", "Otsu"))
+    quoted = f"{unet:.3f} on the whole image, against {watershed:.3f} for the watershed baseline"
+    assert f"{quoted} and {otsu:.3f} for Otsu" in guide
+
+
+def test_hitl_keep_every_child_ablation_is_its_results_file():
+    report = json.loads((ROOT / "benchmarks" / "results" / "hitl_no_keep_rule.json").read_text())
+    rows = report["recipes"]["shipped"]
+    real = [rows[kind]["kind_gain"] for kind in report["kinds"] if kind != "synthetic_he"]
+    quoted = ", ".join(f"{gain:+.3f}" for gain in real[:-1]) + f" and {real[-1]:+.3f}"
+    large = rows["dsb_fluorescence_large"]
+    section = " ".join(hitl_section().split())
+    assert f"the six real kinds changed by {quoted}" in section
+    assert f"forgot {-large['forgetting_mean']:.3f} on average ({-min(large['forgetting'].values()):.3f} on" in section
+    k4 = json.loads((ROOT / "benchmarks" / "results" / "hitl_k4_current_recipe.json").read_text())
+    shares = [100 * row["validation_seconds"] / row["seconds"] for row in k4["recipes"]["shipped"].values()]
+    assert f"With 4 corrected images validation took up to {round(max(shares))}% of the run" in section

@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
-    from napari_unet.core.train.outcome import notice_of
+    from napari_unet.core.train.outcome import is_trained, notice_of
     from napari_unet.core.train.preparation import (
         add_synthetic_images,
         record_training_diameters,
@@ -61,9 +61,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     gen = iter_fine_tune(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
     result = progress_bar(gen, "train", args.quiet)
     record_training_diameters(result.bundle, images, labels)
-    saved = _save_trained(result.bundle, args)
+    kept_trained_parent = result.kept_parent and is_trained(bundle)  # not a new model: nothing to save
+    saved = None if kept_trained_parent else _save_trained(result.bundle, args)
     summary = {
-        "saved": str(saved),
+        "saved": saved,
         "stopped": result.stopped_reason,
         "best_score": result.best_score,
         "steps": result.bundle.metadata.get("lineage", {}).get("steps"),
@@ -75,7 +76,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2, default=str))
     print(f"fine-tuning: {notice_of(result)}")
-    print(f"use it with: napari-unet predict ... --model {saved}")
+    if saved is None:
+        print(f"no new model saved: keep using --model {args.start}")
+    else:
+        print(f"use it with: napari-unet predict ... --model {saved}")
     return 0
 
 

@@ -546,28 +546,48 @@ def test_train_the_3d_model_on_some_planes_then_predict_with_it(stack_files, mod
 
 
 def test_fine_tuning_the_default_model_learns_the_kind_of_image_it_got_wrong(model_dir, tmp_path, capsys) -> None:
-    """One corrected H&E-like image, 120 steps from the bundled model: other images of that kind come out better."""
+    """Two corrected H&E-like images, 200 steps from the bundled model: other images of that kind come out better."""
     from napari_unet.core.models.registry import load_model
     from napari_unet.core.predict.segment import predict
 
-    corrected = synthetic_nuclei((192, 192), 25, seed=7001, kind="brightfield")
+    args = ["train", "--from", "default", "--output", "he", "--steps", "200", "--seed", "0"]
+    for index in range(2):
+        image, labels = synthetic_nuclei((256, 256), 40, seed=7001 + 50 * index, kind="brightfield")
+        tifffile.imwrite(tmp_path / f"he{index}.tif", image)
+        tifffile.imwrite(tmp_path / f"he{index}_labels.tif", labels.astype(np.uint16))
+        args += ["--images", str(tmp_path / f"he{index}.tif"), "--labels", str(tmp_path / f"he{index}_labels.tif")]
     unseen = [synthetic_nuclei((192, 192), 25, seed=7002 + i, kind="brightfield") for i in range(3)]
-    tifffile.imwrite(tmp_path / "he.tif", corrected[0])
-    tifffile.imwrite(tmp_path / "he_labels.tif", corrected[1].astype(np.uint16))
     parent = load_model("default")
     before = np.mean([ap50(labels, predict(image, parent).labels) for image, labels in unseen])
-    args = ["train", "--images", str(tmp_path / "he.tif"), "--labels", str(tmp_path / "he_labels.tif")]
-    args += ["--from", "default", "--output", "he", "--steps", "120", "--seed", "0"]
     code, stdout, err = run(args, capsys)
     assert code == 0, err
     summary = json.loads(stdout[: stdout.rindex("}") + 1])
     assert summary["kept_starting_model"] is False, stdout
     assert summary["held_out_after"] > summary["held_out_before"]
-    assert "held-out corrections AP@0.5" in stdout
+    assert "held-out corrections AP@0.5" in stdout and "use it with: napari-unet predict ... --model he@v1" in stdout
     child = load_model("he@v1")
     assert child.metadata["lineage"]["settings"]["learning_rate"] == FINE_TUNE_LEARNING_RATE  # the recipe
     after = np.mean([ap50(labels, predict(image, child).labels) for image, labels in unseen])
     assert after >= before + 0.15, (before, after)
+
+
+def test_a_fine_tune_that_cannot_show_a_real_gain_saves_nothing_and_says_why(model_dir, tmp_path, capsys) -> None:
+    """One small corrected image: 6 held-out nuclei at 0.833 cannot gain the 0.33 (two nuclei) a real gain needs."""
+    from napari_unet.core.errors import UserInputError
+    from napari_unet.core.models.registry import list_versions
+
+    image, labels = synthetic_nuclei((192, 192), 25, seed=7001, kind="brightfield")
+    tifffile.imwrite(tmp_path / "he.tif", image)
+    tifffile.imwrite(tmp_path / "he_labels.tif", labels.astype(np.uint16))
+    args = ["train", "--images", str(tmp_path / "he.tif"), "--labels", str(tmp_path / "he_labels.tif")]
+    code, stdout, err = run([*args, "--from", "default", "--output", "he", "--steps", "60", "--seed", "0"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout[: stdout.rindex("}") + 1])
+    assert summary["kept_starting_model"] is True and summary["saved"] is None, stdout
+    assert "a real gain needs on 6 held-out nuclei" in stdout and "the starting model is kept" in stdout
+    assert "no new model saved: keep using --model default" in stdout
+    with pytest.raises(UserInputError, match="no user model named 'he'"):
+        list_versions("he")
 
 
 def test_workers_flag_sets_the_post_processing_threads() -> None:

@@ -229,7 +229,10 @@ def iter_train(
         check_cancel(cancel)
         yield Progress("train", loop.step, loop.step, "checking the new model on other kinds of images")
         other_kinds = guard_other_kinds(bundle, check_pairs, loop)
-    lineage = training_lineage(bundle, cfg, prepared, train_ids, loop, time.perf_counter() - started, device, val_note)
+    reported = loop.reported_scores()
+    lineage = training_lineage(
+        bundle, cfg, prepared, train_ids, loop, reported, time.perf_counter() - started, device, val_note
+    )
     if other_kinds is not None:
         lineage["replay_check"] = other_kinds
     new_bundle = ModelBundle(
@@ -254,8 +257,8 @@ def iter_train(
         best_step=loop.best_step,
         steps=loop.step,
         seconds=seconds,
-        metrics_before=loop.metrics_before,
-        metrics_after=loop.best_metrics,
+        metrics_before=reported[0],
+        metrics_after=reported[1],
         lineage=lineage,
         messages=messages,
     )
@@ -381,11 +384,15 @@ def training_lineage(
     prepared: PreparedImages,
     train_ids: list[int],
     loop: TrainingRun,
+    reported: tuple[dict[str, float] | None, dict[str, float] | None],
     seconds: float,
     device: torch.device,
     validation: str,
 ) -> dict[str, Any]:
-    """Return the lineage a fine-tuned child records: parent, data checksums and roles, settings, scores, steps."""
+    """Return the lineage a fine-tuned child records: parent, data checksums and roles, settings, scores, steps.
+
+    ``reported`` is the held-out scores before and after as the model runs (:meth:`TrainingRun.reported_scores`).
+    """
     data = [{**sums, "role": "train" if i in train_ids else "validation"} for i, sums in enumerate(prepared.checksums)]
     return {
         "parent": {
@@ -396,11 +403,11 @@ def training_lineage(
         "data": data,
         "annotation_mode": cfg.annotation_mode,
         "settings": cfg.to_dict(),
-        "metrics_before": loop.metrics_before,
-        "metrics_after": loop.best_metrics,
-        "metrics": dict(loop.best_metrics or {}),
+        "metrics_before": reported[0],
+        "metrics_after": reported[1],
+        "metrics": dict(reported[1] or {}),
         "validation": validation,
-        "held_out_last_validations": loop.late_held_out_score() if loop.metrics_before is not None else None,
+        "held_out_decision": loop.held_out_decision(),
         "seconds": round(seconds, 3),
         "validation_seconds": round(loop.validation_seconds, 3),
         "averaged_with_parent": loop.blended,
