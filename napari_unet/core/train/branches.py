@@ -24,6 +24,7 @@ import numpy as np
 from torch import nn
 
 from napari_unet.core.models.network import GreyColourUNet
+from napari_unet.core.train.augment import channels_equal
 
 BRANCH_NAMES = ("gray", "colour")
 """Attribute names of the two networks of a :class:`GreyColourUNet` (grey first)."""
@@ -46,8 +47,7 @@ def branch_of(image: np.ndarray, channel_axis: int = 0) -> str:
     """
     if image.ndim == 2:
         return "gray"
-    channels = np.moveaxis(image, channel_axis, 0)
-    return "gray" if bool((channels == channels[:1]).all()) else "colour"
+    return "gray" if channels_equal(np.moveaxis(image, channel_axis, 0)) else "colour"
 
 
 def branches_reached(network: nn.Module, images: Sequence[np.ndarray], channel_axis: int = 0) -> set[str] | None:
