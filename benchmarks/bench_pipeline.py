@@ -48,6 +48,7 @@ from napari_unet.core.io import read_image, write_json
 from napari_unet.core.labels import chunked
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict import segment
+from napari_unet.core.predict.memory import keep_freed_memory
 from napari_unet.core.predict.segment import predict
 
 VALIDATION_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "val"
@@ -159,6 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=4096, help="edge of the square test plane (pixels)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per timing (the fastest counts)")
     parser.add_argument("--real-repeats", type=int, default=1, help="runs per timing with the real network")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc keeps freed memory for reuse (napari_unet.core.predict.memory.keep_freed_memory)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -167,13 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (and optionally write) its JSON."""
     args = parse_args(argv)
     torch.set_num_threads(2)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     bundle = load_model("default")
     image = mosaic(args.size)
     no_op = with_no_op_network(lambda: run_paths(image, bundle, args.repeats))
     real = run_paths(image, bundle, args.real_repeats)
     report = {
         "benchmark": "bench_pipeline",
-        "settings": {"size": args.size, "repeats": args.repeats, "real_repeats": args.real_repeats},
+        "settings": {
+            "size": args.size,
+            "repeats": args.repeats,
+            "real_repeats": args.real_repeats,
+            "keep_freed_memory": kept,
+        },
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
         **summarise(no_op, real, validation_agreement(bundle)),
         "no_op_network_seconds": {name: row["seconds"] for name, row in no_op.items()},

@@ -397,7 +397,9 @@ class FineTuneWidget(QWidget):
         result = outcome.result
         self.plot.lines(self._curves, xlabel="step", secondary="validation AP@0.5")
         if result.saved is None:
-            head = f"Fine-tuned for {result.steps} steps ({result.seconds:.0f} s); no new version saved"
+            head = "No new version saved"
+            if result.steps:
+                head = f"Fine-tuned for {result.steps} steps ({result.seconds:.0f} s); no new version saved"
             info(f"{head}: {notice_of(result)}")
             return
         for image_name, prediction, scale in outcome.resegmented:

@@ -32,7 +32,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from napari_unet.core.io import read_image, read_labels
     from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
-    from napari_unet.core.train.outcome import is_trained, notice_of
+    from napari_unet.core.train.outcome import notice_of
     from napari_unet.core.train.preparation import (
         add_synthetic_images,
         record_training_diameters,
@@ -61,8 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     gen = iter_fine_tune(bundle, images, labels, config, rois=rois, val_images=val_images, val_labels=val_labels)
     result = progress_bar(gen, "train", args.quiet)
     record_training_diameters(result.bundle, images, labels)
-    kept_trained_parent = result.kept_parent and is_trained(bundle)  # not a new model: nothing to save
-    saved = None if kept_trained_parent else _save_trained(result.bundle, args)
+    saved = _save_if_new(result, bundle, args)
     summary = {
         "saved": saved,
         "stopped": result.stopped_reason,
@@ -76,11 +75,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary, indent=2, default=str))
     print(f"fine-tuning: {notice_of(result)}")
+    _say_what_to_use(saved, args)
+    return 0
+
+
+def _save_if_new(result: Any, bundle: Any, args: argparse.Namespace) -> str | None:
+    """Save the trained model unless it is its trained starting model kept as it was (then None: nothing new)."""
+    from napari_unet.core.train.outcome import is_trained
+
+    if result.kept_parent and is_trained(bundle):
+        return None
+    return _save_trained(result.bundle, args)
+
+
+def _say_what_to_use(saved: str | None, args: argparse.Namespace, axes: str = "") -> None:
+    """Print the model to predict with: the new one, or the starting one when nothing was saved."""
     if saved is None:
         print(f"no new model saved: keep using --model {args.start}")
     else:
-        print(f"use it with: napari-unet predict ... --model {saved}")
-    return 0
+        print(f"use it with: napari-unet predict ...{axes} --model {saved}")
 
 
 def _validation_data(args: argparse.Namespace) -> tuple[list[Any] | None, list[Any] | None]:
@@ -129,10 +142,10 @@ def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) ->
         z_spacings=z_spacings,
     )
     result = progress_bar(gen, "train", args.quiet)
-    saved = _save_trained(result.bundle, args)
-    summary = {"saved": str(saved), "stopped": result.stopped_reason, "best_score": result.best_score}
+    saved = _save_if_new(result, bundle, args)
+    summary = {"saved": saved, "stopped": result.stopped_reason, "best_score": result.best_score}
     print(json.dumps({**summary, "steps": result.steps, "seconds": round(result.seconds, 1)}, indent=2, default=str))
-    print(f"use it with: napari-unet predict ... --axes ZYX --model {saved}")
+    _say_what_to_use(saved, args, " --axes ZYX")
     return 0
 
 

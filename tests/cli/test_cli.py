@@ -545,6 +545,20 @@ def test_train_the_3d_model_on_some_planes_then_predict_with_it(stack_files, mod
     assert code != 0 and "Z indices" in err
 
 
+def test_a_3d_fine_tune_that_keeps_its_trained_parent_saves_no_new_version(stack_files, model_dir, capsys) -> None:
+    from napari_unet.core.models.registry import list_models
+
+    image, labels, _ = stack_files
+    pair = ["--images", str(image), "--labels", str(labels)]
+    validation = ["--val-images", str(image), "--val-labels", str(labels)]
+    args = ["train", *pair, *validation, "--from", "nuclei-3d", "--output", "same-3d", "--steps", "1", "--lr", "1e-8"]
+    code, out, err = run([*args, "--device", "cpu"], capsys)  # one negligible step: never strictly better
+    assert code == 0, err
+    assert json.loads(out[: out.rindex("}") + 1])["saved"] is None
+    assert "no new model saved: keep using --model nuclei-3d" in out
+    assert "same-3d" not in {info.name for info in list_models()}
+
+
 def test_fine_tuning_the_default_model_learns_the_kind_of_image_it_got_wrong(model_dir, tmp_path, capsys) -> None:
     """Two corrected H&E-like images, 200 steps from the bundled model: other images of that kind come out better."""
     from napari_unet.core.models.registry import load_model

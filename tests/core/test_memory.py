@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -114,3 +118,45 @@ def test_oom_guard_remembers_the_settings_that_worked():
     assert guard.run(fn) == "ok 128 cpu"
     assert guard.run(fn) == "ok 128 cpu"
     assert calls == [(512, "cpu"), (256, "cpu"), (128, "cpu"), (128, "cpu")]
+
+
+KEPT_AFTER_FREE = """
+import ctypes, sys
+import numpy as np
+from napari_unet.core.predict.memory import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+took = keep_freed_memory() if sys.argv[1] == "keep" else False
+array = np.ones(64 * 2**20 // 8)  # 64 MiB: a fresh mmap by default
+del array
+print(took, libc.mallinfo2().fordblks)  # free bytes the process still holds
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_keeps_a_freed_large_array_in_the_process():
+    held = {}
+    for mode in ("keep", "default"):
+        result = subprocess.run(
+            [sys.executable, "-c", KEPT_AFTER_FREE, mode], capture_output=True, text=True, check=True
+        )
+        took, free_bytes = result.stdout.split()
+        held[mode] = (took == "True", int(free_bytes))
+    assert held["keep"][0] and not held["default"][0]
+    assert held["keep"][1] >= 64 * 2**20 > held["default"][1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_allocator_benchmark_times_both_settings_in_child_processes(tmp_path, capsys):
+    from benchmarks.bench_allocator import main
+
+    assert main(["--size", "512", "--rounds", "1", "--repeats", "1", "--json", str(tmp_path / "a.json")]) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["setting_took_effect"]
+    assert set(report["speedup_from_kept_memory"]) == {"previous", "workers_1", "workers_2"}
+    assert all(ratio > 0 for ratio in report["speedup_from_kept_memory"].values())

@@ -186,6 +186,38 @@ def test_two_images_each_give_a_strip_chosen_by_nucleus_count_and_both_train():
         assert held_out[:, -1].all() and not held_out[:, 0].any()  # a right-hand strip, the rest trains
 
 
+def test_a_tall_strip_is_scored_over_its_whole_height_and_only_scored_pixels_leave_training():
+    from napari_unet.core.train import validation
+    from napari_unet.core.train.inputs import PreparedImages
+
+    image, label = discs(7, shape=(600, 96), n=60)  # taller than sqrt(MAX_VAL_PIXELS): capped per side before
+    normalized = [np.repeat(image[None].astype(np.float32), TINY.in_channels, axis=0)]
+    prepared = PreparedImages(normalized, [labels_to_classes(label)], [np.ones(label.shape, np.float32)], [{}])
+    _, windows, _ = validation.split_validation(tiny_bundle(), prepared, [label], FAST, None, None)
+    (window,) = windows
+    assert window.labels.shape[0] == 600  # every row scored
+    held_out = prepared.weights[0] == 0
+    assert held_out.sum() == window.labels.size  # exactly the scored pixels leave training
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "expected"),
+    [
+        ((0, 100), (0, 100), (100, 100)),  # within the cap: unchanged
+        ((0, 4000), (0, 50), (2000, 50)),  # a narrow strip keeps its width, loses length
+        ((0, 50), (0, 4000), (50, 2000)),
+        ((0, 1000), (0, 1000), (316, 316)),  # a large square: about sqrt(cap) a side
+    ],
+)
+def test_validation_windows_are_capped_by_area(rows, cols, expected):
+    from napari_unet.core.train.validation import _cap_area
+
+    box = _cap_area((slice(*rows), slice(*cols)), 100_000)
+    sizes = tuple(s.stop - s.start for s in box)
+    assert sizes == expected and sizes[0] * sizes[1] <= 100_000
+    assert all(s.start >= r[0] and s.stop <= r[1] for s, r in zip(box, (rows, cols), strict=True))
+
+
 def test_one_image_with_few_nuclei_trains_without_validation():
     image, label = discs(4, n=2)
     cfg = dataclasses.replace(FAST, max_steps=3)
@@ -440,22 +472,38 @@ def counting(forward, calls: list):
     return counted
 
 
-def test_an_unvalidated_fine_tune_of_a_trained_model_is_mixed_with_it(monkeypatch):
-    from napari_unet.core.train import outcome
+def test_a_trained_model_is_not_fine_tuned_when_nothing_can_be_held_out():
+    from napari_unet.core.train.outcome import NOT_VALIDATED_OUTCOME, notice_of
 
     image, label = discs(4, n=2)  # too few nuclei to validate on
     cfg = dataclasses.replace(FAST, max_steps=3, learning_rate=1e-2)
     trained = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
+    result, events = drain(iter_train(trained, [image], [label], cfg))
+    assert result.steps == 0 and result.kept_parent and result.stopped_reason == "no_validation"
+    assert result.bundle.sha256 == trained.sha256  # the parent's own weights
+    assert any(e.message.endswith(NOT_VALIDATED_OUTCOME) for e in events)
+    assert notice_of(result).endswith(f"{NOT_VALIDATED_OUTCOME}.")
+    assert notice_of(result).startswith("no validation possible: 2 annotated nuclei")
+    untrained, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))  # no training record: last weights
+    assert untrained.steps == 3 and not untrained.kept_parent
+    assert untrained.bundle.sha256 != tiny_bundle().sha256
+    assert any(e.message.endswith("training on everything; keeping the last weights") for e in events)
+
+
+def test_a_fine_tune_with_validation_switched_off_is_mixed_with_its_trained_parent(monkeypatch):
+    from napari_unet.core.train import outcome
+
+    image, label = discs(4, n=2)
+    cfg = dataclasses.replace(FAST, max_steps=3, learning_rate=1e-2, val_fraction=0.0)
+    trained = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
     parent_state = {k: v.clone() for k, v in trained.network.state_dict().items()}
     monkeypatch.setattr(outcome, "UNVALIDATED_PARENT_SHARE", 1.0)  # all parent: the result must be the parent
     result, events = drain(iter_train(trained, [image], [label], cfg))
+    assert result.steps == 3
     for key, value in result.bundle.network.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(value, parent_state[key])
     assert any(e.message.endswith("averaged with the starting model's") for e in events)
-    untrained, events = drain(iter_train(tiny_bundle(), [image], [label], cfg))  # no training record: last weights
-    assert untrained.bundle.sha256 != tiny_bundle().sha256
-    assert any(e.message.endswith("training on everything; keeping the last weights") for e in events)
 
     mixed = outcome.blend_states(
         {"w": torch.ones(2), "n": torch.tensor(1)}, {"w": torch.zeros(2), "n": torch.tensor(5)}, 0.5

@@ -54,3 +54,17 @@ def copy_model_folder(tmp_path: Path, tiny_model_folder: Path) -> Path:
     target = tmp_path / "copied-model"
     shutil.copytree(tiny_model_folder, target)
     return target
+
+
+@pytest.fixture
+def unchecked_fine_tunes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let a trained model fine-tune on too few nuclei to hold any out (the weights averaged with the parent).
+
+    For short GUI tests of what happens after a version is saved (revert,
+    re-segment, compare, export) on images too small to validate; the rule
+    that refuses such fine-tunes has its own tests.
+    """
+    from napari_unet.core.train import fine_tune, loop
+
+    for module in (fine_tune, loop):
+        monkeypatch.setattr(module, "needs_validation", lambda bundle, cfg: False)

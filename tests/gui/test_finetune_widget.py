@@ -5,6 +5,7 @@ import pytest
 
 from napari_unet._widgets import FineTuneWidget
 from napari_unet._widgets._finetune import segmentation_scale
+from napari_unet.core.errors import UserInputError
 from napari_unet.core.models import registry
 from tests.gui.helpers import messages, wait_until_idle
 
@@ -65,7 +66,7 @@ def test_two_finetunes_at_once_are_refused(setup, make_napari_viewer, qtbot, not
     assert [v.version for v in registry.list_versions("tiny")] == [1]
 
 
-def test_rois_mode_and_revert(setup, qtbot, notifications):
+def test_rois_mode_and_revert(setup, qtbot, notifications, unchecked_fine_tunes):
     viewer, widget = setup
     widget.mode.setCurrentText("Reviewed regions (ROIs)")
     widget.budget_unit.setCurrentText("steps")
@@ -144,7 +145,9 @@ def test_learning_rate_defaults_to_the_finetuning_rate_and_stays_editable(setup)
     assert widget.training_config().learning_rate == pytest.approx(1e-3)
 
 
-def test_labels_segmented_at_a_scale_are_fine_tuned_and_resegmented_at_that_scale(setup, qtbot, notifications):
+def test_labels_segmented_at_a_scale_are_fine_tuned_and_resegmented_at_that_scale(
+    setup, qtbot, notifications, unchecked_fine_tunes
+):
     viewer, widget = setup
     labels_layer = viewer.layers["nuclei labels"]
     labels_layer.metadata["napari_unet"] = {"settings": {"inference": {"scale": 2.0}}}  # as the Segment widget saves
@@ -268,7 +271,8 @@ def test_a_40_second_fine_tune_of_a_megapixel_image_trains_and_keeps_only_a_bett
     assert result.lineage["validation_seconds"] <= 0.15 * 40 + 1.0  # one last check may end past the share
     notice = messages(notifications, "info")[-1]
     if result.kept_parent:  # nothing saved, and the notice says why
-        assert registry.list_versions("slides") == []
+        with pytest.raises(UserInputError, match="no user model named 'slides'"):
+            registry.list_versions("slides")
         assert "starting model is kept" in notice
         return
     assert [v.version for v in registry.list_versions("slides")] == [1]
@@ -280,3 +284,29 @@ def test_a_40_second_fine_tune_of_a_megapixel_image_trains_and_keeps_only_a_bett
         return summary_row(evaluate_image(truth, predict(unseen, load_model(model_spec)).labels, (0.5,)))["AP@0.5"]
 
     assert ap50("slides@v1") > ap50("default")
+
+
+def test_a_trained_model_is_not_fine_tuned_on_too_few_nuclei_to_check_and_the_panel_says_why(
+    make_napari_viewer, qtbot, notifications
+):
+    from napari_unet.core.data.synthetic import synthetic_nuclei
+
+    image, labels = synthetic_nuclei((128, 128), 2, seed=3, kind="fluorescence")
+    nuclei = len(np.unique(labels)) - 1
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    widget.image.set_layer(viewer.add_image(image, name="few"))
+    widget.labels.set_layer(viewer.add_labels(labels.astype(np.int32), name="few labels"))
+    widget.start_model.select("default")
+    widget.save_name.setText("few")
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget, timeout=120_000)
+    assert widget.last_outcome.result.steps == 0
+    with pytest.raises(UserInputError, match="no user model named 'few'"):
+        registry.list_versions("few")
+    notice = messages(notifications, "info")[-1]
+    assert notice.startswith(f"No new version saved: no validation possible: {nuclei} annotated nuclei")
+    assert notice.endswith(
+        "nothing was trained and the starting model is kept (correct more nuclei, or add a corrected image)."
+    )
+    assert not messages(notifications, "error")

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_segment_correct_finetune_compare_export(
-    make_napari_viewer, qtbot, tiny_model, sample, tmp_path, notifications
+    make_napari_viewer, qtbot, tiny_model, sample, tmp_path, notifications, unchecked_fine_tunes
 ):
     image, truth = sample
     viewer = make_napari_viewer()

@@ -152,6 +152,43 @@ def release_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+"""glibc ``mallopt`` parameters (``malloc.h``)."""
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory in the process for reuse instead of handing it back to the system.
+
+    Post-processing a large plane allocates and frees gigabytes of
+    temporaries; by default every array over 32 MiB is a fresh ``mmap`` whose
+    pages the kernel must fault in (and zero) again.  Where that is slow (a
+    virtual machine returning freed memory to its host), reusing the memory
+    pays; the price is that the process keeps its peak memory until it
+    exits, so this is for one-shot processes (the command line, benchmarks),
+    never the napari session.
+
+    Returns
+    -------
+    bool
+        True when the setting took effect (Linux with glibc), else False.
+
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 @dataclass(frozen=True)
 class FallbackResult(Generic[T]):
     """What :func:`run_with_oom_fallback` ran with.

@@ -18,7 +18,9 @@ Pipeline
    ``val_fraction`` of the nuclei, at least
    :data:`~napari_unet.core.train.validation.MIN_VAL_OBJECTS`), so one typical
    image can be validated and every image still trains.  Otherwise a
-   progress message says why no validation is possible and training goes on.
+   progress message says why no validation is possible; a trained model is
+   then returned untrained (:func:`~napari_unet.core.train.outcome.needs_validation`),
+   an untrained one trains on everything.
 4. Patches are sampled around corrected, foreground and other annotated
    pixels (in that order of preference), augmented
    (:mod:`napari_unet.core.train.augment`) and fed to AdamW with a linear warm-up
@@ -32,8 +34,9 @@ Pipeline
    the validation loss is computed; the best weights are kept (the starting
    weights are a candidate too, so fine-tuning never returns a model that
    validates worse than its parent).  Without validation the last weights win,
-   averaged with the starting weights when those were trained
-   (:data:`~napari_unet.core.train.outcome.UNVALIDATED_PARENT_SHARE`).
+   averaged with the starting weights when those were trained and validation
+   was switched off (``val_fraction`` 0:
+   :data:`~napari_unet.core.train.outcome.UNVALIDATED_PARENT_SHARE`).
 
 BatchNorm layers stay in training mode while training (batch statistics of
 ``batch_size`` patches of ``patch_size`` pixels are plenty) and use their
@@ -80,11 +83,13 @@ from napari_unet.core.train.inputs import (
 from napari_unet.core.train.loop import CancelFlag, TrainingRun, set_torch_threads
 from napari_unet.core.train.losses import class_weights_from_targets
 from napari_unet.core.train.outcome import (
+    NOT_VALIDATED_OUTCOME,
     UNVALIDATED_OUTCOME,
     TrainResult,
     child_metadata,
     child_postprocess,
     is_trained,
+    needs_validation,
     notice_of,
 )
 from napari_unet.core.train.replay import Crops, load_replay_set, replay_set_path, split_replay_set
@@ -196,7 +201,8 @@ def iter_train(
     check_batch_norm(model_cfg.norm, cfg.batch_size, patch // model_cfg.size_multiple)
     train_ids, val_windows, val_note = split_validation(bundle, prepared, labels, cfg, val_images, val_labels)
     if not val_windows:
-        val_note += f"; {UNVALIDATED_OUTCOME[is_trained(bundle)]}"
+        without = NOT_VALIDATED_OUTCOME if needs_validation(bundle, cfg) else UNVALIDATED_OUTCOME[is_trained(bundle)]
+        val_note += f"; {without}"
     messages.append(val_note)
     reached = branches_reached(bundle.network, [prepared.normalized[i] for i in train_ids])
     messages += [note for note in [frozen_note(reached)] if note]

@@ -29,11 +29,13 @@ from napari_unet.core.train.branches import BRANCH_NAMES, freeze_unreached, keep
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
 from napari_unet.core.train.outcome import (
+    NOT_VALIDATED,
     average_with_parent,
     blend_states,
     child_postprocess,
     finite_or_zero,
     is_trained,
+    needs_validation,
     required_held_out_gain,
 )
 from napari_unet.core.train.validation import (
@@ -149,7 +151,14 @@ class TrainingRun:
     # ---------------------------------------------------------------- run
 
     def run(self, cancel: CancelFlag) -> Generator[Progress, None, None]:
-        """Validate the starting weights, train until a limit is reached, validate the end."""
+        """Validate the starting weights, train until a limit is reached, validate the end.
+
+        A trained model with nothing held out is not trained at all
+        (:func:`~napari_unet.core.train.outcome.needs_validation`).
+        """
+        if not self.val_windows and needs_validation(self.bundle, self.cfg):
+            self.stopped_reason = NOT_VALIDATED
+            return
         if self.val_windows:
             check_cancel(cancel)
             self.metrics_before = self._validate()
