@@ -294,8 +294,13 @@ def test_allocator_paragraph_quotes_its_results_file():
         f"ran {speedup['previous']:.2f}x (one pass), {speedup['workers_1']:.2f}x (one worker) and "
         f"{speedup['workers_2']:.2f}x (two workers) faster" in text
     )
-    two = kept["workers_2"]
+    one, two, one_pass = kept["workers_1"], kept["workers_2"], kept["previous"]
+    assert f"two workers beat one by {one / two:.2f}x and the one-pass path by {one_pass / two:.2f}x" in text
+    memory = results["folder_memory"]
+    kept_rss, default_rss = memory["kept"]["rss_after_each_mib"], memory["default"]["rss_after_each_mib"]
     assert (
-        f"two workers beat one by {kept['workers_1'] / two:.2f}x and the one-pass path by {kept['previous'] / two:.2f}x"
-        in text
+        f"({min(kept_rss):.0f} to {max(kept_rss):.0f} MiB after each plane, against {min(default_rss):.0f} to "
+        f"{max(default_rss):.0f} MiB)" in text
     )
+    peaks = memory["default"]["peak_rss_mib"], memory["kept"]["peak_rss_mib"]
+    assert f"the peak rose from {peaks[0]:.0f} to {peaks[1]:.0f} MiB" in text

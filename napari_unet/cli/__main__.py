@@ -2,7 +2,7 @@
 
 import sys
 
-from napari_unet.cli import main
+from napari_unet.cli import console_main
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console_main())
