@@ -304,3 +304,16 @@ def test_allocator_paragraph_quotes_its_results_file():
     )
     peaks = memory["default"]["peak_rss_mib"], memory["kept"]["peak_rss_mib"]
     assert f"the peak rose from {peaks[0]:.0f} to {peaks[1]:.0f} MiB" in text
+
+
+def test_kept_memory_pipeline_sentence_quotes_its_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline_kept_memory.json").read_text())
+    seconds = results["real_network_seconds"]
+    text = " ".join(benchmarks_text().split())
+    assert results["settings"]["keep_freed_memory"]
+    assert (
+        f"everything but the network {results['non_network_speedup']:.2f}x faster than the one-pass path "
+        f"(the second worker {results['parallel_speedup']:.2f}x over one)" in text
+    )
+    quoted = f"{seconds['workers_2']:.1f} s against {seconds['previous']:.1f} s ({results['end_to_end_speedup']:.2f}x)"
+    assert quoted in text
