@@ -448,3 +448,15 @@ def test_a_gain_seen_only_without_the_flips_keeps_the_parent(monkeypatch, as_it_
     if kept_parent:
         quoted = "scored with the model's flips, as it segments, the fine-tuned weights went only from 0.500 to 0.500"
         assert quoted in notice_of(result)
+
+
+def test_a_default_model_fine_tune_that_cannot_validate_prepares_and_announces_no_training():
+    """Nothing held out: no branch is frozen, no rehearsal crops are loaded, and no message says otherwise."""
+    image, label = discs(4, n=2)
+    default = load_model("default")
+    recipe = fine_tune_recipe(default, dataclasses.replace(FAST, max_steps=3))
+    result, events = drain(iter_train(default, [image], [label], recipe))
+    assert result.steps == 0 and result.kept_parent
+    messages = [event.message for event in events]
+    assert not [m for m in messages if m.startswith(("training the", "rehearsal:"))], messages
+    assert result.replay_check is None

@@ -200,18 +200,14 @@ def iter_train(
     messages += notes
     check_batch_norm(model_cfg.norm, cfg.batch_size, patch // model_cfg.size_multiple)
     train_ids, val_windows, val_note = split_validation(bundle, prepared, labels, cfg, val_images, val_labels)
+    trains = bool(val_windows) or not needs_validation(bundle, cfg)
     if not val_windows:
-        without = NOT_VALIDATED_OUTCOME if needs_validation(bundle, cfg) else UNVALIDATED_OUTCOME[is_trained(bundle)]
-        val_note += f"; {without}"
+        val_note += f"; {UNVALIDATED_OUTCOME[is_trained(bundle)] if trains else NOT_VALIDATED_OUTCOME}"
     messages.append(val_note)
-    reached = branches_reached(bundle.network, [prepared.normalized[i] for i in train_ids])
-    messages += [note for note in [frozen_note(reached)] if note]
-    replay_set, check_pairs = replay_train_images(bundle, cfg, patch, reached)
-    if replay_set:
-        share = round(100 * cfg.replay_fraction)
-        messages.append(
-            f"rehearsal: {share}% of the patches come from {len(replay_set)} crops of the model's training images"
-        )
+    reached, replay_set, check_pairs = None, [], Crops([], [], [])
+    if trains:  # a run that will not train needs no branches or rehearsal (and says nothing of them)
+        reached, replay_set, check_pairs, notes = training_extras(bundle, cfg, patch, prepared, train_ids)
+        messages += notes
     for message in messages:
         yield Progress("train", 0, 0, message)
     train_set = [train_image(prepared, i, patch) for i in train_ids]
@@ -268,6 +264,24 @@ def iter_train(
         lineage=lineage,
         messages=messages,
     )
+
+
+def training_extras(
+    bundle: ModelBundle, cfg: TrainingConfig, patch: int, prepared: PreparedImages, train_ids: list[int]
+) -> tuple[set[str] | None, list[TrainImage], Crops, list[str]]:
+    """Return the branches the training images reach, the rehearsal crops, the check crops and notes saying so.
+
+    See :func:`~napari_unet.core.train.branches.branches_reached` and :func:`replay_train_images`.
+    """
+    reached = branches_reached(bundle.network, [prepared.normalized[i] for i in train_ids])
+    notes = [note for note in [frozen_note(reached)] if note]
+    replay_set, check_pairs = replay_train_images(bundle, cfg, patch, reached)
+    if replay_set:
+        share = round(100 * cfg.replay_fraction)
+        notes.append(
+            f"rehearsal: {share}% of the patches come from {len(replay_set)} crops of the model's training images"
+        )
+    return reached, replay_set, check_pairs, notes
 
 
 def replay_train_images(
