@@ -317,3 +317,42 @@ def test_kept_memory_pipeline_sentence_quotes_its_results_file():
     )
     quoted = f"{seconds['workers_2']:.1f} s against {seconds['previous']:.1f} s ({results['end_to_end_speedup']:.2f}x)"
     assert quoted in text
+
+
+def test_kind_fit_paragraph_quotes_its_results_file():
+    kinds = json.loads((ROOT / "benchmarks" / "results" / "kind_fit.json").read_text())["kinds"]
+    colour = kinds["dsb_colour_tissue"]
+    text = benchmarks_text()
+    assert (
+        f"the default model trained on {colour['training_images']} images of it, and on {colour['training_scored']} "
+        f"of those (`kind_fit.json`, `benchmarks/bench_kind_fit.py`) it scores {colour['training_ap50']:.3f} AP@0.5, "
+        f"against {colour['held_out_ap50']:.3f} on the kind's {colour['held_out_images']} held-out images" in text
+    )
+    small, normal = kinds["dsb_fluorescence_small"]["gap"], kinds["s_bsst265_normal"]["gap"]
+    assert f"is {small:.3f} (DSB small fluorescence) and {normal:.3f} (S-BSST265 normal) below" in text
+    assert kinds["s_bsst265_tumour"]["gap"] < 0 and kinds["dsb_fluorescence_large"]["gap"] < 0  # "or above it"
+
+
+def test_colour_k4_forced_child_is_its_results_file():
+    report = json.loads((ROOT / "benchmarks" / "results" / "hitl_colour_k4_forced.json").read_text())
+    shipped, uncapped = (report["recipes"][name]["dsb_colour_tissue"] for name in ("shipped", "no_epoch_cap"))
+    assert report["settings"]["k"] == 4 and report["settings"]["keep_every_child"]
+    before, after = uncapped["held_out_before"]["val_ap50"], uncapped["held_out_after"]["val_ap50"]
+    assert (
+        f"with 4 corrected images the forced child changed the kind by {shipped['kind_gain']:+.3f} "
+        f"({shipped['steps']} steps, the 100-pass cap) and by {uncapped['kind_gain']:+.3f} without the cap "
+        f"({uncapped['steps']} steps; its held-out corrections went from {before:.3f} to {after:.3f})"
+    ) in benchmarks_text()
+
+
+def test_pipeline_cpu_time_sentence_quotes_its_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline_cpu_time.json").read_text())
+    cpu, wall = results["no_op_network_cpu_seconds"], results["no_op_network_seconds"]
+    text = benchmarks_text()
+    speedups = f"{results['non_network_speedup']:.2f}x and {results['parallel_speedup']:.2f}x"
+    assert f"gave {speedups} where the run before" in text
+    assert (
+        f"used {cpu['previous']:.1f} (one pass), {cpu['workers_1']:.1f} (one worker) and {cpu['workers_2']:.1f} "
+        f"(two workers) CPU-seconds in {wall['previous']:.1f}, {wall['workers_1']:.1f} and {wall['workers_2']:.1f} s"
+    ) in text
+    assert f"the one-pass path already keeps {cpu['previous'] / wall['previous']:.1f} of the 2 cores busy" in text
