@@ -14,7 +14,8 @@ first with the network replaced by a no-op (logits computed from the
 normalised intensity, so the rest of the pipeline still sees nuclei-shaped
 probabilities and is measured alone), then with the real network.  Each
 timing is the best of ``--repeats`` runs, all measured side by side in this
-one process (ratios, not absolute times, are the result on a shared CPU).
+one process, the paths taking turns round by round (ratios, not absolute
+times, are the result on a shared CPU).
 The CPU time of every timed run (all threads of the process) is recorded
 too; it includes the time torch's OpenMP threads spin while waiting for
 their next operation (``OMP_WAIT_POLICY``), on the cores the labelling
@@ -81,21 +82,11 @@ def ap50(reference: np.ndarray, labels: np.ndarray) -> float:
     return float(summary_row(evaluate_image(reference, labels, (0.5,)))["AP@0.5"])
 
 
-def best_time(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    """Fastest of ``repeats`` runs (seconds) and the last result."""
-    seconds, _, result = best_time_and_cpu(run, repeats)
-    return seconds, result
-
-
-def best_time_and_cpu(run: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """Wall seconds of the fastest of ``repeats`` runs, the CPU seconds of that run (all threads), the last result."""
-    runs, result = [], None
-    for _ in range(repeats):
-        started, started_cpu = time.perf_counter(), time.process_time()
-        result = run()
-        runs.append((time.perf_counter() - started, time.process_time() - started_cpu))
-    wall, cpu = min(runs)
-    return wall, cpu, result
+def timed(run: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall seconds and CPU seconds (all threads of the process) of one ``run()``, and its result."""
+    started, started_cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return time.perf_counter() - started, time.process_time() - started_cpu, result
 
 
 PATHS: dict[str, tuple[int, bool]] = {
@@ -119,19 +110,23 @@ def chunked_as_for_two_workers() -> Iterator[None]:
 
 
 def run_paths(image: np.ndarray, bundle: Any, repeats: int) -> dict[str, dict[str, Any]]:
-    """Time every path of :data:`PATHS` on ``image``; return seconds, labels and object count per path."""
-    results = {}
-    for name, (workers, force_chunks) in PATHS.items():
-        inference = InferenceConfig(workers=workers, device="cpu")
-        with chunked_as_for_two_workers() if force_chunks else contextlib.nullcontext():
-            run = functools.partial(predict, image, bundle, inference=inference)
-            seconds, cpu_seconds, prediction = best_time_and_cpu(run, repeats)
-        results[name] = {
-            "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "labels": prediction.labels,
-            "objects": int(prediction.labels.max()),
-        }
+    """Time every path of :data:`PATHS` on ``image``; return seconds, CPU seconds, labels and object count per path.
+
+    The paths take turns (one run of each per round, ``repeats`` rounds) so
+    that a slow spell of a shared machine slows all of them alike; each keeps
+    its fastest run.
+    """
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in PATHS}
+    results: dict[str, dict[str, Any]] = {}
+    for _ in range(repeats):
+        for name, (workers, force_chunks) in PATHS.items():
+            inference = InferenceConfig(workers=workers, device="cpu")
+            with chunked_as_for_two_workers() if force_chunks else contextlib.nullcontext():
+                seconds, cpu_seconds, prediction = timed(functools.partial(predict, image, bundle, inference=inference))
+            runs[name].append((seconds, cpu_seconds))
+            results[name] = {"labels": prediction.labels, "objects": int(prediction.labels.max())}
+    for name, timings in runs.items():
+        results[name]["seconds"], results[name]["cpu_seconds"] = min(timings)
     return results
 
 
