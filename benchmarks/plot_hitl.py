@@ -93,6 +93,10 @@ def order_table(uncertain: dict[str, Any], folder: dict[str, Any], recipe: str =
     return "\n".join(rows)
 
 
+FORGETTING_AXIS = 0.1
+"""The forgetting chart spans at least -0.1 to +0.1 AP@0.5 (the issue's limit for any kind)."""
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     """Two bar charts side by side, saved as a PNG."""
     import matplotlib
@@ -116,6 +120,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     right.set_title("change on the other kinds (forgetting)")
     right.set_ylabel("mean AP@0.5 change")
     right.axhline(0, color="black", linewidth=0.8)
+    low, high = right.get_ylim()
+    right.set_ylim(min(low, -FORGETTING_AXIS), max(high, FORGETTING_AXIS))  # a tiny change looks tiny
     for axes in (left, right):
         axes.set_xticks(x + width * len(recipes) / 2, kinds, rotation=25, ha="right", fontsize=8)
     left.legend(fontsize=8)

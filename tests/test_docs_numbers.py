@@ -365,3 +365,63 @@ def test_pipeline_cpu_time_sentence_quotes_its_results_file():
         f"(two workers) CPU-seconds in {wall['previous']:.1f}, {wall['workers_1']:.1f} and {wall['workers_2']:.1f} s"
     ) in text
     assert f"the one-pass path already keeps {cpu['previous'] / wall['previous']:.1f} of the 2 cores busy" in text
+
+
+def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
+    from napari_unet.core.models.registry import load_model
+    from napari_unet.core.train.replay import CHECK_EVERY, load_replay_set, replay_check_flags, replay_set_path
+
+    path = replay_set_path(load_model("default"))
+    crops = load_replay_set(path)
+    every_fourth = [i % CHECK_EVERY == CHECK_EVERY - 1 for i in range(len(crops.images))]
+
+    def nuclei(flags: list[bool]) -> list[int]:
+        checked = [(labels, name) for labels, name, flag in zip(crops.labels, crops.groups, flags, strict=True) if flag]
+        groups = ("fluorescence", "colour", "brightfield", "tissue")
+        return [sum(int(labels.max()) for labels, name in checked if name == group) for group in groups]
+
+    marked, old = nuclei(replay_check_flags(path, len(crops.images))), nuclei(every_fourth)
+    text = benchmarks_text()
+    assert (
+        f"hold {marked[0]} fluorescence, {marked[1]} colour, {marked[2]} brightfield and {marked[3]} tissue nuclei"
+        in text
+    )
+    assert f"against {old[0]}, {old[1]}, {old[2]} and {old[3]} (three sparse normal crops)" in text
+    rows = {}
+    for name in ("marked", "every_fourth"):
+        report = json.loads((ROOT / "benchmarks" / "results" / f"hitl_no_keep_{name}_checks.json").read_text())
+        assert report["settings"]["keep_every_child"]
+        rows[name] = report["recipes"]["shipped"]
+    large, stage2 = (
+        {name: rows[name][kind] for name in rows} for kind in ("dsb_fluorescence_large", "dsb_stage2_fluorescence")
+    )
+    assert (
+        f"changed dsb_stage2_fluorescence by {large['marked']['forgetting']['dsb_stage2_fluorescence']:+.3f} instead "
+        f"of {large['every_fourth']['forgetting']['dsb_stage2_fluorescence']:+.3f}" in text
+    )
+    assert (
+        f"changed its own kind by {stage2['marked']['kind_gain']:+.3f} instead of "
+        f"{stage2['every_fourth']['kind_gain']:+.3f} and dsb_fluorescence_large by "
+        f"{stage2['marked']['forgetting']['dsb_fluorescence_large']:+.3f} instead of "
+        f"{stage2['every_fourth']['forgetting']['dsb_fluorescence_large']:+.3f}" in text
+    )
+    shares = [row["marked"]["other_kinds_check"]["parent_share"] for row in (large, stage2)]
+    assert f"({shares[0]:.0%} and {shares[1]:.0%} of the parent's weights)" in text
+    assert all("parent_share" not in row["every_fourth"]["other_kinds_check"] for row in (large, stage2))
+
+
+def test_colour_check_crop_sentence_is_its_results_file():
+    report = json.loads((ROOT / "benchmarks" / "results" / "check_crops.json").read_text())
+    default, old, new = report["default"], report["every_fourth"], report["marked"]
+    text = benchmarks_text()
+    assert (
+        f"took synthetic H&E from {default['synthetic_he']:.3f} to {old['synthetic_he']:.3f} but DSB colour tissue "
+        f"from {default['dsb_colour_tissue']:.3f} to {old['dsb_colour_tissue']:.3f} and the stage-2 colour images "
+        f"from {default['dsb_stage2_colour']:.3f} to {old['dsb_stage2_colour']:.3f}" in text
+    )
+    share = new["other_kinds_check"]["parent_share"]
+    assert "parent_share" not in old["other_kinds_check"]
+    assert (
+        f"kept an average with {share:.0%} of the parent's weights: {new['synthetic_he']:.3f}, "
+        f"{new['dsb_colour_tissue']:.3f} and {new['dsb_stage2_colour']:.3f}" in text
+    )

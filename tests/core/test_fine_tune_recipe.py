@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from napari_unet.core.train.replay import (
     CheckScore,
     Crops,
     load_replay_set,
+    replay_check_flags,
     replay_set_path,
     split_replay_set,
 )
@@ -73,6 +75,60 @@ def test_rehearsal_and_check_crops_never_overlap():
     rehearse_ids, check_ids = {int(a[0, 0]) for a in rehearse.images}, {int(a[0, 0]) for a in check.images}
     assert not rehearse_ids & check_ids and rehearse_ids | check_ids == set(range(10))
     assert check_ids == {i for i in range(10) if i % CHECK_EVERY == CHECK_EVERY - 1}
+
+
+def test_marked_check_crops_are_split_off_and_unmarked_sets_use_every_fourth(tmp_path):
+    images = [np.full((4, 4), i, np.uint8) for i in range(8)]
+    labels = [np.zeros((4, 4), np.uint16) for _ in range(8)]
+    marks = [True, False, False, False, False, True, False, False]
+    rehearse, check = split_replay_set(Crops(images, labels, ["reference"] * 8), marks)
+    assert [int(a[0, 0]) for a in check.images] == [0, 5]
+    assert [int(a[0, 0]) for a in rehearse.images] == [1, 2, 3, 4, 6, 7]
+    with pytest.raises(ValueError, match="3 check marks for 8 crops"):
+        split_replay_set(Crops(images, labels, ["reference"] * 8), marks[:3])
+    path = tmp_path / REPLAY_FILE
+    every_fourth = [i % CHECK_EVERY == CHECK_EVERY - 1 for i in range(8)]
+    assert replay_check_flags(path, 8) == every_fourth  # no replay.json
+    crops = [{"group": "reference", "check": mark} for mark in marks]
+    path.with_suffix(".json").write_text(json.dumps({"crops": crops}))
+    assert replay_check_flags(path, 8) == marks
+    assert replay_check_flags(path, 9) == [i % CHECK_EVERY == CHECK_EVERY - 1 for i in range(9)]  # another set
+    path.with_suffix(".json").write_text(json.dumps({"crops": [{"group": "reference"}] * 8}))
+    assert replay_check_flags(path, 8) == every_fourth  # made before crops were marked
+
+
+def test_the_bundled_check_crops_are_the_marked_ones_and_cover_tumour_and_normal_tissue():
+    path = replay_set_path(load_model("default"))
+    crops = json.loads(path.with_suffix(".json").read_text())["crops"]
+    check = replay_check_flags(path, len(crops))
+    assert check == [crop["check"] for crop in crops]
+    for group in {crop["group"] for crop in crops}:
+        members = [i for i, crop in enumerate(crops) if crop["group"] == group]
+        assert sum(check[i] for i in members) == len(members) // CHECK_EVERY
+    tissue_checks = {crops[i]["key"] for i in range(len(crops)) if check[i] and crops[i]["group"] == "tissue"}
+    assert any("normal" in key for key in tissue_checks) and any("blastoma" in key for key in tissue_checks)
+
+
+def test_replay_set_maker_checks_with_alternate_crops_of_the_nuclei_ranking():
+    from training.make_replay_set import check_flags
+
+    counts = {"a": [5, 40, 3, 30, 20, 10, 8, 1], "b": [2, 9, 4, 7]}
+    labels = [np.arange(n + 1, dtype=np.uint16)[None] for group in counts.values() for n in group]
+    groups = [group for group, values in counts.items() for _ in values]
+    flags = check_flags(labels, groups, every=4)
+    assert [i for i, flag in enumerate(flags) if flag] == [1, 4, 9]  # a: 40 and 20 (not 30); b: 9
+
+
+def test_a_fine_tune_checks_with_the_crops_its_replay_set_marks(tmp_path):
+    bundle = bundle_with_replay_set(tmp_path / "model")
+    path = replay_set_path(bundle)
+    marked = [0, 5]
+    crops = [{"group": "reference", "check": i in marked} for i in range(8)]
+    path.with_suffix(".json").write_text(json.dumps({"crops": crops}))
+    everything = load_replay_set(path)
+    rehearse, check = replay_train_images(bundle, dataclasses.replace(FAST, replay_fraction=0.5), 64)
+    assert len(rehearse) == 6
+    assert [c.tobytes() for c in check.images] == [everything.images[i].tobytes() for i in marked]
 
 
 def test_replay_patches_are_drawn_at_the_configured_share(tmp_path):

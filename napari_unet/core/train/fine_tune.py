@@ -92,7 +92,13 @@ from napari_unet.core.train.outcome import (
     needs_validation,
     notice_of,
 )
-from napari_unet.core.train.replay import Crops, load_replay_set, replay_set_path, split_replay_set
+from napari_unet.core.train.replay import (
+    Crops,
+    load_replay_set,
+    replay_check_flags,
+    replay_set_path,
+    split_replay_set,
+)
 from napari_unet.core.train.validation import rechoose_thresholds, split_validation
 
 FINE_TUNE_LEARNING_RATE = 3e-4
@@ -298,7 +304,9 @@ def replay_train_images(
     path = replay_set_path(bundle)
     if path is None:
         return [], Crops([], [], [])
-    rehearse, check = split_replay_set(crops_reaching(reached, load_replay_set(path)))
+    crops = load_replay_set(path)
+    rehearse, check = split_replay_set(crops, replay_check_flags(path, len(crops.images)))
+    rehearse, check = crops_reaching(reached, rehearse), crops_reaching(reached, check)
     if cfg.replay_fraction <= 0:
         return [], check
     unannotated: list[Any] = [None] * len(rehearse.images)

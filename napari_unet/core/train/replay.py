@@ -29,7 +29,8 @@ REPLAY_METADATA_KEY = "replay_set"
 """Model metadata: the bundled model whose replay set fine-tuning mixes in."""
 
 CHECK_EVERY = 4
-"""Every 4th crop of a replay set is kept out of rehearsal and checks the fine-tuned model on other kinds."""
+"""One crop in 4 of a replay set is kept out of rehearsal and checks the fine-tuned model on other kinds
+(those ``replay.json`` marks ``"check": true``; in a set without marks, every 4th)."""
 
 FORGETTING_LIMIT = 0.05
 """Largest AP@0.5 a fine-tuned model may lose on the check crops (other kinds), pooled, before
@@ -119,19 +120,57 @@ def load_replay_set(path: Path) -> Crops:
 
 def replay_groups(path: Path, count: int) -> list[str]:
     """Return the group of each of the ``count`` crops of the replay set ``path`` (from ``replay.json`` beside it)."""
+    groups = _crop_entries(path, count, "group")
+    return [str(group) for group in groups] if groups is not None else [UNGROUPED] * count
+
+
+def replay_check_flags(path: Path, count: int) -> list[bool]:
+    """Return, for each of the ``count`` crops of the replay set ``path``, whether it is a check crop.
+
+    ``replay.json`` beside the set marks them (``"check": true``, chosen by
+    ``training/make_replay_set.py``); a set without marks on every crop uses
+    every :data:`CHECK_EVERY`-th crop.
+    """
+    marks = _crop_entries(path, count, "check")
+    if marks is None or not all(isinstance(mark, bool) for mark in marks):
+        return _every_check_every(count)
+    return list(marks)
+
+
+def _every_check_every(count: int) -> list[bool]:
+    """Check marks for ``count`` crops without marks of their own: every :data:`CHECK_EVERY`-th crop."""
+    return [i % CHECK_EVERY == CHECK_EVERY - 1 for i in range(count)]
+
+
+def _crop_entries(path: Path, count: int, key: str) -> list[Any] | None:
+    """Return the ``key`` entry of each of the ``count`` crops in ``replay.json`` beside ``path`` (None if missing)."""
     try:
         crops = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["crops"]
-        groups = [str(crop["group"]) for crop in crops]
+        entries = [crop[key] for crop in crops]
     except (OSError, ValueError, KeyError, TypeError):
-        return [UNGROUPED] * count
-    return groups if len(groups) == count else [UNGROUPED] * count
+        return None
+    return entries if len(entries) == count else None
 
 
-def split_replay_set(crops: Crops) -> tuple[Crops, Crops]:
-    """Split a replay set into rehearsal crops and check crops (every :data:`CHECK_EVERY`-th), never both."""
-    check = [i for i in range(len(crops.images)) if i % CHECK_EVERY == CHECK_EVERY - 1]
-    rehearse = [i for i in range(len(crops.images)) if i not in check]
-    return crops.subset(rehearse), crops.subset(check)
+def split_replay_set(crops: Crops, check: list[bool] | None = None) -> tuple[Crops, Crops]:
+    """Split a replay set into rehearsal crops and check crops, never both.
+
+    Parameters
+    ----------
+    crops : Crops
+        The whole set.
+    check : list of bool, optional
+        Which crops check (:func:`replay_check_flags`); by default every :data:`CHECK_EVERY`-th.
+
+    """
+    if check is None:
+        check = _every_check_every(len(crops.images))
+    if len(check) != len(crops.images):
+        raise ValueError(f"{len(check)} check marks for {len(crops.images)} crops")
+    return (
+        crops.subset([i for i, is_check in enumerate(check) if not is_check]),
+        crops.subset([i for i, is_check in enumerate(check) if is_check]),
+    )
 
 
 def check_score(bundle: Any, crops: Crops) -> CheckScore:
