@@ -1,15 +1,17 @@
-"""Which replay crops should check a colour fine-tune for forgetting: every 4th crop, or the marked ones?
+"""Which replay crops should check a fine-tune for forgetting: every 4th crop (shipped), or the densest?
 
-``bench_hitl`` scores forgetting on a panel of 2 images per kind, and the
-shared data hold only 2 held-out images of DSB stage-2 colour tissue (too
-few for a kind of their own).  This fine-tunes the default model on 2
-corrected synthetic H&E images (``bench_hitl``'s synthetic kind and recipe,
-a step budget) twice: with every 4th crop of the replay set checking (the
-choice before ``replay.json`` marked check crops) and with the marked check
-crops (``training/make_replay_set.py``, ``check_flags``); each choice also
-decides which crops are rehearsed.  Both results, and the default model,
-are scored (AP@0.5, mean per image) on the other 6 synthetic images, on all
-held-out DSB colour tissue images and on the 2 DSB stage-2 colour images.
+The other-kinds guard scores parent and child on the replay set's check
+crops (every 4th crop, :func:`napari_unet.core.train.replay.split_replay_set`).
+:func:`check_flags` is the alternative measured here: in each group, one
+crop in 4, alternate crops down the group's ranking by nuclei (more nuclei
+per check, S-BSST265 tumour crops included, dense crops left in rehearsal
+too).  ``bench_hitl`` scores forgetting on a panel of 2 images per kind, and
+the shared data hold only 2 held-out images of DSB stage-2 colour tissue, so
+this fine-tunes the default model on 2 corrected synthetic H&E images
+(``bench_hitl``'s synthetic kind and recipe, a step budget) once with each
+choice (which also decides the rehearsed crops) and scores both, and the
+default model (AP@0.5, mean per image), on the other 6 synthetic images, on
+all held-out DSB colour tissue images and on the 2 DSB stage-2 colour images.
 
 Usage (from the repository root, with ``../shared/data``)::
 
@@ -35,14 +37,50 @@ from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.train import fine_tune as fine_tuning
 from napari_unet.core.train.fine_tune import fine_tune_recipe
-from napari_unet.core.train.replay import CHECK_EVERY
+from napari_unet.core.train.replay import CHECK_EVERY, load_replay_set
 from training.splits import SHARED_DATA, split_images
 
+
+def check_flags(labels: list[np.ndarray], groups: list[str], every: int = CHECK_EVERY) -> list[bool]:
+    """Choose check crops by nuclei: in each group, one crop in ``every``, alternate crops down the ranking.
+
+    Parameters
+    ----------
+    labels : list of numpy.ndarray
+        ``(Y, X)`` labels of every crop, ids ``1..n``.
+    groups : list of str
+        Each crop's group.
+    every : int
+        One check crop per ``every`` crops of a group (rounded down).
+
+    Returns
+    -------
+    list of bool
+        Whether each crop checks (True) or is rehearsed (False).
+
+    """
+    flags = [False] * len(labels)
+    for group in dict.fromkeys(groups):
+        members = [i for i, name in enumerate(groups) if name == group]
+        ranked = sorted(members, key=lambda i: -int(labels[i].max()))  # stable: ties keep the crop order
+        for i in ranked[::2][: len(members) // every]:
+            flags[i] = True
+    return flags
+
+
+def nuclei_ranked(path: Path, count: int) -> list[bool]:
+    """:func:`check_flags` of the replay set at ``path`` (``count`` crops)."""
+    crops = load_replay_set(path)
+    if len(crops.images) != count:
+        raise ValueError(f"{path} holds {len(crops.images)} crops, not {count}")
+    return check_flags(crops.labels, crops.groups)
+
+
 CHOICES: dict[str, Callable[[Path, int], list[bool]]] = {
-    "every_fourth": lambda path, count: [i % CHECK_EVERY == CHECK_EVERY - 1 for i in range(count)],
-    "marked": fine_tuning.replay_check_flags,
+    "every_fourth": fine_tuning.replay_check_flags,
+    "nuclei_ranked": nuclei_ranked,
 }
-"""Check-crop choice -> the ``replay_check_flags`` a fine-tune uses."""
+"""Check-crop choice -> the ``replay_check_flags`` a fine-tune uses (the shipped one first)."""
 
 Pairs = list[tuple[np.ndarray, np.ndarray]]
 

@@ -55,6 +55,7 @@ from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
+from napari_unet.core.train import fine_tune as fine_tuning
 from napari_unet.core.train import loop as training_loop
 from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
 from training.splits import split_images
@@ -291,6 +292,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="ablation: no held-out gain required (a child that validates best is kept; the other-kinds guard stays)",
     )
+    parser.add_argument(
+        "--check-crops",
+        choices=("every_fourth", "nuclei_ranked"),
+        default="every_fourth",
+        help="which replay crops check for forgetting: as shipped, or benchmarks.bench_check_crops.check_flags",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -306,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("give --steps-per-second (measure it with --calibrate on an idle machine)")
     if args.keep_every_child:
         training_loop.required_held_out_gain = lambda nuclei: -1.0
+    if args.check_crops != "every_fourth":
+        from benchmarks.bench_check_crops import CHOICES
+
+        fine_tuning.replay_check_flags = CHOICES[args.check_crops]
     default = load_model("default")
     kinds = load_kinds(args, default)
     before = {

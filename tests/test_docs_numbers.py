@@ -368,8 +368,9 @@ def test_pipeline_cpu_time_sentence_quotes_its_results_file():
 
 
 def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
+    from benchmarks.bench_check_crops import nuclei_ranked
     from napari_unet.core.models.registry import load_model
-    from napari_unet.core.train.replay import CHECK_EVERY, load_replay_set, replay_check_flags, replay_set_path
+    from napari_unet.core.train.replay import CHECK_EVERY, load_replay_set, replay_set_path
 
     path = replay_set_path(load_model("default"))
     crops = load_replay_set(path)
@@ -380,15 +381,15 @@ def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
         groups = ("fluorescence", "colour", "brightfield", "tissue")
         return [sum(int(labels.max()) for labels, name in checked if name == group) for group in groups]
 
-    marked, old = nuclei(replay_check_flags(path, len(crops.images))), nuclei(every_fourth)
+    ranked, shipped = nuclei(nuclei_ranked(path, len(crops.images))), nuclei(every_fourth)
     text = benchmarks_text()
     assert (
-        f"hold {marked[0]} fluorescence, {marked[1]} colour, {marked[2]} brightfield and {marked[3]} tissue nuclei"
-        in text
+        f"checks with {ranked[0]} fluorescence, {ranked[1]} colour, {ranked[2]} brightfield and {ranked[3]} tissue "
+        f"nuclei (a tumour and two normal S-BSST265 crops) instead of {shipped[0]}, {shipped[1]}, {shipped[2]} and "
+        f"{shipped[3]} (three sparse normal crops)" in text
     )
-    assert f"against {old[0]}, {old[1]}, {old[2]} and {old[3]} (three sparse normal crops)" in text
     rows = {}
-    for name in ("marked", "every_fourth"):
+    for name in ("nuclei_ranked", "every_fourth"):
         report = json.loads((ROOT / "benchmarks" / "results" / f"hitl_no_keep_{name}_checks.json").read_text())
         assert report["settings"]["keep_every_child"]
         rows[name] = report["recipes"]["shipped"]
@@ -396,32 +397,37 @@ def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
         {name: rows[name][kind] for name in rows} for kind in ("dsb_fluorescence_large", "dsb_stage2_fluorescence")
     )
     assert (
-        f"changed dsb_stage2_fluorescence by {large['marked']['forgetting']['dsb_stage2_fluorescence']:+.3f} instead "
-        f"of {large['every_fourth']['forgetting']['dsb_stage2_fluorescence']:+.3f}" in text
+        f"changed dsb_stage2_fluorescence by {large['nuclei_ranked']['forgetting']['dsb_stage2_fluorescence']:+.3f} "
+        f"instead of {large['every_fourth']['forgetting']['dsb_stage2_fluorescence']:+.3f}" in text
     )
     assert (
-        f"changed its own kind by {stage2['marked']['kind_gain']:+.3f} instead of "
+        f"changed its own kind by {stage2['nuclei_ranked']['kind_gain']:+.3f} instead of "
         f"{stage2['every_fourth']['kind_gain']:+.3f} and dsb_fluorescence_large by "
-        f"{stage2['marked']['forgetting']['dsb_fluorescence_large']:+.3f} instead of "
+        f"{stage2['nuclei_ranked']['forgetting']['dsb_fluorescence_large']:+.3f} instead of "
         f"{stage2['every_fourth']['forgetting']['dsb_fluorescence_large']:+.3f}" in text
     )
-    shares = [row["marked"]["other_kinds_check"]["parent_share"] for row in (large, stage2)]
-    assert f"({shares[0]:.0%} and {shares[1]:.0%} of the parent's weights)" in text
+    shares = [row["nuclei_ranked"]["other_kinds_check"]["parent_share"] for row in (large, stage2)]
+    assert f"(an average with {shares[0]:.0%} and {shares[1]:.0%} of the parent's weights kept)" in text
     assert all("parent_share" not in row["every_fourth"]["other_kinds_check"] for row in (large, stage2))
+    with_rule = json.loads((ROOT / "benchmarks" / "results" / "hitl_nuclei_ranked_checks.json").read_text())
+    shipped_rule = json.loads((ROOT / "benchmarks" / "results" / "hitl.json").read_text())
+    synthetic = [report["recipes"]["shipped"]["synthetic_he"] for report in (with_rule, shipped_rule)]
+    assert f"synthetic H&E gained {synthetic[0]['kind_gain']:+.3f} instead of {synthetic[1]['kind_gain']:+.3f}" in text
+    check = synthetic[0]["other_kinds_check"]
+    assert check["parent_share"] == 0.75
+    assert f"child lost {check['before']:.2f} -> {check['forgot']:.2f} on the ranked colour crops" in text
+    assert f"while the ranked crops lost {check['before'] - check['forgot']:.2f} there" in text
+    assert all(row["kept_parent"] for kind, row in with_rule["recipes"]["shipped"].items() if kind != "synthetic_he")
 
 
 def test_colour_check_crop_sentence_is_its_results_file():
     report = json.loads((ROOT / "benchmarks" / "results" / "check_crops.json").read_text())
-    default, old, new = report["default"], report["every_fourth"], report["marked"]
+    default, old, new = report["default"], report["every_fourth"], report["nuclei_ranked"]
     text = benchmarks_text()
     assert (
-        f"took synthetic H&E from {default['synthetic_he']:.3f} to {old['synthetic_he']:.3f} but DSB colour tissue "
-        f"from {default['dsb_colour_tissue']:.3f} to {old['dsb_colour_tissue']:.3f} and the stage-2 colour images "
-        f"from {default['dsb_stage2_colour']:.3f} to {old['dsb_stage2_colour']:.3f}" in text
+        f"synthetic H&E {default['synthetic_he']:.3f} -> {old['synthetic_he']:.3f}, all 10 held-out DSB colour tissue "
+        f"images {default['dsb_colour_tissue']:.3f} -> {old['dsb_colour_tissue']:.3f}, the 2 DSB stage-2 colour images "
+        f"{default['dsb_stage2_colour']:.3f} -> {old['dsb_stage2_colour']:.3f}; with the ranked crops "
+        f"{new['synthetic_he']:.3f}, {new['dsb_colour_tissue']:.3f} and {new['dsb_stage2_colour']:.3f})" in text
     )
-    share = new["other_kinds_check"]["parent_share"]
-    assert "parent_share" not in old["other_kinds_check"]
-    assert (
-        f"kept an average with {share:.0%} of the parent's weights: {new['synthetic_he']:.3f}, "
-        f"{new['dsb_colour_tissue']:.3f} and {new['dsb_stage2_colour']:.3f}" in text
-    )
+    assert "parent_share" not in old["other_kinds_check"] and new["other_kinds_check"]["parent_share"] == 0.75

@@ -13,9 +13,7 @@ image, or the reverse: :func:`inverted_alike`; ``--sizes``
 gives groups with large nuclei larger crops, so the check crops the
 fine-tuning guard scores hold enough of them), and writes
 them to ``napari_unet/weights/default/replay.npz`` (uint8 images, uint16
-labels renumbered per crop) with ``replay.json`` (sources, licence, and
-which crops are kept out of rehearsal to check fine-tuned models on other
-kinds: :func:`check_flags`).
+labels renumbered per crop) with ``replay.json`` (sources and licence).
 
 Usage (from the repository root, with ``../shared/data``)::
 
@@ -37,7 +35,6 @@ from napari_unet.core.data.normalize import intensity_stats
 from napari_unet.core.io import atomic_write_path, read_image, read_labels, write_json
 from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.models.registry import load_model
-from napari_unet.core.train.replay import CHECK_EVERY
 from training.splits import split_images
 
 OUTPUT = Path(__file__).resolve().parents[1] / "napari_unet" / "weights" / "default" / "replay.npz"
@@ -67,38 +64,6 @@ def densest_crop(labels: np.ndarray, size: int, rng: np.random.Generator) -> tup
         if count > best_count:
             best, best_count = window, count
     return best
-
-
-def check_flags(labels: list[np.ndarray], groups: list[str], every: int = CHECK_EVERY) -> list[bool]:
-    """Choose the check crops: in each group, one crop in ``every``, alternating down the crops ranked by nuclei.
-
-    The fine-tuning guard compares parent and child on the check crops, so
-    they should hold many nuclei (a steadier score) and cover the group's
-    kinds (S-BSST265 tumour and normal tissue); taking every other crop of the
-    ranking keeps crops as dense in rehearsal too.
-
-    Parameters
-    ----------
-    labels : list of numpy.ndarray
-        ``(Y, X)`` labels of every crop, ids ``1..n``.
-    groups : list of str
-        Each crop's group.
-    every : int
-        One check crop per ``every`` crops of a group (rounded down).
-
-    Returns
-    -------
-    list of bool
-        Whether each crop checks (True) or is rehearsed (False).
-
-    """
-    flags = [False] * len(labels)
-    for group in dict.fromkeys(groups):
-        members = [i for i, name in enumerate(groups) if name == group]
-        ranked = sorted(members, key=lambda i: -int(labels[i].max()))  # stable: ties keep the crop order
-        for i in ranked[::2][: len(members) // every]:
-            flags[i] = True
-    return flags
 
 
 def inverted_alike(crop: np.ndarray, image: np.ndarray, model: ModelBundle) -> bool:
@@ -153,9 +118,6 @@ def main() -> None:
         "made_by": "python -m training.make_replay_set " + " ".join(options),
         "crops": sources,
     }
-    crop_labels_all = [arrays[f"labels_{i}"] for i in range(len(sources))]
-    for source, check in zip(sources, check_flags(crop_labels_all, [s["group"] for s in sources]), strict=True):
-        source["check"] = check
     write_json(args.output.with_suffix(".json"), description, overwrite=True)
     print(json.dumps({"crops": len(sources), "bytes": args.output.stat().st_size}))
 

@@ -97,28 +97,6 @@ def test_marked_check_crops_are_split_off_and_unmarked_sets_use_every_fourth(tmp
     assert replay_check_flags(path, 8) == every_fourth  # made before crops were marked
 
 
-def test_the_bundled_check_crops_are_the_marked_ones_and_cover_tumour_and_normal_tissue():
-    path = replay_set_path(load_model("default"))
-    crops = json.loads(path.with_suffix(".json").read_text())["crops"]
-    check = replay_check_flags(path, len(crops))
-    assert check == [crop["check"] for crop in crops]
-    for group in {crop["group"] for crop in crops}:
-        members = [i for i, crop in enumerate(crops) if crop["group"] == group]
-        assert sum(check[i] for i in members) == len(members) // CHECK_EVERY
-    tissue_checks = {crops[i]["key"] for i in range(len(crops)) if check[i] and crops[i]["group"] == "tissue"}
-    assert any("normal" in key for key in tissue_checks) and any("blastoma" in key for key in tissue_checks)
-
-
-def test_replay_set_maker_checks_with_alternate_crops_of_the_nuclei_ranking():
-    from training.make_replay_set import check_flags
-
-    counts = {"a": [5, 40, 3, 30, 20, 10, 8, 1], "b": [2, 9, 4, 7]}
-    labels = [np.arange(n + 1, dtype=np.uint16)[None] for group in counts.values() for n in group]
-    groups = [group for group, values in counts.items() for _ in values]
-    flags = check_flags(labels, groups, every=4)
-    assert [i for i, flag in enumerate(flags) if flag] == [1, 4, 9]  # a: 40 and 20 (not 30); b: 9
-
-
 def test_a_fine_tune_checks_with_the_crops_its_replay_set_marks(tmp_path):
     bundle = bundle_with_replay_set(tmp_path / "model")
     path = replay_set_path(bundle)
