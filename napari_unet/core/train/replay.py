@@ -127,9 +127,11 @@ def replay_groups(path: Path, count: int) -> list[str]:
 def replay_check_flags(path: Path, count: int) -> list[bool]:
     """Return, for each of the ``count`` crops of the replay set ``path``, whether it is a check crop.
 
-    ``replay.json`` beside the set marks them (``"check": true``, chosen by
-    ``training/make_replay_set.py``); a set without marks on every crop uses
-    every :data:`CHECK_EVERY`-th crop.
+    ``replay.json`` beside the set may mark them (``"check": true`` on every
+    crop that checks, ``false`` on the others); a set without marks on every
+    crop, the shipped one included, uses every :data:`CHECK_EVERY`-th crop
+    (``benchmarks/bench_check_crops.py`` measured marking the densest crops
+    instead, and why it is not shipped).
     """
     marks = _crop_entries(path, count, "check")
     if marks is None or not all(isinstance(mark, bool) for mark in marks):
