@@ -21,7 +21,6 @@ Usage (from the repository root, with ``../shared/data``)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_hitl import fine_tune, held_out_kinds, score, synthetic_kind
+from benchmarks.bench_hitl import fine_tune, held_out_kinds, save, score, synthetic_kind
 from napari_unet.core.config import TrainingConfig
-from napari_unet.core.io import read_image, read_labels, write_json
+from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.train import fine_tune as fine_tuning
 from napari_unet.core.train.fine_tune import fine_tune_recipe
@@ -133,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_check_crops needs the shared data at {SHARED_DATA}", file=sys.stderr)
         return 2
     torch.set_num_threads(2)
-    text = json.dumps(run(args.steps), indent=2)
-    print(text)
-    if args.json:
-        write_json(args.json, json.loads(text), overwrite=True)
+    print(save(run(args.steps), args.json))
     return 0
 
 

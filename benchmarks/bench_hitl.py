@@ -112,14 +112,19 @@ def kind_of(key: str, group: str, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def held_out_kinds() -> dict[str, list[tuple[str, Path, Path]]]:
-    """Kind -> held-out images ``(key, image path, labels path)`` in a fixed shuffled order (kinds with >= 3)."""
-    held_out = sorted(split_images(split="val") + split_images(split="test"), key=lambda item: item.key)
+def images_by_kind(items: list[Any]) -> dict[str, list[tuple[str, Path, Path]]]:
+    """Kind -> ``(key, image path, labels path)`` of the split images ``items`` of that kind, in their order."""
     kinds: dict[str, list[tuple[str, Path, Path]]] = {}
-    for item in held_out:
+    for item in items:
         kind = kind_of(item.key, item.group, read_labels(item.labels_path).shape)
         if kind is not None:
             kinds.setdefault(kind, []).append((item.key, item.image_path, item.labels_path))
+    return kinds
+
+
+def held_out_kinds() -> dict[str, list[tuple[str, Path, Path]]]:
+    """Kind -> held-out images ``(key, image path, labels path)`` in a fixed shuffled order (kinds with >= 3)."""
+    kinds = images_by_kind(sorted(split_images(split="val") + split_images(split="test"), key=lambda item: item.key))
     rng = np.random.default_rng(0)
     return {kind: [items[i] for i in rng.permutation(len(items))] for kind, items in kinds.items() if len(items) >= 3}
 

@@ -21,7 +21,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,20 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_hitl import ap50, held_out_kinds, kind_of
-from napari_unet.core.io import read_image, read_labels, write_json
+from benchmarks.bench_hitl import ap50, held_out_kinds, images_by_kind, save
+from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.models.registry import load_model
 from training.splits import SHARED_DATA, split_images
 
 
 def training_kinds() -> dict[str, list[tuple[str, Path, Path]]]:
     """Kind -> the default model's training images ``(key, image path, labels path)`` of that kind, in key order."""
-    kinds: dict[str, list[tuple[str, Path, Path]]] = {}
-    for item in split_images(split="train"):
-        kind = kind_of(item.key, item.group, read_labels(item.labels_path).shape)
-        if kind is not None:
-            kinds.setdefault(kind, []).append((item.key, item.image_path, item.labels_path))
-    return kinds
+    return images_by_kind(split_images(split="train"))
 
 
 def sample(items: list[Any], count: int, seed: int = 0) -> list[Any]:
@@ -97,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in wanted:
         print(f"{kind}: scoring", file=sys.stderr)
         report["kinds"][kind] = kind_row(bundle, trained.get(kind, []), held_out.get(kind, []), args.per_kind)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        write_json(args.json, json.loads(text), overwrite=True)
+    print(save(report, args.json))
     return 0
 
 
