@@ -293,6 +293,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--order", choices=("folder", "uncertain"), default="folder", help="which K of the pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--model",
+        default="default",
+        help="the parent model fine-tuned (a model folder; rehearsal uses its replay set); default: the bundled one",
+    )
+    parser.add_argument(
         "--keep-every-child",
         action="store_true",
         help="ablation: no held-out gain required (a child that validates best is kept; the other-kinds guard stays)",
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.bench_check_crops import CHOICES
 
         fine_tuning.replay_check_flags = CHOICES[args.check_crops]
-    default = load_model("default")
+    default = load_model(args.model)
     kinds = load_kinds(args, default)
     before = {
         kind: {"kind": score(default, data["scored"]), "panel": score(default, data["panel"])}

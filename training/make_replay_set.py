@@ -49,6 +49,12 @@ def parse_args() -> argparse.Namespace:
         "--sizes", default="", help="crop side per group where it differs, e.g. tissue=384 (large nuclei)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model", default="default", help="the model whose training images are cropped (its normalisation decides)"
+    )
+    parser.add_argument(
+        "--source", default=None, help="only this source's training images, e.g. dsb2018_train (default: all)"
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     return parser.parse_args()
 
@@ -78,17 +84,23 @@ def inverted_alike(crop: np.ndarray, image: np.ndarray, model: ModelBundle) -> b
     return intensity_stats(crop, cfg, channels).invert == intensity_stats(image, cfg, channels).invert
 
 
+def unstated(args: argparse.Namespace) -> set[str]:
+    """Options left out of ``made_by``: the output, and ``--model`` / ``--source`` when they are the defaults."""
+    at_default = {key for key, default in (("model", "default"), ("source", None)) if getattr(args, key) == default}
+    return {"output"} | at_default
+
+
 def main() -> None:
     """Pick the crops and write the replay set atomically."""
     args = parse_args()
     wanted = {group: int(n) for group, n in (item.split("=") for item in args.per_group.split(","))}
     sizes = {group: int(n) for group, n in (item.split("=") for item in args.sizes.split(",") if item)}
     rng = np.random.default_rng(args.seed)
-    default = load_model("default")
+    model = load_model(args.model)
     arrays: dict[str, np.ndarray] = {}
     sources = []
     for group, count in wanted.items():
-        candidates = split_images(split="train", group=group)
+        candidates = split_images(split="train", group=group, source=args.source)
         size = sizes.get(group, args.size)
         chosen = 0
         for index in rng.permutation(len(candidates)):
@@ -98,7 +110,7 @@ def main() -> None:
                 continue
             window = densest_crop(labels, size, rng)
             crop_labels = relabel_sequential(labels[window].astype(np.uint32))[0].astype(np.uint16)
-            if crop_labels.max() < 3 or not inverted_alike(image[window], image, default):
+            if crop_labels.max() < 3 or not inverted_alike(image[window], image, model):
                 continue
             index = len(sources)
             arrays[f"image_{index}"] = np.ascontiguousarray(image[window]).astype(np.uint8)
@@ -111,7 +123,7 @@ def main() -> None:
     np.savez_compressed(buffer, **arrays)
     with atomic_write_path(args.output, overwrite=True) as temp:
         Path(temp).write_bytes(buffer.getvalue())
-    options = [f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key != "output"]
+    options = [f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key not in unstated(args)]
     description = {
         "what": "annotated crops of the default model's training images, mixed into fine-tuning batches (rehearsal)",
         "licence": "CC0 (2018 Data Science Bowl / BBBC038; S-BSST265, Kromp et al. 2020)",
