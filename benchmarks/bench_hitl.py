@@ -48,16 +48,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_unet.core.config import TrainingConfig
+from napari_unet.core.config import InferenceConfig, TrainingConfig
 from napari_unet.core.evaluate.metrics import evaluate_image
 from napari_unet.core.experiment import uncertainty
 from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.object_size import estimate_scale
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train import fine_tune as fine_tuning
 from napari_unet.core.train import loop as training_loop
 from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
+from napari_unet.core.train.preparation import rescale_training_data
 from training.splits import split_images
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -136,19 +138,34 @@ def synthetic_kind() -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(f"synthetic/{key}", image, labels) for key, image, labels in synthetic_brightfield_pairs(SYNTHETIC_IMAGES)]
 
 
-def ap50(bundle: Any, image: np.ndarray, labels: np.ndarray) -> float:
-    """AP@0.5 of the model on one image (the model's own test-time settings)."""
-    return float(evaluate_image(labels, predict(image, bundle).labels)["per_threshold"][0]["accuracy"])
+def ap50(bundle: Any, image: np.ndarray, labels: np.ndarray, scale: float = 1.0) -> float:
+    """AP@0.5 of the model on one image (the model's own test-time settings), resized by ``scale`` as it segments."""
+    prediction = predict(image, bundle, inference=InferenceConfig(scale=scale))
+    return float(evaluate_image(labels, prediction.labels)["per_threshold"][0]["accuracy"])
 
 
-def fine_tune(bundle: Any, images: list, labels: list, cfg: TrainingConfig, rois: list | None = None) -> Any:
-    """Fine-tune ``bundle`` and return the TrainResult."""
+def fine_tune(
+    bundle: Any, images: list, labels: list, cfg: TrainingConfig, rois: list | None = None, scale: float = 1.0
+) -> Any:
+    """Fine-tune ``bundle`` on the pairs resized by ``scale`` (as ``napari-unet train --scale``); the TrainResult."""
+    if scale != 1.0:
+        images, labels, rois = rescale_training_data(images, labels, rois, scale)
     return run_to_end(iter_fine_tune(bundle, images, labels, cfg, rois=rois))
 
 
-def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
-    """AP@0.5 per image."""
-    return [ap50(bundle, image, labels) for image, labels in pairs]
+def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]], scale: float = 1.0) -> list[float]:
+    """AP@0.5 per image, segmented at ``scale``."""
+    return [ap50(bundle, image, labels, scale) for image, labels in pairs]
+
+
+def experiment_scale(bundle: Any, images: list[np.ndarray]) -> float:
+    """The scale a user segments an experiment at: the Segment panel's Estimate on each corrected image, averaged.
+
+    The geometric mean of :func:`~napari_unet.core.predict.object_size.estimate_scale` over ``images``
+    (1 where the nuclei already fit the model's training sizes).
+    """
+    factors = [estimate_scale(image, bundle).scale for image in images]
+    return float(np.exp(np.mean(np.log(factors))))
 
 
 def run_recipe(
@@ -171,10 +188,14 @@ def run_recipe(
         print(f"[{recipe}] {kind}: fine-tuning {steps} steps on {len(data['corrected'])} image(s)", file=sys.stderr)
         images, labels = zip(*data["corrected"], strict=True)
         started = time.perf_counter()
-        result = fine_tune(default, list(images), list(labels), cfg)
+        result = fine_tune(default, list(images), list(labels), cfg, scale=data["scale"])
         seconds = time.perf_counter() - started
-        after_kind = score(result.bundle, data["scored"])
-        after_panel = {other: score(result.bundle, kinds[other]["panel"]) for other in kinds if other != kind}
+        after_kind = score(result.bundle, data["scored"], data["scale"])
+        after_panel = {
+            other: score(result.bundle, kinds[other]["panel"], kinds[other]["scale"])
+            for other in kinds
+            if other != kind
+        }
         row = {
             "kind_before": before[kind]["kind"],
             "kind_after": after_kind,
@@ -198,7 +219,7 @@ def run_recipe(
         }
         row["forgetting_mean"] = float(np.mean(list(row["forgetting"].values()))) if row["forgetting"] else 0.0
         if args.half_image:
-            row["half_image"] = half_image(default, data["corrected"][0], cfg)
+            row["half_image"] = half_image(default, data["corrected"][0], cfg, data["scale"])
         results[kind] = row
         checkpoint()
         print(
@@ -207,17 +228,18 @@ def run_recipe(
         )
 
 
-def half_image(default: Any, pair: tuple[np.ndarray, np.ndarray], cfg: TrainingConfig) -> dict[str, float]:
-    """Correct the left half of one image (ROI), fine-tune, score the right half before and after."""
+def half_image(
+    default: Any, pair: tuple[np.ndarray, np.ndarray], cfg: TrainingConfig, scale: float = 1.0
+) -> dict[str, float]:
+    """Correct the left half of one image (ROI), fine-tune, score the right half before and after (at ``scale``)."""
     image, labels = pair
     middle = labels.shape[1] // 2
     right = (slice(None), slice(middle, None))
-    result = fine_tune(
-        default, [image], [labels], replace(cfg, annotation_mode="rois"), [[(0, 0, labels.shape[0], middle)]]
-    )
+    rois = [[(0, 0, labels.shape[0], middle)]]
+    result = fine_tune(default, [image], [labels], replace(cfg, annotation_mode="rois"), rois, scale)
     return {
-        "before": ap50(default, image[right], labels[right]),
-        "after": ap50(result.bundle, image[right], labels[right]),
+        "before": ap50(default, image[right], labels[right], scale),
+        "after": ap50(result.bundle, image[right], labels[right], scale),
     }
 
 
@@ -267,12 +289,14 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
         pool = pairs[: max(args.k, args.pool)]
         chosen = choose_corrected(args, pool, default)
         rest = pairs[len(pool) :][: args.scored]
+        corrected = [pool[i] for i in chosen]
         kinds[kind] = {
             "keys": [key for key, _, _ in items],
             "corrected_keys": [items[i][0] for i in chosen],
-            "corrected": [pool[i] for i in chosen],
+            "corrected": corrected,
             "scored": rest,
             "panel": rest[: args.panel],
+            "scale": experiment_scale(default, [image for image, _ in corrected]) if args.scale == "estimate" else 1.0,
         }
     return kinds
 
@@ -292,6 +316,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=0, help="the user picks K of the first max(K, pool) images")
     parser.add_argument("--order", choices=("folder", "uncertain"), default="folder", help="which K of the pool")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scale",
+        choices=("1", "estimate"),
+        default="1",
+        help="segment and fine-tune each kind at scale 1, or at the Segment panel's Estimate on its corrected images",
+    )
     parser.add_argument(
         "--model",
         default="default",
@@ -330,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     default = load_model(args.model)
     kinds = load_kinds(args, default)
     before = {
-        kind: {"kind": score(default, data["scored"]), "panel": score(default, data["panel"])}
+        kind: {
+            "kind": score(default, data["scored"], data["scale"]),
+            "panel": score(default, data["panel"], data["scale"]),
+        }
         for kind, data in kinds.items()
     }
     report = {
@@ -341,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             kind: {
                 "images": data["keys"],
                 "corrected": data["corrected_keys"],
+                "scale": data["scale"],
                 "default_ap50": float(np.mean(before[kind]["kind"])),
             }
             for kind, data in kinds.items()

@@ -19,6 +19,11 @@ Usage (from the repository root, with ``../shared/data``)::
 
     .venv/bin/python -m training.make_replay_set --per-group fluorescence=16,colour=8,brightfield=8,tissue=12 \\
         --sizes tissue=384
+
+Another model's replay set (``bench_hitl --model``): ``--model`` names the
+model whose normalisation decides the inversion check, ``--source`` keeps
+the training images of one source (the previous default model trained on
+``dsb2018_train`` alone), ``--output`` goes into that model's folder.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from training.splits import split_images
 OUTPUT = Path(__file__).resolve().parents[1] / "napari_unet" / "weights" / "default" / "replay.npz"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-group", default="fluorescence=16,colour=8,brightfield=4,tissue=8")
@@ -56,7 +61,7 @@ def parse_args() -> argparse.Namespace:
         "--source", default=None, help="only this source's training images, e.g. dsb2018_train (default: all)"
     )
     parser.add_argument("--output", type=Path, default=OUTPUT)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def densest_crop(labels: np.ndarray, size: int, rng: np.random.Generator) -> tuple[slice, slice]:
@@ -85,9 +90,15 @@ def inverted_alike(crop: np.ndarray, image: np.ndarray, model: ModelBundle) -> b
 
 
 def unstated(args: argparse.Namespace) -> set[str]:
-    """Options left out of ``made_by``: the output, and ``--model`` / ``--source`` when they are the defaults."""
+    """Options left out of :func:`made_by`: the output, empty ones, and ``--model`` / ``--source`` at their defaults."""
     at_default = {key for key, default in (("model", "default"), ("source", None)) if getattr(args, key) == default}
-    return {"output"} | at_default
+    return {"output"} | at_default | {key for key, value in vars(args).items() if value == ""}
+
+
+def made_by(args: argparse.Namespace) -> str:
+    """The command that makes this replay set again (recorded in ``replay.json``)."""
+    options = [f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key not in unstated(args)]
+    return "python -m training.make_replay_set " + " ".join(options)
 
 
 def main() -> None:
@@ -123,11 +134,10 @@ def main() -> None:
     np.savez_compressed(buffer, **arrays)
     with atomic_write_path(args.output, overwrite=True) as temp:
         Path(temp).write_bytes(buffer.getvalue())
-    options = [f"--{key.replace('_', '-')} {value}" for key, value in vars(args).items() if key not in unstated(args)]
     description = {
         "what": "annotated crops of the default model's training images, mixed into fine-tuning batches (rehearsal)",
         "licence": "CC0 (2018 Data Science Bowl / BBBC038; S-BSST265, Kromp et al. 2020)",
-        "made_by": "python -m training.make_replay_set " + " ".join(options),
+        "made_by": made_by(args),
         "crops": sources,
     }
     write_json(args.output.with_suffix(".json"), description, overwrite=True)
