@@ -53,7 +53,7 @@ from napari_unet.core.evaluate.metrics import evaluate_image
 from napari_unet.core.experiment import uncertainty
 from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
-from napari_unet.core.predict.object_size import estimate_scale
+from napari_unet.core.predict.object_size import KEEP_SCALE_WITHIN, estimate_scale
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train import fine_tune as fine_tuning
@@ -161,11 +161,13 @@ def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]], scale: float 
 def experiment_scale(bundle: Any, images: list[np.ndarray]) -> float:
     """The scale a user segments an experiment at: the Segment panel's Estimate on each corrected image, averaged.
 
-    The geometric mean of :func:`~napari_unet.core.predict.object_size.estimate_scale` over ``images``
-    (1 where the nuclei already fit the model's training sizes).
+    The geometric mean of :func:`~napari_unet.core.predict.object_size.estimate_scale` over ``images``,
+    rounded as Estimate rounds: to 2 decimals, and 1 within a factor of ``KEEP_SCALE_WITHIN`` of 1 (images
+    of one experiment can disagree: 0.75 and 1.0 make 0.87, which Estimate would not resize by).
     """
     factors = [estimate_scale(image, bundle).scale for image in images]
-    return float(np.exp(np.mean(np.log(factors))))
+    mean = float(np.exp(np.mean(np.log(factors))))
+    return 1.0 if 1 / KEEP_SCALE_WITHIN < mean < KEEP_SCALE_WITHIN else round(mean, 2)
 
 
 def run_recipe(

@@ -93,6 +93,30 @@ def order_table(uncertain: dict[str, Any], folder: dict[str, Any], recipe: str =
     return "\n".join(rows)
 
 
+def scale_table(at_one: dict[str, Any], at_estimate: dict[str, Any], recipe: str = "shipped") -> str:
+    """Markdown table: per kind, the run at scale 1 beside the run at the estimated scale
+    (``bench_hitl --scale estimate``): start, gain / forgetting, what was kept, for each."""
+    rows = [
+        "| kind | scale 1: start | gain / forgetting | kept | estimated scale | start | gain / forgetting | kept |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, info in at_one["kinds"].items():
+        one, estimate = at_one["recipes"][recipe][kind], at_estimate["recipes"][recipe][kind]
+        estimated = at_estimate["kinds"][kind]
+        cells = [
+            kind,
+            f"{info['default_ap50']:.3f}",
+            f"{one['kind_gain']:+.3f} / {one['forgetting_mean']:+.3f}",
+            kept_text(one),
+            f"{estimated['scale']:.2f}",
+            f"{estimated['default_ap50']:.3f}",
+            f"{estimate['kind_gain']:+.3f} / {estimate['forgetting_mean']:+.3f}",
+            kept_text(estimate),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 FORGETTING_AXIS = 0.1
 """The forgetting chart spans at least -0.1 to +0.1 AP@0.5 (the issue's limit for any kind)."""
 
@@ -138,6 +162,9 @@ def main() -> None:
     parser.add_argument(
         "--order", type=Path, nargs=2, default=None, help="UNCERTAIN.json FOLDER.json: the correction-order runs"
     )
+    parser.add_argument(
+        "--scale", type=Path, nargs=2, default=None, help="ONE.json ESTIMATE.json: runs at scale 1 and estimated"
+    )
     args = parser.parse_args()
     report = json.loads(args.results.read_text(encoding="utf-8"))
     if args.png:
@@ -149,6 +176,9 @@ def main() -> None:
     if args.order:
         print()
         print(order_table(*(json.loads(path.read_text(encoding="utf-8")) for path in args.order)))
+    if args.scale:
+        print()
+        print(scale_table(*(json.loads(path.read_text(encoding="utf-8")) for path in args.scale)))
 
 
 if __name__ == "__main__":
