@@ -19,6 +19,13 @@ images the default model is least sure of (the Experiment view's "Correct
 next"), with ``--order folder`` the first K of them; both score the images
 after the pool, so the two orders compare on the same images.
 
+``--scale estimate`` segments and fine-tunes each kind at the scale the
+Segment panel's Estimate gives on its corrected images (as the Fine-tune
+panel and ``napari-unet train --scale`` train at the scale an image was
+segmented at); ``--model`` fine-tunes another parent than the bundled model
+(with the replay set in its folder; ``benchmarks/unseen_kinds.sh`` runs the
+previous default model on kinds it never trained on).
+
 Budgets are training steps: ``--seconds`` is turned into steps with
 ``--steps-per-second``, the pace of an undisturbed fine-tune on 2 CPU cores
 (measure it with ``--calibrate``), so results do not depend on what else the
