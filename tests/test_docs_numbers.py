@@ -233,6 +233,31 @@ def test_correction_order_table_is_its_results_files():
     assert " ".join(order_table(uncertain, folder).split()) in hitl_section()
 
 
+def test_unseen_kinds_table_and_numbers_are_their_results_files():
+    from benchmarks.plot_hitl import scale_table
+
+    results = ROOT / "benchmarks" / "results"
+    at_one, at_estimate, unrounded, levers, k4 = (
+        json.loads((results / f"hitl_unseen_v1{suffix}.json").read_text())
+        for suffix in ("", "_estimated_scale", "_unrounded_scale", "_colour_levers", "_colour_k4")
+    )
+    section = " ".join(hitl_section().split())
+    assert " ".join(scale_table(at_one, at_estimate).split()) in section
+    colour = at_one["recipes"]["shipped"]["dsb_colour_tissue"]
+    held = f"{colour['held_out_before']['val_ap50']:.3f} -> {colour['held_out_after']['val_ap50']:.3f}"
+    assert f"{colour['kind_gain']:+.3f} (held-out corrections {held})" in section
+    assert f"with 4 corrected images {k4['recipes']['shipped']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
+    assert f"with learning rate 1e-3 {levers['recipes']['high_lr']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
+    assert levers["recipes"]["no_epoch_cap"]["dsb_colour_tissue"]["kept_parent"]
+    gains = [run["recipes"]["shipped"]["synthetic_he"]["kind_gain"] for run in (at_one, k4)]
+    gains += [levers["recipes"][recipe]["synthetic_he"]["kind_gain"] for recipe in ("no_epoch_cap", "high_lr")]
+    assert "Synthetic H&E gains {:+.3f} ({:+.3f} with 4 images, {:+.3f} and {:+.3f} with".format(*gains) in section
+    large = unrounded["recipes"]["shipped"]["dsb_fluorescence_large"]
+    assert f"{unrounded['kinds']['dsb_fluorescence_large']['scale']:.2f} for DSB large fluorescence" in section
+    assert f"cost that kind {-large['kind_gain']:.3f}" in section
+    assert f"cost S-BSST265 normal {-unrounded['recipes']['shipped']['s_bsst265_normal']['kind_gain']:.3f}" in section
+
+
 def test_user_guide_quotes_the_screenshot_comparison_table():
     rows = {row["Method"]: row for row in csv.DictReader((ROOT / "docs" / "images" / "compare_table.csv").open())}
     guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
