@@ -258,6 +258,21 @@ def test_unseen_kinds_table_and_numbers_are_their_results_files():
     assert f"cost S-BSST265 normal {-unrounded['recipes']['shipped']['s_bsst265_normal']['kind_gain']:.3f}" in section
 
 
+def test_user_guide_quotes_the_unseen_kinds_results_files():
+    results = ROOT / "benchmarks" / "results"
+    names = ("hitl_unseen_v1.json", "hitl_unseen_v1_estimated_scale.json")
+    at_one, at_estimate = (json.loads((results / name).read_text()) for name in names)
+    colour = at_one["recipes"]["shipped"]["dsb_colour_tissue"]
+    after = sum(colour["kind_after"]) / len(colour["kind_after"])
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    assert f"from {at_one['kinds']['dsb_colour_tissue']['default_ap50']:.3f} to {after:.3f}" in guide
+    normal_one, normal_estimate = (run["kinds"]["s_bsst265_normal"] for run in (at_one, at_estimate))
+    assert at_one["recipes"]["shipped"]["s_bsst265_normal"]["kept_parent"]  # "where no fine-tune helped"
+    quoted = f"scored {normal_one['default_ap50']:.3f} at scale 1, where no fine-tune helped, "
+    quoted += f"and {normal_estimate['default_ap50']:.3f} at Estimate's {normal_estimate['scale']:.2f}"
+    assert quoted in guide
+
+
 def test_user_guide_quotes_the_screenshot_comparison_table():
     rows = {row["Method"]: row for row in csv.DictReader((ROOT / "docs" / "images" / "compare_table.csv").open())}
     guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
