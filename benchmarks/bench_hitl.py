@@ -83,6 +83,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "low_lr": {"learning_rate": 3e-4},
     "retune": {"retune_thresholds": True},
     "frozen_bn": {"freeze_batch_norm": True},
+    "bn_adapts": {"freeze_batch_norm": False},
     "frozen_bn_low_lr": {"freeze_batch_norm": True, "learning_rate": 3e-4},
     "low_lr_replay_half": {"learning_rate": 3e-4, "replay_fraction": 0.5},
     "blend": {"parent_share": 0.5},

@@ -271,6 +271,31 @@ def test_user_guide_quotes_the_unseen_kinds_results_files():
     quoted = f"scored {normal_one['default_ap50']:.3f} at scale 1, where no fine-tune helped, "
     quoted += f"and {normal_estimate['default_ap50']:.3f} at Estimate's {normal_estimate['scale']:.2f}"
     assert quoted in guide
+    shipped_one, shipped_estimate = (
+        json.loads((results / name).read_text())["kinds"] for name in ("hitl.json", "hitl_estimated_scale.json")
+    )
+    normal, tumour = (
+        f"{shipped_one[kind]['default_ap50']:.3f} at scale 1 and {shipped_estimate[kind]['default_ap50']:.3f} "
+        f"at {shipped_estimate[kind]['scale']:.2f}"
+        for kind in ("s_bsst265_normal", "s_bsst265_tumour")
+    )
+    assert f"the bundled model {normal}, but on S-BSST265 tumour sections {tumour}" in guide
+
+
+def test_the_bundled_model_at_the_estimated_scale_keeps_the_outcomes_of_scale_one():
+    results = ROOT / "benchmarks" / "results"
+    at_one, at_estimate = (
+        json.loads((results / name).read_text()) for name in ("hitl.json", "hitl_estimated_scale.json")
+    )
+    for kind, row in at_estimate["recipes"]["shipped"].items():
+        same = at_one["recipes"]["shipped"][kind]
+        assert (row["kept_parent"], f"{row['kind_gain']:+.3f}") == (same["kept_parent"], f"{same['kind_gain']:+.3f}")
+    section = " ".join(hitl_section().split())
+    kinds = at_estimate["kinds"]
+    scales = f"Estimate gives {kinds['s_bsst265_tumour']['scale']:.2f} on the S-BSST265 tumour sections and "
+    scales += f"{kinds['s_bsst265_normal']['scale']:.2f} on the normal samples (starts "
+    scales += f"{kinds['s_bsst265_tumour']['default_ap50']:.3f} and {kinds['s_bsst265_normal']['default_ap50']:.3f}"
+    assert scales in section
 
 
 def test_user_guide_quotes_the_screenshot_comparison_table():
