@@ -225,6 +225,17 @@ def test_pipeline_speed_paragraph_quotes_its_results_file():
         assert quoted in text, quoted
 
 
+def test_pipeline_rerun_with_the_broadcast_no_op_is_its_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline_broadcast_no_op.json").read_text())
+    text = " ".join(benchmarks_text().split())
+    seconds, real = results["no_op_network_seconds"], results["real_network_seconds"]
+    quoted = f"{seconds['previous']:.2f} s in one pass, {seconds['workers_1']:.2f} s with one worker and "
+    quoted += f"{seconds['workers_2']:.2f} s with two ({results['non_network_speedup']:.2f}x; the second worker "
+    quoted += f"{results['parallel_speedup']:.2f}x;"
+    assert quoted in text
+    assert f"{real['workers_2']:.1f} s against {real['previous']:.1f} s ({results['end_to_end_speedup']:.2f}x)" in text
+
+
 def test_correction_order_table_is_its_results_files():
     from benchmarks.plot_hitl import order_table
 
