@@ -63,9 +63,8 @@ class IntensityLogits(nn.Module):
     """A no-op network: background / interior / boundary logits from the first input channel (no convolutions).
 
     Logits ``(-8, 8, 0) * (intensity - 0.4)``, written in one broadcast
-    multiplication: building them from three tensors and a concatenation cost
-    as much as a quarter of what this benchmark means to measure (everything
-    but the network).
+    multiplication: built from three tensors and a concatenation they added
+    work to what this benchmark means to measure (everything but the network).
     """
 
     def __init__(self) -> None:
