@@ -260,6 +260,10 @@ def test_unseen_kinds_table_and_numbers_are_their_results_files():
     assert f"with 4 corrected images {k4['recipes']['shipped']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
     assert f"with learning rate 1e-3 {levers['recipes']['high_lr']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
     assert levers["recipes"]["no_epoch_cap"]["dsb_colour_tissue"]["kept_parent"]
+    sweep = json.loads((results / "hitl_unseen_v1_colour_sweep.json").read_text())["recipes"]
+    for recipe, row in sweep.items():
+        colour, synthetic = row["dsb_colour_tissue"]["kind_gain"], row["synthetic_he"]["kind_gain"]
+        assert f"{colour:+.3f} / {synthetic:+.3f}" in section, recipe
     gains = [run["recipes"]["shipped"]["synthetic_he"]["kind_gain"] for run in (at_one, k4)]
     gains += [levers["recipes"][recipe]["synthetic_he"]["kind_gain"] for recipe in ("no_epoch_cap", "high_lr")]
     assert "Synthetic H&E gains {:+.3f} ({:+.3f} with 4 images, {:+.3f} and {:+.3f} with".format(*gains) in section
