@@ -166,14 +166,18 @@ def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]], scale: float 
     return [ap50(bundle, image, labels, scale) for image, labels in pairs]
 
 
-def experiment_scale(bundle: Any, images: list[np.ndarray]) -> float:
-    """The scale a user segments an experiment at: the Segment panel's Estimate on each corrected image, averaged.
+def image_scales(bundle: Any, images: list[np.ndarray]) -> list[float]:
+    """The Segment panel's Estimate (:func:`~napari_unet.core.predict.object_size.estimate_scale`) on each image."""
+    return [estimate_scale(image, bundle).scale for image in images]
 
-    The geometric mean of :func:`~napari_unet.core.predict.object_size.estimate_scale` over ``images``,
-    rounded as Estimate rounds: to 2 decimals, and 1 within a factor of ``KEEP_SCALE_WITHIN`` of 1 (images
-    of one experiment can disagree: 0.75 and 1.0 make 0.87, which Estimate would not resize by).
+
+def experiment_scale(factors: list[float]) -> float:
+    """The scale a user segments an experiment at, from the Estimates on its corrected images.
+
+    Their geometric mean, rounded as Estimate rounds: to 2 decimals, and 1 within a factor of
+    ``KEEP_SCALE_WITHIN`` of 1 (images of one experiment can disagree: 0.75 and 1.0 make 0.87, which
+    Estimate would not resize by).
     """
-    factors = [estimate_scale(image, bundle).scale for image in images]
     mean = float(np.exp(np.mean(np.log(factors))))
     return 1.0 if 1 / KEEP_SCALE_WITHIN < mean < KEEP_SCALE_WITHIN else round(mean, 2)
 
@@ -300,13 +304,15 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
         chosen = choose_corrected(args, pool, default)
         rest = pairs[len(pool) :][: args.scored]
         corrected = [pool[i] for i in chosen]
+        estimates = image_scales(default, [image for image, _ in corrected]) if args.scale == "estimate" else [1.0]
         kinds[kind] = {
             "keys": [key for key, _, _ in items],
             "corrected_keys": [items[i][0] for i in chosen],
             "corrected": corrected,
             "scored": rest,
             "panel": rest[: args.panel],
-            "scale": experiment_scale(default, [image for image, _ in corrected]) if args.scale == "estimate" else 1.0,
+            "estimates": estimates,
+            "scale": experiment_scale(estimates),
         }
     return kinds
 
@@ -385,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 "images": data["keys"],
                 "corrected": data["corrected_keys"],
                 "scale": data["scale"],
+                "estimates": data["estimates"],
                 "default_ap50": float(np.mean(before[kind]["kind"])),
             }
             for kind, data in kinds.items()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from skimage.transform import rescale
 
-from benchmarks.bench_hitl import experiment_scale, parse_args, score
+from benchmarks.bench_hitl import experiment_scale, image_scales, parse_args, score
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.models.registry import load_model
 
@@ -21,22 +21,15 @@ def test_an_experiment_of_enlarged_nuclei_is_segmented_at_the_estimated_scale():
     image, labels = synthetic_nuclei((128, 128), 8, seed=4)  # median diameter 21 px
     big_image = rescale(image, 5, order=1, preserve_range=True).astype(image.dtype)
     big_labels = rescale(labels, 5, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
-    assert experiment_scale(bundle, [image]) == 1.0  # nuclei of the model's training sizes
-    factor = experiment_scale(bundle, [big_image])
+    assert image_scales(bundle, [image]) == [1.0]  # nuclei of the model's training sizes
+    factor = experiment_scale(image_scales(bundle, [big_image]))
     assert 0.3 < factor < 0.8  # five times larger nuclei (~105 px): brought to the model's largest (52 px)
     at_estimate, at_one = score(bundle, [(big_image, big_labels)], factor), score(bundle, [(big_image, big_labels)])
     assert at_estimate[0] > at_one[0]  # 0.875 against 0.750 when written
 
 
-def test_an_experiment_scale_is_rounded_as_estimate_rounds(monkeypatch):
-    import benchmarks.bench_hitl as bench
-    from napari_unet.core.predict.object_size import SizeEstimate
-
-    def estimates(factors):
-        answers = iter(SizeEstimate(scale=factor, diameter=None, passes=()) for factor in factors)
-        monkeypatch.setattr(bench, "estimate_scale", lambda image, bundle: next(answers))
-        return bench.experiment_scale(None, [None] * len(factors))
-
-    assert estimates([0.75, 1.0]) == 1.0  # 0.866: within the factor Estimate does not resize by
-    assert estimates([0.26, 0.37]) == 0.31
-    assert estimates([1.0, 0.39]) == 0.62
+def test_an_experiment_scale_is_rounded_as_estimate_rounds():
+    assert experiment_scale([0.75, 1.0]) == 1.0  # 0.866: within the factor Estimate does not resize by
+    assert experiment_scale([0.26, 0.37]) == 0.31
+    assert experiment_scale([1.0, 0.39]) == 0.62
+    assert experiment_scale([1.0]) == 1.0
