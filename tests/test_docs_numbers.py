@@ -260,7 +260,17 @@ def test_unseen_kinds_table_and_numbers_are_their_results_files():
     assert f"with 4 corrected images {k4['recipes']['shipped']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
     assert f"with learning rate 1e-3 {levers['recipes']['high_lr']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
     assert levers["recipes"]["no_epoch_cap"]["dsb_colour_tissue"]["kept_parent"]
+    seeds = [
+        json.loads((results / f"hitl_unseen_v1_colour_sweep{suffix}.json").read_text())["recipes"]
+        for suffix in ("_seed1", "_seed2")
+    ]
     sweep = json.loads((results / "hitl_unseen_v1_colour_sweep.json").read_text())["recipes"]
+    for recipe in seeds[0]:
+        means = [
+            sum(run[recipe][kind]["kind_gain"] for run in (sweep, *seeds)) / 3
+            for kind in ("dsb_colour_tissue", "synthetic_he")
+        ]
+        assert "{:+.3f} / {:+.3f}".format(*means) in section, recipe
     for recipe, row in sweep.items():
         colour, synthetic = row["dsb_colour_tissue"]["kind_gain"], row["synthetic_he"]["kind_gain"]
         assert f"{colour:+.3f} / {synthetic:+.3f}" in section, recipe
