@@ -7,6 +7,8 @@ safetensors (no napari needed).  Rows:
   (``predict``) megapixels/s on synthetic images of the given sizes;
 - ``network_only``: ``predict_probabilities`` alone on larger sizes (their
   end-to-end time is CPU post-processing);
+- ``batch_sizes``: ``predict_probabilities`` at the first size with 4, 8, 16
+  and 32 tiles per forward pass;
 - ``pipeline``: end to end at the first size with one-pass post-processing
   (``workers=1``) and with chunks labelled by every core while the network
   runs, the labels of one against the other, and CUDA labels against the
@@ -36,19 +38,32 @@ from napari_unet.core.predict.planar import predict_probabilities
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train.fine_tune import iter_train
 
+BATCH_SIZES = (4, 8, 16, 32)
+"""Tiles per forward pass the batch-size row tries (the automatic choice on a GPU is 8)."""
 
-def network_only(bundle, size: int) -> dict:
-    """Seconds and megapixels/s of ``predict_probabilities`` on a random ``size``² plane (best of 2 after a warm-up)."""
+
+def network_only(bundle, size: int, batch_size: int = 0, device: str = "cuda") -> dict:
+    """Seconds and megapixels/s of ``predict_probabilities`` on a random ``size``² plane (best of 2 after a warm-up).
+
+    ``batch_size`` tiles per forward pass (0: the automatic choice, 8 on a GPU; a pass that runs out of
+    memory is halved).
+    """
     plane = np.random.default_rng(0).random((bundle.config.in_channels, size, size), dtype=np.float32)
-    config = InferenceConfig(device="cuda")
+    config = InferenceConfig(device=device, batch_size=batch_size)
     times = []
     for _ in range(3):
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         predict_probabilities(bundle, plane, config)
         times.append(time.perf_counter() - start)
     best = min(times[1:])
-    return {"size": size, "network_s": best, "network_mpx_per_s": size * size / 1e6 / best}
+    return {
+        "size": size,
+        "batch_size": batch_size or "auto",
+        "network_s": best,
+        "network_mpx_per_s": size * size / 1e6 / best,
+    }
 
 
 def pipeline(bundle, size: int, cpu_size: int) -> dict:
@@ -119,6 +134,7 @@ def main() -> None:
     sections = {
         "inference": lambda: [bench_size(bundle, int(s), "cuda", 2) for s in args.sizes.split(",") if s],
         "network_only": lambda: [network_only(bundle, int(s)) for s in args.network_sizes.split(",") if s],
+        "batch_sizes": lambda: [network_only(bundle, int(args.sizes.split(",")[0]), b) for b in BATCH_SIZES],
         "pipeline": lambda: pipeline(bundle, int(args.sizes.split(",")[0]), 2048),
         "fine_tune": lambda: fine_tune(bundle, args.fine_tune_seconds),
     }

@@ -4,8 +4,9 @@
 #   OUT=/some/folder bash benchmarks/gpu_check.sh
 #
 # 1. the gpu test tier (tests/core/test_gpu.py) -> $OUT/gpu_tests.txt
-# 2. benchmarks/gpu_check.py: network and end-to-end MPx/s at 4096², network at 16384², one-pass against
-#    pipelined post-processing at 4096² (labels compared, also with the CPU path), a 10 s fine-tune
+# 2. benchmarks/gpu_check.py: network and end-to-end MPx/s at 4096², network at 16384² and with 4 to 32 tiles
+#    per pass, one-pass against pipelined post-processing at 4096² (labels compared, also with the CPU path),
+#    a 10 s fine-tune
 #    -> $OUT/gpu_check.json (commit it as benchmarks/results/gpu_check.json)
 set -uo pipefail
 cd "$(dirname "$0")/.."

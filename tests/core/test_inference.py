@@ -226,6 +226,49 @@ def test_probabilities_do_not_depend_on_batch_size():
     np.testing.assert_allclose(one, many, atol=1e-5)
 
 
+class MemoryLimited(nn.Module):
+    """Wraps a network; a forward pass of more than ``most`` tiles raises an out-of-memory error, as CUDA does."""
+
+    def __init__(self, network: nn.Module, most: int) -> None:
+        super().__init__()
+        self.network, self.most, self.passes = network, most, []
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.shape[0] > self.most:
+            raise torch.OutOfMemoryError(f"{inputs.shape[0]} tiles do not fit")
+        self.passes.append(inputs.shape[0])
+        return self.network(inputs)
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_and_gives_the_same_probabilities(monkeypatch):
+    from napari_unet.core.predict import planar
+
+    plane = smooth_noise((1, 130, 90), seed=3)
+    bundle = unet_bundle(depth=2)
+    one = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, batch_size=1))
+    real = planar.inference_network
+    limited = []
+
+    def memory_limited(network: nn.Module, device: torch.device) -> MemoryLimited:
+        limited.append(MemoryLimited(real(network, device), 3))
+        return limited[-1]
+
+    monkeypatch.setattr(planar, "inference_network", memory_limited)
+    split = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, batch_size=7))
+    np.testing.assert_allclose(one, split, atol=1e-5)
+    assert limited[0].passes == [3, 3]  # 6 tiles: the pass of 6 ran out of memory, halved to 3 (7 // 2)
+
+
+def test_one_tile_that_does_not_fit_is_the_error_the_user_sees(monkeypatch):
+    from napari_unet.core.predict import planar
+
+    real = planar.inference_network
+    monkeypatch.setattr(planar, "inference_network", lambda net, dev: MemoryLimited(real(net, dev), 0))
+    cfg = InferenceConfig(device="cpu", tile_size=64, batch_size=4)
+    with pytest.raises(torch.OutOfMemoryError):
+        predict_probabilities(unet_bundle(depth=2), smooth_noise((1, 130, 90), seed=3), cfg)
+
+
 def test_amp_on_cpu_uses_bfloat16_only_where_the_processor_has_it(monkeypatch):
     from napari_unet.core.predict import runtime
 

@@ -89,7 +89,8 @@ def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_
 
 CPU_BATCH_SIZE, GPU_BATCH_SIZE = 1, 8
 """Tiles per forward pass when ``InferenceConfig.batch_size`` is 0 (automatic): on 2 CPU cores one 512² tile
-at a time runs 1.7x faster per pixel than four (``benchmarks/bench_inference.py``); a GPU wants batches."""
+at a time runs 1.7x faster per pixel than four (``benchmarks/bench_inference.py``); a GPU wants batches
+(halved while they run out of its memory: :class:`BatchFit`)."""
 
 
 def effective_batch_size(cfg: InferenceConfig, device: torch.device) -> int:
@@ -102,6 +103,54 @@ def effective_batch_size(cfg: InferenceConfig, device: torch.device) -> int:
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class BatchFit:
+    """The most tiles one forward pass may take: the batch size, halved each time device memory runs out.
+
+    Attributes
+    ----------
+    size : int
+        Tiles per forward pass (>= 1); one plane's batches share it, so after
+        one out-of-memory error the rest of the plane runs in smaller passes.
+
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+
+    def shrink(self, device: torch.device) -> bool:
+        """Halve :attr:`size` after an out-of-memory error, freeing what the failed pass left in the cache.
+
+        Returns False, changing nothing, when one tile already ran alone (nothing smaller to try).
+        """
+        if self.size == 1:
+            return False
+        self.size //= 2
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return True
+
+
+def fitting_probabilities(
+    network: nn.Module, inputs: torch.Tensor, device: torch.device, cfg: InferenceConfig, fit: BatchFit
+) -> torch.Tensor:
+    """:func:`tile_probabilities` of ``inputs (N, C, ty, tx)`` in passes of at most ``fit.size`` tiles.
+
+    A pass that runs out of device memory is retried with half as many tiles
+    (``fit`` remembers it); the result ``(N, K, ty, tx)`` is the same as one pass.
+    """
+    parts, start = [], 0
+    while start < len(inputs):
+        chunk = inputs[start : start + fit.size]
+        try:
+            parts.append(tile_probabilities(network, chunk, device, cfg))
+        except torch.OutOfMemoryError:
+            if not fit.shrink(device):
+                raise
+            continue
+        start += len(chunk)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _iter_plane_probabilities(
@@ -134,12 +183,13 @@ def _iter_plane_probabilities(
         weights = None if plan.weights is None else torch.from_numpy(plan.weights).to(store)
     rows = _FinalRows(plan, crop[-2:], total, on_rows)
     done = 0
-    for batch in _batches(plan.tiles, effective_batch_size(cfg, device)):
+    fit = BatchFit(effective_batch_size(cfg, device))
+    for batch in _batches(plan.tiles, fit.size):
         check_cancel(cancel)
         with torch.inference_mode():
             inputs = _gather_tiles(source, batch).to(device, non_blocking=True)
             inputs = inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
-            probabilities = tile_probabilities(network, inputs, device, cfg).to(store)
+            probabilities = fitting_probabilities(network, inputs, device, cfg, fit).to(store)
             for (sy, sx), one_tile in zip(batch, probabilities, strict=True):
                 if weights is None:
                     total[:, sy, sx] = one_tile
