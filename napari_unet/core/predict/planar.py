@@ -122,7 +122,11 @@ class BatchFit:
     def shrink(self, device: torch.device) -> bool:
         """Halve :attr:`size` after an out-of-memory error, freeing what the failed pass left in the cache.
 
-        Returns False, changing nothing, when one tile already ran alone (nothing smaller to try).
+        Returns
+        -------
+        bool
+            False, changing nothing, when one tile already ran alone (nothing smaller to try).
+
         """
         if self.size == 1:
             return False
@@ -140,7 +144,8 @@ def fitting_probabilities(
     A pass that runs out of device memory is retried with half as many tiles
     (``fit`` remembers it); the result ``(N, K, ty, tx)`` is the same as one pass.
     """
-    parts, start = [], 0
+    parts: list[torch.Tensor] = []
+    start = 0
     while start < len(inputs):
         chunk = inputs[start : start + fit.size]
         try:
