@@ -60,7 +60,7 @@ from napari_unet.core.evaluate.metrics import evaluate_image
 from napari_unet.core.experiment import uncertainty
 from napari_unet.core.io import read_image, read_labels, write_json
 from napari_unet.core.models.registry import load_model
-from napari_unet.core.predict.object_size import KEEP_SCALE_WITHIN, estimate_scale
+from napari_unet.core.predict.object_size import estimate_scale, settled_scale
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train import fine_tune as fine_tuning
@@ -174,12 +174,11 @@ def image_scales(bundle: Any, images: list[np.ndarray]) -> list[float]:
 def experiment_scale(factors: list[float]) -> float:
     """The scale a user segments an experiment at, from the Estimates on its corrected images.
 
-    Their geometric mean, rounded as Estimate rounds: to 2 decimals, and 1 within a factor of
-    ``KEEP_SCALE_WITHIN`` of 1 (images of one experiment can disagree: 0.75 and 1.0 make 0.87, which
-    Estimate would not resize by).
+    Their geometric mean, settled as Estimate settles a factor
+    (:func:`~napari_unet.core.predict.object_size.settled_scale`; images of one experiment can disagree:
+    0.75 and 1.0 make 0.87, which Estimate would not resize by).
     """
-    mean = float(np.exp(np.mean(np.log(factors))))
-    return 1.0 if 1 / KEEP_SCALE_WITHIN < mean < KEEP_SCALE_WITHIN else round(mean, 2)
+    return settled_scale(float(np.exp(np.mean(np.log(factors)))))
 
 
 def run_recipe(

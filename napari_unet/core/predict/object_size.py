@@ -120,9 +120,27 @@ class DiameterRange:
             scale = self.low / diameter
         elif diameter > self.high:
             scale = self.high / diameter
-        if 1 / KEEP_SCALE_WITHIN < scale < KEEP_SCALE_WITHIN:
-            return 1.0
-        return round(min(MAX_AUTO_SCALE, max(MIN_AUTO_SCALE, scale)), 2)
+        return settled_scale(scale)
+
+
+def settled_scale(scale: float) -> float:
+    """Return a resize factor as Estimate gives it.
+
+    Parameters
+    ----------
+    scale : float
+        Any positive factor.
+
+    Returns
+    -------
+    float
+        1 within a factor of :data:`KEEP_SCALE_WITHIN` of 1 (not worth a resize); else ``scale``
+        clipped to [:data:`MIN_AUTO_SCALE`, :data:`MAX_AUTO_SCALE`] and rounded to 2 decimals.
+
+    """
+    if 1 / KEEP_SCALE_WITHIN < scale < KEEP_SCALE_WITHIN:
+        return 1.0
+    return round(min(MAX_AUTO_SCALE, max(MIN_AUTO_SCALE, scale)), 2)
 
 
 def object_diameters(labels: np.ndarray) -> np.ndarray:
