@@ -91,6 +91,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "low_lr_replay_half_blend": {"learning_rate": 3e-4, "replay_fraction": 0.5, "parent_share": 0.5},
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
     "flip_checks": {"quick_checks": False},
+    "stain_jitter": {"stain_jitter": 0.5},
+    "stain_jitter_always": {"stain_jitter": 1.0},
 }
 """Recipe name -> TrainingConfig fields changed from the product's recipe (``shipped``: the CLI's and the panel's
 fine-tuning of the default model, :func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`)."""

@@ -372,6 +372,10 @@ class TrainingConfig(JsonConfig):
         ``focal_dice``.
     augment : bool
         Random flips, rot90, affine/elastic and intensity changes.
+    stain_jitter : float
+        With ``augment``, the probability that a colour patch's stains
+        (haematoxylin, eosin, DAB) are jittered
+        (:func:`~napari_unet.core.train.augment.random_stain`); 0 disables.
     val_fraction : float
         Fraction of annotated images (or image area) held out for validation
         when no validation set is given.
@@ -428,6 +432,7 @@ class TrainingConfig(JsonConfig):
     corrected_weight: float = 2.0
     loss: str = "ce_dice"
     augment: bool = True
+    stain_jitter: float = 0.0
     val_fraction: float = 0.2
     device: str = "auto"
     amp: bool = True
@@ -444,6 +449,7 @@ class TrainingConfig(JsonConfig):
         _check_range(name, "num_threads", self.num_threads, 0, 1024)
         _check_range(name, "replay_fraction", self.replay_fraction, 0.0, 0.9)
         _check_range(name, "parent_share", self.parent_share, 0.0, 0.9)
+        _check_range(name, "stain_jitter", self.stain_jitter, 0.0, 1.0)
         _check_range(name, "patch_size", self.patch_size, 16, 4096)
         _check_range(name, "batch_size", self.batch_size, 1, 1024)
         _check_range(name, "learning_rate", self.learning_rate, 1e-8, 1.0)

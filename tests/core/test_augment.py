@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from skimage.color import hed_from_rgb, rgb_from_hed
 
+from napari_unet.core.config import ConfigError, TrainingConfig
 from napari_unet.core.train.augment import (
     AugmentParams,
     augment_sample,
     flip_rot90,
     random_intensity,
+    random_stain,
     random_warp_coordinates,
     warp,
 )
@@ -124,3 +128,47 @@ def test_augmentation_keeps_a_grey_patch_grey_and_noises_colour_channels_apart()
     out = random_intensity(colour, np.random.default_rng(0), AugmentParams(p_intensity=0, p_gamma=0, p_noise=1))
     residual = out - colour
     assert not np.allclose(residual[0], residual[1])
+
+
+def stained_patch(size: int = 24) -> np.ndarray:
+    """A (3, size, size) colour patch made of known haematoxylin, eosin and DAB densities (background 1)."""
+    rng = np.random.default_rng(3)
+    stains = rng.uniform(0.0, 0.6, size=(3, size * size))
+    return np.exp(-(rgb_from_hed.T @ stains)).reshape(3, size, size).astype(np.float32)
+
+
+def stain_densities(image: np.ndarray) -> np.ndarray:
+    """(3, pixels) haematoxylin, eosin and DAB densities of a (3, Y, X) patch."""
+    return hed_from_rgb.T @ -np.log(image.reshape(3, -1).astype(np.float64))
+
+
+def test_stain_jitter_scales_and_shifts_each_stain_within_its_ranges():
+    patch = stained_patch()
+    params = AugmentParams(stain_scale=0.2, stain_shift=0.05)
+    out = random_stain(patch, np.random.default_rng(0), params)
+    before, after = stain_densities(patch), stain_densities(out)
+    slopes = []
+    for stain in range(3):
+        slope, shift = np.polyfit(before[stain], after[stain], 1)
+        np.testing.assert_allclose(after[stain], slope * before[stain] + shift, atol=1e-4)
+        assert 0.8 - 1e-6 <= slope <= 1.2 + 1e-6 and abs(shift) <= 0.05 + 1e-6
+        slopes.append(slope)
+    assert np.ptp(slopes) > 0.01, "each stain draws its own change"
+
+
+def test_stain_jitter_leaves_grey_patches_and_is_off_by_default():
+    grey = np.repeat(stained_patch()[:1], 3, axis=0)
+    assert random_stain(grey, np.random.default_rng(0)) is grey
+    _, target, weight = sample(size=24, channels=3)
+    colour = stained_patch()
+
+    def red_blue_ratios(p_stain: float) -> np.ndarray:
+        params, rng = AugmentParams(p_stain=p_stain, p_warp=0.0, **NO_INTENSITY), np.random.default_rng(5)
+        outputs = [augment_sample(colour, target, weight, rng, params)[0] for _ in range(4)]
+        return np.array([out[0].sum() / out[2].sum() for out in outputs])
+
+    assert np.ptp(red_blue_ratios(0.0)) < 1e-6, "flips and turns keep colour ratios"
+    assert np.ptp(red_blue_ratios(1.0)) > 1e-3, "stain jitter changes them"
+    assert AugmentParams().p_stain == 0.0 and TrainingConfig().stain_jitter == 0.0
+    with pytest.raises(ConfigError, match="stain_jitter"):
+        TrainingConfig(stain_jitter=1.5)

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from napari_unet.core.labels.postprocess import probabilities_to_labels
 from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.predict.runtime import model_uses_flips
 from napari_unet.core.progress import Progress, check_cancel
-from napari_unet.core.train.augment import augment_sample
+from napari_unet.core.train.augment import DEFAULT_PARAMS, augment_sample
 from napari_unet.core.train.branches import BRANCH_NAMES, freeze_unreached, keep_frozen
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
@@ -105,6 +106,7 @@ class TrainingRun:
         self.bundle, self.started = bundle, started
         self.class_weights = torch.as_tensor(class_weights, device=device)
         self.rng = np.random.default_rng(cfg.seed)
+        self.augment_params = replace(DEFAULT_PARAMS, p_stain=cfg.stain_jitter)
         torch.manual_seed(cfg.seed)
         self.frozen = freeze_unreached(network, reached)  # branches no training image reaches
         self.frozen_names = [name for name in BRANCH_NAMES if reached is not None and name not in reached]
@@ -462,7 +464,7 @@ class TrainingRun:
         window = (slice(top, top + self.patch), slice(left, left + self.patch))
         image, target, weight = item.image[(slice(None), *window)], item.target[window], item.weight[window]
         if self.cfg.augment:
-            return augment_sample(image, target, weight, self.rng)
+            return augment_sample(image, target, weight, self.rng, self.augment_params)
         return np.ascontiguousarray(image), np.ascontiguousarray(target), np.ascontiguousarray(weight)
 
     # ---------------------------------------------------------------- validation
