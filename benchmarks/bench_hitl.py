@@ -93,6 +93,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "flip_checks": {"quick_checks": False},
     "stain_jitter": {"stain_jitter": 0.5},
     "stain_jitter_always": {"stain_jitter": 1.0},
+    "anchor_10": {"anchor_decay": 10.0},
+    "anchor_100": {"anchor_decay": 100.0},
 }
 """Recipe name -> TrainingConfig fields changed from the product's recipe (``shipped``: the CLI's and the panel's
 fine-tuning of the default model, :func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`)."""

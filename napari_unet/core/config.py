@@ -376,6 +376,7 @@ class TrainingConfig(JsonConfig):
         With ``augment``, the probability that a colour patch's stains
         (haematoxylin, eosin, DAB) are jittered
         (:func:`~napari_unet.core.train.augment.random_stain`); 0 disables.
+        2D training only.
     val_fraction : float
         Fraction of annotated images (or image area) held out for validation
         when no validation set is given.
@@ -399,6 +400,11 @@ class TrainingConfig(JsonConfig):
         After a validated fine-tune of a trained model, also validate the
         kept weights averaged with the starting ones (this share of the
         starting model) and keep the average unless it validates worse.
+    anchor_decay : float
+        Pull the trained weights back towards the starting ones after every
+        step, ``w -= lr * anchor_decay * (w - w_start)`` (decoupled, as
+        AdamW's weight decay pulls towards 0; an L2-SP regulariser, Li et
+        al. 2018); 0 disables.  2D training only.
     freeze_batch_norm : bool
         Keep BatchNorm running statistics as the starting model had them
         (normalise with them, never update them); scales and shifts still learn.
@@ -440,6 +446,7 @@ class TrainingConfig(JsonConfig):
     num_threads: int = 0
     replay_fraction: float = 0.25
     parent_share: float = 0.0
+    anchor_decay: float = 0.0
     freeze_batch_norm: bool = False
     retune_thresholds: bool = False
     quick_checks: bool = True
@@ -450,6 +457,7 @@ class TrainingConfig(JsonConfig):
         _check_range(name, "replay_fraction", self.replay_fraction, 0.0, 0.9)
         _check_range(name, "parent_share", self.parent_share, 0.0, 0.9)
         _check_range(name, "stain_jitter", self.stain_jitter, 0.0, 1.0)
+        _check_range(name, "anchor_decay", self.anchor_decay, 0.0, 1000.0)
         _check_range(name, "patch_size", self.patch_size, 16, 4096)
         _check_range(name, "batch_size", self.batch_size, 1, 1024)
         _check_range(name, "learning_rate", self.learning_rate, 1e-8, 1.0)

@@ -536,3 +536,19 @@ def test_a_trained_parent_keeps_its_place_on_a_validation_tie_unless_outlines_im
     untrained = loop_after_parent(tiny_bundle())
     untrained._keep_if_best(tie_with_lower_loss)
     assert untrained.best_step == 10, "from scratch, a tie with a lower loss moves on"
+
+
+def test_anchor_decay_pulls_the_trained_weights_towards_the_start():
+    bundle = tiny_bundle()
+    start = {name: p.detach().clone() for name, p in bundle.network.named_parameters()}
+    images, labels = dataset(1)
+    cfg = dataclasses.replace(FAST, max_steps=8, val_fraction=0.0, augment=False, schedule="constant")
+
+    def distance_from_start(anchor_decay: float) -> float:
+        result, _ = drain(iter_train(bundle, images, labels, dataclasses.replace(cfg, anchor_decay=anchor_decay)))
+        moved = dict(result.bundle.network.named_parameters())
+        return float(sum(torch.sum((moved[name] - weight) ** 2) for name, weight in start.items()) ** 0.5)
+
+    free, anchored = distance_from_start(0.0), distance_from_start(100.0)
+    assert 0 < anchored < 0.8 * free
+    assert distance_from_start(1000.0) < 1e-6, "a pull of the whole way every step leaves the start"

@@ -112,6 +112,7 @@ class TrainingRun:
         self.frozen_names = [name for name in BRANCH_NAMES if reached is not None and name not in reached]
         trainable = [parameter for parameter in network.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.anchors = [(p, p.detach().clone()) for p in trainable] if cfg.anchor_decay else []  # (weight, start)
         self.use_amp = cfg.amp and device.type == "cuda"
         self.report_with_flips = model_uses_flips(bundle.metadata)  # reported scores: the model as it will run
         self.check_with_flips = self.report_with_flips and not cfg.quick_checks  # the checks that decide
@@ -431,7 +432,15 @@ class TrainingRun:
         else:
             loss.backward()
             self.optimizer.step()
+        self._pull_towards_start()
         return float(loss.detach())
+
+    @torch.no_grad()
+    def _pull_towards_start(self) -> None:
+        """Move each trained weight ``lr * cfg.anchor_decay`` of the way back to its starting value (L2-SP)."""
+        share = self.optimizer.param_groups[0]["lr"] * self.cfg.anchor_decay
+        for weight, start in self.anchors:
+            weight.lerp_(start, min(share, 1.0))
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         samples = [self._sample() for _ in range(self.cfg.batch_size)]
