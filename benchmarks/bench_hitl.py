@@ -22,7 +22,9 @@ after the pool, so the two orders compare on the same images.
 ``--scale estimate`` segments and fine-tunes each kind at the scale the
 Segment panel's Estimate gives on its corrected images (as the Fine-tune
 panel and ``napari-unet train --scale`` train at the scale an image was
-segmented at); ``--model`` fine-tunes another parent than the bundled model
+segmented at); ``--scale advice`` at the resize fine-tuning advises from
+the corrected labels (:func:`~napari_unet.core.train.preparation.size_advice`,
+1 when it gives none); ``--model`` fine-tunes another parent than the bundled model
 (with the replay set in its folder; ``benchmarks/unseen_kinds.sh`` runs the
 previous default model on kinds it never trained on).
 
@@ -66,7 +68,7 @@ from napari_unet.core.progress import run_to_end
 from napari_unet.core.train import fine_tune as fine_tuning
 from napari_unet.core.train import loop as training_loop
 from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
-from napari_unet.core.train.preparation import rescale_training_data
+from napari_unet.core.train.preparation import rescale_training_data, size_advice
 from training.splits import split_images
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -307,7 +309,7 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
         chosen = choose_corrected(args, pool, default)
         rest = pairs[len(pool) :][: args.scored]
         corrected = [pool[i] for i in chosen]
-        estimates = image_scales(default, [image for image, _ in corrected]) if args.scale == "estimate" else [1.0]
+        estimates, scale = kind_scale(args.scale, default, corrected)
         kinds[kind] = {
             "keys": [key for key, _, _ in items],
             "corrected_keys": [items[i][0] for i in chosen],
@@ -315,9 +317,30 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
             "scored": rest,
             "panel": rest[: args.panel],
             "estimates": estimates,
-            "scale": experiment_scale(estimates),
+            "scale": scale,
         }
     return kinds
+
+
+def kind_scale(how: str, default: Any, corrected: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[float], float]:
+    """The scale a kind is segmented and fine-tuned at (``--scale``) and the Estimates it came from.
+
+    Returns
+    -------
+    estimates : list of float
+        Each corrected image's Estimate (``estimate``; ``[1.0]`` otherwise).
+    scale : float
+        1, the Estimates' :func:`experiment_scale`, or the factor of
+        :func:`~napari_unet.core.train.preparation.size_advice` on the corrected labels (1 without advice).
+    """
+    if how == "estimate":
+        estimates = image_scales(default, [image for image, _ in corrected])
+        return estimates, experiment_scale(estimates)
+    if how == "advice":
+        labels = [labels for _, labels in corrected]
+        advice = size_advice(default.metadata, labels, [np.ones(label.shape, bool) for label in labels])
+        return [1.0], advice["factor"] if advice else 1.0
+    return [1.0], 1.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -337,9 +360,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--scale",
-        choices=("1", "estimate"),
+        choices=("1", "estimate", "advice"),
         default="1",
-        help="segment and fine-tune each kind at scale 1, or at the Segment panel's Estimate on its corrected images",
+        help="segment and fine-tune each kind at scale 1, at the Segment panel's Estimate on its corrected images, "
+        "or at the resize fine-tuning advises from their labels",
     )
     parser.add_argument(
         "--model",

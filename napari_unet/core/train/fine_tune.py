@@ -12,6 +12,9 @@ Pipeline
    :class:`~napari_unet.core.config.NormalizeConfig`.
 2. Labels become 3-class targets and per-pixel loss weights
    (:mod:`napari_unet.core.train.pixel_classes`) following ``cfg.annotation_mode``.
+   When the annotated nuclei are far larger or smaller than those the model
+   learned, a message (and the notice) advises a resize
+   (:func:`~napari_unet.core.train.preparation.size_advice`).
 3. A validation set is the given ``val_images``/``val_labels``, else held-out
    images (``val_fraction`` of them) from five annotated images on, else a
    strip on the right of each image chosen by nucleus count (together
@@ -92,6 +95,7 @@ from napari_unet.core.train.outcome import (
     needs_validation,
     notice_of,
 )
+from napari_unet.core.train.preparation import size_advice, size_advice_text
 from napari_unet.core.train.replay import (
     Crops,
     load_replay_set,
@@ -201,7 +205,8 @@ def iter_train(
             f"{model_cfg.head!r}. Start from the default model or another 3-class model."
         )
     prepared = prepare_images(bundle, images, labels, cfg, rois_list, previous_list)
-    messages: list[str] = []
+    advice = size_advice(bundle.metadata, labels, [weight > 0 for weight in prepared.weights])
+    messages: list[str] = [size_advice_text(advice)] if advice else []
     patch, notes = choose_patch_size(cfg.patch_size, model_cfg.size_multiple, [a.shape[:2] for a in images])
     messages += notes
     check_batch_norm(model_cfg.norm, cfg.batch_size, patch // model_cfg.size_multiple)
@@ -243,6 +248,8 @@ def iter_train(
     )
     if other_kinds is not None:
         lineage["replay_check"] = other_kinds
+    if advice:
+        lineage["size_advice"] = advice
     new_bundle = ModelBundle(
         network=network,
         config=bundle.config,

@@ -14,6 +14,7 @@ import torch
 
 from napari_unet.core.config import PostprocessConfig, TrainingConfig
 from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.train.preparation import size_advice_text
 from napari_unet.core.train.replay import GROUP_FORGETTING_LIMIT
 
 
@@ -89,9 +90,17 @@ def notice_of(result: TrainResult) -> str:
     str
         One to three sentences: held-out scores before and after (or why
         there were none), the scores on other kinds, and what the other-kinds
-        guard (:mod:`~napari_unet.core.train.guard`) kept when it stepped in.
+        guard (:mod:`~napari_unet.core.train.guard`) kept when it stepped in;
+        then, when the corrected nuclei's sizes were far from the model's
+        (:func:`~napari_unet.core.train.preparation.size_advice`), the resize to try.
 
     """
+    advice = result.lineage.get("size_advice")
+    return outcome_text(result) + (f" Note: {size_advice_text(advice)}." if advice else "")
+
+
+def outcome_text(result: TrainResult) -> str:
+    """Say what fine-tuning kept and why, with held-out and other-kinds scores (:func:`notice_of` without advice)."""
     before, after = result.metrics_before or {}, result.metrics_after or {}
     check = result.replay_check or {}
     if check.get("kept_parent"):

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,3 +99,73 @@ def record_training_diameters(bundle: Any, images: Sequence[np.ndarray], labels:
     target = DiameterRange(record["low"], record["high"])
     record["measured_over_true"] = measurement_bias(bundle, list(images), list(labels), target)
     bundle.metadata[METADATA_KEY] = record
+
+
+def size_advice(
+    metadata: Mapping[str, Any], labels: Sequence[np.ndarray], annotated: Sequence[np.ndarray]
+) -> dict[str, float] | None:
+    """Advise a resize when the corrected nuclei are larger or smaller than those the model learned.
+
+    A model fine-tuned on nuclei far outside its training sizes learns little
+    from them (nuclei wider than the training patches never fit one whole),
+    and segmenting and fine-tuning at a scale that brings them into range
+    does better (``benchmarks/results/size_advice.json``).  The corrected
+    nuclei's true diameters are known, so no estimate is needed.
+
+    Parameters
+    ----------
+    metadata : mapping
+        The starting model's metadata; without a recorded training-diameter
+        range (:data:`~napari_unet.core.predict.object_size.METADATA_KEY`) there is no advice.
+    labels : sequence of int arrays (Y, X)
+        Instance labels of the training images, at the size they are fine-tuned at.
+    annotated : sequence of bool arrays (Y, X)
+        Pixels that count in each image; a nucleus counts when mostly inside them.
+
+    Returns
+    -------
+    dict or None
+        ``diameter`` (median, pixels, of the counted nuclei not cut by an
+        image border, or of all counted ones when fewer than 3 are whole),
+        ``nuclei``, the model's range ``low`` / ``high`` and ``factor``, the
+        resize that brings the diameter into it (as the Segment panel's
+        Estimate rounds it); None when the nuclei are within a factor 1.25 of
+        the range, too few (under 3) or the model records no range.
+
+    """
+    from skimage.segmentation import clear_border
+
+    from napari_unet.core.predict.object_size import METADATA_KEY, MIN_OBJECTS, DiameterRange, object_diameters
+    from napari_unet.core.train.validation import keep_annotated
+
+    if METADATA_KEY not in metadata:
+        return None
+    counted = [keep_annotated(np.asarray(label), mask) for label, mask in zip(labels, annotated, strict=True)]
+    diameters = np.concatenate([object_diameters(clear_border(label)) for label in counted])
+    if diameters.size < MIN_OBJECTS:
+        diameters = np.concatenate([object_diameters(label) for label in counted])
+    if diameters.size < MIN_OBJECTS:
+        return None
+    learned = DiameterRange.of_model(metadata)
+    diameter = float(np.median(diameters))
+    factor = learned.scale_for(diameter)
+    if factor == 1.0:
+        return None
+    return {
+        "diameter": round(diameter, 1),
+        "nuclei": int(diameters.size),
+        "low": learned.low,
+        "high": learned.high,
+        "factor": factor,
+    }
+
+
+def size_advice_text(advice: Mapping[str, float]) -> str:
+    """One sentence for the user from :func:`size_advice`'s record."""
+    relation = "larger" if advice["factor"] < 1 else "smaller"
+    return (
+        f"the corrected nuclei are {advice['diameter']:.0f} px across (median of {advice['nuclei']:.0f}), "
+        f"{relation} than the {advice['low']:.0f}-{advice['high']:.0f} px nuclei this model learned, so it learns "
+        f"little from them at this size: segment and fine-tune with the images resized by {advice['factor']:g} "
+        "(the Segment panel's Estimate; --scale for napari-unet train)"
+    )
