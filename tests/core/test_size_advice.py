@@ -62,5 +62,10 @@ def test_a_fine_tune_on_nuclei_larger_than_the_model_learned_says_so_and_records
     assert 8 <= advice["diameter"] <= 14 and advice["factor"] == round(5.0 / advice["diameter"], 2)
     assert any(event.message.startswith(f"the corrected nuclei are {advice['diameter']:.0f} px") for event in events)
     assert notice_of(result).endswith(f" Note: {size_advice_text(advice)}.")
+    assert notice_of(result).count("the corrected nuclei are") == 1, "the advice is said once, as a note"
+    unvalidated = dataclasses.replace(FAST, max_steps=2, val_fraction=0.0)
+    result, _ = drain(iter_train(bundle, images, labels, unvalidated))
+    assert notice_of(result).startswith("no held-out corrections to score it on (no validation possible: val_fraction")
+    assert notice_of(result).count("the corrected nuclei are") == 1
     result, _ = drain(iter_train(tiny_bundle(), images, labels, dataclasses.replace(FAST, max_steps=2)))
     assert "size_advice" not in result.lineage and "Note:" not in notice_of(result)

@@ -120,7 +120,7 @@ def outcome_text(result: TrainResult) -> str:
             text = f"held-out corrections AP@0.5 {before['val_ap50']:.3f} before -> {after['val_ap50']:.3f} after."
     else:
         text = (
-            f"no held-out corrections to score it on ({result.messages[0] if result.messages else 'too little data'})."
+            f"no held-out corrections to score it on ({result.lineage.get('validation') or 'too little data'})."
         )
     if check:
         text += f" Other kinds ({check['crops']} reference crops): AP@0.5 {check['before']:.3f} -> {check['after']:.3f}"
