@@ -97,6 +97,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "stain_jitter_always": {"stain_jitter": 1.0},
     "anchor_10": {"anchor_decay": 10.0},
     "anchor_100": {"anchor_decay": 100.0},
+    "anchor_300": {"anchor_decay": 300.0},
+    "anchor_100_no_cap": {"anchor_decay": 100.0, "max_epochs": None},
+    "anchor_100_replay_tenth": {"anchor_decay": 100.0, "replay_fraction": 0.1},
 }
 """Recipe name -> TrainingConfig fields changed from the product's recipe (``shipped``: the CLI's and the panel's
 fine-tuning of the default model, :func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`)."""

@@ -521,3 +521,54 @@ def test_colour_check_crop_sentence_is_its_results_file():
         f"{new['synthetic_he']:.3f}, {new['dsb_colour_tissue']:.3f} and {new['dsb_stage2_colour']:.3f})" in text
     )
     assert "parent_share" not in old["other_kinds_check"] and new["other_kinds_check"]["parent_share"] == 0.75
+
+
+def test_own_group_limit_sentence_is_its_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "own_group_limit.json").read_text())
+    tight, loose = results["limits"]["0.02"], results["limits"]["0.05"]
+    expected = (
+        f"over the {results['children']} distinct children kept in all `hitl*.json` runs ({results['harmful']} that "
+        f"cost their kind more than 0.02, {results['helpful']} that gained more than 0.02), a limit of 0.02 would have "
+        f"refused {tight['harmful']} harmful and {tight['helpful']} helpful ones, 0.05 would have refused "
+        f"{loose['harmful']} harmful and {loose['helpful']} helpful ones"
+    )
+    assert expected in benchmarks_text()
+
+
+def test_size_advice_paragraph_and_guide_quote_their_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "size_advice.json").read_text())
+    bundled, v1 = (results["models"][name]["kinds"] for name in ("default", "v1"))
+    advised = [kind for kind, row in bundled.items() if row["advice"]]
+    assert advised == ["s_bsst265_normal"] and [kind for kind, row in v1.items() if row["advice"]] == advised
+    normal, tumour = bundled["s_bsst265_normal"], bundled["s_bsst265_tumour"]
+    old_normal, old_tumour = v1["s_bsst265_normal"], v1["s_bsst265_tumour"]
+
+    def at(row: dict, how: str) -> str:
+        return f"{row[how]['start']:.3f} at {row[how]['scale']:.2f}"
+
+    text = benchmarks_text()
+    assert (
+        f"(corrected nuclei {normal['diameter'][0]:.0f} px across): {normal['advice']['factor']:.2f} for the " in text
+    )
+    assert f"and {old_normal['advice']['factor']:.2f} for v1" in text
+    assert (
+        f"the bundled model scores {at(normal, 'advised')} ({normal['scale_1']['start']:.3f} at scale 1, "
+        f"{normal['estimated']['start']:.3f} at Estimate's {normal['estimated']['scale']:.2f}), v1 "
+        f"{at(old_normal, 'advised')} ({old_normal['scale_1']['start']:.3f} at scale 1, "
+        f"{old_normal['estimated']['start']:.3f} at Estimate's {old_normal['estimated']['scale']:.2f})"
+    ) in text
+    assert normal["advised"]["gain"] == 0 and f"kind by {old_normal['advised']['gain']:+.3f}" in text
+    assert f"cost the two other kinds of that run {-old_normal['advised']['forgetting']:.3f} on average" in text
+    sizes = [f"{size:.0f} px" for size in tumour["image_diameters"]]
+    assert f"are {tumour['diameter'][0]:.0f} px across (one image's are {sizes[0]}, the other's {sizes[1]})" in text
+    assert (
+        f"({tumour['scale_1']['start']:.3f} at scale 1, {tumour['estimated']['start']:.3f} at Estimate's "
+        f"{tumour['estimated']['scale']:.2f}), but v1 does better at Estimate's {old_tumour['estimated']['scale']:.2f} "
+        f"({old_tumour['estimated']['start']:.3f} against {old_tumour['scale_1']['start']:.3f})"
+    ) in text
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    assert (
+        f"corrected nuclei are {normal['diameter'][0]:.0f} px across: {normal['advice']['factor']:.2f} for the bundled "
+        f"model, which scores {normal['advised']['start']:.3f} there against "
+        f"{normal['scale_1']['start']:.3f} at scale 1"
+    ) in guide

@@ -119,9 +119,7 @@ def outcome_text(result: TrainResult) -> str:
         else:
             text = f"held-out corrections AP@0.5 {before['val_ap50']:.3f} before -> {after['val_ap50']:.3f} after."
     else:
-        text = (
-            f"no held-out corrections to score it on ({result.lineage.get('validation') or 'too little data'})."
-        )
+        text = f"no held-out corrections to score it on ({result.lineage.get('validation') or 'too little data'})."
     if check:
         text += f" Other kinds ({check['crops']} reference crops): AP@0.5 {check['before']:.3f} -> {check['after']:.3f}"
         if "parent_share" in check:

@@ -125,39 +125,62 @@ def size_advice(
     Returns
     -------
     dict or None
-        ``diameter`` (median, pixels, of the counted nuclei not cut by an
-        image border, or of all counted ones when fewer than 3 are whole),
-        ``nuclei``, the model's range ``low`` / ``high`` and ``factor``, the
-        resize that brings the diameter into it (as the Segment panel's
-        Estimate rounds it); None when the nuclei are within a factor 1.25 of
-        the range, too few (under 3) or the model records no range.
+        ``diameter`` and ``nuclei`` (:func:`corrected_diameter`), the model's
+        range ``low`` / ``high`` and ``factor``, the resize that brings the
+        diameter into it (as the Segment panel's Estimate rounds it); None
+        when the nuclei are within a factor 1.25 of the range, too few, or
+        the model records no range.
+
+    """
+    from napari_unet.core.predict.object_size import METADATA_KEY, DiameterRange
+
+    measured = corrected_diameter(labels, annotated) if METADATA_KEY in metadata else None
+    if measured is None:
+        return None
+    diameter, nuclei = measured
+    learned = DiameterRange.of_model(metadata)
+    factor = learned.scale_for(diameter)
+    if factor == 1.0:
+        return None
+    return {
+        "diameter": round(diameter, 1),
+        "nuclei": nuclei,
+        "low": learned.low,
+        "high": learned.high,
+        "factor": factor,
+    }
+
+
+def corrected_diameter(labels: Sequence[np.ndarray], annotated: Sequence[np.ndarray]) -> tuple[float, int] | None:
+    """Median diameter (pixels) of the counted nuclei of all images, and how many were counted.
+
+    Parameters
+    ----------
+    labels : sequence of int arrays (Y, X)
+        Instance labels.
+    annotated : sequence of bool arrays (Y, X)
+        Pixels that count in each image; a nucleus counts when mostly inside them.
+
+    Returns
+    -------
+    (float, int) or None
+        The median equivalent-circle diameter of the counted nuclei not cut by
+        an image border (of all counted ones when fewer than 3 are whole) and
+        their number; None with fewer than 3.
 
     """
     from skimage.segmentation import clear_border
 
-    from napari_unet.core.predict.object_size import METADATA_KEY, MIN_OBJECTS, DiameterRange, object_diameters
+    from napari_unet.core.predict.object_size import MIN_OBJECTS, object_diameters
     from napari_unet.core.train.validation import keep_annotated
 
-    if METADATA_KEY not in metadata:
-        return None
     counted = [keep_annotated(np.asarray(label), mask) for label, mask in zip(labels, annotated, strict=True)]
     diameters = np.concatenate([object_diameters(clear_border(label)) for label in counted])
     if diameters.size < MIN_OBJECTS:
         diameters = np.concatenate([object_diameters(label) for label in counted])
     if diameters.size < MIN_OBJECTS:
         return None
-    learned = DiameterRange.of_model(metadata)
-    diameter = float(np.median(diameters))
-    factor = learned.scale_for(diameter)
-    if factor == 1.0:
-        return None
-    return {
-        "diameter": round(diameter, 1),
-        "nuclei": int(diameters.size),
-        "low": learned.low,
-        "high": learned.high,
-        "factor": factor,
-    }
+    return float(np.median(diameters)), int(diameters.size)
 
 
 def size_advice_text(advice: Mapping[str, float]) -> str:
