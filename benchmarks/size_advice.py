@@ -61,10 +61,12 @@ def model_metadata(commit: str | None) -> dict[str, Any]:
     return json.loads(text)["metadata"]
 
 
-def corrected_labels() -> dict[str, list[np.ndarray]]:
-    """Kind -> the ``(Y, X)`` labels of its first :data:`CORRECTED` images, in bench_hitl's order."""
-    kinds = {kind: [read_labels(path) for _, _, path in items[:CORRECTED]] for kind, items in held_out_kinds().items()}
-    kinds[SYNTHETIC_KIND] = [labels for _, _, labels in synthetic_kind()[:CORRECTED]]
+def corrected_labels() -> dict[str, dict[str, np.ndarray]]:
+    """Kind -> image key -> the ``(Y, X)`` labels of its first :data:`CORRECTED` images, in bench_hitl's order."""
+    kinds = {
+        kind: {key: read_labels(path) for key, _, path in items[:CORRECTED]} for kind, items in held_out_kinds().items()
+    }
+    kinds[SYNTHETIC_KIND] = {key: labels for key, _, labels in synthetic_kind()[:CORRECTED]}
     return kinds
 
 
@@ -74,10 +76,10 @@ def measured(run: str, kind: str) -> dict[str, Any] | None:
     if kind not in report["kinds"]:
         return None
     row, settings = report["recipes"]["shipped"][kind], report["kinds"][kind]
-    start = settings["default_ap50"]
     return {
+        "corrected": settings.get("corrected"),
         "scale": settings.get("scale", 1.0),
-        "start": start,
+        "start": settings["default_ap50"],
         "gain": row["kind_gain"],
         "forgetting": row["forgetting_mean"],
     }
@@ -92,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, (commit, *runs) in MODELS.items():
         metadata = model_metadata(commit)
         rows = {}
-        for kind, labels in kinds.items():
+        for kind, images in kinds.items():
+            labels = list(images.values())
             everywhere = [np.ones(label.shape, bool) for label in labels]
             rows[kind] = {
+                "images": list(images),
                 "diameter": corrected_diameter(labels, everywhere),
                 "image_diameters": [median_diameter(label) for label in labels],
                 "advice": size_advice(metadata, labels, everywhere),

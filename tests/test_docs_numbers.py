@@ -572,3 +572,61 @@ def test_size_advice_paragraph_and_guide_quote_their_results_file():
         f"model, which scores {normal['advised']['start']:.3f} there against "
         f"{normal['scale_1']['start']:.3f} at scale 1"
     ) in guide
+
+
+def seed_gains(names: list[str], recipe: str, kind: str) -> list[float]:
+    """The kind's gain with ``recipe`` in each of the named bench_hitl results files, in order."""
+    results = ROOT / "benchmarks" / "results"
+    return [json.loads((results / name).read_text())["recipes"][recipe][kind]["kind_gain"] for name in names]
+
+
+def mean_pair(names: list[str], recipe: str) -> str:
+    """``"+a / +b"``: mean DSB colour tissue and synthetic H&E gains of ``recipe`` over the files."""
+    means = [np.mean(seed_gains(names, recipe, kind)) for kind in ("dsb_colour_tissue", "synthetic_he")]
+    return "{:+.3f} / {:+.3f}".format(*means)
+
+
+def test_anchor_and_stain_levers_are_their_results_files():
+    def seeds(stem: str, first: int = 0, last: int = 2) -> list[str]:
+        return [f"{stem}_seed{seed}.json" for seed in range(first, last + 1)]
+
+    anchor, anchor300, more = (
+        seeds(f"hitl_unseen_v1_colour_{name}") for name in ("anchor", "anchor300", "anchor_more")
+    )
+    paired = seeds("hitl_unseen_v1_colour_anchor_vs_shipped", 3, 6)
+    sweep = ["hitl_unseen_v1_colour_sweep.json", *seeds("hitl_unseen_v1_colour_sweep", 1, 2)]
+    text = benchmarks_text()
+    assert (
+        f"at 10, 100 and 300 (3 seeds, `hitl_unseen_v1_colour_anchor_seed0.json` to `_seed2`, "
+        f"`hitl_unseen_v1_colour_anchor300_seed0.json` to `_seed2`): {mean_pair(anchor, 'anchor_10')}, "
+        f"{mean_pair(anchor, 'anchor_100')} and {mean_pair(anchor300, 'anchor_300')}; 100 without the pass cap "
+        f"{mean_pair(more, 'anchor_100_no_cap')}, 100 with a tenth rehearsed "
+        f"{mean_pair(more, 'anchor_100_replay_tenth')}"
+    ) in text
+    shipped_seven, anchor_seven = sweep + paired, anchor + paired
+    colour = "dsb_colour_tissue"
+    shipped_low = min(seed_gains(shipped_seven, "shipped", colour))
+    anchor_low = min(seed_gains(anchor_seven, "anchor_100", colour))
+    assert (
+        f"as shipped {mean_pair(shipped_seven, 'shipped')} (lowest seed {shipped_low:+.3f} on DSB colour tissue), "
+        f"with 100 {mean_pair(anchor_seven, 'anchor_100')} (lowest {anchor_low:+.3f})"
+    ) in text
+    differences = [
+        np.mean(np.subtract(seed_gains(anchor_seven, "anchor_100", kind), seed_gains(shipped_seven, "shipped", kind)))
+        for kind in (colour, "synthetic_he")
+    ]
+    assert f"({differences[0]:+.3f} on DSB colour tissue and {differences[1]:+.3f} on synthetic H&E" in text
+    assert f"mean on v1's DSB colour tissue is {np.mean(seed_gains(shipped_seven, 'shipped', colour)):+.3f}" in text
+    assert f"below the {np.mean(seed_gains(sweep, 'shipped', colour)):+.3f} of the first 3" in text
+    seven = np.mean(seed_gains(shipped_seven, "shipped", colour))
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    assert f"(by {seven:+.3f} on average over 7 runs with different training seeds" in guide
+    assert (
+        f"{seed_gains(sweep[:1], 'shipped', colour)[0]:+.3f} on DSB colour tissue in the run above, {seven:+.3f}"
+        in text
+    )
+    bundled = seeds("hitl_colour_stain")
+    assert (
+        f"as shipped {mean_pair(bundled, 'shipped')}, stain jitter at 0.5 {mean_pair(bundled, 'stain_jitter')}, "
+        f"anchor 100 {mean_pair(seeds('hitl_colour_anchor100'), 'anchor_100')}"
+    ) in text
