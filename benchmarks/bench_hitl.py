@@ -94,7 +94,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
     "flip_checks": {"quick_checks": False},
     "stain_jitter": {"stain_jitter": 0.5},
-    "stain_jitter_always": {"stain_jitter": 1.0},
     "anchor_10": {"anchor_decay": 10.0},
     "anchor_100": {"anchor_decay": 100.0},
     "anchor_300": {"anchor_decay": 300.0},

@@ -310,3 +310,27 @@ def test_a_trained_model_is_not_fine_tuned_on_too_few_nuclei_to_check_and_the_pa
         "nothing was trained and the starting model is kept (correct more nuclei, or add a corrected image)."
     )
     assert not messages(notifications, "error")
+
+
+def test_the_notice_advises_a_resize_when_the_corrected_nuclei_are_far_larger_than_the_model_learned(
+    make_napari_viewer, qtbot, notifications
+):
+    from napari_unet.core.data.synthetic import synthetic_nuclei
+    from napari_unet.core.train.preparation import size_advice_text
+
+    image, labels = synthetic_nuclei((96, 96), 3, seed=3, kind="fluorescence")
+    image, labels = (np.kron(array, np.ones((8, 8), array.dtype)) for array in (image, labels))  # nuclei 8x wider
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer)
+    widget.image.set_layer(viewer.add_image(image, name="large"))
+    widget.labels.set_layer(viewer.add_labels(labels.astype(np.int32), name="large labels"))
+    widget.start_model.select("default")
+    widget.save_name.setText("large")
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget, timeout=120_000)
+    advice = widget.last_outcome.result.lineage["size_advice"]
+    assert advice["factor"] < 1 and advice["diameter"] > advice["high"] * 1.25
+    notice = messages(notifications, "info")[-1]
+    assert notice.endswith(f" Note: {size_advice_text(advice)}.")
+    assert f"resized by {advice['factor']:g} (the Segment panel's Estimate" in notice
+    assert not messages(notifications, "error")
