@@ -39,14 +39,15 @@ from napari_unet.core.progress import run_to_end
 from napari_unet.core.train.fine_tune import iter_train
 
 BATCH_SIZES = (4, 8, 16, 32)
-"""Tiles per forward pass the batch-size row tries (the automatic choice on a GPU is 8)."""
+"""Tiles per forward pass the batch-size row tries (the automatic choice on a GPU is 8, fewer when
+the memory estimate says fewer fit)."""
 
 
 def network_only(bundle, size: int, batch_size: int = 0, device: str = "cuda") -> dict:
     """Seconds and megapixels/s of ``predict_probabilities`` on a random ``size``² plane (best of 2 after a warm-up).
 
-    ``batch_size`` tiles per forward pass (0: the automatic choice, 8 on a GPU; a pass that runs out of
-    memory is halved).
+    ``batch_size`` tiles per forward pass (0: the automatic choice, 8 on a GPU unless the memory
+    estimate fits fewer; a pass that runs out of memory is halved).
     """
     plane = np.random.default_rng(0).random((bundle.config.in_channels, size, size), dtype=np.float32)
     config = InferenceConfig(device=device, batch_size=batch_size)

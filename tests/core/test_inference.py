@@ -15,7 +15,16 @@ from napari_unet.core.labels.extraction import foreground_probability, labels_fr
 from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.models.network import UNet
 from napari_unet.core.predict import runtime
-from napari_unet.core.predict.planar import MULTISCALE_FACTORS, predict_probabilities, resize_plane, scaled_shape
+from napari_unet.core.predict.memory import inference_bytes_per_pixel
+from napari_unet.core.predict.planar import (
+    GPU_BATCH_SIZE,
+    MULTISCALE_FACTORS,
+    _plan_tiles,
+    effective_batch_size,
+    predict_probabilities,
+    resize_plane,
+    scaled_shape,
+)
 from napari_unet.core.predict.runtime import (
     FLIPS_METADATA_KEY,
     Prediction,
@@ -257,6 +266,18 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_gives_the_same_probabiliti
     split = predict_probabilities(bundle, plane, InferenceConfig(device="cpu", tile_size=64, batch_size=7))
     np.testing.assert_allclose(one, split, atol=1e-5)
     assert limited[0].passes == [3, 3]  # 6 tiles: the pass of 6 ran out of memory, halved to 3 (7 // 2)
+
+
+def test_the_automatic_gpu_batch_starts_with_the_tiles_the_memory_estimate_fits():
+    model = ModelConfig(base_channels=16, depth=4)
+    plan = _plan_tiles((2048, 2048), model, InferenceConfig(tile_size=512))
+    assert plan.tile_pixels == 512 * 512
+    one_tile = plan.tile_pixels * inference_bytes_per_pixel(model)  # float32: amp off
+    cuda, automatic = torch.device("cuda"), InferenceConfig(amp=False)
+    assert effective_batch_size(automatic, cuda, plan, free_bytes=int(2 * 3 * one_tile)) == 3
+    assert effective_batch_size(automatic, cuda, plan, free_bytes=10**12) == GPU_BATCH_SIZE
+    assert effective_batch_size(replace(automatic, batch_size=5), cuda, plan, free_bytes=1) == 5, "a chosen size stands"
+    assert effective_batch_size(automatic, torch.device("cpu"), plan, free_bytes=1) == 1
 
 
 def test_one_tile_that_does_not_fit_is_the_error_the_user_sees(monkeypatch):

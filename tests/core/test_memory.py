@@ -17,6 +17,7 @@ from napari_unet.core.predict.memory import (
     inference_bytes_per_pixel,
     is_out_of_memory,
     run_with_oom_fallback,
+    tiles_that_fit,
 )
 
 
@@ -46,6 +47,14 @@ def test_bytes_per_pixel_grows_with_width_and_halves_with_amp():
     assert small == pytest.approx(111 * 4)
     assert inference_bytes_per_pixel(ModelConfig(base_channels=16, depth=2), amp=True, safety=1.0) == small / 2
     assert inference_bytes_per_pixel(ModelConfig(base_channels=32, depth=2)) > 2 * small
+
+
+def test_tiles_that_fit_divides_half_the_free_memory_by_one_tiles_estimate():
+    cfg = ModelConfig(base_channels=16, depth=4)
+    one_tile = 512 * 512 * inference_bytes_per_pixel(cfg)
+    assert tiles_that_fit(cfg, 512 * 512, free_bytes=int(2 * 10 * one_tile)) == 10
+    assert tiles_that_fit(cfg, 512 * 512, free_bytes=int(2 * 10 * one_tile), amp=True) == 20
+    assert tiles_that_fit(cfg, 512 * 512, free_bytes=1) == 1, "one tile is tried even when none seems to fit"
 
 
 def test_choose_tile_size_fits_the_budget_and_the_network_multiple():

@@ -1,11 +1,13 @@
 """Memory budgets: pick tile sizes from free memory and survive out-of-memory errors.
 
-Two tools keep inference inside the memory a machine really has:
+Three tools keep inference inside the memory a machine really has:
 
 * :func:`choose_tile_size` turns the free memory of a device (CUDA:
   ``torch.cuda.mem_get_info``; CPU: ``psutil``, else ``/proc/meminfo``, else
   ``os.sysconf``) and a rough per-pixel cost of the UNet into the largest tile
   edge that fits a fraction of it.
+* :func:`tiles_that_fit` turns the same estimate into how many tiles of a
+  given size one GPU forward pass may take (the starting batch).
 * :func:`run_with_oom_fallback` calls a function with a tile size and a device;
   when it runs out of memory it frees the cache and retries with half the tile
   edge, down to a minimum, then falls back to the CPU (with a warning) and, if
@@ -86,6 +88,23 @@ def inference_bytes_per_pixel(model_config: ModelConfig, amp: bool = False, safe
     working = 5 * base + model_config.in_channels + 2 * model_config.out_channels
     bytes_per_value = 2 if amp else 4
     return (skips + working) * bytes_per_value * safety
+
+
+def tiles_that_fit(
+    model_config: ModelConfig,
+    tile_pixels: int,
+    *,
+    free_bytes: int,
+    amp: bool = False,
+    memory_fraction: float = 0.5,
+) -> int:
+    """How many tiles of ``tile_pixels`` pixels one forward pass can take in a share of ``free_bytes``.
+
+    The estimate of :func:`inference_bytes_per_pixel` per tile; at least 1
+    (a tile that does not fit is the out-of-memory handler's to report).
+    """
+    per_tile = tile_pixels * inference_bytes_per_pixel(model_config, amp=amp)
+    return max(1, int(free_bytes * memory_fraction // per_tile))
 
 
 def choose_tile_size(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from napari_unet.core.config import InferenceConfig, ModelConfig
+from napari_unet.core.predict.memory import available_memory_bytes, tiles_that_fit
 from napari_unet.core.predict.runtime import (
     BundleLike,
     autocast_context,
@@ -50,6 +51,7 @@ DEVICE_ACCUMULATE_MAX_BYTES = 2 * 1024**3
 class _TilePlan:
     """How every plane of one image is padded, tiled and blended."""
 
+    model: ModelConfig
     multiple: int
     min_size: int
     out_channels: int
@@ -62,6 +64,12 @@ class _TilePlan:
     def tiles_per_plane(self) -> int:
         return len(self.tiles)
 
+    @property
+    def tile_pixels(self) -> int:
+        """Pixels of one tile (every tile of a plan has the same shape)."""
+        sy, sx = self.tiles[0]
+        return (sy.stop - sy.start) * (sx.stop - sx.start)
+
 
 def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceConfig) -> _TilePlan:
     """Pad sizes, tiles and weights for planes of ``shape_yx`` (identical for every plane)."""
@@ -71,13 +79,13 @@ def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceCon
     tile = max(multiple, cfg.tile_size // multiple * multiple)
     tiles = tile_grid(padded, tile, cfg.overlap, align=multiple)
     if len(tiles) == 1:
-        return _TilePlan(multiple, min_size, model.out_channels, padded, tiles, None, None)
+        return _TilePlan(model, multiple, min_size, model.out_channels, padded, tiles, None, None)
     tile_shape = (tiles[0][0].stop - tiles[0][0].start, tiles[0][1].stop - tiles[0][1].start)
     weights = gaussian_weights(tile_shape) if cfg.blend == "gaussian" else np.ones(tile_shape, dtype=np.float32)
     weight_sum = np.zeros(padded, dtype=np.float32)
     for sy, sx in tiles:
         weight_sum[sy, sx] += weights
-    return _TilePlan(multiple, min_size, model.out_channels, padded, tiles, weights, 1.0 / weight_sum)
+    return _TilePlan(model, multiple, min_size, model.out_channels, padded, tiles, weights, 1.0 / weight_sum)
 
 
 def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_channels: int) -> torch.device:
@@ -90,14 +98,27 @@ def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_
 CPU_BATCH_SIZE, GPU_BATCH_SIZE = 1, 8
 """Tiles per forward pass when ``InferenceConfig.batch_size`` is 0 (automatic): on 2 CPU cores one 512² tile
 at a time runs 1.7x faster per pixel than four (``benchmarks/bench_inference.py``); a GPU wants batches
-(halved while they run out of its memory: :class:`BatchFit`)."""
+(fewer when the memory estimate says they do not fit, and halved while they run out of its memory:
+:class:`BatchFit`)."""
 
 
-def effective_batch_size(cfg: InferenceConfig, device: torch.device) -> int:
-    """``cfg.batch_size``, or for 0 the automatic choice for ``device``."""
+def effective_batch_size(
+    cfg: InferenceConfig, device: torch.device, plan: _TilePlan, free_bytes: int | None = None
+) -> int:
+    """``cfg.batch_size``, or for 0 the automatic choice for ``device`` and the plan's tiles.
+
+    On a GPU the automatic choice is :data:`GPU_BATCH_SIZE` tiles, or fewer
+    when :func:`~napari_unet.core.predict.memory.tiles_that_fit` estimates
+    that fewer fit in its free memory (``free_bytes``: assume this much
+    instead of asking the device).
+    """
     if cfg.batch_size:
         return cfg.batch_size
-    return CPU_BATCH_SIZE if device.type == "cpu" else GPU_BATCH_SIZE
+    if device.type == "cpu":
+        return CPU_BATCH_SIZE
+    free = available_memory_bytes(device) if free_bytes is None else free_bytes
+    fitting = tiles_that_fit(plan.model, plan.tile_pixels, free_bytes=free, amp=cfg.amp)
+    return min(GPU_BATCH_SIZE, fitting)
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -188,7 +209,7 @@ def _iter_plane_probabilities(
         weights = None if plan.weights is None else torch.from_numpy(plan.weights).to(store)
     rows = _FinalRows(plan, crop[-2:], total, on_rows)
     done = 0
-    fit = BatchFit(effective_batch_size(cfg, device))
+    fit = BatchFit(effective_batch_size(cfg, device, plan))
     for batch in _batches(plan.tiles, fit.size):
         check_cancel(cancel)
         with torch.inference_mode():
