@@ -12,7 +12,10 @@ model's own test-time settings):
 (a) ``kind``: up to ``--scored`` other images of the same kind (the rest of the experiment);
 (b) ``forgetting``: a fixed panel of ``--panel`` images of every *other* kind;
 (c) ``half_image`` (with ``--half-image``): the right half of the first image
-    after correcting its left half (annotation mode ``rois``).
+    after correcting its left half (annotation mode ``rois``);
+(d) ``magnified`` (with ``--magnifications 0.5,2``): the images of (a)
+    resized by each factor, as the same experiment imaged at another
+    magnification (a 20x/40x mix) and segmented without a resize.
 
 With ``--pool P --order uncertain`` the user corrects the K of the first P
 images the default model is least sure of (the Experiment view's "Correct
@@ -99,6 +102,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "anchor_300": {"anchor_decay": 300.0},
     "anchor_100_no_cap": {"anchor_decay": 100.0, "max_epochs": None},
     "anchor_100_replay_tenth": {"anchor_decay": 100.0, "replay_fraction": 0.1},
+    "wide_zoom": {"scale_augment": 2.0},
+    "zoom_1_6": {"scale_augment": 1.6},
+    "decoder_only": {"trained_part": "decoder"},
+    "decoder_only_no_cap": {"trained_part": "decoder", "max_epochs": None},
+    "encoder_only": {"trained_part": "encoder"},
 }
 """Recipe name -> TrainingConfig fields changed from the product's recipe (``shipped``: the CLI's and the panel's
 fine-tuning of the default model, :func:`~napari_unet.core.train.fine_tune.fine_tune_recipe`)."""
@@ -239,6 +247,8 @@ def run_recipe(
             "messages": result.messages,
         }
         row["forgetting_mean"] = float(np.mean(list(row["forgetting"].values()))) if row["forgetting"] else 0.0
+        if data["magnified"]:
+            row["magnified"] = magnified_gains(result.bundle, data, before[kind]["magnified"])
         if args.half_image:
             row["half_image"] = half_image(default, data["corrected"][0], cfg, data["scale"])
         results[kind] = row
@@ -247,6 +257,25 @@ def run_recipe(
             f"[{recipe}] {kind}: gain {row['kind_gain']:+.3f}, forgetting {row['forgetting_mean']:+.3f}",
             file=sys.stderr,
         )
+
+
+def magnified_pairs(pairs: list[tuple[np.ndarray, np.ndarray]], factors: list[float]) -> dict[str, list]:
+    """Factor (as text) -> ``pairs`` resized by it (image bilinear, labels nearest, as ``train --scale`` resizes)."""
+    magnified = {}
+    for factor in factors:
+        images, labels, _ = rescale_training_data([i for i, _ in pairs], [lab for _, lab in pairs], None, factor)
+        magnified[str(factor)] = list(zip(images, labels, strict=True))
+    return magnified
+
+
+def magnified_gains(bundle: Any, data: dict[str, Any], before: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Per magnification factor: AP@0.5 per resized image before and after, and the mean gain."""
+    rows = {}
+    for factor, pairs in data["magnified"].items():
+        after = score(bundle, pairs, data["scale"])
+        gain = float(np.mean(after) - np.mean(before[factor]))
+        rows[factor] = {"before": before[factor], "after": after, "gain": gain}
+    return rows
 
 
 def half_image(
@@ -318,6 +347,7 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
             "corrected": corrected,
             "scored": rest,
             "panel": rest[: args.panel],
+            "magnified": magnified_pairs(rest, [float(f) for f in args.magnifications.split(",") if f]),
             "estimates": estimates,
             "scale": scale,
         }
@@ -360,6 +390,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=0, help="the user picks K of the first max(K, pool) images")
     parser.add_argument("--order", choices=("folder", "uncertain"), default="folder", help="which K of the pool")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--magnifications",
+        default="",
+        help="comma-separated factors: also score the kind's images resized by each (another magnification)",
+    )
     parser.add_argument(
         "--scale",
         choices=("1", "estimate", "advice"),
@@ -408,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         kind: {
             "kind": score(default, data["scored"], data["scale"]),
             "panel": score(default, data["panel"], data["scale"]),
+            "magnified": {factor: score(default, pairs, data["scale"]) for factor, pairs in data["magnified"].items()},
         }
         for kind, data in kinds.items()
     }

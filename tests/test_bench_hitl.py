@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from skimage.transform import rescale
 
-from benchmarks.bench_hitl import experiment_scale, image_scales, parse_args, score
+from benchmarks.bench_hitl import experiment_scale, image_scales, magnified_pairs, parse_args, score
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.models.registry import load_model
 
@@ -33,3 +34,15 @@ def test_an_experiment_scale_is_rounded_as_estimate_rounds():
     assert experiment_scale([0.26, 0.37]) == 0.31
     assert experiment_scale([1.0, 0.39]) == 0.62
     assert experiment_scale([1.0]) == 1.0
+
+
+def test_magnified_pairs_resize_image_and_labels_together():
+    image, labels = synthetic_nuclei((64, 80), 5, seed=1)
+    magnified = magnified_pairs([(image, labels)], [0.5, 2.0])
+    assert list(magnified) == ["0.5", "2.0"]
+    (small_image, small_labels), (large_image, large_labels) = magnified["0.5"][0], magnified["2.0"][0]
+    assert small_image.shape[:2] == small_labels.shape == (32, 40)
+    assert large_image.shape[:2] == large_labels.shape == (128, 160)
+    assert set(np.unique(large_labels)) == set(np.unique(labels)), "nearest-neighbour labels keep every nucleus"
+    assert np.count_nonzero(large_labels) == pytest.approx(4 * np.count_nonzero(labels), rel=0.05)
+    assert magnified_pairs([(image, labels)], []) == {}

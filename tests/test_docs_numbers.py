@@ -630,3 +630,14 @@ def test_anchor_and_stain_levers_are_their_results_files():
         f"as shipped {mean_pair(bundled, 'shipped')}, stain jitter at 0.5 {mean_pair(bundled, 'stain_jitter')}, "
         f"anchor 100 {mean_pair(seeds('hitl_colour_anchor100'), 'anchor_100')}"
     ) in text
+
+
+def test_trained_part_levers_are_their_results_files():
+    parts = [f"hitl_unseen_v1_colour_parts_seed{seed}.json" for seed in range(3)]
+    sweep = ["hitl_unseen_v1_colour_sweep.json", "hitl_unseen_v1_colour_sweep_seed1.json"]
+    sweep.append("hitl_unseen_v1_colour_sweep_seed2.json")
+    assert (
+        f"the decoder alone {mean_pair(parts, 'decoder_only')}, the decoder alone without the pass cap "
+        f"{mean_pair(parts, 'decoder_only_no_cap')}, the encoder alone {mean_pair(parts, 'encoder_only')}, against "
+        f"{mean_pair(sweep, 'shipped')} for the whole network on the same 3 seeds"
+    ) in benchmarks_text()

@@ -332,6 +332,7 @@ class PostprocessConfig(JsonConfig):
 ANNOTATION_MODES = ("full", "rois", "changed")
 SCHEDULES = ("cosine", "plateau", "constant")
 LOSSES = ("ce_dice", "focal_dice")
+TRAINED_PARTS = ("all", "encoder", "decoder")
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,11 @@ class TrainingConfig(JsonConfig):
         (haematoxylin, eosin, DAB) are jittered
         (:func:`~napari_unet.core.train.augment.random_stain`); 0 disables.
         2D training only.
+    scale_augment : float
+        With ``augment``, a warped patch is zoomed by a factor drawn
+        log-uniformly in ``[1 / scale_augment, scale_augment]`` (1.25: nuclei
+        0.8x to 1.25x as large as annotated); larger values teach a range of
+        magnifications.  2D training only.
     val_fraction : float
         Fraction of annotated images (or image area) held out for validation
         when no validation set is given.
@@ -405,6 +411,12 @@ class TrainingConfig(JsonConfig):
         step, ``w -= lr * anchor_decay * (w - w_start)`` (decoupled, as
         AdamW's weight decay pulls towards 0; an L2-SP regulariser, Li et
         al. 2018); 0 disables.  2D training only.
+    trained_part : str
+        Which part of each UNet learns: ``all``; ``encoder`` (the contracting
+        path and the bottleneck; decoder and head keep the starting weights)
+        or ``decoder`` (upsamplers, decoder blocks and head; the encoder keeps
+        its weights and BatchNorm statistics, and no gradient flows through
+        it, so a step costs less).  2D training only.
     freeze_batch_norm : bool
         Keep BatchNorm running statistics as the starting model had them
         (normalise with them, never update them); scales and shifts still learn.
@@ -439,6 +451,7 @@ class TrainingConfig(JsonConfig):
     loss: str = "ce_dice"
     augment: bool = True
     stain_jitter: float = 0.0
+    scale_augment: float = 1.25
     val_fraction: float = 0.2
     device: str = "auto"
     amp: bool = True
@@ -447,6 +460,7 @@ class TrainingConfig(JsonConfig):
     replay_fraction: float = 0.25
     parent_share: float = 0.0
     anchor_decay: float = 0.0
+    trained_part: str = "all"
     freeze_batch_norm: bool = False
     retune_thresholds: bool = False
     quick_checks: bool = True
@@ -457,6 +471,7 @@ class TrainingConfig(JsonConfig):
         _check_range(name, "replay_fraction", self.replay_fraction, 0.0, 0.9)
         _check_range(name, "parent_share", self.parent_share, 0.0, 0.9)
         _check_range(name, "stain_jitter", self.stain_jitter, 0.0, 1.0)
+        _check_range(name, "scale_augment", self.scale_augment, 1.0, 4.0)
         _check_range(name, "anchor_decay", self.anchor_decay, 0.0, 1000.0)
         _check_range(name, "patch_size", self.patch_size, 16, 4096)
         _check_range(name, "batch_size", self.batch_size, 1, 1024)
@@ -466,6 +481,7 @@ class TrainingConfig(JsonConfig):
         _check_choice(name, "schedule", self.schedule, SCHEDULES)
         _check_choice(name, "annotation_mode", self.annotation_mode, ANNOTATION_MODES)
         _check_choice(name, "loss", self.loss, LOSSES)
+        _check_choice(name, "trained_part", self.trained_part, TRAINED_PARTS)
         _check_choice(name, "device", self.device, DEVICES)
         if self.max_steps is None and self.max_epochs is None and self.max_seconds is None:
             raise ConfigError(f"{name}: set at least one of max_steps, max_epochs or max_seconds")

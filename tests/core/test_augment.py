@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from napari_unet.core.config import ConfigError, TrainingConfig
 from napari_unet.core.train.augment import (
+    DEFAULT_PARAMS,
     AugmentParams,
     augment_sample,
     flip_rot90,
@@ -14,6 +17,7 @@ from napari_unet.core.train.augment import (
     random_warp_coordinates,
     warp,
 )
+from napari_unet.core.train.loop import augment_params_for
 
 NO_INTENSITY = {"p_intensity": 0.0, "p_gamma": 0.0, "p_noise": 0.0}
 
@@ -172,3 +176,25 @@ def test_stain_jitter_leaves_grey_patches_and_is_off_by_default():
     assert AugmentParams().p_stain == 0.0 and TrainingConfig().stain_jitter == 0.0
     with pytest.raises(ConfigError, match="stain_jitter"):
         TrainingConfig(stain_jitter=1.5)
+
+
+def zoom_of(coords: np.ndarray) -> float:
+    """The zoom a warp without rotation or elastic part applies: 1 / the input step between neighbouring pixels."""
+    return 1.0 / float(coords[1, 0, 1] - coords[1, 0, 0])
+
+
+def test_scale_augment_sets_the_zoom_range_and_its_default_is_the_default_warp():
+    assert augment_params_for(TrainingConfig()) == DEFAULT_PARAMS, "default training draws as before"
+    params = augment_params_for(TrainingConfig(scale_augment=2.0))
+    assert params.scale_range == (0.5, 2.0)
+    still = {"max_rotation_deg": 0.0, "elastic_alpha": 0.0}
+    rng = np.random.default_rng(0)
+
+    def zooms(warp_params: AugmentParams) -> list[float]:
+        return [zoom_of(random_warp_coordinates((16, 16), rng, replace(warp_params, **still))) for _ in range(200)]
+
+    default_zooms, wide_zooms = zooms(DEFAULT_PARAMS), zooms(params)
+    assert min(default_zooms) >= 0.8 - 1e-4 and max(default_zooms) <= 1.25 + 1e-4
+    assert min(wide_zooms) < 0.6 and max(wide_zooms) > 1.7 and min(wide_zooms) >= 0.5 - 1e-4
+    with pytest.raises(ConfigError, match="scale_augment"):
+        TrainingConfig(scale_augment=0.5)

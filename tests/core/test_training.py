@@ -538,6 +538,23 @@ def test_a_trained_parent_keeps_its_place_on_a_validation_tie_unless_outlines_im
     assert untrained.best_step == 10, "from scratch, a tie with a lower loss moves on"
 
 
+@pytest.mark.parametrize(
+    ("trained_part", "kept_prefix"), [("decoder", "encoders."), ("encoder", ("upsamplers.", "decoders.", "head."))]
+)
+def test_trained_part_leaves_the_other_part_as_it_started(trained_part: str, kept_prefix: str | tuple[str, ...]):
+    bundle = tiny_bundle()
+    start = {name: value.clone() for name, value in bundle.network.state_dict().items()}
+    images, labels = dataset(1)
+    cfg = dataclasses.replace(FAST, max_steps=4, val_fraction=0.0, trained_part=trained_part)
+    result, _ = drain(iter_train(bundle, images, labels, cfg))
+    after = result.bundle.network.state_dict()
+    kept = [name for name in start if name.startswith(kept_prefix)]
+    trained = [name for name in start if not name.startswith(kept_prefix) and name.endswith("weight")]
+    assert kept and trained
+    assert all(torch.equal(after[name], start[name]) for name in kept), "weights and BatchNorm statistics kept"
+    assert any(not torch.equal(after[name], start[name]) for name in trained)
+
+
 def test_anchor_decay_pulls_the_trained_weights_towards_the_start():
     bundle = tiny_bundle()
     start = {name: p.detach().clone() for name, p in bundle.network.named_parameters()}

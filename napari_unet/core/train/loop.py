@@ -23,9 +23,10 @@ from napari_unet.core.config import TrainingConfig
 from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
 from napari_unet.core.labels.postprocess import probabilities_to_labels
 from napari_unet.core.models.bundle import ModelBundle
+from napari_unet.core.models.network import UNet
 from napari_unet.core.predict.runtime import model_uses_flips
 from napari_unet.core.progress import Progress, check_cancel
-from napari_unet.core.train.augment import DEFAULT_PARAMS, augment_sample
+from napari_unet.core.train.augment import DEFAULT_PARAMS, AugmentParams, augment_sample
 from napari_unet.core.train.branches import BRANCH_NAMES, freeze_unreached, keep_frozen
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
@@ -106,9 +107,10 @@ class TrainingRun:
         self.bundle, self.started = bundle, started
         self.class_weights = torch.as_tensor(class_weights, device=device)
         self.rng = np.random.default_rng(cfg.seed)
-        self.augment_params = replace(DEFAULT_PARAMS, p_stain=cfg.stain_jitter)
+        self.augment_params = augment_params_for(cfg)
         torch.manual_seed(cfg.seed)
         self.frozen = freeze_unreached(network, reached)  # branches no training image reaches
+        self.frozen += freeze_untrained_part(network, cfg.trained_part)
         self.frozen_names = [name for name in BRANCH_NAMES if reached is not None and name not in reached]
         trainable = [parameter for parameter in network.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -599,6 +601,33 @@ def freeze_batch_norm_statistics(network: nn.Module) -> None:
     for module in network.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+def augment_params_for(cfg: TrainingConfig) -> AugmentParams:
+    """Return the augmentation ``cfg`` asks for: its stain jitter and zoom range on :data:`DEFAULT_PARAMS`."""
+    zoom = (1.0 / cfg.scale_augment, cfg.scale_augment)
+    return replace(DEFAULT_PARAMS, p_stain=cfg.stain_jitter, scale_range=zoom)
+
+
+def freeze_untrained_part(network: nn.Module, trained_part: str) -> list[nn.Module]:
+    """Freeze the part of every UNet in ``network`` that ``trained_part`` leaves out.
+
+    ``encoder`` freezes the upsamplers, decoder blocks and head; ``decoder``
+    freezes the encoder blocks (the bottleneck included); ``all`` freezes
+    nothing.  Returns the frozen modules (no gradient, BatchNorm in eval mode;
+    :func:`~napari_unet.core.train.branches.keep_frozen` keeps them there).
+    """
+    if trained_part == "all":
+        return []
+    unets = [module for module in network.modules() if isinstance(module, UNet)]
+    if trained_part == "decoder":
+        frozen: list[nn.Module] = [unet.encoders for unet in unets]
+    else:
+        frozen = [part for unet in unets for part in (unet.upsamplers, unet.decoders, unet.head)]
+    for module in frozen:
+        module.requires_grad_(False)
+        module.eval()
+    return frozen
 
 
 def state_copy(network: nn.Module) -> dict[str, torch.Tensor]:
