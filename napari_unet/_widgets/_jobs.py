@@ -6,6 +6,7 @@ Also :func:`load_model_step`, the "load the model" first step of the jobs that r
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,8 @@ class JobPanel(QWidget):
         self._on_done: Callable[[Any], None] = lambda _result: None
         self._on_failed: Callable[[BaseException], None] | None = None
         self._keep_result_if_cancelled = False
+        self._unshown: deque[Progress] = deque()  # events that arrived while an earlier one was being shown
+        self._showing = False
         self.bar = QProgressBar()
         self.bar.setTextVisible(True)
         self.status = QLabel("")
@@ -173,6 +176,23 @@ class JobPanel(QWidget):
             self.status.setText(f"{self.job_action}: cancelling...")
 
     def _handle_progress(self, event: Progress) -> None:
+        """Show ``event`` and pass it on, strictly in the order the job yielded its events.
+
+        Showing an event can run a nested Qt event loop (napari's progress
+        bar), which delivers the job's next event before this one was passed
+        on; that one waits in a queue, so listeners never see progress go back.
+        """
+        self._unshown.append(event)
+        if self._showing:
+            return
+        self._showing = True
+        try:
+            while self._unshown:
+                self._show_progress(self._unshown.popleft())
+        finally:
+            self._showing = False
+
+    def _show_progress(self, event: Progress) -> None:
         if event.total:
             self.bar.setRange(0, event.total)
             self.bar.setValue(min(event.done, event.total))

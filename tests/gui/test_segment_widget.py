@@ -319,3 +319,24 @@ def test_cancel_pressed_right_after_segment_discards_the_result(
     assert "nuclei labels" not in viewer.layers
     assert widget.jobs.status.text() == "Segmentation: cancelled"
     assert not any(m.startswith("Segmented") for m in messages(notifications, "info"))
+
+
+def test_progress_reaches_listeners_in_order_when_showing_one_event_delivers_the_next(make_napari_viewer, monkeypatch):
+    from napari_unet.core.progress import Progress
+
+    _, widget = make_segment_widget(make_napari_viewer, "default")
+    panel, passed_on = widget.jobs, []
+    panel.progressed.connect(passed_on.append)
+    first, second, third = (Progress("predict", done, 3, f"chunk {done}") for done in (1, 2, 3))
+    update_napari_progress = panel._update_napari_progress
+
+    def with_nested_event_loop(event: Progress) -> None:
+        update_napari_progress(event)
+        if event is first:  # napari's progress bar calls processEvents: the job's next events arrive now
+            panel._handle_progress(second)
+            panel._handle_progress(third)
+
+    monkeypatch.setattr(panel, "_update_napari_progress", with_nested_event_loop)
+    panel._handle_progress(first)
+    assert [event.done for event in passed_on] == [1, 2, 3]
+    assert panel.bar.value() == 3 and panel.status.text() == "chunk 3"
