@@ -641,3 +641,26 @@ def test_trained_part_levers_are_their_results_files():
         f"{mean_pair(parts, 'decoder_only_no_cap')}, the encoder alone {mean_pair(parts, 'encoder_only')}, against "
         f"{mean_pair(sweep, 'shipped')} for the whole network on the same 3 seeds"
     ) in benchmarks_text()
+
+
+def test_magnification_runs_are_their_results_files():
+    results = ROOT / "benchmarks" / "results"
+
+    def gains(model: str, recipe: str, kind: str) -> str:
+        rows = [
+            json.loads((results / f"hitl_zoom_{model}_seed{seed}.json").read_text())["recipes"][recipe][kind]
+            for seed in range(3)
+        ]
+        native = np.mean([row["kind_gain"] for row in rows])
+        magnified = [np.mean([row["magnified"][factor]["gain"] for row in rows]) for factor in ("0.5", "2.0")]
+        return "{:+.3f}, {:+.3f}, {:+.3f}".format(native, *magnified)
+
+    def both(model: str, kind: str) -> str:
+        return f"{gains(model, 'shipped', kind)} then {gains(model, 'wide_zoom', kind)}"
+
+    text = benchmarks_text()
+    assert (
+        f"The bundled model: DSB colour tissue {both('bundled', 'dsb_colour_tissue')}; synthetic H&E "
+        f"{both('bundled', 'synthetic_he')}. v1: DSB colour tissue {both('v1', 'dsb_colour_tissue')}; "
+        f"synthetic H&E {both('v1', 'synthetic_he')}."
+    ) in text
