@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -11,11 +10,19 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 
 class _Canvas(FigureCanvasQTAgg):
-    """A matplotlib canvas whose pending idle redraw is dropped when its widget was deleted meanwhile."""
+    """A matplotlib canvas whose pending redraw is dropped when its widget was deleted meanwhile.
 
-    def _draw_idle(self) -> None:
-        with contextlib.suppress(RuntimeError):  # "wrapped C/C++ object ... has been deleted": the panel closed
-            super()._draw_idle()
+    matplotlib's idle redraw checks that the Qt object still exists, renders,
+    then asks Qt to repaint; a panel closed in between raises "wrapped C/C++
+    object ... has been deleted", which matplotlib prints as a traceback.
+    """
+
+    def draw(self) -> None:
+        try:
+            super().draw()
+        except RuntimeError as error:
+            if "has been deleted" not in str(error):
+                raise
 
 
 class MiniPlot(QWidget):
