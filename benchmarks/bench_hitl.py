@@ -103,7 +103,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     "anchor_100_no_cap": {"anchor_decay": 100.0, "max_epochs": None},
     "anchor_100_replay_tenth": {"anchor_decay": 100.0, "replay_fraction": 0.1},
     "wide_zoom": {"scale_augment": 2.0},
-    "zoom_1_6": {"scale_augment": 1.6},
     "decoder_only": {"trained_part": "decoder"},
     "decoder_only_no_cap": {"trained_part": "decoder", "max_epochs": None},
     "encoder_only": {"trained_part": "encoder"},
