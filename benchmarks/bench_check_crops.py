@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_hitl import fine_tune, held_out_kinds, save, score, synthetic_kind
+from benchmarks.bench_hitl import fine_tune, held_out_kinds, score, synthetic_kind
+from benchmarks.report import save
 from napari_unet.core.config import TrainingConfig
 from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.models.registry import load_model

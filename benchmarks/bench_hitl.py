@@ -60,10 +60,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.report import save
 from napari_unet.core.config import InferenceConfig, TrainingConfig
 from napari_unet.core.evaluate.metrics import evaluate_image
 from napari_unet.core.experiment import uncertainty
-from napari_unet.core.io import read_image, read_labels, write_json
+from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict.object_size import estimate_scale, settled_scale
 from napari_unet.core.predict.segment import predict
@@ -467,14 +468,6 @@ def main(argv: list[str] | None = None) -> int:
         run_recipe(args, recipe, kinds, default, before, results, lambda: save(report, args.json))
     print(save(report, args.json))
     return 0
-
-
-def save(report: dict[str, Any], path: Path | None) -> str:
-    """Write ``report`` to ``path`` (when given; also after every kind, so a long run keeps what it measured)."""
-    text = json.dumps(report, indent=2, default=float)
-    if path:
-        write_json(path, json.loads(text), overwrite=True)
-    return text
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_hitl import ap50, held_out_kinds, images_by_kind, save
+from benchmarks.bench_hitl import ap50, held_out_kinds, images_by_kind
+from benchmarks.report import save
 from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.models.registry import load_model
 from training.splits import SHARED_DATA, split_images

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -46,10 +45,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.report import save
 from napari_unet.core.config import InferenceConfig
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
-from napari_unet.core.io import read_image, write_json
+from napari_unet.core.io import read_image
 from napari_unet.core.labels import chunked
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.predict import segment
@@ -213,10 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "real_network_seconds": {name: row["seconds"] for name, row in real.items()},
         "objects": {name: row["objects"] for name, row in real.items()},
     }
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    if args.json:
-        write_json(args.json, json.loads(text), overwrite=True)
+    print(save(report, args.json))
     return 0
 
 

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_hitl import save
+from benchmarks.report import save
 
 RESULTS = Path(__file__).parent / "results"
 OWN_GROUP = {

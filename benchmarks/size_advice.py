@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_hitl import SYNTHETIC_KIND, held_out_kinds, save, synthetic_kind
+from benchmarks.bench_hitl import SYNTHETIC_KIND, held_out_kinds, synthetic_kind
+from benchmarks.report import save
 from napari_unet.core.io import read_labels
 from napari_unet.core.predict.object_size import median_diameter
 from napari_unet.core.train.preparation import corrected_diameter, size_advice

@@ -1,0 +1,20 @@
+"""Writing a benchmark's JSON report: the one place that turns numpy numbers into plain JSON and saves it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from napari_unet.core.io import write_json
+
+
+def save(report: dict[str, Any], path: Path | None) -> str:
+    """Return ``report`` as indented JSON text (numpy numbers as floats) and write it to ``path`` when given.
+
+    Long runs call it after every part, so an interrupted run keeps what it measured.
+    """
+    text = json.dumps(report, indent=2, default=float)
+    if path:
+        write_json(path, json.loads(text), overwrite=True)
+    return text
