@@ -52,13 +52,19 @@ class _TilePlan:
     """How every plane of one image is padded, tiled and blended."""
 
     model: ModelConfig
-    multiple: int
     min_size: int
-    out_channels: int
     padded_shape: tuple[int, int]
     tiles: list[tuple[slice, slice]]
     weights: np.ndarray | None  # (ty, tx) blending weights; None for a single tile
     inverse_weight_sum: np.ndarray | None  # (Yp, Xp)
+
+    @property
+    def multiple(self) -> int:
+        return self.model.size_multiple
+
+    @property
+    def out_channels(self) -> int:
+        return self.model.out_channels
 
     @property
     def tiles_per_plane(self) -> int:
@@ -67,8 +73,13 @@ class _TilePlan:
     @property
     def tile_pixels(self) -> int:
         """Pixels of one tile (every tile of a plan has the same shape)."""
-        sy, sx = self.tiles[0]
-        return (sy.stop - sy.start) * (sx.stop - sx.start)
+        return math.prod(_tile_shape(self.tiles))
+
+
+def _tile_shape(tiles: list[tuple[slice, slice]]) -> tuple[int, int]:
+    """``(ty, tx)`` of the first tile (all tiles of a grid share it)."""
+    sy, sx = tiles[0]
+    return sy.stop - sy.start, sx.stop - sx.start
 
 
 def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceConfig) -> _TilePlan:
@@ -79,13 +90,13 @@ def _plan_tiles(shape_yx: tuple[int, int], model: ModelConfig, cfg: InferenceCon
     tile = max(multiple, cfg.tile_size // multiple * multiple)
     tiles = tile_grid(padded, tile, cfg.overlap, align=multiple)
     if len(tiles) == 1:
-        return _TilePlan(model, multiple, min_size, model.out_channels, padded, tiles, None, None)
-    tile_shape = (tiles[0][0].stop - tiles[0][0].start, tiles[0][1].stop - tiles[0][1].start)
+        return _TilePlan(model, min_size, padded, tiles, None, None)
+    tile_shape = _tile_shape(tiles)
     weights = gaussian_weights(tile_shape) if cfg.blend == "gaussian" else np.ones(tile_shape, dtype=np.float32)
     weight_sum = np.zeros(padded, dtype=np.float32)
     for sy, sx in tiles:
         weight_sum[sy, sx] += weights
-    return _TilePlan(model, multiple, min_size, model.out_channels, padded, tiles, weights, 1.0 / weight_sum)
+    return _TilePlan(model, min_size, padded, tiles, weights, 1.0 / weight_sum)
 
 
 def _accumulate_on(device: torch.device, plan: _TilePlan, in_channels: int, out_channels: int) -> torch.device:

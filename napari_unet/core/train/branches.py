@@ -66,11 +66,15 @@ def freeze_unreached(network: nn.Module, reached: set[str] | None) -> list[nn.Mo
     """
     if reached is None:
         return []
-    frozen = [getattr(network, name) for name in BRANCH_NAMES if name not in reached]
-    for module in frozen:
+    return freeze([getattr(network, name) for name in BRANCH_NAMES if name not in reached])
+
+
+def freeze(modules: list[nn.Module]) -> list[nn.Module]:
+    """Stop ``modules`` learning (no gradient, BatchNorm in eval mode) and return them for :func:`keep_frozen`."""
+    for module in modules:
         module.requires_grad_(False)
         module.eval()
-    return frozen
+    return modules
 
 
 def keep_frozen(frozen: Sequence[nn.Module]) -> None:

@@ -27,7 +27,7 @@ from napari_unet.core.models.network import UNet
 from napari_unet.core.predict.runtime import model_uses_flips
 from napari_unet.core.progress import Progress, check_cancel
 from napari_unet.core.train.augment import DEFAULT_PARAMS, AugmentParams, augment_sample
-from napari_unet.core.train.branches import BRANCH_NAMES, freeze_unreached, keep_frozen
+from napari_unet.core.train.branches import BRANCH_NAMES, freeze, freeze_unreached, keep_frozen
 from napari_unet.core.train.inputs import TrainImage
 from napari_unet.core.train.losses import segmentation_loss
 from napari_unet.core.train.outcome import (
@@ -621,13 +621,8 @@ def freeze_untrained_part(network: nn.Module, trained_part: str) -> list[nn.Modu
         return []
     unets = [module for module in network.modules() if isinstance(module, UNet)]
     if trained_part == "decoder":
-        frozen: list[nn.Module] = [unet.encoders for unet in unets]
-    else:
-        frozen = [part for unet in unets for part in (unet.upsamplers, unet.decoders, unet.head)]
-    for module in frozen:
-        module.requires_grad_(False)
-        module.eval()
-    return frozen
+        return freeze([unet.encoders for unet in unets])
+    return freeze([part for unet in unets for part in (unet.upsamplers, unet.decoders, unet.head)])
 
 
 def state_copy(network: nn.Module) -> dict[str, torch.Tensor]:
