@@ -197,6 +197,16 @@ def experiment_scale(factors: list[float]) -> float:
     return settled_scale(float(np.exp(np.mean(np.log(factors)))))
 
 
+def recipe_config(default: Any, recipe: str, steps: float, seed: int) -> TrainingConfig:
+    """The fine-tuning of ``default`` as the CLI and the panel run it, changed by ``recipe``, for ``steps`` steps.
+
+    ``steps`` (a budget in seconds times the pace) is rounded, at least 1; no time limit, so the
+    result does not depend on what else the machine runs.
+    """
+    recipe_cfg = fine_tune_recipe(default, TrainingConfig())
+    return replace(recipe_cfg, max_seconds=None, max_steps=max(1, round(steps)), seed=seed, **RECIPES[recipe])
+
+
 def run_recipe(
     args: argparse.Namespace,
     recipe: str,
@@ -210,9 +220,8 @@ def run_recipe(
 
     ``results`` (kind -> row) fills as kinds finish; ``checkpoint()`` is called after each.
     """
-    steps = max(1, round(args.seconds * args.steps_per_second))
-    recipe_cfg = fine_tune_recipe(default, TrainingConfig())
-    cfg = replace(recipe_cfg, max_seconds=None, max_steps=steps, seed=args.seed, **RECIPES[recipe])
+    cfg = recipe_config(default, recipe, args.seconds * args.steps_per_second, args.seed)
+    steps = cfg.max_steps
     for kind, data in kinds.items():
         print(f"[{recipe}] {kind}: fine-tuning {steps} steps on {len(data['corrected'])} image(s)", file=sys.stderr)
         images, labels = zip(*data["corrected"], strict=True)
