@@ -41,6 +41,18 @@ def test_cpu_memory_is_positive_and_below_installed_ram():
     assert free <= total_kb * 1024
 
 
+def test_gpu_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * gib, 16 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * gib)  # earlier tiles' blocks, cached
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1 * gib)  # the weights
+    assert available_memory_bytes("cuda:0") == 6 * gib  # 2 free on the device + 4 cached and unused
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+    assert available_memory_bytes("cuda:0") == 2 * gib
+
+
 def test_bytes_per_pixel_grows_with_width_and_halves_with_amp():
     small = inference_bytes_per_pixel(ModelConfig(base_channels=16, depth=2), safety=1.0)
     # hand count: skips 16 + 32/4 = 24; working 5*16 + 1 + 2*3 = 87; 111 values * 4 bytes

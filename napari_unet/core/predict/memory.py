@@ -67,11 +67,18 @@ def system_available_bytes() -> int:
 
 
 def available_memory_bytes(device: str | torch.device) -> int:
-    """Free memory on ``device`` in bytes (GPU memory for CUDA, system RAM otherwise)."""
+    """Memory on ``device`` a new allocation can use, in bytes (GPU memory for CUDA, system RAM otherwise).
+
+    On CUDA: the device's free memory plus what PyTorch's caching allocator
+    holds without using (``memory_reserved - memory_allocated``), which the
+    device counts as taken but PyTorch hands out again; without it, a stack's
+    later planes would see the earlier planes' freed tiles as taken.
+    """
     dev = as_torch_device(device)
     if dev.type == "cuda" and torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info(dev)
-        return int(free)
+        cached_unused = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return int(free + max(0, cached_unused))
     return system_available_bytes()
 
 
