@@ -664,3 +664,37 @@ def test_magnification_runs_are_their_results_files():
         f"{both('bundled', 'synthetic_he')}. v1: DSB colour tissue {both('v1', 'dsb_colour_tissue')}; "
         f"synthetic H&E {both('v1', 'synthetic_he')}."
     ) in text
+
+
+def test_gpu_paragraph_is_the_gpu_check_results_file():
+    results = ROOT / "benchmarks" / "results"
+    check = json.loads((results / "gpu_check.json").read_text())
+    before = json.loads((results / "gpu_check_before_pipeline.json").read_text())
+    inference, pipeline = check["inference"][0], check["pipeline"]
+    big, big_before = check["network_only"][0], before["network_only"][0]
+    speeds = [row["network_mpx_per_s"] for row in check["batch_sizes"]]
+    text = benchmarks_text()
+    assert (
+        f"took {pipeline['pipelined']['seconds']:.2f} s with chunks labelled by {pipeline['workers']} workers "
+        f"while the network ran, against {pipeline['previous']['seconds']:.2f} s in one pass "
+        f"({pipeline['previous']['seconds'] / pipeline['pipelined']['seconds']:.2f}x; labels of one against the "
+        f"other AP@0.5 {pipeline['labels_ap50_pipelined_vs_previous']:.3f}, CUDA against the CPU path at 2048² "
+        f"{pipeline['labels_ap50_cuda_vs_cpu']['ap50']:.3f})"
+    ) in text
+    assert (
+        f"{inference['end_to_end_mpx_per_s']:.1f} MPx/s without flips and "
+        f"{inference['end_to_end_model_settings_mpx_per_s']:.1f} MPx/s with the model's flips, the network inside "
+        f"`predict` {inference['network_mpx_per_s']:.1f} MPx/s and a bare forward pass "
+        f"{inference['plain_forward_mpx_per_s']:.1f} MPx/s"
+    ) in text
+    assert (
+        f"gave {before['inference'][0]['end_to_end_mpx_per_s']:.1f} MPx/s end to end and "
+        f"{before['inference'][0]['network_mpx_per_s']:.0f} MPx/s for the network"
+    ) in text
+    assert (
+        f"{big['network_mpx_per_s']:.1f} MPx/s ({big['network_s']:.2f} s) against "
+        f"{big_before['network_mpx_per_s']:.1f} MPx/s ({big_before['network_s']:.2f} s)"
+    ) in text
+    assert f"from {speeds[0]:.1f} to {speeds[-1]:.1f} MPx/s" in text
+    assert f"A 10 s fine-tune made {check['fine_tune']['steps']} steps." in text
+    assert "2 passed" in (results / "gpu_tests.txt").read_text()
