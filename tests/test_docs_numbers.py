@@ -698,3 +698,32 @@ def test_gpu_paragraph_is_the_gpu_check_results_file():
     assert f"from {speeds[0]:.1f} to {speeds[-1]:.1f} MPx/s" in text
     assert f"A 10 s fine-tune made {check['fine_tune']['steps']} steps." in text
     assert "2 passed" in (results / "gpu_tests.txt").read_text()
+
+
+def test_third_gpu_run_sentence_is_its_results_files():
+    results = ROOT / "benchmarks" / "results"
+    models = json.loads((results / "default_model_v2_gpu_refine3.json").read_text())["models"]
+    end = json.loads((results / "default_model_v2_gpu_refine3_end.json").read_text())["models"]["out/v3 (tta)"]
+    shipped, best = models["default (tta)"], models["out/c/grey_mid (tta)"]
+    averages = ("grey_mid_soup", "mid_soup", "grey_end_soup")
+    soups = [models[f"out/c/{name} (tta)"]["tuned_val_score"] for name in averages]
+    before, after = shipped["val"]["per_image_AP@0.5"], best["val"]["per_image_AP@0.5"]
+    differences = np.array([after[key] - before[key] for key in before])
+    families = [
+        f"{shipped['val']['families'][name]['AP@0.5']:.3f} to {best['val']['families'][name]['AP@0.5']:.3f}"
+        for name in ("grey", "colour", "tissue")
+    ]
+    assert max(models.values(), key=lambda model: model["tuned_val_score"]) is best
+    assert (
+        f"the shipped model {shipped['tuned_val_score']:.3f}, the run's end {end['tuned_val_score']:.3f}, its half-way "
+        f"snapshot {models['out/v3_mid (tta)']['tuned_val_score']:.3f}, the shipped model with only the grey network "
+        f"of that snapshot {best['tuned_val_score']:.3f}, and 50/50 weight averages with the shipped networks "
+        f"{min(soups):.3f} to {max(soups):.3f}. The best of them gains "
+        f"{best['tuned_val_score'] - shipped['tuned_val_score']:.3f}: grey images {families[0]}, colour images "
+        f"{families[1]} (their network unchanged: other thresholds), S-BSST265 tissue sections {families[2]}; "
+        f"per validation image it "
+        f"gains {differences.mean():+.3f} (standard error {differences.std(ddof=1) / np.sqrt(len(differences)):.3f}, "
+        f"{np.sum(differences > 0.005)} images better and {np.sum(differences < -0.005)} worse)"
+    ) in benchmarks_text()
+    log = json.loads((results / "gpu_refine3_train_log.json").read_text())
+    assert {name: run["train_s"] // 1 for name, run in log.items()} == {"colour_b16": 300, "grey_b16": 300}

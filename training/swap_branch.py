@@ -11,7 +11,7 @@ two runs from the same start, "model soup"), which can beat both.
 
 Usage::
 
-    python -m training.swap_branch --base default --branch grey --weights out/cpu_grey/checkpoint.pt \
+    python -m training.swap_branch --base default --branch gray --weights out/cpu_grey/checkpoint.pt \
         --out out/candidates/grey_cpu [--share 0.5]
 """
 

@@ -62,11 +62,21 @@
 #   STEPS=0 SECONDS_BUDGET=7800 bash training/cpu_train.sh): 0.788 (test 0.759; held-out DSB stage-1 fluorescence
 #   0.858 / 0.845 up from 0.837 / 0.824, S-BSST265 0.842 / 0.764 down from 0.860 / 0.793), and averaged 50/50
 #   with the shipped grey: 0.788 (test 0.764) -> benchmarks/results/default_model_v2_cpu_long.json.
-# Next GPU run (a third refinement, from the bundled weights; no INIT_DIR needed): on the device machine, whose
-# $OUT comes back, with data_pack/nuclei_v2.npz carried beside the checkout (31 MB; the checkout is 27 MB):
-#      TRAIN_SECONDS=400 PYTHON=python3 bash training/gpu_train.sh
-# then score it as in steps 4 and 5 (import_gpu_weights.py, assemble_default_v2.py, bench_sources.py
-# --inference tta against default) and install it only if its validation mean beats the shipped model's.
+# Third refinement (2026-12-04, one H200, from the bundled weights; data_pack/ carried, 31 MB beside a 33 MB
+# checkout; the GPU test tier ran beside it, then benchmarks.gpu_check alone; 399 s for the whole command):
+#      TRAIN_SECONDS=300 RUN_GPU_CHECK=0 bash training/gpu_train.sh                -> out/gpu_run3/
+#      python -m training.assemble_default_v2 --gray out/gpu_run3/grey_b16.safetensors \
+#        --colour out/gpu_run3/colour_b16.safetensors --logs out/gpu_run3/train_log.json --out out/v3
+#      (the same with the *_mid.safetensors snapshots -> out/v3_mid; training.swap_branch --branch gray with and
+#      without --share 0.5 for the grey-only candidates and the weight averages -> out/c/)
+#      python -m benchmarks.bench_sources --models default out/v3 out/v3_mid --inference tta \
+#        --json benchmarks/results/default_model_v2_gpu_refine3_end.json
+#      python -m benchmarks.bench_sources --models default out/v3_mid out/c/grey_mid out/c/grey_mid_soup \
+#        out/c/mid_soup out/c/grey_end_soup --inference tta --json benchmarks/results/default_model_v2_gpu_refine3.json
+#   Best on validation: the shipped model with the snapshot's grey network, 0.790 against 0.785 (grey +0.019,
+#   tissue -0.013; docs/benchmarks.md): within the noise of 37 images, not shipped. A fourth run could try a lower
+#   learning rate (the half-way snapshot beat the end) and must be followed by the fine-tuning benchmarks
+#   (bench_hitl grid, unseen_kinds.sh) before it is installed.
 set -euo pipefail
 echo "This file documents the steps; run them one by one (steps 2 and 3 on a GPU machine)." >&2
 grep '^#' "$0" | tail -n +2
