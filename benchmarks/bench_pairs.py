@@ -95,10 +95,23 @@ def users_of(found: list[tuple[str, Any, Any]], scored: int, k: int, users: int)
     return groups[:users]
 
 
-def forgetting_panel(kind: str, k: int, panel: int) -> dict[str, list[Pair]]:
-    """``bench_hitl``'s forgetting panel of every other kind: ``panel`` images after its first K."""
+PANEL_AFTER = 2
+"""The forgetting panel of a kind starts after its first 2 images, as ``bench_hitl``'s does at K = 2 (its default),
+whatever K the users here correct: the other kinds are never corrected, so every K is scored on the same panel."""
+
+
+def panel_items(other: str, items: list[Any], panel: int) -> list[Any]:
+    """The ``panel`` items of kind ``other`` after its first :data:`PANEL_AFTER`; a kind with none left is an error."""
+    chosen = items[PANEL_AFTER : PANEL_AFTER + panel]
+    if not chosen:
+        raise SystemExit(f"kind {other!r} has {len(items)} images: none left for its forgetting panel")
+    return chosen
+
+
+def forgetting_panel(kind: str, panel: int) -> dict[str, list[Pair]]:
+    """``bench_hitl``'s K = 2 forgetting panel of every other kind: ``panel`` images after its first 2."""
     return {
-        other: [(read_image(image), read_labels(labels)) for _, image, labels in items[k : k + panel]]
+        other: [(read_image(image), read_labels(labels)) for _, image, labels in panel_items(other, items, panel)]
         for other, items in held_out_kinds().items()
         if other != kind
     }
@@ -193,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     found = [item for item in found if item[0] not in seen]
     scored = [(image, labels) for _, image, labels in found[: args.scored]]
     groups = users_of(found, args.scored, args.k, args.users)
-    panel = forgetting_panel(args.kind, args.k, args.panel)
+    panel = forgetting_panel(args.kind, args.panel)
     scoring = Scoring(scored, panel, score(bundle, scored), {other: score(bundle, p) for other, p in panel.items()})
     report = {
         "benchmark": "bench_pairs",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_hitl import recipe_config
-from benchmarks.bench_pairs import summary, trained_on, users_of
+from benchmarks.bench_pairs import panel_items, summary, trained_on, users_of
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.train.inputs import image_checksums
@@ -19,6 +19,14 @@ def test_users_correct_disjoint_groups_after_the_scored_images():
     assert users_of(found, scored=4, k=2, users=3) == [[4, 5], [6, 7], [8, 9]]  # image 10 has no partner
     with pytest.raises(SystemExit, match="only 3 groups"):
         users_of(found, scored=4, k=2, users=4)
+
+
+def test_the_forgetting_panel_is_the_same_images_whatever_k_the_users_correct():
+    items = [f"other{i}" for i in range(5)]
+    assert panel_items("other", items, panel=2) == ["other2", "other3"]  # bench_hitl's K = 2 panel
+    assert panel_items("other", items[:3], panel=2) == ["other2"]
+    with pytest.raises(SystemExit, match="none left for its forgetting panel"):
+        panel_items("other", items[:2], panel=2)
 
 
 def test_images_that_trained_the_model_are_found_by_their_pixels():

@@ -727,3 +727,49 @@ def test_third_gpu_run_sentence_is_its_results_files():
     ) in benchmarks_text()
     log = json.loads((results / "gpu_refine3_train_log.json").read_text())
     assert {name: run["train_s"] // 1 for name, run in log.items()} == {"colour_b16": 300, "grey_b16": 300}
+
+
+def test_many_users_paragraph_is_the_bench_pairs_results_files():
+    results = ROOT / "benchmarks" / "results"
+    guarded, every = (
+        json.loads((results / f"pairs_v1_colour{suffix}.json").read_text()) for suffix in ("", "_every_child")
+    )
+    rule, unguarded = guarded["recipes"]["shipped"], every["recipes"]["shipped"]
+    summary, free = rule["summary"], unguarded["summary"]
+    counts = [user["nuclei"] for user in rule["users"]]
+    steps = sorted({user["steps"] for run in (rule, unguarded) for user in run["users"]})
+    budget = round(guarded["settings"]["seconds"] * guarded["settings"]["steps_per_second"])
+    assert every["settings"]["keep_every_child"] and not guarded["settings"]["keep_every_child"]
+    text = benchmarks_text()
+    assert (
+        f"lets {summary['users']} simulated users each correct {guarded['settings']['k']} different images of DSB "
+        f"colour tissue ({min(counts)} to {max(counts)} nuclei per pair; the {len(guarded['trained_on_excluded'])} "
+        f"images of the kind that trained v1 left out)"
+    ) in text
+    assert (
+        f"the same {len(guarded['scored'])} other images of the kind (v1: {guarded['default_ap50']:.3f} on them). "
+        f"The expected gain is {summary['mean_gain']:+.3f} (standard error {summary['standard_error']:.3f}; lowest "
+        f"{summary['min_gain']:+.3f}, highest {summary['max_gain']:+.3f}): no user gained +0.10, none lost more than "
+        f"0.02, and the starting model was kept for {summary['parent_kept']} of the {summary['users']}. Forgetting on "
+        f"the other kinds' panel: {summary['mean_forgetting']:+.3f} on average, {summary['worst_forgetting']:+.3f} at "
+        f"worst"
+    ) in text
+    assert summary["users_gaining_0_10"] == 0 and summary["users_worse_0_02"] == 0
+    assert (
+        f"the median ({summary['median_nuclei']}) gained no more ({summary['more_nuclei']:+.3f} against "
+        f"{summary['fewer_nuclei']:+.3f})"
+    ) in text
+    assert (
+        f"the same users gained {free['mean_gain']:+.3f} (standard error {free['standard_error']:.3f}; "
+        f"{free['min_gain']:+.3f} to {free['max_gain']:+.3f}) and forgot more: {free['mean_forgetting']:+.3f} on "
+        f"average, {free['worst_forgetting']:+.3f} at worst"
+    ) in text
+    assert f"after {steps[0]} or {steps[-1]} of their {budget} steps" in text and steps == [100, 200]
+    for run in (rule, unguarded):  # the worst forgetting the paragraph names: S-BSST265 normal sections
+        worst = min((loss, other) for user in run["users"] for other, loss in user["forgetting"].items())
+        assert worst[1] == "s_bsst265_normal"
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    assert (
+        f"by {summary['mean_gain']:+.3f} on average when {summary['users']} simulated users each corrected "
+        f"{guarded['settings']['k']} different images of it"
+    ) in guide
