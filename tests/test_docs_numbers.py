@@ -773,3 +773,26 @@ def test_many_users_paragraph_is_the_bench_pairs_results_files():
         f"by {summary['mean_gain']:+.3f} on average when {summary['users']} simulated users each corrected "
         f"{guarded['settings']['k']} different images of it"
     ) in guide
+
+
+def test_more_images_per_user_sentence_is_the_bench_pairs_results_files():
+    results = ROOT / "benchmarks" / "results"
+    four, eight = (
+        json.loads((results / f"pairs_v1_colour_k{k}.json").read_text())["recipes"]["shipped"] for k in (4, 8)
+    )
+    children = [user for user in four["users"] if not user["kept_parent"]]
+    harmful = sum(min(user["forgetting"].values()) < -0.10 for user in children)
+    s4, s8 = four["summary"], eight["summary"]
+    assert (
+        f"12 users of 4 images (`pairs_v1_colour_k4.json`) gained {s4['mean_gain']:+.3f} (standard error "
+        f"{s4['standard_error']:.3f}), 6 users of 8 (`pairs_v1_colour_k8.json`) {s8['mean_gain']:+.3f} "
+        f"({s8['standard_error']:.3f}), {['no one', 'one', 'two'][s8['users_gaining_0_10']]} of the 6 reaching +0.10; "
+        f"the starting model was kept for {s4['parent_kept']} of 12 and {s8['parent_kept']} of 6. With 4 images the "
+        f"kept children forgot more: {s4['mean_forgetting']:+.3f} on average, {s4['worst_forgetting']:+.3f} at worst, "
+        f"and {harmful} of the {len(children)} kept lost more than 0.10"
+    ) in benchmarks_text()
+    assert (s4["users"], s8["users"]) == (12, 6)
+    assert (
+        f"with 8, {s8['mean_forgetting']:+.3f} on average and {s8['worst_forgetting']:+.3f} at worst"
+        in benchmarks_text()
+    )
