@@ -30,6 +30,7 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         val_every=TINY_STEPS,
         augment=False,
         num_threads=1,
+        amp=False,  # float32 on every CPU: the fixture's weights must not depend on the processor's bfloat16
     )
     result = run_to_end(iter_train(bundle, [p[0] for p in pairs], [p[1] for p in pairs], cfg))
     folder = tmp_path_factory.mktemp("tiny-model") / "tiny"

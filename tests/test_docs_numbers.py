@@ -781,6 +781,7 @@ def test_more_images_per_user_sentence_is_the_bench_pairs_results_files():
         json.loads((results / f"pairs_v1_colour_k{k}.json").read_text())["recipes"]["shipped"] for k in (4, 8)
     )
     children = [user for user in four["users"] if not user["kept_parent"]]
+    harmful_kinds = {kind for user in children for kind, change in user["forgetting"].items() if change < -0.10}
     harmful = sum(min(user["forgetting"].values()) < -0.10 for user in children)
     s4, s8 = four["summary"], eight["summary"]
     text = benchmarks_text()
@@ -790,7 +791,91 @@ def test_more_images_per_user_sentence_is_the_bench_pairs_results_files():
         f"({s8['standard_error']:.3f}), {['no one', 'one', 'two'][s8['users_gaining_0_10']]} of the 6 reaching +0.10; "
         f"the starting model was kept for {s4['parent_kept']} of 12 and {s8['parent_kept']} of 6. With 4 images the "
         f"kept children forgot more: {s4['mean_forgetting']:+.3f} on average, {s4['worst_forgetting']:+.3f} at worst, "
-        f"and {harmful} of the {len(children)} kept lost more than 0.10"
+        f"and {harmful} of the {len(children)} kept lost more than 0.10 on some kind of the panel (S-BSST265 normal "
+        "sections or DSB fluorescence)"
     ) in text
+    assert harmful_kinds and all(kind == "s_bsst265_normal" or "fluorescence" in kind for kind in harmful_kinds)
     assert (s4["users"], s8["users"]) == (12, 6)
     assert f"with 8, {s8['mean_forgetting']:+.3f} on average and {s8['worst_forgetting']:+.3f} at worst" in text
+
+
+def test_one_user_correcting_64_images_paragraph_is_the_bench_pairs_results_files():
+    results = ROOT / "benchmarks" / "results"
+    short, long = (
+        json.loads((results / name).read_text())
+        for name in ("pairs_v1_colour_k64.json", "pairs_v1_colour_k64_480s.json")
+    )
+    every_child = json.loads((results / "pairs_v1_colour_every_child.json").read_text())["recipes"]["shipped"]
+    (user,), (longer,) = short["recipes"]["shipped"]["users"], long["recipes"]["shipped"]["users"]
+    assert short["settings"]["k"] == long["settings"]["k"] == len(user["corrected"]) == 64
+    assert short["settings"]["keep_every_child"] and long["settings"]["keep_every_child"]
+    text = benchmarks_text()
+    assert (
+        f"all 64 other images of the kind ({user['nuclei']:,} nuclei; `pairs_v1_colour_k64.json`, `--users 1 --k 64 "
+        f"--keep-every-child`) gained {user['kind_gain']:+.3f} in the same {user['steps']} steps (best check at step "
+        f"{user['best_step']}; held-out corrections {user['held_out_before']['val_ap50']:.3f} -> "
+        f"{user['held_out_after']['val_ap50']:.3f}), and {longer['kind_gain']:+.3f} in four times as many "
+        f"({longer['steps']:,} steps, {long['settings']['seconds']:.0f} s at the same pace; "
+        f"`pairs_v1_colour_k64_480s.json`, best check at step {longer['best_step']:,})"
+    ) in text
+    assert (
+        f"with every child kept, 2 images gave {every_child['summary']['mean_gain']:+.3f} on average and 64 images "
+        f"{user['kind_gain']:+.3f} in the same {user['steps']} steps, and four times the steps added "
+        f"{longer['kind_gain'] - user['kind_gain']:.3f} to that"
+    ) in text
+
+
+def test_training_precision_paragraph_is_the_results_file():
+    results = json.loads((ROOT / "benchmarks" / "results" / "train_precision.json").read_text())
+    panel, grey = results["cases"]["panel"], results["cases"]["grey_pair"]
+    assert results["machine"]["native_bfloat16"] and results["settings"]["rounds"] == 3
+    text = benchmarks_text()
+    speed = (
+        f"{results['settings']['seconds']:.0f} s per run, the two precisions taking turns 3 times: the panel case "
+        "(one 1000x1000 synthetic brightfield image, 300 corrected nuclei) made "
+        f"{panel['speed']['best']['bfloat16']['steps_per_second']:.2f} steps per second against "
+        f"{panel['speed']['best']['float32']['steps_per_second']:.2f} in float32 ({panel['speed']['ratio']:.2f}x), "
+        f"two 256x320 synthetic fluorescence images {grey['speed']['best']['bfloat16']['steps_per_second']:.2f} "
+        f"against {grey['speed']['best']['float32']['steps_per_second']:.2f} ({grey['speed']['ratio']:.2f}x)"
+    )
+    assert speed in text
+    for case in (panel, grey):
+        low, high = case["learning"]["float32"], case["learning"]["bfloat16"]
+        assert low["steps"] == high["steps"] == results["settings"]["steps"]
+        assert (low["held_out_after"], low["unseen_after"]) == (high["held_out_after"], high["unseen_after"])
+    bf16_panel, bf16_grey = panel["learning"]["bfloat16"], grey["learning"]["bfloat16"]
+    learned = (
+        f"The same {results['settings']['steps']} steps in either precision ended with the same scores to the digit: "
+        f"held-out corrections {bf16_panel['held_out_after']:.3f} and {bf16_grey['held_out_after']:.3f}, an unseen "
+        f"image of the kind {bf16_panel['unseen_after']:.3f} (from {bf16_panel['unseen_before']:.3f}) and "
+        f"{bf16_grey['unseen_after']:.3f} (from {bf16_grey['unseen_before']:.3f})"
+    )
+    assert learned in text
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    slower = min(panel["speed"]["ratio"], grey["speed"]["ratio"])
+    assert f"bfloat16, as it segments: {slower:.1f} times as many steps in the same seconds" in guide
+
+
+def test_bfloat16_rerun_of_the_hitl_benchmark_sentence_is_its_results_file():
+    results = ROOT / "benchmarks" / "results"
+    float32, bfloat16 = (json.loads((results / name).read_text()) for name in ("hitl.json", "hitl_bfloat16.json"))
+    assert {key: float32["settings"][key] for key in ("k", "steps_per_second", "half_image", "seed")} == {
+        key: bfloat16["settings"][key] for key in ("k", "steps_per_second", "half_image", "seed")
+    }
+    before, after = float32["recipes"]["shipped"], bfloat16["recipes"]["shipped"]
+    assert before.keys() == after.keys()
+    for kind in before:
+        same = ("kind_gain", "kept_parent", "steps", "best_step")
+        assert [before[kind][key] for key in same] == [after[kind][key] for key in same], kind
+    real = [kind for kind in after if kind != "synthetic_he"]
+    assert len(real) == 6 and all(after[kind]["kept_parent"] for kind in real)
+    he, half = after["synthetic_he"], after["s_bsst265_tumour"]["half_image"]
+    shares = [row["validation_seconds"] / row["seconds"] for row in after.values()]
+    text = benchmarks_text()
+    assert (
+        f"synthetic H&E {he['kind_gain']:+.3f} (forgetting {he['forgetting_mean']:+.3f} against "
+        f"{before['synthetic_he']['forgetting_mean']:+.3f}), and the half-image test's child on an S-BSST265 tumour "
+        f"section goes {half['before']:.3f} -> {half['after']:.3f} "
+        f"({before['s_bsst265_tumour']['half_image']['after']:.3f} in float32); validation took "
+        f"{min(shares):.0%} to {max(shares):.0%} of each run"
+    ) in text

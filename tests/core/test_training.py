@@ -569,3 +569,30 @@ def test_anchor_decay_pulls_the_trained_weights_towards_the_start():
     free, anchored = distance_from_start(0.0), distance_from_start(100.0)
     assert 0 < anchored < 0.8 * free
     assert distance_from_start(1000.0) < 1e-6, "a pull of the whole way every step leaves the start"
+
+
+@pytest.mark.parametrize(
+    ("amp", "native_bf16", "expected"),
+    [(True, True, torch.bfloat16), (True, False, torch.float32), (False, True, torch.float32)],
+)
+def test_cpu_training_runs_in_bfloat16_only_where_the_processor_computes_it_and_the_weights_stay_float32(
+    monkeypatch, amp, native_bf16, expected
+):
+    from napari_unet.core.train import loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native_bf16)
+    seen = []
+
+    def record(module, inputs, output):
+        if module.training:
+            seen.append((output.dtype, inputs[0].is_contiguous(memory_format=torch.channels_last)))
+
+    bundle = tiny_bundle()
+    bundle.network.register_forward_hook(record)  # the run trains a copy; the copy keeps the hook
+    images, labels = dataset(2)
+    cfg = dataclasses.replace(FAST, max_steps=3, val_fraction=0.0, amp=amp, device="cpu")
+    result, _ = drain(iter_train(bundle, images, labels, cfg))
+    assert result.steps == 3 and result.bundle.sha256 != bundle.sha256
+    assert seen == [(expected, True)] * 3, "every training step: the expected precision, a channels-last batch"
+    weights = [value for value in result.bundle.network.state_dict().values() if value.is_floating_point()]
+    assert weights and all(value.dtype == torch.float32 for value in weights)
