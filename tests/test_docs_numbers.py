@@ -879,3 +879,31 @@ def test_bfloat16_rerun_of_the_hitl_benchmark_sentence_is_its_results_file():
         f"({before['s_bsst265_tumour']['half_image']['after']:.3f} in float32); validation took "
         f"{min(shares):.0%} to {max(shares):.0%} of each run"
     ) in text
+
+
+def test_bfloat16_rerun_of_the_pairs_benchmark_sentence_is_its_results_file():
+    results = ROOT / "benchmarks" / "results"
+    float32, bfloat16 = (
+        json.loads((results / name).read_text())["recipes"]["shipped"]
+        for name in ("pairs_v1_colour.json", "pairs_v1_colour_bfloat16.json")
+    )
+    pairs = list(zip(float32["users"], bfloat16["users"], strict=True))
+    assert all(low["corrected"] == high["corrected"] and low["steps"] == high["steps"] for low, high in pairs)
+    same = [(low, high) for low, high in pairs if low["kept_parent"] == high["kept_parent"]]
+    ((child, parent),) = [(low, high) for low, high in pairs if low["kept_parent"] != high["kept_parent"]]
+    assert not child["kept_parent"] and parent["kept_parent"] and child["best_step"] == child["steps"]
+    differences = np.array([high["kind_gain"] - low["kind_gain"] for low, high in pairs])
+    closest = max(abs(high["kind_gain"] - low["kind_gain"]) for low, high in same)
+    summary = bfloat16["summary"]
+    text = benchmarks_text()
+    assert (
+        f"the expected gain is {summary['mean_gain']:+.3f} (standard error {summary['standard_error']:.3f}): "
+        f"{len(same)} users ended with the same decision and gains within {closest:.3f} of float32's, and one child "
+        f"that float32 kept on its last check ({child['kind_gain']:+.3f} on the kind)"
+    ) in text
+    assert (
+        f"the paired difference is {differences.mean():+.3f} (standard error "
+        f"{differences.std(ddof=1) / np.sqrt(len(differences)):.3f}), within noise"
+    ) in text
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    assert f"by {summary['mean_gain']:+.3f} training in bfloat16, `pairs_v1_colour_bfloat16.json`" in guide
