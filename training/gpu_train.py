@@ -6,7 +6,8 @@ Pillow but no ``../shared``: it reads ``data_pack/nuclei_v2.npz``
 trains for a wall-clock budget with bf16 autocast and channels-last, and writes
 the exponential moving average of the weights as ``<out>/<name>.safetensors``
 (the model config in its metadata) and a JSON log ``<logs>/<name>.json``.
-It runs on the CPU too (for a smoke test): no autocast there.
+It runs on the CPU too (``training/cpu_train.sh``): in bfloat16 where the processor computes it natively
+(``loop.mixed_precision_trains_on``), else in float32; ``--float32`` forces float32 anywhere.
 
 Per training sample, on the device: an image is drawn (groups weighted, see
 ``GROUP_WEIGHTS``; images within a group by the square root of their area),
@@ -42,6 +43,7 @@ from torch.nn import functional
 
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.models.network import UNet, count_parameters
+from napari_unet.core.train.loop import mixed_precision_trains_on
 from napari_unet.core.train.losses import class_weights_from_targets, segmentation_loss
 from napari_unet.core.train.pixel_classes import labels_to_classes_torch
 from training.data_pack import PackedImage, load_pack
@@ -335,7 +337,8 @@ def val_loss(network: torch.nn.Module, batches: list, class_weights: torch.Tenso
     """Mean training loss of ``network`` (eval mode) on fixed validation batches."""
     network.eval()
     total = 0.0
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    device_type = next(network.parameters()).device.type
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         for image, classes, distance, weight in batches:
             total += float(training_loss(network(image), classes, distance, weight, class_weights))
     network.train()
@@ -385,6 +388,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="resume from / save the full training state (optimizer, step) here",
     )
     parser.add_argument("--checkpoint-every", type=float, default=300.0, help="seconds between checkpoint saves")
+    parser.add_argument(
+        "--float32", action="store_true", help="train in float32 even where bfloat16 is native (a side-by-side pace)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, default=None, help="folder for the JSON log (default: --out)")
     return parser.parse_args(argv)
@@ -513,7 +519,7 @@ def train_step(run: Run, args: argparse.Namespace, lr: float, amp: bool) -> torc
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     image, classes, distance, weight = run.sampler.batch(args.batch)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = run.network(image.contiguous(memory_format=torch.channels_last))
     loss = training_loss(logits, classes, distance, weight, run.class_weights)
     run.optimizer.zero_grad(set_to_none=True)
@@ -594,13 +600,14 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    amp = device.type == "cuda"
+    amp = mixed_precision_trains_on(device) and not args.float32
     torch.backends.cudnn.benchmark = True
     run = build_run(args, device)
     if args.checkpoint is not None and args.checkpoint.is_file():
         load_checkpoint(run, args.checkpoint)
         print(json.dumps({"name": args.name, "resumed_at_step": run.step}), flush=True)
     run.log["setup_s"] = time.perf_counter() - started
+    run.log["precision"] = "bfloat16" if amp else "float32"
     args.out.mkdir(parents=True, exist_ok=True)
     train(run, args, amp)
     if args.checkpoint is not None:
