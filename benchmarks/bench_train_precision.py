@@ -3,7 +3,7 @@
 A fine-tune of the bundled default model as the CLI and the Fine-tune panel run
 it (``fine_tune_recipe``), with ``TrainingConfig.amp`` off (float32) and on
 (bfloat16 autocast, where the CPU computes it natively:
-:func:`~napari_unet.core.train.loop.mixed_precision_trains_on`), on two cases
+:func:`~napari_unet.core.predict.runtime.mixed_precision_on`), on two cases
 made here (no ``../shared`` needed):
 
 - ``panel``: the issue's Fine-tune panel case, one 1000x1000 synthetic
@@ -45,11 +45,10 @@ from napari_unet.core.config import TrainingConfig
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.evaluate.metrics import evaluate_image
 from napari_unet.core.models.registry import load_model
-from napari_unet.core.predict.runtime import cpu_has_native_bf16
+from napari_unet.core.predict.runtime import cpu_has_native_bf16, mixed_precision_on
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train.fine_tune import fine_tune_recipe, iter_fine_tune
-from napari_unet.core.train.loop import mixed_precision_trains_on
 
 PRECISIONS = {"float32": False, "bfloat16": True}
 """Name -> ``TrainingConfig.amp``."""
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(2)
     cpu = torch.device("cpu")
-    if not mixed_precision_trains_on(cpu):
+    if not mixed_precision_on(cpu):
         print("this CPU has no native bfloat16: both runs would train in float32", file=sys.stderr)
         return 1
     report: dict[str, Any] = {

@@ -7,7 +7,7 @@ trains for a wall-clock budget with bf16 autocast and channels-last, and writes
 the exponential moving average of the weights as ``<out>/<name>.safetensors``
 (the model config in its metadata) and a JSON log ``<logs>/<name>.json``.
 It runs on the CPU too (``training/cpu_train.sh``): in bfloat16 where the processor computes it natively
-(``loop.mixed_precision_trains_on``), else in float32; ``--float32`` forces float32 anywhere.
+(``runtime.mixed_precision_on``), else in float32; ``--float32`` forces float32 anywhere.
 
 Per training sample, on the device: an image is drawn (groups weighted, see
 ``GROUP_WEIGHTS``; images within a group by the square root of their area),
@@ -43,7 +43,7 @@ from torch.nn import functional
 
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.models.network import UNet, count_parameters
-from napari_unet.core.train.loop import mixed_precision_trains_on
+from napari_unet.core.predict.runtime import mixed_precision_on
 from napari_unet.core.train.losses import class_weights_from_targets, segmentation_loss
 from napari_unet.core.train.pixel_classes import labels_to_classes_torch
 from training.data_pack import PackedImage, load_pack
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    amp = mixed_precision_trains_on(device) and not args.float32
+    amp = mixed_precision_on(device) and not args.float32
     torch.backends.cudnn.benchmark = True
     run = build_run(args, device)
     if args.checkpoint is not None and args.checkpoint.is_file():

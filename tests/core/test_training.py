@@ -578,9 +578,9 @@ def test_anchor_decay_pulls_the_trained_weights_towards_the_start():
 def test_cpu_training_runs_in_bfloat16_only_where_the_processor_computes_it_and_the_weights_stay_float32(
     monkeypatch, amp, native_bf16, expected
 ):
-    from napari_unet.core.train import loop
+    from napari_unet.core.predict import runtime
 
-    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)  # whatever this machine's CPU has
     seen = []
 
     def record(module, inputs, output):

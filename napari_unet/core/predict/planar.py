@@ -29,6 +29,7 @@ from napari_unet.core.predict.memory import available_memory_bytes, tiles_that_f
 from napari_unet.core.predict.runtime import (
     BundleLike,
     autocast_context,
+    channels_last,
     inference_network,
     output_probabilities,
     resolve_device,
@@ -225,7 +226,7 @@ def _iter_plane_probabilities(
         check_cancel(cancel)
         with torch.inference_mode():
             inputs = _gather_tiles(source, batch).to(device, non_blocking=True)
-            inputs = inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
+            inputs = channels_last(inputs)
             probabilities = fitting_probabilities(network, inputs, device, cfg, fit).to(store)
             for (sy, sx), one_tile in zip(batch, probabilities, strict=True):
                 if weights is None:

@@ -23,7 +23,7 @@ from napari_unet.core.evaluate.metrics import evaluate_dataset, summary_row
 from napari_unet.core.labels.postprocess import probabilities_to_labels
 from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.models.network import UNet
-from napari_unet.core.predict.runtime import autocast_context, cpu_has_native_bf16, model_uses_flips
+from napari_unet.core.predict.runtime import autocast_context, channels_last, mixed_precision_on, model_uses_flips
 from napari_unet.core.progress import Progress, check_cancel
 from napari_unet.core.train.augment import DEFAULT_PARAMS, AugmentParams, augment_sample
 from napari_unet.core.train.branches import BRANCH_NAMES, freeze, freeze_unreached, keep_frozen
@@ -114,7 +114,7 @@ class TrainingRun:
         trainable = [parameter for parameter in network.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.anchors = [(p, p.detach().clone()) for p in trainable] if cfg.anchor_decay else []  # (weight, start)
-        self.use_amp = cfg.amp and mixed_precision_trains_on(device)
+        self.use_amp = cfg.amp and mixed_precision_on(device)  # weights, optimiser and loss stay float32
         self.report_with_flips = model_uses_flips(bundle.metadata)  # reported scores: the model as it will run
         self.check_with_flips = self.report_with_flips and not cfg.quick_checks  # the checks that decide
         self.held_out_nuclei = sum(count_objects(window) for window in val_windows)
@@ -584,24 +584,6 @@ class TrainingRun:
         if self.cfg.max_seconds is not None:
             etas.append(self.cfg.max_seconds - elapsed)
         return max(0.0, min(etas)) if etas else None
-
-
-def channels_last(batch: torch.Tensor) -> torch.Tensor:
-    """``batch (N, C, Y, X)`` stored channels-last (same values), the layout CPU convolutions run fastest in."""
-    return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
-
-
-def mixed_precision_trains_on(device: torch.device) -> bool:
-    """Whether training on ``device`` runs in mixed precision when ``TrainingConfig.amp`` asks for it.
-
-    float16 with a gradient scaler on CUDA; bfloat16 on a CPU that computes it
-    natively (:func:`~napari_unet.core.predict.runtime.cpu_has_native_bf16`),
-    where fine-tuning the bundled model makes about 1.5x the steps per second
-    (``benchmarks/results/train_precision.json``); float32 elsewhere (MPS,
-    CPUs that would emulate bfloat16).  The weights and the optimiser stay
-    float32 in every case; the loss is computed in float32.
-    """
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
 def freeze_batch_norm_statistics(network: nn.Module) -> None:
