@@ -13,11 +13,17 @@ the same settings but other nuclei (AP@0.5 and AP@0.75 over 3D IoU):
 With ``--radius-factor 2`` the nuclei are twice as large as the kind's (beyond the 3.5-12 px radii
 ``nuclei-3d`` learned): a kind the model does not know, where fine-tuning has more to teach.
 
+With ``--compare-precision`` every stack is fine-tuned twice, side by side in one run (the order alternating from
+stack to stack): as the product trains (bfloat16 on a CPU that computes it natively) and in float32
+(``TrainingConfig.amp`` off); the results hold both and the ratio of their training seconds.
+
 Usage::
 
     python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --json benchmarks/results/finetune_3d.json
     python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --radius-factor 2 \
         --json benchmarks/results/finetune_3d_large_nuclei.json
+    python -m benchmarks.bench_finetune_3d --stacks 6 --steps 60 --compare-precision \
+        --json benchmarks/results/finetune_3d_precision.json
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.io import write_json
 from napari_unet.core.models.bundle import ModelBundle
 from napari_unet.core.models.registry import load_model
+from napari_unet.core.predict.runtime import mixed_precision_on
 from napari_unet.core.predict.segment import predict
 from napari_unet.core.progress import run_to_end
 from napari_unet.core.train.outcome import average_with_parent
@@ -71,13 +78,18 @@ def test_settings(seed: int, radius_factor: float) -> dict:
     return settings
 
 
-def run_stack(parent: ModelBundle, seed: int, steps: int, radius_factor: float = 1.0) -> dict:
-    """Fine-tune ``parent`` on stack ``seed`` and score parent, last and averaged weights on its sibling stack."""
+def run_stack(parent: ModelBundle, seed: int, steps: int, radius_factor: float = 1.0, amp: bool = True) -> dict:
+    """Fine-tune ``parent`` on stack ``seed`` and score parent, last and averaged weights on its sibling stack.
+
+    ``amp``: the network in mixed precision where the device computes it natively (as the product trains).
+    """
     settings = test_settings(seed, radius_factor)
     image, truth = synthetic_zstack(STACK_SHAPE, seed=seed, **settings)
     test_image, test_truth = synthetic_zstack(STACK_SHAPE, seed=seed + OTHER_NUCLEI, **settings)
     z_spacing = settings["z_spacing"]
-    cfg = TrainingConfig(max_steps=steps, max_seconds=None, batch_size=VOLUME_BATCH_SIZE, device="cpu", seed=seed)
+    cfg = TrainingConfig(
+        max_steps=steps, max_seconds=None, batch_size=VOLUME_BATCH_SIZE, device="cpu", seed=seed, amp=amp
+    )
     untrained_view = replace(parent, metadata={})  # same weights, no training record: the run returns its last weights
     result = run_to_end(iter_train_volume(untrained_view, [image], [truth], cfg, z_spacings=[z_spacing]))
     last = result.bundle.network.state_dict()
@@ -101,14 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--radius-factor", type=float, default=1.0, help="nuclei this many times larger than the kind's (unseen sizes)"
     )
+    parser.add_argument(
+        "--compare-precision", action="store_true", help="each stack also in float32, side by side (see above)"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     parent = load_model(args.model)
-    rows = []
-    for seed in range(TEST_SEED, TEST_SEED + args.stacks):
-        rows.append(run_stack(parent, seed, args.steps, args.radius_factor))
-        print(json.dumps(rows[-1]), flush=True)
     results = {
         "model": args.model,
         "model_sha256": parent.sha256,
@@ -116,12 +127,47 @@ def main(argv: list[str] | None = None) -> None:
         "steps": args.steps,
         "radius_factor": args.radius_factor,
         "batch": VOLUME_BATCH_SIZE,
-        "stacks": rows,
-        "mean": summarise(rows),
     }
-    print(json.dumps(results["mean"], indent=2))
+    seeds = range(TEST_SEED, TEST_SEED + args.stacks)
+    if args.compare_precision:
+        results.update(compare_precisions(parent, seeds, args.steps, args.radius_factor))
+    else:
+        rows = [run_and_print(parent, seed, args.steps, args.radius_factor) for seed in seeds]
+        results.update({"stacks": rows, "mean": summarise(rows)})
+        print(json.dumps(results["mean"], indent=2))
     if args.json:
         write_json(args.json, results, overwrite=True)
+
+
+def run_and_print(parent: ModelBundle, seed: int, steps: int, radius_factor: float, amp: bool = True) -> dict:
+    """:func:`run_stack`, its row printed as one JSON line."""
+    row = run_stack(parent, seed, steps, radius_factor, amp)
+    print(json.dumps({"amp": amp, **row}), flush=True)
+    return row
+
+
+def compare_precisions(parent: ModelBundle, seeds: range, steps: int, radius_factor: float) -> dict:
+    """Every stack fine-tuned as the product trains and in float32, the order alternating; both summarised.
+
+    Returns ``{"precision": ..., "precisions": {name: {"stacks", "mean", "train_seconds"}},
+    "float32_over_mixed_seconds": ratio}``; ``precision`` names what the product's setting ran in on this CPU.
+    """
+    rows: dict[bool, list[dict]] = {True: [], False: []}
+    for index, seed in enumerate(seeds):
+        for amp in (True, False) if index % 2 == 0 else (False, True):
+            rows[amp].append(run_and_print(parent, seed, steps, radius_factor, amp))
+    mixed = "bfloat16" if mixed_precision_on(torch.device("cpu")) else "float32 (this CPU has no native bfloat16)"
+    seconds = {amp: float(sum(row["train_seconds"] for row in rows[amp])) for amp in rows}
+    summary = {
+        "precision": mixed,
+        "precisions": {
+            name: {"stacks": rows[amp], "mean": summarise(rows[amp]), "train_seconds": round(seconds[amp], 1)}
+            for name, amp in (("mixed", True), ("float32", False))
+        },
+        "float32_over_mixed_seconds": round(seconds[False] / seconds[True], 3),
+    }
+    print(json.dumps({name: part["mean"] for name, part in summary["precisions"].items()}, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

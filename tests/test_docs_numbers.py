@@ -13,18 +13,22 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ROOT / "benchmarks" / "results" / "default_model_v2_sources.json"
-TEST_TIME = ROOT / "benchmarks" / "results" / "default_model_v2_test_time.json"
+RESULTS = ROOT / "benchmarks" / "results"
 ROWS = {"grey": "grey: fluorescence", "colour": "colour: H&E-like", "tissue": "tissue sections"}
 README = ROOT / "README.md"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+
+
+def results_json(name: str) -> dict:
+    """One results file of ``benchmarks/results``, parsed."""
+    return json.loads((RESULTS / name).read_text())
 
 
 def shipped_results() -> dict:
     """The bundled model's entry in the test-time results: the setting it runs with by default."""
     metadata = json.loads((ROOT / "napari_unet" / "weights" / "default" / "model.json").read_text())["metadata"]
     key = "default (tta)" if metadata.get("tuned_with_flips") else "default"
-    return json.loads(TEST_TIME.read_text())["models"][key]
+    return results_json("default_model_v2_test_time.json")["models"][key]
 
 
 def table_row(page: Path, start: str) -> list[float]:
@@ -38,7 +42,7 @@ def benchmarks_text() -> str:
 
 
 def test_accuracy_table_matches_the_results_file():
-    results = json.loads(SOURCES.read_text())
+    results = results_json("default_model_v2_sources.json")
     model, previous = shipped_results(), results["models"]["out/v1_default"]
     best = max(results["baselines"].values(), key=lambda b: b["tuned_val_score"])
     assert best["method"] == "watershed"
@@ -57,14 +61,14 @@ def test_dsb2018_val_score_matches_the_results_file():
 
 
 def test_flips_comparison_matches_the_results_file():
-    models = json.loads(TEST_TIME.read_text())["models"]
+    models = results_json("default_model_v2_test_time.json")["models"]
     flips, plain = models["default (tta)"], models["default"]
     text = benchmarks_text()
     assert (
         f"({flips['tuned_val_score']:.3f} against {plain['tuned_val_score']:.3f} without; on the test images "
         f"{flips['test']['family_mean_AP@0.5']:.3f} against {plain['test']['family_mean_AP@0.5']:.3f}"
     ) in text
-    speed = json.loads((ROOT / "benchmarks" / "results" / "inference_default_flips.json").read_text())
+    speed = results_json("inference_default_flips.json")
     row = next(m for m in speed["models"] if m["model"] == "default")["devices"]["cpu"]["sizes"][0]
     assert f"makes {row['end_to_end_model_settings_mpx_per_s']:.2f} megapixels/s end to end" in text
     assert row["end_to_end_model_settings_mpx_per_s"] >= 0.4, "the default must stay interactive on 2 CPU cores"
@@ -80,7 +84,7 @@ def test_model_card_json_is_the_results_file():
 
 
 def test_cellpose_table_matches_the_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "peers.json").read_text())
+    results = results_json("peers.json")
     lines = BENCHMARKS.read_text().splitlines()
     for key, name in (("dsb2018_val", "`dsb2018/val` (10)"), ("s_bsst265_heldout", "S-BSST265 held out (10)")):
         for scale, words in (("own_scale", "own scale"), ("true_diameter", "told the true nucleus size")):
@@ -95,7 +99,7 @@ def test_cellpose_table_matches_the_results_file():
 
 
 def test_3d_model_card_is_the_benchmark_file():
-    bench = json.loads((ROOT / "benchmarks" / "results" / "bench_3d.json").read_text())["methods"]
+    bench = results_json("bench_3d.json")["methods"]
     folder = ROOT / "napari_unet" / "weights" / "nuclei-3d"
     card = json.loads((folder / "model_card.json").read_text())
     markdown = (folder / "MODEL_CARD.md").read_text()
@@ -112,7 +116,7 @@ def test_fine_tuning_numbers_match_the_results_files():
     text = benchmarks_text()
 
     def before_after(name: str) -> tuple[float, float]:
-        scores = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+        scores = results_json(f"{name}.json")
         ap = scores["summary"]["default"]["30.0"]["AP@0.5"]
         return ap["before"], ap["after"]
 
@@ -128,11 +132,11 @@ def test_fine_tuning_numbers_match_the_results_files():
 
 
 def test_3d_fine_tune_numbers_are_the_benchmark_file():
-    mean = json.loads((ROOT / "benchmarks" / "results" / "finetune_3d.json").read_text())["mean"]
+    mean = results_json("finetune_3d.json")["mean"]
     text = benchmarks_text()
     parent, last, averaged = (mean[name]["AP@0.5"] for name in ("parent", "last", "averaged"))
     assert f"from {parent:.3f} to {last:.3f} AP@0.5 with the last weights and to {averaged:.3f}" in text
-    large = json.loads((ROOT / "benchmarks" / "results" / "finetune_3d_large_nuclei.json").read_text())["mean"]
+    large = results_json("finetune_3d_large_nuclei.json")["mean"]
     parent, last, averaged = (large[name]["AP@0.5"] for name in ("parent", "last", "averaged"))
     assert f"fell from {parent:.3f} to {last:.3f} and the average rose to {averaged:.3f}" in text
     before, after = large["parent"]["AP@0.75"], large["averaged"]["AP@0.75"]
@@ -140,13 +144,12 @@ def test_3d_fine_tune_numbers_are_the_benchmark_file():
 
 
 def test_sizes_and_ceiling_numbers_are_the_benchmark_files():
-    results = ROOT / "benchmarks" / "results"
-    ceiling = json.loads((results / "ceiling.json").read_text())
+    ceiling = results_json("ceiling.json")
     text = benchmarks_text()
     val, train = ceiling["val"], ceiling["train"]
     assert f"from {val['shipped_mean_ap50']:.3f} to {val['oracle_mean_ap50']:.3f}" in text
     assert f"own {train['n_images']} `dsb2018/train` images it scores {train['shipped_mean_ap50']:.3f}" in text
-    zooms = json.loads((results / "sizes.json").read_text())["zooms"]
+    zooms = results_json("sizes.json")["zooms"]
     guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
     for zoom, words in (("2.5", "enlarged 2.5x"), ("0.4", "shrunk to 0.4x")):
         fixed, measured = (zooms[zoom]["mean_AP@0.5"][way] for way in ("scale 1", "auto"))
@@ -159,7 +162,7 @@ def hitl_section() -> str:
 
 
 def test_hitl_table_is_the_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "hitl.json").read_text())
+    report = results_json("hitl.json")
     section = hitl_section()
     for kind, info in report["kinds"].items():
         row = report["recipes"]["shipped"][kind]
@@ -170,7 +173,7 @@ def test_hitl_table_is_the_results_file():
 
 
 def test_user_guide_quotes_the_hitl_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "hitl.json").read_text())
+    report = results_json("hitl.json")
     row, info = report["recipes"]["shipped"]["synthetic_he"], report["kinds"]["synthetic_he"]
     after = sum(row["kind_after"]) / len(row["kind_after"])
     guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
@@ -184,13 +187,13 @@ def test_hitl_validation_share_is_the_results_files():
         ("hitl.json", "{low}% to {high}% of the run in `hitl.json`"),
         ("hitl_margin_005.json", "`hitl_margin_005.json`: {low}% to {high}%"),
     ):
-        report = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+        report = results_json(name)
         shares = [100 * row["validation_seconds"] / row["seconds"] for row in report["recipes"]["shipped"].values()]
         assert phrase.format(low=round(min(shares)), high=round(max(shares))) in section, name
 
 
 def test_hitl_ablation_numbers_are_its_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "hitl_warn_only_partial.json").read_text())
+    report = results_json("hitl_warn_only_partial.json")
     rows = report["recipes"]["shipped"]
     section = hitl_section()
     small, colour = rows["dsb_fluorescence_small"], rows["dsb_colour_tissue"]
@@ -201,8 +204,7 @@ def test_hitl_ablation_numbers_are_its_results_file():
 
 def test_hitl_grid_is_the_results_files():
     section = hitl_section()
-    results = ROOT / "benchmarks" / "results"
-    for path in sorted([*results.glob("hitl_k*.json"), *results.glob("hitl_grid_*.json")]):
+    for path in sorted([*RESULTS.glob("hitl_k*.json"), *RESULTS.glob("hitl_grid_*.json")]):
         report = json.loads(path.read_text())
         assert path.name in section, path.name
         for kind, row in report["recipes"]["shipped"].items():
@@ -210,7 +212,7 @@ def test_hitl_grid_is_the_results_files():
 
 
 def test_pipeline_speed_paragraph_quotes_its_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline.json").read_text())
+    results = results_json("pipeline.json")
     text = benchmarks_text()
     seconds = results["real_network_seconds"]
     validation = results["labels_ap50_vs_previous_validation"]
@@ -226,8 +228,8 @@ def test_pipeline_speed_paragraph_quotes_its_results_file():
 
 
 def test_pipeline_rerun_with_the_broadcast_no_op_is_its_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline_broadcast_no_op.json").read_text())
-    text = " ".join(benchmarks_text().split())
+    results = results_json("pipeline_broadcast_no_op.json")
+    text = benchmarks_text()
     seconds, real = results["no_op_network_seconds"], results["real_network_seconds"]
     quoted = f"{seconds['previous']:.2f} s in one pass, {seconds['workers_1']:.2f} s with one worker and "
     quoted += f"{seconds['workers_2']:.2f} s with two ({results['non_network_speedup']:.2f}x; the second worker "
@@ -239,17 +241,15 @@ def test_pipeline_rerun_with_the_broadcast_no_op_is_its_results_file():
 def test_correction_order_table_is_its_results_files():
     from benchmarks.plot_hitl import order_table
 
-    results = ROOT / "benchmarks" / "results"
-    uncertain, folder = (json.loads((results / f"hitl_order_{o}.json").read_text()) for o in ("uncertain", "folder"))
+    uncertain, folder = (results_json(f"hitl_order_{o}.json") for o in ("uncertain", "folder"))
     assert " ".join(order_table(uncertain, folder).split()) in hitl_section()
 
 
 def test_unseen_kinds_table_and_numbers_are_their_results_files():
     from benchmarks.plot_hitl import scale_table
 
-    results = ROOT / "benchmarks" / "results"
     at_one, at_estimate, unrounded, levers, k4 = (
-        json.loads((results / f"hitl_unseen_v1{suffix}.json").read_text())
+        results_json(f"hitl_unseen_v1{suffix}.json")
         for suffix in ("", "_estimated_scale", "_unrounded_scale", "_colour_levers", "_colour_k4")
     )
     section = " ".join(hitl_section().split())
@@ -260,11 +260,8 @@ def test_unseen_kinds_table_and_numbers_are_their_results_files():
     assert f"with 4 corrected images {k4['recipes']['shipped']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
     assert f"with learning rate 1e-3 {levers['recipes']['high_lr']['dsb_colour_tissue']['kind_gain']:+.3f}" in section
     assert levers["recipes"]["no_epoch_cap"]["dsb_colour_tissue"]["kept_parent"]
-    seeds = [
-        json.loads((results / f"hitl_unseen_v1_colour_sweep{suffix}.json").read_text())["recipes"]
-        for suffix in ("_seed1", "_seed2")
-    ]
-    sweep = json.loads((results / "hitl_unseen_v1_colour_sweep.json").read_text())["recipes"]
+    seeds = [results_json(f"hitl_unseen_v1_colour_sweep{suffix}.json")["recipes"] for suffix in ("_seed1", "_seed2")]
+    sweep = results_json("hitl_unseen_v1_colour_sweep.json")["recipes"]
     for recipe in seeds[0]:
         means = [
             sum(run[recipe][kind]["kind_gain"] for run in (sweep, *seeds)) / 3
@@ -284,9 +281,8 @@ def test_unseen_kinds_table_and_numbers_are_their_results_files():
 
 
 def test_user_guide_quotes_the_unseen_kinds_results_files():
-    results = ROOT / "benchmarks" / "results"
     names = ("hitl_unseen_v1.json", "hitl_unseen_v1_estimated_scale.json")
-    at_one, at_estimate = (json.loads((results / name).read_text()) for name in names)
+    at_one, at_estimate = (results_json(name) for name in names)
     colour = at_one["recipes"]["shipped"]["dsb_colour_tissue"]
     after = sum(colour["kind_after"]) / len(colour["kind_after"])
     guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
@@ -296,9 +292,7 @@ def test_user_guide_quotes_the_unseen_kinds_results_files():
     quoted = f"scored {normal_one['default_ap50']:.3f} at scale 1, where no fine-tune helped, "
     quoted += f"and {normal_estimate['default_ap50']:.3f} at Estimate's {normal_estimate['scale']:.2f}"
     assert quoted in guide
-    shipped_one, shipped_estimate = (
-        json.loads((results / name).read_text())["kinds"] for name in ("hitl.json", "hitl_estimated_scale.json")
-    )
+    shipped_one, shipped_estimate = (results_json(name)["kinds"] for name in ("hitl.json", "hitl_estimated_scale.json"))
     normal, tumour = (
         f"{shipped_one[kind]['default_ap50']:.3f} at scale 1 and {shipped_estimate[kind]['default_ap50']:.3f} "
         f"at {shipped_estimate[kind]['scale']:.2f}"
@@ -308,10 +302,7 @@ def test_user_guide_quotes_the_unseen_kinds_results_files():
 
 
 def test_the_bundled_model_at_the_estimated_scale_keeps_the_outcomes_of_scale_one():
-    results = ROOT / "benchmarks" / "results"
-    at_one, at_estimate = (
-        json.loads((results / name).read_text()) for name in ("hitl.json", "hitl_estimated_scale.json")
-    )
+    at_one, at_estimate = (results_json(name) for name in ("hitl.json", "hitl_estimated_scale.json"))
     for kind, row in at_estimate["recipes"]["shipped"].items():
         same = at_one["recipes"]["shipped"][kind]
         assert (row["kept_parent"], f"{row['kind_gain']:+.3f}") == (same["kept_parent"], f"{same['kind_gain']:+.3f}")
@@ -332,7 +323,7 @@ def test_user_guide_quotes_the_screenshot_comparison_table():
 
 
 def test_hitl_keep_every_child_ablation_is_its_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "hitl_no_keep_rule.json").read_text())
+    report = results_json("hitl_no_keep_rule.json")
     rows = report["recipes"]["shipped"]
     real = [rows[kind]["kind_gain"] for kind in report["kinds"] if kind != "synthetic_he"]
     quoted = ", ".join(f"{gain:+.3f}" for gain in real[:-1]) + f" and {real[-1]:+.3f}"
@@ -343,7 +334,7 @@ def test_hitl_keep_every_child_ablation_is_its_results_file():
     new, old = (
         max(
             100 * row["validation_seconds"] / row["seconds"]
-            for row in json.loads((ROOT / "benchmarks" / "results" / name).read_text())["recipes"]["shipped"].values()
+            for row in results_json(name)["recipes"]["shipped"].values()
         )
         for name in ("hitl_grid_k4.json", "hitl_k4_side_cap.json")
     )
@@ -353,7 +344,7 @@ def test_hitl_keep_every_child_ablation_is_its_results_file():
 
 def test_hitl_held_out_strip_paragraph_is_its_results_files():
     def tumour(name: str) -> tuple[int, float]:
-        row = json.loads((ROOT / "benchmarks" / "results" / name).read_text())["recipes"]["shipped"]["s_bsst265_tumour"]
+        row = results_json(name)["recipes"]["shipped"]["s_bsst265_tumour"]
         nuclei = int(row["messages"][0].split("validating on ")[1].split()[0])
         return nuclei, row["held_out_before"]["val_ap50"]
 
@@ -364,7 +355,7 @@ def test_hitl_held_out_strip_paragraph_is_its_results_files():
 
 
 def test_hitl_colour_levers_are_their_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "hitl_colour_levers.json").read_text())
+    report = results_json("hitl_colour_levers.json")
     gains = {name: rows["dsb_colour_tissue"]["kind_gain"] for name, rows in report["recipes"].items()}
     section = " ".join(hitl_section().split())
     quoted = (
@@ -377,9 +368,9 @@ def test_hitl_colour_levers_are_their_results_file():
 
 
 def test_allocator_paragraph_quotes_its_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "allocator.json").read_text())
+    results = results_json("allocator.json")
     speedup, kept = results["speedup_from_kept_memory"], results["best_seconds"]["kept"]
-    text = " ".join(benchmarks_text().split())
+    text = benchmarks_text()
     assert (
         f"ran {speedup['previous']:.2f}x (one pass), {speedup['workers_1']:.2f}x (one worker) and "
         f"{speedup['workers_2']:.2f}x (two workers) faster" in text
@@ -397,9 +388,9 @@ def test_allocator_paragraph_quotes_its_results_file():
 
 
 def test_kept_memory_pipeline_sentence_quotes_its_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline_kept_memory.json").read_text())
+    results = results_json("pipeline_kept_memory.json")
     seconds = results["real_network_seconds"]
-    text = " ".join(benchmarks_text().split())
+    text = benchmarks_text()
     assert results["settings"]["keep_freed_memory"]
     assert (
         f"everything but the network {results['non_network_speedup']:.2f}x faster than the one-pass path "
@@ -410,7 +401,7 @@ def test_kept_memory_pipeline_sentence_quotes_its_results_file():
 
 
 def test_kind_fit_paragraph_quotes_its_results_file():
-    kinds = json.loads((ROOT / "benchmarks" / "results" / "kind_fit.json").read_text())["kinds"]
+    kinds = results_json("kind_fit.json")["kinds"]
     colour = kinds["dsb_colour_tissue"]
     text = benchmarks_text()
     assert (
@@ -424,7 +415,7 @@ def test_kind_fit_paragraph_quotes_its_results_file():
 
 
 def test_colour_k4_forced_child_is_its_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "hitl_colour_k4_forced.json").read_text())
+    report = results_json("hitl_colour_k4_forced.json")
     shipped, uncapped = (report["recipes"][name]["dsb_colour_tissue"] for name in ("shipped", "no_epoch_cap"))
     assert report["settings"]["k"] == 4 and report["settings"]["keep_every_child"]
     before, after = uncapped["held_out_before"]["val_ap50"], uncapped["held_out_after"]["val_ap50"]
@@ -436,7 +427,7 @@ def test_colour_k4_forced_child_is_its_results_file():
 
 
 def test_pipeline_cpu_time_sentence_quotes_its_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "pipeline_cpu_time.json").read_text())
+    results = results_json("pipeline_cpu_time.json")
     cpu, wall, real = (
         results["no_op_network_cpu_seconds"],
         results["no_op_network_seconds"],
@@ -480,7 +471,7 @@ def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
     )
     rows = {}
     for name in ("nuclei_ranked", "every_fourth"):
-        report = json.loads((ROOT / "benchmarks" / "results" / f"hitl_no_keep_{name}_checks.json").read_text())
+        report = results_json(f"hitl_no_keep_{name}_checks.json")
         assert report["settings"]["keep_every_child"]
         rows[name] = report["recipes"]["shipped"]
     large, stage2 = (
@@ -499,8 +490,8 @@ def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
     shares = [row["nuclei_ranked"]["other_kinds_check"]["parent_share"] for row in (large, stage2)]
     assert f"(an average with {shares[0]:.0%} and {shares[1]:.0%} of the parent's weights kept)" in text
     assert all("parent_share" not in row["every_fourth"]["other_kinds_check"] for row in (large, stage2))
-    with_rule = json.loads((ROOT / "benchmarks" / "results" / "hitl_nuclei_ranked_checks.json").read_text())
-    shipped_rule = json.loads((ROOT / "benchmarks" / "results" / "hitl.json").read_text())
+    with_rule = results_json("hitl_nuclei_ranked_checks.json")
+    shipped_rule = results_json("hitl.json")
     synthetic = [report["recipes"]["shipped"]["synthetic_he"] for report in (with_rule, shipped_rule)]
     assert f"synthetic H&E gained {synthetic[0]['kind_gain']:+.3f} instead of {synthetic[1]['kind_gain']:+.3f}" in text
     check = synthetic[0]["other_kinds_check"]
@@ -511,7 +502,7 @@ def test_check_crop_paragraph_is_the_shipped_replay_set_and_its_results_files():
 
 
 def test_colour_check_crop_sentence_is_its_results_file():
-    report = json.loads((ROOT / "benchmarks" / "results" / "check_crops.json").read_text())
+    report = results_json("check_crops.json")
     default, old, new = report["default"], report["every_fourth"], report["nuclei_ranked"]
     text = benchmarks_text()
     assert (
@@ -524,7 +515,7 @@ def test_colour_check_crop_sentence_is_its_results_file():
 
 
 def test_own_group_limit_sentence_is_its_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "own_group_limit.json").read_text())
+    results = results_json("own_group_limit.json")
     tight, loose = results["limits"]["0.02"], results["limits"]["0.05"]
     expected = (
         f"over the {results['children']} distinct children kept in all `hitl*.json` runs ({results['harmful']} that "
@@ -536,7 +527,7 @@ def test_own_group_limit_sentence_is_its_results_file():
 
 
 def test_size_advice_paragraph_and_guide_quote_their_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "size_advice.json").read_text())
+    results = results_json("size_advice.json")
     bundled, v1 = (results["models"][name]["kinds"] for name in ("default", "v1"))
     advised = [kind for kind, row in bundled.items() if row["advice"]]
     assert advised == ["s_bsst265_normal"] and [kind for kind, row in v1.items() if row["advice"]] == advised
@@ -576,8 +567,7 @@ def test_size_advice_paragraph_and_guide_quote_their_results_file():
 
 def seed_gains(names: list[str], recipe: str, kind: str) -> list[float]:
     """The kind's gain with ``recipe`` in each of the named bench_hitl results files, in order."""
-    results = ROOT / "benchmarks" / "results"
-    return [json.loads((results / name).read_text())["recipes"][recipe][kind]["kind_gain"] for name in names]
+    return [results_json(name)["recipes"][recipe][kind]["kind_gain"] for name in names]
 
 
 def mean_pair(names: list[str], recipe: str) -> str:
@@ -644,13 +634,9 @@ def test_trained_part_levers_are_their_results_files():
 
 
 def test_magnification_runs_are_their_results_files():
-    results = ROOT / "benchmarks" / "results"
 
     def gains(model: str, recipe: str, kind: str) -> str:
-        rows = [
-            json.loads((results / f"hitl_zoom_{model}_seed{seed}.json").read_text())["recipes"][recipe][kind]
-            for seed in range(3)
-        ]
+        rows = [results_json(f"hitl_zoom_{model}_seed{seed}.json")["recipes"][recipe][kind] for seed in range(3)]
         native = np.mean([row["kind_gain"] for row in rows])
         magnified = [np.mean([row["magnified"][factor]["gain"] for row in rows]) for factor in ("0.5", "2.0")]
         return "{:+.3f}, {:+.3f}, {:+.3f}".format(native, *magnified)
@@ -667,9 +653,8 @@ def test_magnification_runs_are_their_results_files():
 
 
 def test_gpu_paragraph_is_the_gpu_check_results_file():
-    results = ROOT / "benchmarks" / "results"
-    check = json.loads((results / "gpu_check.json").read_text())
-    before = json.loads((results / "gpu_check_before_pipeline.json").read_text())
+    check = results_json("gpu_check.json")
+    before = results_json("gpu_check_before_pipeline.json")
     inference, pipeline = check["inference"][0], check["pipeline"]
     big, big_before = check["network_only"][0], before["network_only"][0]
     speeds = [row["network_mpx_per_s"] for row in check["batch_sizes"]]
@@ -697,13 +682,12 @@ def test_gpu_paragraph_is_the_gpu_check_results_file():
     ) in text
     assert f"from {speeds[0]:.1f} to {speeds[-1]:.1f} MPx/s" in text
     assert f"A 10 s fine-tune made {check['fine_tune']['steps']} steps." in text
-    assert "2 passed" in (results / "gpu_tests.txt").read_text()
+    assert "2 passed" in (RESULTS / "gpu_tests.txt").read_text()
 
 
 def test_third_gpu_run_sentence_is_its_results_files():
-    results = ROOT / "benchmarks" / "results"
-    models = json.loads((results / "default_model_v2_gpu_refine3.json").read_text())["models"]
-    end = json.loads((results / "default_model_v2_gpu_refine3_end.json").read_text())["models"]["out/v3 (tta)"]
+    models = results_json("default_model_v2_gpu_refine3.json")["models"]
+    end = results_json("default_model_v2_gpu_refine3_end.json")["models"]["out/v3 (tta)"]
     shipped, best = models["default (tta)"], models["out/c/grey_mid (tta)"]
     averages = ("grey_mid_soup", "mid_soup", "grey_end_soup")
     soups = [models[f"out/c/{name} (tta)"]["tuned_val_score"] for name in averages]
@@ -725,15 +709,69 @@ def test_third_gpu_run_sentence_is_its_results_files():
         f"gains {differences.mean():+.3f} (standard error {differences.std(ddof=1) / np.sqrt(len(differences)):.3f}, "
         f"{np.sum(differences > 0.005)} images better and {np.sum(differences < -0.005)} worse)"
     ) in benchmarks_text()
-    log = json.loads((results / "gpu_refine3_train_log.json").read_text())
+    log = results_json("gpu_refine3_train_log.json")
     assert {name: round(run["train_s"]) for name, run in log.items()} == {"colour_b16": 300, "grey_b16": 300}
 
 
+def test_3d_precision_sentence_is_its_results_file():
+    results = results_json("finetune_3d_precision.json")
+    mixed, float32 = (results["precisions"][name] for name in ("mixed", "float32"))
+    assert results["precision"] == "bfloat16" and results["steps"] == 120 and len(mixed["stacks"]) == 6
+    assert (
+        f"{mixed['train_seconds']:.1f} s of training in bfloat16 against {float32['train_seconds']:.1f} s in float32 "
+        f"({results['float32_over_mixed_seconds']:.2f}x, set-up and the first run's warm-up included), with the same "
+        f"outcome: last weights {mixed['mean']['last']['AP@0.5']:.3f} against {float32['mean']['last']['AP@0.5']:.3f} "
+        f"AP@0.5, their average with the parent {mixed['mean']['averaged']['AP@0.5']:.3f} and "
+        f"{float32['mean']['averaged']['AP@0.5']:.3f}, from {mixed['mean']['parent']['AP@0.5']:.3f}"
+    ) in benchmarks_text()
+
+
+def test_fourth_gpu_run_sentence_is_its_results_files():
+    models = results_json("default_model_v2_gpu_refine4.json")["models"]
+    shipped, best = models["default (tta)"], models["out/c4/grey_end (tta)"]
+    assert max(models.values(), key=lambda model: model["tuned_val_score"]) is best
+
+    def per_image(split: str) -> str:
+        before, after = shipped[split]["per_image_AP@0.5"], best[split]["per_image_AP@0.5"]
+        differences = np.array([after[key] - before[key] for key in before])
+        error = differences.std(ddof=1) / np.sqrt(len(differences))
+        return f"per image {differences.mean():+.3f} (standard error {error:.3f}, {np.sum(differences > 0.005)} "
+
+    score = {name: models[f"{name} (tta)"]["tuned_val_score"] for name in ("out/v4", "out/v4_mid", "out/c4/grey_mid")}
+    text = benchmarks_text()
+    assert (
+        f"the shipped model {shipped['tuned_val_score']:.3f}, the run's end {score['out/v4']:.3f}, its half-way "
+        f"snapshot {score['out/v4_mid']:.3f}, the shipped model with only the grey network of the end "
+        f"{best['tuned_val_score']:.3f} and of the snapshot {score['out/c4/grey_mid']:.3f}. The best gains "
+        f"{best['tuned_val_score'] - shipped['tuned_val_score']:.3f} on validation, {per_image('val')}"
+    ) in text
+    assert (
+        f"on the test images {shipped['test']['family_mean_AP@0.5']:.3f} to {best['test']['family_mean_AP@0.5']:.3f}, "
+        f"{per_image('test')}"
+    ) in text
+    log = results_json("gpu_refine4_train_log.json")
+    assert {name: (round(run["train_s"]), run["args"]["lr"]) for name, run in log.items()} == {
+        "colour_b16": (300, "0.0003"),
+        "grey_b16": (300, "0.0003"),
+    }
+
+
+def test_gpu_check_rerun_sentence_is_its_results_file():
+    check = results_json("gpu_check_rerun.json")
+    inference, pipeline = check["inference"][0], check["pipeline"]
+    text = benchmarks_text()
+    assert (
+        f"the network inside `predict` {inference['network_mpx_per_s']:.1f} MPx/s at 4096², end to end "
+        f"{inference['end_to_end_mpx_per_s']:.1f} MPx/s, the 16384² plane "
+        f"{check['network_only'][0]['network_mpx_per_s']:.1f} MPx/s, the pipelined post-processing "
+        f"{pipeline['pipelined']['seconds']:.2f} s against {pipeline['previous']['seconds']:.2f} s in one pass"
+    ) in text
+    assert f"Its 10 s fine-tune made {check['fine_tune']['steps']} steps" in text
+    assert "2 passed" in (RESULTS / "gpu_tests_rerun.txt").read_text()
+
+
 def test_many_users_paragraph_is_the_bench_pairs_results_files():
-    results = ROOT / "benchmarks" / "results"
-    guarded, every = (
-        json.loads((results / f"pairs_v1_colour{suffix}.json").read_text()) for suffix in ("", "_every_child")
-    )
+    guarded, every = (results_json(f"pairs_v1_colour{suffix}.json") for suffix in ("", "_every_child"))
     rule, unguarded = guarded["recipes"]["shipped"], every["recipes"]["shipped"]
     summary, free = rule["summary"], unguarded["summary"]
     counts = [user["nuclei"] for user in rule["users"]]
@@ -776,10 +814,7 @@ def test_many_users_paragraph_is_the_bench_pairs_results_files():
 
 
 def test_more_images_per_user_sentence_is_the_bench_pairs_results_files():
-    results = ROOT / "benchmarks" / "results"
-    four, eight = (
-        json.loads((results / f"pairs_v1_colour_k{k}.json").read_text())["recipes"]["shipped"] for k in (4, 8)
-    )
+    four, eight = (results_json(f"pairs_v1_colour_k{k}.json")["recipes"]["shipped"] for k in (4, 8))
     children = [user for user in four["users"] if not user["kept_parent"]]
     harmful_kinds = {kind for user in children for kind, change in user["forgetting"].items() if change < -0.10}
     harmful = sum(min(user["forgetting"].values()) < -0.10 for user in children)
@@ -800,12 +835,8 @@ def test_more_images_per_user_sentence_is_the_bench_pairs_results_files():
 
 
 def test_one_user_correcting_64_images_paragraph_is_the_bench_pairs_results_files():
-    results = ROOT / "benchmarks" / "results"
-    short, long = (
-        json.loads((results / name).read_text())
-        for name in ("pairs_v1_colour_k64.json", "pairs_v1_colour_k64_480s.json")
-    )
-    every_child = json.loads((results / "pairs_v1_colour_every_child.json").read_text())["recipes"]["shipped"]
+    short, long = (results_json(name) for name in ("pairs_v1_colour_k64.json", "pairs_v1_colour_k64_480s.json"))
+    every_child = results_json("pairs_v1_colour_every_child.json")["recipes"]["shipped"]
     (user,), (longer,) = short["recipes"]["shipped"]["users"], long["recipes"]["shipped"]["users"]
     assert short["settings"]["k"] == long["settings"]["k"] == len(user["corrected"]) == 64
     assert short["settings"]["keep_every_child"] and long["settings"]["keep_every_child"]
@@ -826,7 +857,7 @@ def test_one_user_correcting_64_images_paragraph_is_the_bench_pairs_results_file
 
 
 def test_training_precision_paragraph_is_the_results_file():
-    results = json.loads((ROOT / "benchmarks" / "results" / "train_precision.json").read_text())
+    results = results_json("train_precision.json")
     panel, grey = results["cases"]["panel"], results["cases"]["grey_pair"]
     assert results["machine"]["native_bfloat16"] and results["settings"]["rounds"] == 3
     text = benchmarks_text()
@@ -857,8 +888,7 @@ def test_training_precision_paragraph_is_the_results_file():
 
 
 def test_bfloat16_rerun_of_the_hitl_benchmark_sentence_is_its_results_file():
-    results = ROOT / "benchmarks" / "results"
-    float32, bfloat16 = (json.loads((results / name).read_text()) for name in ("hitl.json", "hitl_bfloat16.json"))
+    float32, bfloat16 = (results_json(name) for name in ("hitl.json", "hitl_bfloat16.json"))
     assert {key: float32["settings"][key] for key in ("k", "steps_per_second", "half_image", "seed")} == {
         key: bfloat16["settings"][key] for key in ("k", "steps_per_second", "half_image", "seed")
     }
@@ -882,10 +912,8 @@ def test_bfloat16_rerun_of_the_hitl_benchmark_sentence_is_its_results_file():
 
 
 def test_bfloat16_rerun_of_the_pairs_benchmark_sentence_is_its_results_file():
-    results = ROOT / "benchmarks" / "results"
     float32, bfloat16 = (
-        json.loads((results / name).read_text())["recipes"]["shipped"]
-        for name in ("pairs_v1_colour.json", "pairs_v1_colour_bfloat16.json")
+        results_json(name)["recipes"]["shipped"] for name in ("pairs_v1_colour.json", "pairs_v1_colour_bfloat16.json")
     )
     pairs = list(zip(float32["users"], bfloat16["users"], strict=True))
     assert all(low["corrected"] == high["corrected"] and low["steps"] == high["steps"] for low, high in pairs)

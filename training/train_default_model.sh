@@ -74,9 +74,17 @@
 #      python -m benchmarks.bench_sources --models default out/v3_mid out/c/grey_mid out/c/grey_mid_soup \
 #        out/c/mid_soup out/c/grey_end_soup --inference tta --json benchmarks/results/default_model_v2_gpu_refine3.json
 #   Best on validation: the shipped model with the snapshot's grey network, 0.790 against 0.785 (grey +0.019,
-#   tissue -0.013; docs/benchmarks.md): within the noise of 37 images, not shipped. A fourth run could try a lower
-#   learning rate (the half-way snapshot beat the end) and must be followed by the fine-tuning benchmarks
-#   (bench_hitl grid, unseen_kinds.sh) before it is installed.
+#   tissue -0.013; docs/benchmarks.md): within the noise of 37 images, not shipped.
+# Fourth refinement (2026-12-04 evening, one H200, learning rate 3e-4; the GPU test tier beside it, then
+# benchmarks.gpu_check alone; 419 s for the whole command):
+#      TRAIN_SECONDS=300 RUN_GPU_CHECK=0 EXTRA_ARGS="--lr 3e-4" bash training/gpu_train.sh   -> out/gpu_run4/
+#      (assemble_default_v2 with the end and with the *_mid weights -> out/v4, out/v4_mid; swap_branch --branch gray
+#      with each grey network -> out/c4/grey_end, out/c4/grey_mid)
+#      python -m benchmarks.bench_sources --models default out/v4 out/v4_mid out/c4/grey_end out/c4/grey_mid \
+#        --inference tta --json benchmarks/results/default_model_v2_gpu_refine4.json
+#   Best on validation: the shipped model with the end's grey network, 0.792 against 0.785 (per validation image
+#   +0.011, standard error 0.009; test 0.773 against 0.764): within the noise again, not shipped. Any candidate must
+#   be followed by the fine-tuning benchmarks (bench_hitl grid, unseen_kinds.sh) before it is installed.
 set -euo pipefail
 echo "This file documents the steps; run them one by one (steps 2 and 3 on a GPU machine)." >&2
 grep '^#' "$0" | tail -n +2

@@ -244,3 +244,30 @@ def test_random_stacks_differ_in_optics_and_are_reproducible() -> None:
     assert settings == same and 1.0 <= settings["z_spacing"] <= 3.0
     assert random_zstack(8, (12, 32, 32))[2] != settings
     assert labels.max() > 0
+
+
+@pytest.mark.parametrize(
+    ("amp", "native_bf16", "expected"),
+    [(True, True, torch.bfloat16), (True, False, torch.float32), (False, True, torch.float32)],
+)
+def test_3d_training_runs_in_bfloat16_only_where_the_processor_computes_it_and_the_weights_stay_float32(
+    monkeypatch, amp: bool, native_bf16: bool, expected: torch.dtype
+) -> None:
+    from napari_unet.core.predict import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)  # whatever this machine's CPU has
+    seen: list[torch.dtype] = []
+
+    def record(module, inputs, output) -> None:
+        if module.training:
+            seen.append(output.dtype)
+
+    bundle = ModelBundle.new(SMALL_3D, metadata={"name": "small-3d", "z_spacing": 2.0}, seed=0)
+    bundle.network.register_forward_hook(record)  # the run trains a copy; the copy keeps the hook
+    image, labels = synthetic_zstack((12, 48, 48), n_nuclei=8, seed=5)
+    cfg = TrainingConfig(max_steps=2, max_seconds=None, batch_size=1, device="cpu", amp=amp)
+    result = run_to_end(iter_train_volume(bundle, [image], [labels], cfg, patch_zyx=(4, 32, 32)))
+    assert result.steps == 2 and seen == [expected] * 2
+    before, after = bundle.network.state_dict(), result.bundle.network.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(value.dtype == torch.float32 for value in after.values() if value.is_floating_point())

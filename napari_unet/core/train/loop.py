@@ -446,8 +446,11 @@ class TrainingRun:
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         samples = [self._sample() for _ in range(self.cfg.batch_size)]
         images, targets, weights = (np.stack(parts) for parts in zip(*samples, strict=True))
+        inputs = torch.from_numpy(images).to(self.device, non_blocking=True)
+        if self.device.type == "cpu":  # channels-last was measured on CPUs only; CUDA keeps its measured layout
+            inputs = channels_last(inputs)
         return (
-            channels_last(torch.from_numpy(images).to(self.device, non_blocking=True)),
+            inputs,
             torch.from_numpy(targets).to(self.device, non_blocking=True),
             torch.from_numpy(weights).to(self.device, non_blocking=True),
         )

@@ -40,7 +40,7 @@ from napari_unet.core.data.normalize import normalize_volume
 from napari_unet.core.errors import UserInputError
 from napari_unet.core.evaluate.metrics import evaluate_image, summary_row
 from napari_unet.core.models.bundle import ModelBundle
-from napari_unet.core.predict.runtime import resolve_device
+from napari_unet.core.predict.runtime import autocast_context, mixed_precision_on, resolve_device
 from napari_unet.core.predict.volumetric import iter_predict_volume, model_z_spacing, resample, z_factor
 from napari_unet.core.progress import Progress, check_cancel, run_to_end
 from napari_unet.core.train.augment import random_intensity
@@ -264,7 +264,9 @@ def iter_train_volume(
     cfg : TrainingConfig, optional
         ``learning_rate``, ``weight_decay``, ``warmup_steps``, ``schedule``,
         ``batch_size``, ``max_steps``, ``max_seconds``, ``val_every``, ``loss``,
-        ``augment``, ``device``, ``seed`` are used.
+        ``augment``, ``device``, ``seed``, ``amp`` are used. With ``amp`` the network runs in bfloat16 on a
+        CPU that computes it natively (about 2.2x the steps per second of nuclei-3d on this project's CPU;
+        weights, optimiser and loss stay float32); CUDA trains 3D in float32, not yet measured otherwise.
     annotated : list, optional
         Per stack, the reviewed voxels (see the module docstring); None = all.
     val_volumes, val_labels : lists, optional
@@ -314,6 +316,7 @@ def iter_train_volume(
         torch.set_num_threads(cfg.num_threads)
     network = copy.deepcopy(bundle.network).to(device=device, dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cpu" and mixed_precision_on(device)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     validating = bool(val_volumes)
@@ -334,7 +337,7 @@ def iter_train_volume(
         if cfg.max_seconds is not None and time.perf_counter() - started >= cfg.max_seconds:
             reason = "time"
             break
-        loss = _step(network, optimizer, stacks, patch, cfg, class_weights, device, rng, step)
+        loss = _step(network, optimizer, stacks, patch, cfg, class_weights, device, rng, step, use_amp)
         step += 1
         record: dict[str, Any] = {"step": step, "loss": loss, "elapsed_s": time.perf_counter() - started}
         if validating and step % cfg.val_every == 0:
@@ -399,11 +402,15 @@ def _step(
     device: torch.device,
     rng: np.random.Generator,
     step: int,
+    use_amp: bool = False,
 ) -> float:
+    """One optimiser step on a random batch; the network in mixed precision when ``use_amp``, the loss in float32."""
     for group in optimizer.param_groups:
         group["lr"] = _learning_rate(cfg, step, cfg.max_steps)
     image, target, weight = (t.to(device) for t in _batch(stacks, patch, cfg.batch_size, cfg.augment, rng))
-    loss = segmentation_loss(network(image), target, weight, cfg.loss, class_weights.to(device))
+    with autocast_context(device, use_amp):
+        logits = network(image)
+    loss = segmentation_loss(logits.float(), target, weight, cfg.loss, class_weights.to(device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
