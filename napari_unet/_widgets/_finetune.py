@@ -86,6 +86,7 @@ class FineTuneOutcome:
 
     result: Any  # napari_unet.core.train.outcome.TrainResult
     resegmented: list[tuple[str, Any, float]]  # (image layer name, Prediction, scale it was predicted at)
+    name: str = ""  # the run's 'Save as' name
 
 
 class FineTuneWidget(QWidget):
@@ -115,6 +116,13 @@ class FineTuneWidget(QWidget):
         self.start_model = ModelCombo()
         self.save_name = QLineEdit()
         self.resegment = QCheckBox("Re-segment the images with the new model")
+        self.save_refused = QPushButton("Save the refused weights apart")
+        self.save_refused.setToolTip(
+            "When validation kept the starting model, save the fine-tuned weights it refused as '<Save as>-refused' "
+            "to compare on your other images; the starting model stays as it was"
+        )
+        self.save_refused.setEnabled(False)
+        self.save_refused.clicked.connect(self.save_refused_weights)
         self.jobs = JobPanel("Fine-tuning")
         self.plot = MiniPlot()
         self.history = QListWidget()
@@ -151,6 +159,7 @@ class FineTuneWidget(QWidget):
         start.clicked.connect(self.start)
         layout.addWidget(start)
         layout.addWidget(self.jobs)
+        layout.addWidget(self.save_refused)
         layout.addWidget(self.plot)
         layout.addWidget(self._history_box())
         layout.addStretch(1)
@@ -292,6 +301,7 @@ class FineTuneWidget(QWidget):
                 raise UserInputError("type a name under 'Save as' for the fine-tuned model")
             self._save_settings()
             self._reset_plot()
+            self.save_refused.setEnabled(False)
             job = _finetune_job(data, cfg, start, name, self.resegment.isChecked())
             worker = self.jobs.start(job, self._on_trained, self._on_failed, keep_result_if_cancelled=True)
         except Exception as exc:
@@ -400,7 +410,10 @@ class FineTuneWidget(QWidget):
             head = "No new version saved"
             if result.steps:
                 head = f"Fine-tuned for {result.steps} steps ({result.seconds:.0f} s); no new version saved"
-            info(f"{head}: {notice_of(result)}")
+            refused = result.refused is not None  # 3D runs refuse nothing
+            offer = f" 'Save the refused weights apart' keeps them as '{outcome.name}-refused'." if refused else ""
+            self.save_refused.setEnabled(refused)
+            info(f"{head}: {notice_of(result)}{offer}")
             return
         for image_name, prediction, scale in outcome.resegmented:
             self._write_resegmented(image_name, prediction, result.saved.spec, scale)
@@ -438,6 +451,27 @@ class FineTuneWidget(QWidget):
             versions = []
         for version in reversed(versions):
             self.history.addItem(_version_text(version))
+
+    def save_refused_weights(self) -> Any:
+        """Save the weights the last fine-tune refused as a version of '<Save as>-refused'; return its ModelInfo."""
+        from napari_unet.core.models.registry import save_version
+
+        outcome = self.last_outcome
+        try:
+            if outcome is None or outcome.result.refused is None:
+                raise UserInputError("the last fine-tune refused no weights: there is nothing to save apart")
+            refused = outcome.result.refused
+            saved = save_version(refused, f"{outcome.name}-refused", refused.metadata["lineage"])
+        except Exception as exc:
+            notify_exception(exc, "Save refused weights")
+            return None
+        self.save_refused.setEnabled(False)
+        bus.model_saved.emit(saved.spec)
+        info(
+            f"Saved the refused fine-tuned weights as {saved.spec}: segment with it to compare; {outcome.name} "
+            "is unchanged."
+        )
+        return saved
 
     def revert_selected(self) -> Any:
         """Make the selected version the newest again (a copy; history is kept)."""
@@ -528,7 +562,7 @@ def _finetune_job(
                 scaled = inference if volumetric else replace(inference, scale=scale)
                 prediction = yield from iter_predict(image, result.bundle, axes, scaled, None, cancel, z_spacing)
                 resegmented.append((image_name, prediction, scale))
-        return FineTuneOutcome(result, resegmented)
+        return FineTuneOutcome(result, resegmented, name)
 
     return job
 

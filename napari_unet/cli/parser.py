@@ -128,6 +128,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rois", nargs="+", default=None, help="JSON files of ROI rectangles/polygons, one per image")
     p.add_argument("--start-model", "--from", dest="start", default="default", help="model to start from, or 'scratch'")
     p.add_argument("--output", required=True, help="user model name (saved as a new version) or a folder path")
+    p.add_argument(
+        "--save-refused",
+        default=None,
+        metavar="OUTPUT",
+        help="2D: when validation keeps the starting model, save the fine-tuned weights it refused here "
+        "(another model name or folder) to compare on your other images; --output stays untouched",
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, default=None)
     budget.add_argument("--steps", type=int, default=None)

@@ -62,8 +62,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = progress_bar(gen, "train", args.quiet)
     record_training_diameters(result.bundle, images, labels)
     saved = _save_if_new(result, bundle, args)
+    refused = _save_refused(result, args)
     summary = {
         "saved": saved,
+        "saved_refused": refused,
         "stopped": result.stopped_reason,
         "best_score": result.best_score,
         "steps": result.bundle.metadata.get("lineage", {}).get("steps"),
@@ -76,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2, default=str))
     print(f"fine-tuning: {notice_of(result)}")
     _say_what_to_use(saved, args)
+    if refused:
+        print(f"the refused fine-tuned weights were saved as {refused}: compare them on your other images")
     return 0
 
 
@@ -85,7 +89,14 @@ def _save_if_new(result: Any, bundle: Any, args: argparse.Namespace) -> str | No
 
     if result.kept_parent and is_trained(bundle):
         return None
-    return _save_trained(result.bundle, args)
+    return _save_trained(result.bundle, args.output, args.overwrite)
+
+
+def _save_refused(result: Any, args: argparse.Namespace) -> str | None:
+    """Save the weights validation refused to ``--save-refused`` when asked and there are some; return where."""
+    if not args.save_refused or result.refused is None:
+        return None
+    return _save_trained(result.refused, args.save_refused, args.overwrite)
 
 
 def _say_what_to_use(saved: str | None, args: argparse.Namespace, axes: str = "") -> None:
@@ -116,6 +127,8 @@ def _train_3d(args: argparse.Namespace, images: list[Any], labels: list[Any]) ->
 
     if args.rois or args.scale != 1 or args.annotation_mode not in (None, "full"):
         raise UserInputError("3D training takes whole stacks (use --planes for sparse annotation), no ROIs or --scale")
+    if args.save_refused:
+        raise UserInputError("--save-refused is for 2D fine-tuning: a 3D fine-tune refuses no weights to save")
     planes = [int(v) for v in args.planes.split(",")] if args.planes else None
     annotated = [planes] * len(images)
     z_spacings = [args.z_spacing] * len(images)
@@ -207,21 +220,23 @@ def _is_folder_output(output: str) -> bool:
 
 
 def _check_train_output(args: argparse.Namespace) -> None:
-    """Fail before training, not after, when the output folder cannot be written."""
-    if _is_folder_output(args.output):
-        check_model_output(Path(args.output), args.overwrite)
-        if not Path(args.output).parent.is_dir():
-            raise UserInputError(
-                f"folder {Path(args.output).parent} does not exist; create it or choose another --output"
-            )
+    """Fail before training, not after, when an output folder cannot be written or the two outputs are one."""
+    refused = getattr(args, "save_refused", None)
+    if refused and refused == args.output:
+        raise UserInputError("--save-refused must name another model or folder than --output")
+    for flag, output in (("--output", args.output), ("--save-refused", refused)):
+        if output and _is_folder_output(output):
+            check_model_output(Path(output), args.overwrite)
+            if not Path(output).parent.is_dir():
+                raise UserInputError(f"folder {Path(output).parent} does not exist; create it or choose another {flag}")
 
 
-def _save_trained(bundle: Any, args: argparse.Namespace) -> str:
-    """Save the trained model to the ``--output`` folder or as the next user model version; return where."""
+def _save_trained(bundle: Any, output: str, overwrite: bool) -> str:
+    """Save a trained model to the folder ``output`` or as the next version of user model ``output``; return where."""
     from napari_unet.core.models.bundle import save_model
     from napari_unet.core.models.registry import save_version
 
-    if _is_folder_output(args.output):
-        return str(save_model(bundle, Path(args.output), overwrite=args.overwrite))
-    info = save_version(bundle, args.output, lineage=bundle.metadata.get("lineage", {}))
+    if _is_folder_output(output):
+        return str(save_model(bundle, Path(output), overwrite=overwrite))
+    info = save_version(bundle, output, lineage=bundle.metadata.get("lineage", {}))
     return f"{info.name}@v{info.version}"

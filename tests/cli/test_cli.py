@@ -604,6 +604,34 @@ def test_a_fine_tune_that_cannot_show_a_real_gain_saves_nothing_and_says_why(mod
         list_versions("he")
 
 
+def test_the_cli_saves_a_refused_fine_tune_apart_when_asked_and_checks_the_outputs_first(
+    model_dir, tmp_path, capsys
+) -> None:
+    """The same refused fine-tune as above with --save-refused: --output untouched, the refused weights saved apart."""
+    from napari_unet.core.errors import UserInputError
+    from napari_unet.core.models.registry import list_versions, load_model
+
+    image, labels = synthetic_nuclei((192, 192), 25, seed=7001, kind="brightfield")
+    tifffile.imwrite(tmp_path / "he.tif", image)
+    tifffile.imwrite(tmp_path / "he_labels.tif", labels.astype(np.uint16))
+    args = ["train", "--images", str(tmp_path / "he.tif"), "--labels", str(tmp_path / "he_labels.tif")]
+    args += ["--from", "default", "--output", "he", "--steps", "60", "--seed", "0"]
+    code, _, err = run([*args, "--save-refused", "he"], capsys)
+    assert code != 0 and "--save-refused must name another model or folder than --output" in err
+    code, stdout, err = run([*args, "--save-refused", "he-refused"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout[: stdout.rindex("}") + 1])
+    assert summary["kept_starting_model"] is True and summary["saved"] is None, stdout
+    assert summary["saved_refused"] == "he-refused@v1", stdout
+    assert "the refused fine-tuned weights were saved as he-refused@v1" in stdout
+    with pytest.raises(UserInputError, match="no user model named 'he'"):
+        list_versions("he")
+    refused, default = load_model("he-refused"), load_model("default")
+    assert refused.metadata["lineage"]["refused"]["step"] > 0
+    assert "the starting model is kept" in refused.metadata["lineage"]["refused"]["reason"]
+    assert refused.sha256 != default.sha256
+
+
 def test_workers_flag_sets_the_post_processing_threads() -> None:
     from napari_unet.cli.inference import inference_config
 

@@ -204,6 +204,32 @@ def test_a_fine_tune_that_does_not_beat_its_parent_saves_nothing_and_says_why(mo
         torch.testing.assert_close(value, parent.network.state_dict()[key])
 
 
+def test_the_weights_a_fine_tune_refused_are_saved_apart_only_when_asked(model_dir, monkeypatch):
+    # best at step 3 (0.8) but the last checks average 0.55 against 0.5: the parent is kept, the step-3 weights refused
+    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation({0: 0.5, 3: 0.8, 6: 0.3}))
+    parent = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)
+    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
+    cfg = dataclasses.replace(FAST, learning_rate=1e-2)
+    run = fine_tune_and_save(parent, list(images), list(labels), cfg, name="mine", refused_name="mine-refused")
+    result, events = drain(run)
+    assert result.kept_parent and result.saved is None and result.refused is not None
+    with pytest.raises(UserInputError, match="no user model named 'mine'"):
+        list_versions("mine")
+    assert len(list_versions("mine-refused")) == 1
+    assert any(
+        e.message == "the refused fine-tuned weights were saved as model 'mine-refused', to compare" for e in events
+    )
+    refused = load_model("mine-refused")
+    assert refused.metadata["lineage"]["refused"]["step"] == 3
+    assert "did not end up better than the starting model" in refused.metadata["lineage"]["refused"]["reason"]
+    start, kept = parent.network.state_dict(), result.bundle.network.state_dict()
+    moved = refused.network.state_dict()
+    assert all(torch.equal(kept[key], start[key]) for key in start)  # what the run returns: the parent, exactly
+    assert any(not torch.equal(moved[key], start[key]) for key in start if start[key].is_floating_point())
+    again, _ = drain(fine_tune_and_save(parent, list(images), list(labels), cfg, name="mine"))
+    assert again.refused is not None and again.saved_refused is None and len(list_versions("mine-refused")) == 1
+
+
 def test_a_fine_tune_that_beats_its_parent_is_saved_with_before_and_after(model_dir, monkeypatch):
     monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", scripted_validation({0: 0.5, 3: 0.8, 6: 0.78}))
     parent = ModelBundle.new(TINY, metadata={"name": "parent", "training": {"runs": 1}}, seed=0)

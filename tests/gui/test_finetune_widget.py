@@ -334,3 +334,38 @@ def test_the_notice_advises_a_resize_when_the_corrected_nuclei_are_far_larger_th
     assert notice.endswith(f" Note: {size_advice_text(advice)}.")
     assert f"resized by {advice['factor']:g} (the Segment panel's Estimate" in notice
     assert not messages(notifications, "error")
+
+
+def test_the_weights_a_fine_tune_refused_can_be_saved_apart_from_the_panel(setup, qtbot, notifications, monkeypatch):
+    from napari_unet.core.train import loop as training_loop
+
+    calls: list[int] = []
+
+    def start_best_then_worse(run) -> dict[str, float]:
+        """Held-out AP@0.5 0.5 at the start, 0.8 at the first check, 0.3 after: the rule refuses the child."""
+        calls.append(run.step)
+        ap = 0.5 if len(calls) == 1 else 0.8 if len(calls) == 2 else 0.3
+        scores = {"val_ap50": ap, "val_ap75": ap / 2, "val_f1": ap, "val_loss": 1.0 - ap}
+        run.last_val = scores
+        run._keep_if_best(scores)
+        return scores
+
+    monkeypatch.setattr(training_loop.TrainingRun, "_score_validation", start_best_then_worse)
+    _, widget = setup
+    widget.budget_unit.setCurrentText("steps")
+    widget.budget.setValue(30)
+    assert not widget.save_refused.isEnabled()
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget)
+    result = widget.last_outcome.result
+    assert result.kept_parent and result.refused is not None and len(calls) >= 3
+    assert [v.version for v in registry.list_versions("tiny")] == [1]  # nothing new under 'Save as'
+    assert "'Save the refused weights apart' keeps them as 'tiny-refused'" in messages(notifications, "info")[-1]
+    assert widget.save_refused.isEnabled()
+    widget.save_refused.click()
+    assert [v.spec for v in registry.list_versions("tiny-refused")] == ["tiny-refused@v1"]
+    saved = registry.load_model("tiny-refused@v1")
+    assert saved.metadata["lineage"]["refused"]["step"] == result.refused.metadata["lineage"]["refused"]["step"] > 0
+    assert saved.sha256 != registry.load_model("tiny@v1").sha256
+    assert "Saved the refused fine-tuned weights as tiny-refused@v1" in messages(notifications, "info")[-1]
+    assert not widget.save_refused.isEnabled() and not messages(notifications, "error")

@@ -94,6 +94,7 @@ from napari_unet.core.train.outcome import (
     is_trained,
     needs_validation,
     notice_of,
+    outcome_text,
 )
 from napari_unet.core.train.preparation import size_advice, size_advice_text
 from napari_unet.core.train.replay import (
@@ -264,7 +265,7 @@ def iter_train(
             network, val_windows, new_bundle.postprocess, model_uses_flips(bundle.metadata)
         )
     seconds = time.perf_counter() - started
-    return TrainResult(
+    result = TrainResult(
         bundle=new_bundle,
         history=loop.history,
         best_score=loop.best_score,
@@ -277,6 +278,36 @@ def iter_train(
         lineage=lineage,
         messages=messages,
     )
+    if loop.refused is not None and result.kept_parent:
+        result.refused = refused_model(new_bundle, *loop.refused, outcome_text(result))
+    return result
+
+
+def refused_model(kept: ModelBundle, state: dict[str, torch.Tensor], step: int, reason: str) -> ModelBundle:
+    """Return the fine-tuned weights a run refused as a model of their own that says so.
+
+    Parameters
+    ----------
+    kept : ModelBundle
+        The run's result (the starting model kept, with the run's lineage).
+    state : dict
+        The refused weights (``TrainingRun.refused``).
+    step : int
+        The training step they are from.
+    reason : str
+        Why the run kept the starting model (:func:`~napari_unet.core.train.outcome.outcome_text`).
+
+    Returns
+    -------
+    ModelBundle
+        ``kept``'s architecture, normalisation and thresholds with the refused weights; its lineage is the run's
+        with ``refused = {"step", "reason"}``, so whoever loads it can see that validation did not keep it.
+
+    """
+    network = copy.deepcopy(kept.network)
+    network.load_state_dict(state)
+    lineage = {**kept.metadata.get("lineage", {}), "refused": {"step": step, "reason": reason}}
+    return replace(kept, network=network.eval(), metadata={**kept.metadata, "lineage": lineage})
 
 
 def training_extras(
@@ -388,25 +419,34 @@ def fine_tune_and_save(
     labels: Sequence[np.ndarray] | np.ndarray,
     cfg: TrainingConfig | None = None,
     name: str = "fine-tuned",
+    refused_name: str | None = None,
     **kwargs: Any,
 ) -> Generator[Progress, None, TrainResult]:
     """Run :func:`iter_fine_tune` (2D or 3D) and save the result as a new version of model ``name``.
 
     Nothing is saved when the run is cancelled or fails, or when validation
     kept the starting weights (``result.kept_parent``: no better model to
-    save), so the previous versions stay untouched.  Keyword arguments go to
-    :func:`iter_fine_tune`.
+    save), so the previous versions stay untouched.  Then, with
+    ``refused_name``, the fine-tuned weights validation refused
+    (``result.refused``) are saved as a version of that model instead, for
+    the user to compare on other images; ``name`` stays untouched.  Keyword
+    arguments go to :func:`iter_fine_tune`.
 
     Returns
     -------
     TrainResult
         With ``saved`` set to the ``ModelInfo`` returned by
-        :func:`~napari_unet.core.models.registry.save_version` (None when nothing was saved).
+        :func:`~napari_unet.core.models.registry.save_version` (None when nothing was saved), and
+        ``saved_refused`` to that of the refused weights when they were saved.
 
     """
     result = yield from iter_fine_tune(bundle, images, labels, cfg, **kwargs)
     if result.kept_parent:
         yield Progress("train", result.steps, result.steps, f"no new version saved: {notice_of(result)}", {})
+        if refused_name and result.refused is not None:
+            result.saved_refused = save_version(result.refused, refused_name, result.refused.metadata["lineage"])
+            message = f"the refused fine-tuned weights were saved as model {refused_name!r}, to compare"
+            yield Progress("train", result.steps, result.steps, message, {})
         return result
     result.saved = save_version(result.bundle, name, result.lineage)
     yield Progress("train", result.steps, result.steps, f"saved as model {name!r}", {})

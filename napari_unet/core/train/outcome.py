@@ -48,6 +48,11 @@ class TrainResult:
         Notes shown to the user during the run (padding, validation, ...).
     saved : Any
         The ``ModelInfo`` of the saved version (only from :func:`fine_tune_and_save`).
+    refused : ModelBundle or None
+        When validation kept the starting model: the fine-tuned weights it refused, as a model whose lineage
+        says so (``lineage["refused"]``); None otherwise.
+    saved_refused : Any
+        The ``ModelInfo`` of ``refused`` when :func:`fine_tune_and_save` was asked to save it.
 
     """
 
@@ -63,6 +68,8 @@ class TrainResult:
     lineage: dict[str, Any] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     saved: Any = None
+    refused: ModelBundle | None = None
+    saved_refused: Any = None
 
     @property
     def kept_parent(self) -> bool:
