@@ -220,7 +220,8 @@ def test_the_weights_a_fine_tune_refused_are_saved_apart_only_when_asked(model_d
         e.message == "the refused fine-tuned weights were saved as model 'mine-refused', to compare" for e in events
     )
     refused = load_model("mine-refused")
-    assert refused.metadata["lineage"]["refused"]["step"] == 3
+    assert refused.metadata["lineage"]["refused"]["step"] == refused.metadata["lineage"]["best_step"] == 3
+    assert refused.metadata["lineage"]["metrics"]["val_ap50"] == 0.8  # its own held-out check, not the parent's 0.5
     assert "did not end up better than the starting model" in refused.metadata["lineage"]["refused"]["reason"]
     start, kept = parent.network.state_dict(), result.bundle.network.state_dict()
     moved = refused.network.state_dict()

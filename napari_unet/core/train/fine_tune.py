@@ -283,7 +283,9 @@ def iter_train(
     return result
 
 
-def refused_model(kept: ModelBundle, state: dict[str, torch.Tensor], step: int, reason: str) -> ModelBundle:
+def refused_model(
+    kept: ModelBundle, state: dict[str, torch.Tensor], step: int, scores: dict[str, float] | None, reason: str
+) -> ModelBundle:
     """Return the fine-tuned weights a run refused as a model of their own that says so.
 
     Parameters
@@ -294,6 +296,8 @@ def refused_model(kept: ModelBundle, state: dict[str, torch.Tensor], step: int, 
         The refused weights (``TrainingRun.refused``).
     step : int
         The training step they are from.
+    scores : dict or None
+        Their held-out scores as the checks during training scored them (``val_ap50``, ...).
     reason : str
         Why the run kept the starting model (:func:`~napari_unet.core.train.outcome.outcome_text`).
 
@@ -301,12 +305,14 @@ def refused_model(kept: ModelBundle, state: dict[str, torch.Tensor], step: int, 
     -------
     ModelBundle
         ``kept``'s architecture, normalisation and thresholds with the refused weights; its lineage is the run's
-        with ``refused = {"step", "reason"}``, so whoever loads it can see that validation did not keep it.
+        with ``refused = {"step", "reason"}``, so whoever loads it can see that validation did not keep it, and
+        ``best_step``, ``metrics`` and ``metrics_after`` those of the refused weights (not the parent's).
 
     """
     network = copy.deepcopy(kept.network)
     network.load_state_dict(state)
-    lineage = {**kept.metadata.get("lineage", {}), "refused": {"step": step, "reason": reason}}
+    own = {"best_step": step, "metrics": dict(scores or {}), "metrics_after": scores}
+    lineage = {**kept.metadata.get("lineage", {}), **own, "refused": {"step": step, "reason": reason}}
     return replace(kept, network=network.eval(), metadata={**kept.metadata, "lineage": lineage})
 
 

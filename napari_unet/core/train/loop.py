@@ -140,7 +140,8 @@ class TrainingRun:
         self.validation_seconds = 0.0  # time spent validating (start, intermediate and final checks)
         self.last_validation_cost = 0.0
         self.blended = False  # True when the kept weights are the fine-tuned ones averaged with the parent's
-        self.refused: tuple[dict[str, torch.Tensor], int] | None = None  # weights keep_parent set aside, their step
+        # the fine-tuned weights keep_parent set aside, their step and their held-out scores (as the checks scored them)
+        self.refused: tuple[dict[str, torch.Tensor], int, dict[str, float] | None] | None = None
         self.replay_set = replay_set or []  # rehearsal crops, drawn for cfg.replay_fraction of the patches
         self.reported_cache: list[tuple[dict[str, torch.Tensor], dict[str, float]]] = []  # states scored with flips
         self.confirmation: tuple[float, float] | None = None  # parent and child AP@0.5 with flips, when compared
@@ -334,11 +335,12 @@ class TrainingRun:
     def keep_parent(self) -> None:
         """Make the starting weights the run's result (``best_step`` 0, the starting model's scores).
 
-        The fine-tuned weights it replaces are set aside in ``refused`` (with their step), for a user who wants
-        to compare them on other images anyway (:func:`~napari_unet.core.train.fine_tune.refused_model`).
+        The fine-tuned weights it replaces are set aside in ``refused`` (with their step and held-out scores),
+        for a user who wants to compare them on other images anyway
+        (:func:`~napari_unet.core.train.fine_tune.refused_model`).
         """
         if self.best_step > 0:
-            self.refused = (self.best_state, self.best_step)
+            self.refused = (self.best_state, self.best_step, self.best_metrics)
         self.best_state, self.best_step, self.blended = self.start_state, 0, False
         if self.metrics_before is not None:
             self.best_metrics, self.best_score = dict(self.metrics_before), self.metrics_before["val_ap50"]

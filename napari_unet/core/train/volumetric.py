@@ -265,8 +265,8 @@ def iter_train_volume(
         ``learning_rate``, ``weight_decay``, ``warmup_steps``, ``schedule``,
         ``batch_size``, ``max_steps``, ``max_seconds``, ``val_every``, ``loss``,
         ``augment``, ``device``, ``seed``, ``amp`` are used. With ``amp`` the network runs in bfloat16 on a
-        CPU that computes it natively (about 2.2x the steps per second of nuclei-3d on this project's CPU;
-        weights, optimiser and loss stay float32); CUDA trains 3D in float32, not yet measured otherwise.
+        CPU that computes it natively (weights, optimiser and loss stay float32; 1.57x faster, the same scores:
+        ``benchmarks/results/finetune_3d_precision.json``); CUDA trains 3D in float32, not yet measured otherwise.
     annotated : list, optional
         Per stack, the reviewed voxels (see the module docstring); None = all.
     val_volumes, val_labels : lists, optional
