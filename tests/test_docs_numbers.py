@@ -612,8 +612,8 @@ def test_anchor_and_stain_levers_are_their_results_files():
     guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
     assert f"(by {seven:+.3f} on average over 7 runs with different training seeds" in guide
     assert (
-        f"{seed_gains(sweep[:1], 'shipped', colour)[0]:+.3f} on DSB colour tissue in the run above, {seven:+.3f}"
-        in text
+        f"the +0.10 the issue asks for ({seed_gains(sweep[:1], 'shipped', colour)[0]:+.3f} in the run above, "
+        f"{seven:+.3f} on average over 7 training seeds)" in text
     )
     bundled = seeds("hitl_colour_stain")
     assert (
@@ -783,6 +783,42 @@ def test_refused_weights_paragraph_is_its_results_files():
     assert f"made the kind's other samples {normal['kind_gain']:.3f} AP@0.5 better" in guide
     assert f"changed the rest of the kind by {max(children):+.3f} to {min(children):+.3f}" in guide
     assert worst[1] < -0.3 and "some cost other kinds of image more than 0.3" in guide
+
+
+def test_s_bsst265_normal_users_paragraph_is_its_results_files():
+    rule, every = (results_json(f"pairs_v1_normal{suffix}.json") for suffix in ("", "_every_child"))
+    assert every["settings"]["keep_every_child"] and not rule["settings"]["keep_every_child"]
+    assert rule["settings"]["kind"] == "s_bsst265_normal" and rule["settings"]["k"] == 2
+    summary, free = rule["recipes"]["shipped"]["summary"], every["recipes"]["shipped"]["summary"]
+    users = rule["recipes"]["shipped"]["users"]
+    kept = [user for user in users if not user["kept_parent"]]
+    gained = [user["kind_gain"] for user in users if user["kind_gain"] >= 0.10]
+    nuclei = [user["nuclei"] for user in users]
+    text = benchmarks_text()
+    assert (
+        f"of the kind, {rule['settings']['scored']} scored, v1 {np.mean(rule['kind_before']):.3f} on them; "
+        f"{summary['users']} users of 2 images, {min(nuclei)} to {max(nuclei)} nuclei per pair): the expected gain "
+        f"is {summary['mean_gain']:+.3f} (standard error {summary['standard_error']:.3f}); {len(gained)} users gained "
+        f"+0.10 or more ({min(gained):+.3f} to {max(gained):+.3f}), the starting model was kept for the other "
+        f"{summary['parent_kept']}, and none lost more than 0.02"
+    ) in text
+    assert len(gained) == summary["users_gaining_0_10"] == len(kept) and summary["users_worse_0_02"] == 0
+    over = sum(min(user["forgetting"].values()) < -0.10 for user in kept)
+    assert (
+        f"{summary['mean_forgetting']:.3f} on average, {summary['worst_forgetting']:.3f} at worst; {over} of the "
+        f"{len(kept)} kept children lost more than 0.10 on one kind of the panel"
+    ) in text
+    refused = [
+        child["kind_gain"]
+        for user, child in zip(users, every["recipes"]["shipped"]["users"], strict=True)
+        if user["kept_parent"] and not child["kept_parent"]
+    ]
+    assert (
+        f"the expected gain is {free['mean_gain']:+.3f} (standard error {free['standard_error']:.3f}), "
+        f"{free['users_gaining_0_10']} of 10 users +0.10 or more: {len(refused)} of the {summary['parent_kept']} users "
+        f"the rule left with the starting model had refused weights that gained {min(refused):+.3f} to "
+        f"{max(refused):+.3f}"
+    ) in text
 
 
 def test_fourth_gpu_run_sentence_is_its_results_files():

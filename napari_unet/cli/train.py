@@ -80,6 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say_what_to_use(saved, args)
     if refused:
         print(f"the refused fine-tuned weights were saved as {refused}: compare them on your other images")
+    elif result.refused is not None:
+        print("the refused fine-tuned weights were not saved (to judge them yourself: --save-refused NAME)")
     return 0
 
 

@@ -600,6 +600,7 @@ def test_a_fine_tune_that_cannot_show_a_real_gain_saves_nothing_and_says_why(mod
     assert summary["kept_starting_model"] is True and summary["saved"] is None, stdout
     assert "a real gain needs on 6 held-out nuclei" in stdout and "the starting model is kept" in stdout
     assert "no new model saved: keep using --model default" in stdout
+    assert "the refused fine-tuned weights were not saved (to judge them yourself: --save-refused NAME)" in stdout
     with pytest.raises(UserInputError, match="no user model named 'he'"):
         list_versions("he")
 
