@@ -724,6 +724,8 @@ def test_3d_precision_sentence_is_its_results_file():
         f"AP@0.5, their average with the parent {mixed['mean']['averaged']['AP@0.5']:.3f} and "
         f"{float32['mean']['averaged']['AP@0.5']:.3f}, from {mixed['mean']['parent']['AP@0.5']:.3f}"
     ) in benchmarks_text()
+    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    assert f"3D fine-tuning of `nuclei-3d` too ({results['float32_over_mixed_seconds']:.1f} times)" in guide
 
 
 def test_refused_weights_paragraph_is_its_results_files():
