@@ -177,6 +177,12 @@ def fine_tune(
     return run_to_end(iter_fine_tune(bundle, images, labels, cfg, rois=rois))
 
 
+def validation_records(result: Any) -> list[dict[str, float]]:
+    """The held-out checks of a fine-tune (``TrainResult``): step, AP@0.5 and loss of each, the start's included."""
+    keys = ("step", "val_ap50", "val_loss")
+    return [{key: row[key] for key in keys if key in row} for row in result.history if "val_ap50" in row]
+
+
 def score(bundle: Any, pairs: list[tuple[np.ndarray, np.ndarray]], scale: float = 1.0) -> list[float]:
     """AP@0.5 per image, segmented at ``scale``."""
     return [ap50(bundle, image, labels, scale) for image, labels in pairs]
@@ -250,9 +256,7 @@ def run_recipe(
             "held_out_before": result.metrics_before,
             "held_out_after": result.metrics_after,
             "other_kinds_check": result.replay_check,
-            "validations": [
-                {"step": row["step"], "val_ap50": row["val_ap50"]} for row in result.history if "val_ap50" in row
-            ],
+            "validations": validation_records(result),
             "messages": result.messages,
         }
         row["forgetting_mean"] = float(np.mean(list(row["forgetting"].values()))) if row["forgetting"] else 0.0

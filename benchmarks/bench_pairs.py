@@ -37,7 +37,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.bench_hitl import RECIPES, fine_tune, held_out_kinds, images_by_kind, recipe_config, score
+from benchmarks.bench_hitl import (
+    RECIPES,
+    fine_tune,
+    held_out_kinds,
+    images_by_kind,
+    recipe_config,
+    score,
+    validation_records,
+)
 from benchmarks.report import save
 from napari_unet.core.io import read_image, read_labels
 from napari_unet.core.models.registry import load_model
@@ -144,6 +152,8 @@ def user_row(bundle: Any, cfg: Any, corrected: list[tuple[str, np.ndarray, np.nd
         "kept_parent": result.kept_parent,
         "held_out_before": result.metrics_before,
         "held_out_after": result.metrics_after,
+        "held_out_decision": result.lineage.get("held_out_decision"),
+        "validations": validation_records(result),
         "seconds": seconds,
     }
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.transform import rescale
 
-from benchmarks.bench_hitl import experiment_scale, image_scales, magnified_pairs, parse_args, score
+from benchmarks.bench_hitl import experiment_scale, image_scales, magnified_pairs, parse_args, score, validation_records
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.models.registry import load_model
 
@@ -46,3 +46,17 @@ def test_magnified_pairs_resize_image_and_labels_together():
     assert set(np.unique(large_labels)) == set(np.unique(labels)), "nearest-neighbour labels keep every nucleus"
     assert np.count_nonzero(large_labels) == pytest.approx(4 * np.count_nonzero(labels), rel=0.05)
     assert magnified_pairs([(image, labels)], []) == {}
+
+
+def test_validation_records_are_every_held_out_check_of_a_real_fine_tune_with_its_loss():
+    from napari_unet.core.train.fine_tune import iter_train
+    from tests.core.test_training import FAST, dataset, drain, tiny_bundle
+
+    images, labels = dataset(2)
+    result, _ = drain(iter_train(tiny_bundle(), images, labels, FAST))
+    records = validation_records(result)
+    checked = [row for row in result.history if "val_ap50" in row]
+    assert records[0]["step"] == 0 and len(records) == len(checked) >= 2
+    assert [(r["step"], r["val_ap50"], r["val_loss"]) for r in records] == [
+        (row["step"], row["val_ap50"], row["val_loss"]) for row in checked
+    ]
