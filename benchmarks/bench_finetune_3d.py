@@ -22,7 +22,7 @@ Usage::
     python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --json benchmarks/results/finetune_3d.json
     python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --radius-factor 2 \
         --json benchmarks/results/finetune_3d_large_nuclei.json
-    python -m benchmarks.bench_finetune_3d --stacks 6 --steps 60 --compare-precision \
+    python -m benchmarks.bench_finetune_3d --stacks 6 --steps 120 --compare-precision \
         --json benchmarks/results/finetune_3d_precision.json
 """
 

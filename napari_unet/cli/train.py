@@ -223,7 +223,7 @@ def _is_folder_output(output: str) -> bool:
 
 def _check_train_output(args: argparse.Namespace) -> None:
     """Fail before training, not after, when an output folder cannot be written or the two outputs are one."""
-    refused = getattr(args, "save_refused", None)
+    refused = args.save_refused
     if refused and refused == args.output:
         raise UserInputError("--save-refused must name another model or folder than --output")
     for flag, output in (("--output", args.output), ("--save-refused", refused)):

@@ -425,34 +425,26 @@ def fine_tune_and_save(
     labels: Sequence[np.ndarray] | np.ndarray,
     cfg: TrainingConfig | None = None,
     name: str = "fine-tuned",
-    refused_name: str | None = None,
     **kwargs: Any,
 ) -> Generator[Progress, None, TrainResult]:
     """Run :func:`iter_fine_tune` (2D or 3D) and save the result as a new version of model ``name``.
 
     Nothing is saved when the run is cancelled or fails, or when validation
     kept the starting weights (``result.kept_parent``: no better model to
-    save), so the previous versions stay untouched.  Then, with
-    ``refused_name``, the fine-tuned weights validation refused
-    (``result.refused``) are saved as a version of that model instead, for
-    the user to compare on other images; ``name`` stays untouched.  Keyword
-    arguments go to :func:`iter_fine_tune`.
+    save), so the previous versions stay untouched; the weights validation
+    refused are then in ``result.refused``, for the caller to save apart when
+    the user asks.  Keyword arguments go to :func:`iter_fine_tune`.
 
     Returns
     -------
     TrainResult
         With ``saved`` set to the ``ModelInfo`` returned by
-        :func:`~napari_unet.core.models.registry.save_version` (None when nothing was saved), and
-        ``saved_refused`` to that of the refused weights when they were saved.
+        :func:`~napari_unet.core.models.registry.save_version` (None when nothing was saved).
 
     """
     result = yield from iter_fine_tune(bundle, images, labels, cfg, **kwargs)
     if result.kept_parent:
         yield Progress("train", result.steps, result.steps, f"no new version saved: {notice_of(result)}", {})
-        if refused_name and result.refused is not None:
-            result.saved_refused = save_version(result.refused, refused_name, result.refused.metadata["lineage"])
-            message = f"the refused fine-tuned weights were saved as model {refused_name!r}, to compare"
-            yield Progress("train", result.steps, result.steps, message, {})
         return result
     result.saved = save_version(result.bundle, name, result.lineage)
     yield Progress("train", result.steps, result.steps, f"saved as model {name!r}", {})

@@ -51,8 +51,6 @@ class TrainResult:
     refused : ModelBundle or None
         When validation kept the starting model: the fine-tuned weights it refused, as a model whose lineage
         says so (``lineage["refused"]``); None otherwise.
-    saved_refused : Any
-        The ``ModelInfo`` of ``refused`` when :func:`fine_tune_and_save` was asked to save it.
 
     """
 
@@ -69,7 +67,6 @@ class TrainResult:
     messages: list[str] = field(default_factory=list)
     saved: Any = None
     refused: ModelBundle | None = None
-    saved_refused: Any = None
 
     @property
     def kept_parent(self) -> bool:
