@@ -17,6 +17,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 ROWS = {"grey": "grey: fluorescence", "colour": "colour: H&E-like", "tissue": "tissue sections"}
 README = ROOT / "README.md"
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+USER_GUIDE = ROOT / "docs" / "user_guide.md"
 
 
 def results_json(name: str) -> dict:
@@ -39,6 +40,11 @@ def table_row(page: Path, start: str) -> list[float]:
 def benchmarks_text() -> str:
     """docs/benchmarks.md with every run of whitespace (line breaks included) as one space."""
     return " ".join(BENCHMARKS.read_text().split())
+
+
+def guide_text() -> str:
+    """docs/user_guide.md with every run of whitespace (line breaks included) as one space."""
+    return " ".join(USER_GUIDE.read_text().split())
 
 
 def test_accuracy_table_matches_the_results_file():
@@ -150,7 +156,7 @@ def test_sizes_and_ceiling_numbers_are_the_benchmark_files():
     assert f"from {val['shipped_mean_ap50']:.3f} to {val['oracle_mean_ap50']:.3f}" in text
     assert f"own {train['n_images']} `dsb2018/train` images it scores {train['shipped_mean_ap50']:.3f}" in text
     zooms = results_json("sizes.json")["zooms"]
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     for zoom, words in (("2.5", "enlarged 2.5x"), ("0.4", "shrunk to 0.4x")):
         fixed, measured = (zooms[zoom]["mean_AP@0.5"][way] for way in ("scale 1", "auto"))
         assert words in guide and f"from {fixed:.3f} to {measured:.3f}" in guide, zoom
@@ -176,7 +182,7 @@ def test_user_guide_quotes_the_hitl_results_file():
     report = results_json("hitl.json")
     row, info = report["recipes"]["shipped"]["synthetic_he"], report["kinds"]["synthetic_he"]
     after = sum(row["kind_after"]) / len(row["kind_after"])
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert f"went from AP@0.5 {info['default_ap50']:.3f} to {after:.3f}" in guide
     assert f"changed by {row['forgetting_mean']:+.3f} on average" in guide
 
@@ -285,7 +291,7 @@ def test_user_guide_quotes_the_unseen_kinds_results_files():
     at_one, at_estimate = (results_json(name) for name in names)
     colour = at_one["recipes"]["shipped"]["dsb_colour_tissue"]
     after = sum(colour["kind_after"]) / len(colour["kind_after"])
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert f"from {at_one['kinds']['dsb_colour_tissue']['default_ap50']:.3f} to {after:.3f}" in guide
     normal_one, normal_estimate = (run["kinds"]["s_bsst265_normal"] for run in (at_one, at_estimate))
     assert at_one["recipes"]["shipped"]["s_bsst265_normal"]["kept_parent"]  # "where the fine-tune was refused"
@@ -316,7 +322,7 @@ def test_the_bundled_model_at_the_estimated_scale_keeps_the_outcomes_of_scale_on
 
 def test_user_guide_quotes_the_screenshot_comparison_table():
     rows = {row["Method"]: row for row in csv.DictReader((ROOT / "docs" / "images" / "compare_table.csv").open())}
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     unet, watershed, otsu = (float(rows[name]["AP@0.5"]) for name in ("UNet", "Watershed", "Otsu"))
     quoted = f"{unet:.3f} on the whole image, against {watershed:.3f} for the watershed baseline"
     assert f"{quoted} and {otsu:.3f} for Otsu" in guide
@@ -557,7 +563,7 @@ def test_size_advice_paragraph_and_guide_quote_their_results_file():
         f"{tumour['estimated']['scale']:.2f}), but v1 does better at Estimate's {old_tumour['estimated']['scale']:.2f} "
         f"({old_tumour['estimated']['start']:.3f} against {old_tumour['scale_1']['start']:.3f})"
     ) in text
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert (
         f"corrected nuclei are {normal['diameter'][0]:.0f} px across: {normal['advice']['factor']:.2f} for the bundled "
         f"model, which scores {normal['advised']['start']:.3f} there against "
@@ -609,7 +615,7 @@ def test_anchor_and_stain_levers_are_their_results_files():
     assert f"mean on v1's DSB colour tissue is {np.mean(seed_gains(shipped_seven, 'shipped', colour)):+.3f}" in text
     assert f"below the {np.mean(seed_gains(sweep, 'shipped', colour)):+.3f} of the first 3" in text
     seven = np.mean(seed_gains(shipped_seven, "shipped", colour))
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert f"(by {seven:+.3f} on average over 7 runs with different training seeds" in guide
     assert (
         f"the +0.10 the issue asks for ({seed_gains(sweep[:1], 'shipped', colour)[0]:+.3f} in the run above, "
@@ -724,7 +730,7 @@ def test_3d_precision_sentence_is_its_results_file():
         f"AP@0.5, their average with the parent {mixed['mean']['averaged']['AP@0.5']:.3f} and "
         f"{float32['mean']['averaged']['AP@0.5']:.3f}, from {mixed['mean']['parent']['AP@0.5']:.3f}"
     ) in benchmarks_text()
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert f"3D fine-tuning of `nuclei-3d` too ({results['float32_over_mixed_seconds']:.1f} times)" in guide
 
 
@@ -781,7 +787,7 @@ def test_refused_weights_paragraph_is_its_results_files():
     bundled = results_json("hitl_no_keep_rule.json")["recipes"]["shipped"]
     children = [row["kind_gain"] for kind, row in bundled.items() if kind != "synthetic_he" and not row["kept_parent"]]
     assert f"changed their kind by {max(children):+.3f} to {min(children):+.3f}" in text
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert f"made the kind's other samples {normal['kind_gain']:.3f} AP@0.5 better" in guide
     assert f"changed the rest of the kind by {max(children):+.3f} to {min(children):+.3f}" in guide
     assert worst[1] < -0.3 and "some cost other kinds of image more than 0.3" in guide
@@ -903,7 +909,7 @@ def test_many_users_paragraph_is_the_bench_pairs_results_files():
     for run in (rule, unguarded):  # the worst forgetting the paragraph names: S-BSST265 normal sections
         worst = min((loss, other) for user in run["users"] for other, loss in user["forgetting"].items())
         assert worst[1] == "s_bsst265_normal"
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert (
         f"by {summary['mean_gain']:+.3f} on average when {summary['users']} simulated users each corrected "
         f"{guarded['settings']['k']} different images of it"
@@ -979,7 +985,7 @@ def test_training_precision_paragraph_is_the_results_file():
         f"{bf16_grey['unseen_after']:.3f} (from {bf16_grey['unseen_before']:.3f})"
     )
     assert learned in text
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     slower = min(panel["speed"]["ratio"], grey["speed"]["ratio"])
     assert f"bfloat16, as it segments: {slower:.1f} times as many steps in the same seconds" in guide
 
@@ -1030,5 +1036,5 @@ def test_bfloat16_rerun_of_the_pairs_benchmark_sentence_is_its_results_file():
         f"the paired difference is {differences.mean():+.3f} (standard error "
         f"{differences.std(ddof=1) / np.sqrt(len(differences)):.3f}), within noise"
     ) in text
-    guide = " ".join((ROOT / "docs" / "user_guide.md").read_text().split())
+    guide = guide_text()
     assert f"by {summary['mean_gain']:+.3f} training in bfloat16, `pairs_v1_colour_bfloat16.json`" in guide
