@@ -829,6 +829,82 @@ def test_s_bsst265_normal_users_paragraph_is_its_results_files():
     ) in text
 
 
+def tissue_gains(report: dict, user: dict, tissue: str) -> float:
+    """A bench_pairs user's mean change on the scored S-BSST265 images whose name starts with ``tissue``."""
+    rows = [
+        after - before
+        for key, before, after in zip(report["scored"], report["kind_before"], user["kind_after"], strict=True)
+        if key.split("/", 1)[1].startswith(tissue)
+    ]
+    return float(np.mean(rows))
+
+
+def test_s_bsst265_tumour_users_paragraph_is_its_results_files():
+    rule, every = (results_json(f"pairs_v1_tumour{suffix}.json") for suffix in ("", "_every_child"))
+    assert every["settings"]["keep_every_child"] and not rule["settings"]["keep_every_child"]
+    assert rule["settings"]["kind"] == "s_bsst265_tumour" and rule["settings"]["k"] == 2
+    summary, free = rule["recipes"]["shipped"]["summary"], every["recipes"]["shipped"]["summary"]
+    users, children = rule["recipes"]["shipped"]["users"], every["recipes"]["shipped"]["users"]
+    nuclei = [user["nuclei"] for user in users]
+    kept = [user for user in users if not user["kept_parent"]]
+    over = sum(min(user["forgetting"].values()) < -0.10 for user in kept)
+    text = benchmarks_text()
+    assert (
+        f"of the kind, {rule['settings']['scored']} scored, v1 {np.mean(rule['kind_before']):.3f} on them; "
+        f"{summary['users']} users of 2 images, {min(nuclei)} to {max(nuclei)} nuclei per pair): the expected gain "
+        f"is {summary['mean_gain']:+.3f} (standard error {summary['standard_error']:.3f}); no user gained +0.10, "
+        f"the starting model was kept for {summary['parent_kept']}, and none lost more than 0.02. Forgetting on the "
+        f"other kinds' panel: {summary['mean_forgetting']:+.3f} on average, {summary['worst_forgetting']:.3f} at "
+        f"worst; {over} of the {len(kept)} kept children lost more than 0.10"
+    ) in text
+    assert summary["users_gaining_0_10"] == 0 and summary["users_worse_0_02"] == 0
+    assert (
+        f"the expected gain is {free['mean_gain']:+.3f} (standard error {free['standard_error']:.3f}), "
+        f"{free['users_gaining_0_10']} of {free['users']} users +0.10 or more"
+    ) in text
+
+    def only(corrected: list[str], tissue: str) -> bool:
+        return all(key.split("/", 1)[1].startswith(tissue) for key in corrected)
+
+    neuro = [child for child in children if only(child["corrected"], "Neuroblastoma")]
+    mixed = [child for child in children if not only(child["corrected"], "Neuroblastoma")]
+    scored = [key.split("/", 1)[1] for key in rule["scored"]]
+    neuro_before = [score for key, score in zip(scored, rule["kind_before"], strict=True) if key.startswith("Neuro")]
+    ganglio_before = [score for key, score in zip(scored, rule["kind_before"], strict=True) if key.startswith("Gangl")]
+    assert len(neuro) == 4 and len(mixed) == 1 and len(neuro_before) == len(ganglio_before) == 3
+    neuro_gain = np.mean([tissue_gains(every, child, "Neuroblastoma") for child in neuro])
+    ganglio_gain = np.mean([tissue_gains(every, child, "Ganglioneuroblastoma") for child in neuro])
+    mixed_gains = [tissue_gains(every, mixed[0], tissue) for tissue in ("Neuroblastoma", "Ganglioneuroblastoma")]
+    assert (
+        f"{len(neuro)} users corrected two neuroblastoma sections each, and with every child kept they gained "
+        f"{neuro_gain:+.3f} on average on the 3 neuroblastoma sections scored (v1 {np.mean(neuro_before):.3f} on "
+        f"them) and {ganglio_gain:+.3f} on the 3 ganglioneuroblastoma sections (v1 {np.mean(ganglio_before):.3f}); "
+        f"the user who corrected one of each gained {mixed_gains[0]:+.3f} and {mixed_gains[1]:+.3f}"
+    ) in text
+    kept_neuro = [tissue_gains(rule, user, "Neuroblastoma") for user in kept]
+    assert all(only(user["corrected"], "Neuroblastoma") for user in kept)
+    assert f"kept children ({kept_neuro[0]:+.3f} and {kept_neuro[1]:+.3f} on neuroblastoma)" in text
+    refused = [user["held_out_decision"] for user in users if user["kept_parent"]]
+    short = [d for d in refused if d["nuclei"] < 20]
+    assert (
+        f"held-out gains of {short[0]['last_validations'] - short[0]['start']:+.3f} on {short[0]['nuclei']} nuclei and "
+        f"{short[1]['last_validations'] - short[1]['start']:+.3f} on {short[1]['nuclei']}, short of the "
+        f"{short[0]['required_gain']:+.3f} and {short[1]['required_gain']:+.3f}"
+    ) in text
+    (close,) = [d for d in refused if d["nuclei"] >= 20]
+    assert 0 < close["required_gain"] - (close["last_validations"] - close["start"]) < 0.001
+    assert (
+        f"({close['last_validations'] - close['start']:+.3f} on {close['nuclei']} held-out nuclei, "
+        f"{close['required_gain']:+.3f} required)"
+    ) in text
+    guide = guide_text()
+    assert (
+        f"{results_json('pairs_v1_normal.json')['recipes']['shipped']['summary']['mean_gain']:+.3f} on average "
+        f"(`pairs_v1_normal.json`) and {summary['users']} who corrected 2 tumour sections {summary['mean_gain']:+.3f}"
+    ) in guide
+    assert f"two neuroblastoma sections gained {neuro_gain:+.3f} on neuroblastoma and {ganglio_gain:+.3f} on" in guide
+
+
 def test_fourth_gpu_run_sentence_is_its_results_files():
     models = results_json("default_model_v2_gpu_refine4.json")["models"]
     shipped, best = models["default (tta)"], models["out/c4/grey_end (tta)"]
