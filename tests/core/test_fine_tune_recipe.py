@@ -474,7 +474,8 @@ def test_checks_during_training_skip_the_flips_and_the_reported_scores_use_them(
     if not quick:
         assert flips_used == [True] * checks
         return
-    reports = (1 if result.kept_parent else 2) * windows  # the parent, and the kept weights unless they are it
+    fine_tuned = not result.kept_parent or result.refused is not None  # kept, or refused and set aside
+    reports = (2 if fine_tuned else 1) * windows  # the parent, and the fine-tuned weights as the model runs
     assert flips_used == [False] * checks + [True] * reports
     assert result.lineage["metrics_before"] == result.metrics_before
     assert result.history[0]["val_ap50"] == result.lineage["held_out_decision"]["start"]
@@ -506,6 +507,31 @@ def test_a_gain_seen_only_without_the_flips_keeps_the_parent(monkeypatch, as_it_
     if kept_parent:
         quoted = "scored with the model's flips, as it segments, the fine-tuned weights went only from 0.500 to 0.500"
         assert quoted in notice_of(result)
+        assert result.refused.metadata["lineage"]["metrics"]["val_ap50"] == as_it_runs  # not the quick checks' 0.9
+
+
+def test_refused_weights_are_scored_as_the_model_runs_and_the_parent_is_returned(monkeypatch):
+    """Quick checks 0.5 -> 0.9 at step 2, then 0.1: refused. Set aside with their score as the model runs (0.7)."""
+    from napari_unet.core.predict.runtime import FLIPS_METADATA_KEY
+
+    def scores(self, flips=None) -> dict[str, float]:
+        changed = any(not torch.equal(value, self.start_state[key]) for key, value in self.network.state_dict().items())
+        ap = (0.7 if flips else {2: 0.9}.get(self.step, 0.1)) if changed else 0.5
+        self.last_val = {"val_ap50": ap, "val_ap75": ap, "val_f1": ap, "val_loss": 1.0 - ap}
+        return self.last_val
+
+    monkeypatch.setattr(training_loop.TrainingRun, "_scores", scores)
+    metadata = {"name": "parent", "training": {"runs": 1}, FLIPS_METADATA_KEY: True}
+    parent = ModelBundle.new(TINY, metadata=metadata, seed=0)
+    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
+    cfg = dataclasses.replace(FAST, max_steps=6, val_every=2, learning_rate=1e-2)
+    result, _ = drain(iter_train(parent, list(images), list(labels), cfg))
+    assert result.kept_parent and "with_flips" not in result.lineage["held_out_decision"]  # refused on quick checks
+    lineage = result.refused.metadata["lineage"]
+    assert lineage["best_step"] == lineage["refused"]["step"] == 2
+    assert lineage["metrics"]["val_ap50"] == 0.7 and result.metrics_before["val_ap50"] == 0.5
+    start, kept = parent.network.state_dict(), result.bundle.network.state_dict()
+    assert all(torch.equal(kept[key], start[key]) for key in start)  # scoring the refused weights left the parent
 
 
 def test_a_default_model_fine_tune_that_cannot_validate_prepares_and_announces_no_training():

@@ -297,7 +297,7 @@ def refused_model(
     step : int
         The training step they are from.
     scores : dict or None
-        Their held-out scores as the checks during training scored them (``val_ap50``, ...).
+        Their held-out scores as the model will run (with its flips, if it uses them), ``val_ap50``, ...
     reason : str
         Why the run kept the starting model (:func:`~napari_unet.core.train.outcome.outcome_text`).
 

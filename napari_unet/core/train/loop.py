@@ -337,13 +337,22 @@ class TrainingRun:
 
         The fine-tuned weights it replaces are set aside in ``refused`` (with their step and held-out scores),
         for a user who wants to compare them on other images anyway
-        (:func:`~napari_unet.core.train.fine_tune.refused_model`).
+        (:func:`~napari_unet.core.train.fine_tune.refused_model`). Their scores are those of the model as it
+        will run, as the parent's reported ones (:meth:`reported_scores`): where the checks were quick (no
+        flips) they are scored once more with the flips. The network is left holding the starting weights.
         """
         if self.best_step > 0:
-            self.refused = (self.best_state, self.best_step, self.best_metrics)
+            self.refused = (self.best_state, self.best_step, self._refused_scores())
         self.best_state, self.best_step, self.blended = self.start_state, 0, False
+        self.network.load_state_dict(self.start_state)
         if self.metrics_before is not None:
             self.best_metrics, self.best_score = dict(self.metrics_before), self.metrics_before["val_ap50"]
+
+    def _refused_scores(self) -> dict[str, float] | None:
+        """Held-out scores of ``best_state`` as the model will run (the checks' own when they ran that way)."""
+        if self.best_metrics is None or self.check_with_flips == self.report_with_flips:
+            return self.best_metrics
+        return self._reported_score(self.best_state)
 
     def _validation_due(self) -> bool:
         """Whether this step validates: every ``val_every`` steps, while validation stays within its time share.
