@@ -1114,3 +1114,15 @@ def test_bfloat16_rerun_of_the_pairs_benchmark_sentence_is_its_results_file():
     ) in text
     guide = guide_text()
     assert f"by {summary['mean_gain']:+.3f} training in bfloat16, `pairs_v1_colour_bfloat16.json`" in guide
+
+
+def test_user_guide_states_the_held_out_bar_the_code_sets():
+    from napari_unet.core.config import TrainingConfig
+    from napari_unet.core.train.outcome import HELD_OUT_NUCLEI_MARGIN, MIN_HELD_OUT_GAIN
+
+    enough = round(HELD_OUT_NUCLEI_MARGIN / MIN_HELD_OUT_GAIN)
+    assert TrainingConfig().val_fraction == 0.2
+    assert (
+        f"a fifth of the corrected nuclei are held out, and from {enough} held-out nuclei (about {enough * 5} "
+        f"corrected) a gain of {MIN_HELD_OUT_GAIN:.2f} counts"
+    ) in guide_text()
