@@ -1126,3 +1126,41 @@ def test_user_guide_states_the_held_out_bar_the_code_sets():
         f"a fifth of the corrected nuclei are held out, and from {enough} held-out nuclei (about {enough * 5} "
         f"corrected) a gain of {MIN_HELD_OUT_GAIN:.2f} counts"
     ) in guide_text()
+
+
+def test_keep_rule_study_paragraph_is_its_results_file():
+    study = results_json("keep_rule_study.json")
+    bundled, unseen, synthetic = (study["children"][name] for name in study["children"])
+    shipped, loose = study["rules"]["last 3 checks, 2 nuclei"], study["rules"]["last 3 checks, 1 nuclei"]
+    every = study["rules"]["every child"]
+    own, new = shipped["bundled model, real kinds"], shipped["v1, kinds it never saw"]
+    text = benchmarks_text()
+    assert (
+        f"({len(study['files'])} files, repeats dropped: {bundled} children of the bundled model on its real kinds, "
+        f"{unseen} of v1 on kinds it never saw, {synthetic} on synthetic H&E)"
+    ) in text
+    assert own["kept_harmful"] == 0 and new["kept_harmful"] == 1
+    assert (
+        f"keeps {own['kept']} of the bundled model's {bundled}, none that cost its kind more than 0.02, and "
+        f"{new['kept']} of v1's {unseen}, 1 of them harmful; v1's users gain {new['mean_gain']:+.3f} on average, "
+        f"against {every['v1, kinds it never saw']['mean_gain']:+.3f} with every child kept, and "
+        f"{new['refused_helpful']} children that gained more than 0.02 are refused"
+    ) in text
+    loose_own, loose_new = loose["bundled model, real kinds"], loose["v1, kinds it never saw"]
+    assert (
+        f"raises v1's average to {loose_new['mean_gain']:+.3f}, but keeps {loose_own['kept_harmful']} of the bundled "
+        f"model's children that cost their kind more than 0.02 (down to {loose_own['worst_kept']:.3f}) and "
+        f"{loose_new['kept_forgot']} of v1's that cost one panel kind more than 0.10 ({new['kept_forgot']} with the "
+        "shipped rule)"
+    ) in text
+    for name, rule in study["rules"].items():  # no other statistic beats the shipped one at its own harm
+        if name.startswith("later half"):
+            other = rule["v1, kinds it never saw"]
+            harmless = rule["bundled model, real kinds"]["kept_harmful"] == 0
+            assert not (harmless and other["mean_gain"] > new["mean_gain"] + 0.005), name
+    colour = results_json("pairs_v1_colour_every_child_bfloat16.json")["recipes"]["shipped"]["summary"]
+    before = results_json("pairs_v1_colour_every_child.json")["recipes"]["shipped"]["summary"]
+    assert (
+        f"+{colour['mean_gain']:.3f}, standard error {colour['standard_error']:.3f}, against "
+        f"+{before['mean_gain']:.3f}, {before['standard_error']:.3f}"
+    ) in text
