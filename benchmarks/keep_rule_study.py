@@ -15,6 +15,9 @@ from the parent's (``best_step`` > 0) together with its held-out checks, its
 kind's gain and its forgetting on the other kinds' panel, drops repeats (the
 same run reported in several files), and replays candidate rules on the
 checks: a rule that refuses a child leaves its user with the parent (gain 0).
+The records hold the checks as they ran (quick, without flips, for a model
+that segments with them), so the shipped rule's confirmation with the flips
+is not replayed: for such models it keeps at most what is counted here.
 No training: an analysis of measured runs.
 
 Usage (from the repository root)::
@@ -35,7 +38,7 @@ import numpy as np
 
 from benchmarks.report import save
 from napari_unet.core.train.loop import LASTING_VALIDATIONS
-from napari_unet.core.train.outcome import MIN_HELD_OUT_GAIN, required_held_out_gain
+from napari_unet.core.train.outcome import MIN_HELD_OUT_GAIN
 
 RESULTS = Path(__file__).parent / "results"
 HARM = 0.02
@@ -183,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = every_child_reports(sorted(RESULTS.glob("hitl*.json")) + sorted(RESULTS.glob("pairs*.json")))
     found = children(paths)
-    assert required_gain(12, 2.0) == required_held_out_gain(12)  # the shipped rule is the margin-2 member
     by_group = groups(found)
     report = {
         "benchmark": "keep_rule_study",
