@@ -98,6 +98,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "replay_retune": {"replay_fraction": 0.5, "retune_thresholds": True},
     "flip_checks": {"quick_checks": False},
     "stain_jitter": {"stain_jitter": 0.5},
+    "held_out_35": {"val_fraction": 0.35},
     "anchor_10": {"anchor_decay": 10.0},
     "anchor_100": {"anchor_decay": 100.0},
     "anchor_300": {"anchor_decay": 300.0},
