@@ -495,10 +495,22 @@ def test_checks_during_training_skip_the_flips_and_the_reported_scores_use_them(
     assert result.history[0]["val_ap50"] == result.lineage["held_out_decision"]["start"]
 
 
+def fine_tune_with_flips(monkeypatch, scores) -> tuple[TrainResult, ModelBundle]:
+    """A 6-step fine-tune (checks every 2 steps) of a parent that segments with flips; held-out scores by ``scores``."""
+    from napari_unet.core.predict.runtime import FLIPS_METADATA_KEY
+
+    monkeypatch.setattr(training_loop.TrainingRun, "_scores", scores)
+    metadata = {"name": "parent", "training": {"runs": 1}, FLIPS_METADATA_KEY: True}
+    parent = ModelBundle.new(TINY, metadata=metadata, seed=0)
+    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
+    cfg = dataclasses.replace(FAST, max_steps=6, val_every=2, learning_rate=1e-2)
+    result, _ = drain(iter_train(parent, list(images), list(labels), cfg))
+    return result, parent
+
+
 @pytest.mark.parametrize(("as_it_runs", "kept_parent"), [(0.5, True), (0.9, False)])
 def test_a_gain_seen_only_without_the_flips_keeps_the_parent(monkeypatch, as_it_runs, kept_parent):
     """Quick checks say 0.5 -> 0.9; the child is kept only if it also gains scored with the model's flips."""
-    from napari_unet.core.predict.runtime import FLIPS_METADATA_KEY
 
     def scores(self, flips=None) -> dict[str, float]:
         changed = any(not torch.equal(value, self.start_state[key]) for key, value in self.network.state_dict().items())
@@ -507,12 +519,7 @@ def test_a_gain_seen_only_without_the_flips_keeps_the_parent(monkeypatch, as_it_
         self.last_val = {"val_ap50": ap, "val_ap75": ap, "val_f1": ap, "val_loss": 1.0 - ap}
         return self.last_val
 
-    monkeypatch.setattr(training_loop.TrainingRun, "_scores", scores)
-    metadata = {"name": "parent", "training": {"runs": 1}, FLIPS_METADATA_KEY: True}
-    parent = ModelBundle.new(TINY, metadata=metadata, seed=0)
-    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
-    cfg = dataclasses.replace(FAST, max_steps=6, val_every=2, learning_rate=1e-2)
-    result, _ = drain(iter_train(parent, list(images), list(labels), cfg))
+    result, _ = fine_tune_with_flips(monkeypatch, scores)
     assert result.lineage["held_out_decision"]["last_validations"] == pytest.approx(0.9)
     assert result.kept_parent is kept_parent
     assert result.metrics_before["val_ap50"] == 0.5
@@ -526,7 +533,6 @@ def test_a_gain_seen_only_without_the_flips_keeps_the_parent(monkeypatch, as_it_
 
 def test_refused_weights_are_scored_as_the_model_runs_and_the_parent_is_returned(monkeypatch):
     """Quick checks 0.5 -> 0.9 at step 2, then 0.1: refused. Set aside with their score as the model runs (0.7)."""
-    from napari_unet.core.predict.runtime import FLIPS_METADATA_KEY
 
     def scores(self, flips=None) -> dict[str, float]:
         changed = any(not torch.equal(value, self.start_state[key]) for key, value in self.network.state_dict().items())
@@ -534,12 +540,7 @@ def test_refused_weights_are_scored_as_the_model_runs_and_the_parent_is_returned
         self.last_val = {"val_ap50": ap, "val_ap75": ap, "val_f1": ap, "val_loss": 1.0 - ap}
         return self.last_val
 
-    monkeypatch.setattr(training_loop.TrainingRun, "_scores", scores)
-    metadata = {"name": "parent", "training": {"runs": 1}, FLIPS_METADATA_KEY: True}
-    parent = ModelBundle.new(TINY, metadata=metadata, seed=0)
-    images, labels = zip(*(discs(seed, shape=(64, 128), n=14) for seed in range(2)), strict=True)
-    cfg = dataclasses.replace(FAST, max_steps=6, val_every=2, learning_rate=1e-2)
-    result, _ = drain(iter_train(parent, list(images), list(labels), cfg))
+    result, parent = fine_tune_with_flips(monkeypatch, scores)
     assert result.kept_parent and "with_flips" not in result.lineage["held_out_decision"]  # refused on quick checks
     lineage = result.refused.metadata["lineage"]
     assert lineage["best_step"] == lineage["refused"]["step"] == 2
