@@ -1200,3 +1200,20 @@ def test_held_out_share_paragraph_is_its_results_files():
         f"synthetic H&E gained {rows['synthetic_he']['kind_gain']:+.3f} (`hitl_held_out_35.json`; "
         f"{before['recipes']['shipped']['synthetic_he']['kind_gain']:+.3f})"
     ) in text
+
+
+def test_s_bsst265_tumour_four_image_sentence_is_its_results_file():
+    report = results_json("pairs_v1_tumour_k4.json")
+    assert report["settings"]["k"] == 4 and report["settings"]["kind"] == "s_bsst265_tumour"
+    users = report["recipes"]["shipped"]["users"]
+    assert len(users) == 2 and not any(user["kept_parent"] for user in users)
+    assert all(key.split("/", 1)[1].startswith("Neuroblastoma") for user in users for key in user["corrected"])
+    nuclei = [user["held_out_decision"]["nuclei"] for user in users]
+    gains = [user["kind_gain"] for user in users]
+    neuro = [tissue_gains(report, user, "Neuroblastoma") for user in users]
+    ganglio = [tissue_gains(report, user, "Ganglioneuroblastoma") for user in users]
+    assert (
+        f"both children were kept ({nuclei[0]} and {nuclei[1]} held-out nuclei) and gained {gains[0]:+.3f} and "
+        f"{gains[1]:+.3f} on the kind: {neuro[0]:+.3f} and {neuro[1]:+.3f} on the neuroblastoma sections, "
+        f"{ganglio[0]:+.3f} and {ganglio[1]:+.3f} on the ganglioneuroblastoma ones"
+    ) in benchmarks_text()
