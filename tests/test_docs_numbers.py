@@ -829,14 +829,16 @@ def test_s_bsst265_normal_users_paragraph_is_its_results_files():
     ) in text
 
 
+def tissue_scores(report: dict, scores: list[float], tissue: str) -> list[float]:
+    """The ``scores`` (one per scored image of a bench_pairs report) of the S-BSST265 images named ``tissue...``."""
+    keys = [key.split("/", 1)[1] for key in report["scored"]]
+    return [score for key, score in zip(keys, scores, strict=True) if key.startswith(tissue)]
+
+
 def tissue_gains(report: dict, user: dict, tissue: str) -> float:
     """A bench_pairs user's mean change on the scored S-BSST265 images whose name starts with ``tissue``."""
-    rows = [
-        after - before
-        for key, before, after in zip(report["scored"], report["kind_before"], user["kind_after"], strict=True)
-        if key.split("/", 1)[1].startswith(tissue)
-    ]
-    return float(np.mean(rows))
+    before, after = (tissue_scores(report, scores, tissue) for scores in (report["kind_before"], user["kind_after"]))
+    return float(np.mean(np.subtract(after, before)))
 
 
 def test_s_bsst265_tumour_users_paragraph_is_its_results_files():
@@ -868,9 +870,9 @@ def test_s_bsst265_tumour_users_paragraph_is_its_results_files():
 
     neuro = [child for child in children if only(child["corrected"], "Neuroblastoma")]
     mixed = [child for child in children if not only(child["corrected"], "Neuroblastoma")]
-    scored = [key.split("/", 1)[1] for key in rule["scored"]]
-    neuro_before = [score for key, score in zip(scored, rule["kind_before"], strict=True) if key.startswith("Neuro")]
-    ganglio_before = [score for key, score in zip(scored, rule["kind_before"], strict=True) if key.startswith("Gangl")]
+    neuro_before, ganglio_before = (
+        tissue_scores(rule, rule["kind_before"], tissue) for tissue in ("Neuroblastoma", "Ganglioneuroblastoma")
+    )
     assert len(neuro) == 4 and len(mixed) == 1 and len(neuro_before) == len(ganglio_before) == 3
     neuro_gain = np.mean([tissue_gains(every, child, "Neuroblastoma") for child in neuro])
     ganglio_gain = np.mean([tissue_gains(every, child, "Ganglioneuroblastoma") for child in neuro])

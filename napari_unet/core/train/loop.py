@@ -140,7 +140,7 @@ class TrainingRun:
         self.validation_seconds = 0.0  # time spent validating (start, intermediate and final checks)
         self.last_validation_cost = 0.0
         self.blended = False  # True when the kept weights are the fine-tuned ones averaged with the parent's
-        # the fine-tuned weights keep_parent set aside, their step and their held-out scores (as the checks scored them)
+        # the fine-tuned weights keep_parent set aside, their step and their held-out scores (as the model will run)
         self.refused: tuple[dict[str, torch.Tensor], int, dict[str, float] | None] | None = None
         self.replay_set = replay_set or []  # rehearsal crops, drawn for cfg.replay_fraction of the patches
         self.reported_cache: list[tuple[dict[str, torch.Tensor], dict[str, float]]] = []  # states scored with flips
