@@ -22,6 +22,11 @@ images the default model is least sure of (the Experiment view's "Correct
 next"), with ``--order folder`` the first K of them; both score the images
 after the pool, so the two orders compare on the same images.
 
+``--correct-scored`` is a bound, not a user: the scored images themselves
+are the corrections (their ground truth, a fifth of their nuclei held out as
+usual), so their gain is what the best corrections there could be teach the
+model in the budget; with ``--keep-every-child`` no rule hides it.
+
 ``--scale estimate`` segments and fine-tunes each kind at the scale the
 Segment panel's Estimate gives on its corrected images (as the Fine-tune
 panel and ``napari-unet train --scale`` train at the scale an image was
@@ -332,12 +337,18 @@ def choose_corrected(args: argparse.Namespace, pool: list[tuple[Any, Any]], defa
     return sorted(ranked[: args.k])
 
 
+def scored_indices(pool: int, scored: int) -> list[int]:
+    """Indices of a kind's scored images, the ``scored`` after its first ``pool`` (the ``--correct-scored`` bound)."""
+    return list(range(pool, pool + scored))
+
+
 def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
     """Kind -> corrected pairs, scored pairs, forgetting-panel pairs (read once).
 
     The user corrects K of the first ``max(K, --pool)`` images (``--order``:
     the first K, or the K the default model is least sure of); the images
     after that pool are scored, so both orders are scored on the same images.
+    With ``--correct-scored`` the user corrects the scored images themselves.
     """
     wanted = None if args.kinds == "all" else set(args.kinds.split(","))
     found: dict[str, list[tuple[str, Any, Any]]] = {
@@ -351,9 +362,10 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
     for kind, items in found.items():
         pairs = [(image, labels) for _, image, labels in items]
         pool = pairs[: max(args.k, args.pool)]
-        chosen = choose_corrected(args, pool, default)
         rest = pairs[len(pool) :][: args.scored]
-        corrected = [pool[i] for i in chosen]
+        bound = scored_indices(len(pool), len(rest))
+        chosen = bound if args.correct_scored else choose_corrected(args, pool, default)
+        corrected = [pairs[i] for i in chosen]
         estimates, scale = kind_scale(args.scale, default, corrected)
         kinds[kind] = {
             "keys": [key for key, _, _ in items],
@@ -425,6 +437,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keep-every-child",
         action="store_true",
         help="ablation: no held-out gain required (a child that validates best is kept; the other-kinds guard stays)",
+    )
+    parser.add_argument(
+        "--correct-scored",
+        action="store_true",
+        help="bound: the user corrects the scored images themselves (what the best corrections teach in the budget)",
     )
     parser.add_argument(
         "--check-crops",

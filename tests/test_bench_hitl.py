@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 from skimage.transform import rescale
 
-from benchmarks.bench_hitl import experiment_scale, image_scales, magnified_pairs, parse_args, score, validation_records
+from benchmarks.bench_hitl import (
+    experiment_scale,
+    image_scales,
+    load_kinds,
+    magnified_pairs,
+    parse_args,
+    score,
+    validation_records,
+)
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.models.registry import load_model
+from training.splits import SHARED_DATA
 
 
 def test_scale_one_is_the_default_so_earlier_runs_repeat():
@@ -60,3 +69,16 @@ def test_validation_records_are_every_held_out_check_of_a_real_fine_tune_with_it
     assert [(r["step"], r["val_ap50"], r["val_loss"]) for r in records] == [
         (row["step"], row["val_ap50"], row["val_loss"]) for row in checked
     ]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent (fresh clone)")
+def test_the_correct_scored_bound_corrects_exactly_the_images_it_scores():
+    bundle = load_model("default")
+    user = load_kinds(parse_args(["--kinds", "dsb_colour_tissue", "--scored", "3"]), bundle)["dsb_colour_tissue"]
+    bound = load_kinds(parse_args(["--kinds", "dsb_colour_tissue", "--scored", "3", "--correct-scored"]), bundle)
+    bound = bound["dsb_colour_tissue"]
+    assert user["corrected_keys"] == user["keys"][:2] and bound["corrected_keys"] == user["keys"][2:5]
+    assert len(bound["corrected"]) == len(bound["scored"]) == 3
+    for (image, labels), (scored_image, scored_labels) in zip(bound["corrected"], bound["scored"], strict=True):
+        assert np.array_equal(image, scored_image) and np.array_equal(labels, scored_labels)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(user["scored"], bound["scored"], strict=True))

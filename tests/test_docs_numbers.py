@@ -1219,3 +1219,41 @@ def test_s_bsst265_tumour_four_image_sentence_is_its_results_file():
         f"{gains[1]:+.3f} on the kind: {neuro[0]:+.3f} and {neuro[1]:+.3f} on the neuroblastoma sections, "
         f"{ganglio[0]:+.3f} and {ganglio[1]:+.3f} on the ganglioneuroblastoma ones"
     ) in benchmarks_text()
+
+
+def colour_gain(name: str, recipe: str = "shipped") -> float:
+    """dsb_colour_tissue's gain with ``recipe`` in one bench_hitl results file."""
+    return results_json(name)["recipes"][recipe]["dsb_colour_tissue"]["kind_gain"]
+
+
+def test_correct_scored_bound_paragraph_is_its_results_files():
+    text = benchmarks_text()
+    bound = results_json("hitl_correct_scored.json")
+    assert bound["settings"]["correct_scored"] and bound["settings"]["keep_every_child"]
+    rows = bound["recipes"]["shipped"]
+    colour = rows["dsb_colour_tissue"]
+    assert bound["kinds"]["dsb_colour_tissue"]["corrected"] == bound["kinds"]["dsb_colour_tissue"]["images"][2:8]
+    seeds = [colour["kind_gain"]] + [colour_gain(f"hitl_correct_scored_colour_seed{s}.json") for s in (1, 2)]
+    levers = [colour_gain("hitl_correct_scored_colour_levers.json", r) for r in ("no_epoch_cap", "high_lr")]
+    users = [colour_gain(f"hitl_colour_every_child_bfloat16_seed{s}.json") for s in (0, 1, 2)]
+    assert (
+        f"On dsb_colour_tissue ({bound['kinds']['dsb_colour_tissue']['default_ap50']:.3f}) they gained "
+        f"{seeds[0]:+.3f} (one panel kind lost {-min(colour['forgetting'].values()):.3f}), and {seeds[1]:+.3f} and "
+        f"{seeds[2]:+.3f} with training seeds 1 and 2"
+    ) in text
+    assert f"{np.mean(seeds):+.3f} on average. Without the 100-pass cap they gained {levers[0]:+.3f}" in text
+    assert f"with learning rate 1e-3 {levers[1]:+.3f}" in text
+    assert f"{users[0]:+.3f}, {users[1]:+.3f} and {users[2]:+.3f} for seeds 0 to 2" in text
+    assert np.mean(seeds) < 0.10 and max(users) < min(seeds)  # "at or above what ... reaches"; "a tenth of that"
+    assert abs(np.mean(users) / np.mean(seeds) - 0.1) < 0.05
+    others = {k: r for k, r in rows.items() if k not in ("dsb_colour_tissue", "synthetic_he")}
+    assert [k for k, r in others.items() if not r["kept_parent"]] == ["dsb_stage2_fluorescence"]
+    assert others["dsb_stage2_fluorescence"]["averaged_with_parent"]
+    assert f"dsb_stage2_fluorescence ({others['dsb_stage2_fluorescence']['kind_gain']:+.3f}, averaged" in text
+    hitl = results_json("hitl.json")["recipes"]["shipped"]["synthetic_he"]
+    assert f"gained {rows['synthetic_he']['kind_gain']:+.3f}, as much as from its first 2 images " in text
+    assert f"({hitl['kind_gain']:+.3f})" in text
+    assert (
+        f"on the DSB tissue crops ({bound['kinds']['dsb_colour_tissue']['default_ap50']:.3f}) even the very images it "
+        f"was then scored on, corrected, gained {np.mean(seeds):+.3f} on average over three training seeds"
+    ) in guide_text()
