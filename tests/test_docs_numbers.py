@@ -1242,7 +1242,12 @@ def test_correct_scored_bound_paragraph_is_its_results_files():
         f"{seeds[2]:+.3f} with training seeds 1 and 2"
     ) in text
     assert f"{np.mean(seeds):+.3f} on average. Without the 100-pass cap they gained {levers[0]:+.3f}" in text
-    assert f"with learning rate 1e-3 {levers[1]:+.3f}" in text
+    high_lr_files = [f"hitl_correct_scored_colour_high_lr_seed{s}.json" for s in (1, 2)]
+    high_lr = [levers[1]] + [colour_gain(name, "high_lr") for name in high_lr_files]
+    assert f"learning rate 1e-3 {high_lr[0]:+.3f}, {high_lr[1]:+.3f} and {high_lr[2]:+.3f} for seeds 0 to 2" in text
+    seed_1 = results_json(high_lr_files[0])["recipes"]["high_lr"]["dsb_colour_tissue"]
+    assert seed_1["kept_parent"]  # "seed 1's checks never beat the start"
+    assert np.mean(high_lr) < 0.10
     assert f"{users[0]:+.3f}, {users[1]:+.3f} and {users[2]:+.3f} for seeds 0 to 2" in text
     assert np.mean(seeds) < 0.10 and max(users) < min(seeds)  # "at or above what ... reaches"; "a tenth of that"
     assert abs(np.mean(users) / np.mean(seeds) - 0.1) < 0.05
