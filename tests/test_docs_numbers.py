@@ -1262,3 +1262,35 @@ def test_correct_scored_bound_paragraph_is_its_results_files():
         f"on the DSB tissue crops ({bound['kinds']['dsb_colour_tissue']['default_ap50']:.3f}) even the very images it "
         f"was then scored on, corrected, gained {np.mean(seeds):+.3f} on average over three training seeds"
     ) in guide_text()
+
+
+def test_v1_correct_scored_bound_paragraph_is_its_results_files():
+    text = benchmarks_text()
+    bound = results_json("hitl_unseen_v1_correct_scored.json")
+    assert bound["settings"]["model"] == "out/v1_default" and bound["settings"]["correct_scored"]
+    rows, users = bound["recipes"]["shipped"], results_json("hitl_unseen_v1.json")["recipes"]["shipped"]
+    every_child = results_json("hitl_unseen_v1_s_bsst265_every_child.json")["recipes"]["shipped"]
+    named = {
+        "dsb_colour_tissue": "DSB colour tissue",
+        "s_bsst265_tumour": "S-BSST265 tumour",
+        "s_bsst265_normal": "S-BSST265 normal",
+        "synthetic_he": "synthetic H&E",
+    }
+    for kind, name in named.items():
+        assert f"{name} ({bound['kinds'][kind]['default_ap50']:.3f}) {rows[kind]['kind_gain']:+.3f}" in text
+    gains = {
+        "dsb_colour_tissue": users["dsb_colour_tissue"]["kind_gain"],
+        "s_bsst265_tumour": every_child["s_bsst265_tumour"]["kind_gain"],
+        "s_bsst265_normal": every_child["s_bsst265_normal"]["kind_gain"],
+        "synthetic_he": users["synthetic_he"]["kind_gain"],
+    }
+    assert not users["dsb_colour_tissue"]["kept_parent"] and not users["synthetic_he"]["kept_parent"]
+    assert (
+        f"gained {gains['dsb_colour_tissue']:+.3f} (`hitl_unseen_v1.json`, float32), "
+        f"{gains['s_bsst265_tumour']:+.3f} and {gains['s_bsst265_normal']:+.3f} (every child kept, "
+        f"`hitl_unseen_v1_s_bsst265_every_child.json`) and {gains['synthetic_he']:+.3f} there"
+    ) in text
+    shares = {kind: gains[kind] / rows[kind]["kind_gain"] for kind in named}
+    assert min(shares, key=shares.get) == "s_bsst265_tumour" and 0.4 < shares["s_bsst265_tumour"] < 0.55  # "about half"
+    assert max(shares, key=shares.get) == "synthetic_he" and 0.85 < shares["synthetic_he"] < 0.95  # "nine tenths"
+    assert [rows[kind]["steps"] for kind in ("dsb_colour_tissue", "s_bsst265_tumour")] == [400, 500]
