@@ -24,8 +24,8 @@ after the pool, so the two orders compare on the same images.
 
 ``--correct-scored`` is a bound, not a user: the scored images themselves
 are the corrections (their ground truth, a fifth of their nuclei held out as
-usual), so their gain is what the best corrections there could be teach the
-model in the budget; with ``--keep-every-child`` no rule hides it.
+usual), so their gain bounds what any corrected images of the kind teach the
+model about them in the budget; with ``--keep-every-child`` no rule hides it.
 
 ``--scale estimate`` segments and fine-tunes each kind at the scale the
 Segment panel's Estimate gives on its corrected images (as the Fine-tune

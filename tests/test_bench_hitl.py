@@ -75,8 +75,8 @@ def test_validation_records_are_every_held_out_check_of_a_real_fine_tune_with_it
 def test_the_correct_scored_bound_corrects_exactly_the_images_it_scores():
     bundle = load_model("default")
     user = load_kinds(parse_args(["--kinds", "dsb_colour_tissue", "--scored", "3"]), bundle)["dsb_colour_tissue"]
-    bound = load_kinds(parse_args(["--kinds", "dsb_colour_tissue", "--scored", "3", "--correct-scored"]), bundle)
-    bound = bound["dsb_colour_tissue"]
+    bound_args = parse_args(["--kinds", "dsb_colour_tissue", "--scored", "3", "--correct-scored"])
+    bound = load_kinds(bound_args, bundle)["dsb_colour_tissue"]
     assert user["corrected_keys"] == user["keys"][:2] and bound["corrected_keys"] == user["keys"][2:5]
     assert len(bound["corrected"]) == len(bound["scored"]) == 3
     for (image, labels), (scored_image, scored_labels) in zip(bound["corrected"], bound["scored"], strict=True):

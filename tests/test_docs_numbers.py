@@ -1242,12 +1242,20 @@ def test_correct_scored_bound_paragraph_is_its_results_files():
         f"{seeds[2]:+.3f} with training seeds 1 and 2"
     ) in text
     assert f"{np.mean(seeds):+.3f} on average. Without the 100-pass cap they gained {levers[0]:+.3f}" in text
+    assert f"Correcting the 6 scored images themselves gains it {np.mean(seeds):+.3f} on average over three" in text
     high_lr_files = [f"hitl_correct_scored_colour_high_lr_seed{s}.json" for s in (1, 2)]
     high_lr = [levers[1]] + [colour_gain(name, "high_lr") for name in high_lr_files]
     assert f"learning rate 1e-3 {high_lr[0]:+.3f}, {high_lr[1]:+.3f} and {high_lr[2]:+.3f} for seeds 0 to 2" in text
     seed_1 = results_json(high_lr_files[0])["recipes"]["high_lr"]["dsb_colour_tissue"]
     assert seed_1["kept_parent"]  # "seed 1's checks never beat the start"
     assert np.mean(high_lr) < 0.10
+    longer = results_json("hitl_correct_scored_colour_480s.json")
+    assert longer["settings"]["seconds"] == 480 and longer["settings"]["correct_scored"]
+    row = longer["recipes"]["no_epoch_cap"]["dsb_colour_tissue"]
+    checks = {record["step"]: record["val_ap50"] for record in row["validations"]}
+    assert row["best_step"] == 25 and max(checks, key=checks.get) == 25
+    assert f"480 s without the cap ({row['steps']} steps, `hitl_correct_scored_colour_480s.json`) gained " in text
+    assert f"gained {row['kind_gain']:+.3f}; the checks on the held-out scored image peaked at step 25" in text
     assert f"{users[0]:+.3f}, {users[1]:+.3f} and {users[2]:+.3f} for seeds 0 to 2" in text
     assert np.mean(seeds) < 0.10 and max(users) < min(seeds)  # "at or above what ... reaches"; "a tenth of that"
     assert abs(np.mean(users) / np.mean(seeds) - 0.1) < 0.05
