@@ -14,6 +14,10 @@ fine-tunes as ``bench_hitl`` does (the recipe, a step budget from
 ``--seconds`` x ``--steps-per-second``) and is scored on (a) the same
 ``--scored`` images, (b) ``bench_hitl``'s forgetting panel of the other kinds.
 
+``--look`` keeps only the DSB colour tissue images of one :func:`stain_look`
+(the kind mixes crops of several slides and stains), so users correct and
+are scored on images that look alike, as one experiment's would.
+
 Images that trained the model (their SHA-256 in the model's lineage) are left
 out and listed in the report, so no score is on a training image and no user
 corrects one.
@@ -85,6 +89,48 @@ def kind_pairs(kind: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
         raise SystemExit(f"no images of kind {kind!r} in the shared data")
     order = np.random.default_rng(0).permutation(len(items))
     return [(items[i][0], read_image(items[i][1]), read_labels(items[i][2])) for i in order]
+
+
+CROP_SHAPE = (256, 320)
+"""The size of the DSB stage-1 colour tissue crops (107 of the kind's 114 images; the rest are larger fields)."""
+
+
+def stain_look(image: np.ndarray) -> str:
+    """The look of one DSB colour tissue image, a stand-in for the slide and stain it was cut from.
+
+    The kind mixes crops of several slides (DSB stage-1 published no slide of
+    origin), so crops are grouped by how they look, as a microscopist sorts
+    slides: the thresholds split the channel means and spreads of the kind's
+    crops where they cluster (``docs/benchmarks.md``).
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(Y, X, 3)`` RGB, uint8.
+
+    Returns
+    -------
+    str
+        ``"other"`` (not a 256x320 crop), ``"pink"`` (blue mean < 190 and green mean < 125), ``"white"`` (green
+        mean > 185), ``"pale"`` (green spread < 25: sparse, faint nuclei), ``"blue"`` (blue spread < 13: a
+        blue-violet stain) or ``"purple"`` (the rest: dense, strongly stained).
+    """
+    if image.shape[:2] != CROP_SHAPE:
+        return "other"
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    (_, green, blue), (_, green_spread, blue_spread) = pixels.mean(axis=0), pixels.std(axis=0)
+    if blue < 190 and green < 125:
+        return "pink"
+    if green > 185:
+        return "white"
+    if green_spread < 25:
+        return "pale"
+    return "blue" if blue_spread < 13 else "purple"
+
+
+def of_look(found: list[tuple[str, np.ndarray, np.ndarray]], look: str | None) -> list[tuple[str, Any, Any]]:
+    """The items of ``found`` whose image has :func:`stain_look` ``look`` (all of them for None), in order."""
+    return [item for item in found if look is None or stain_look(item[1]) == look]
 
 
 def trained_on(bundle: Any, found: list[tuple[str, np.ndarray, np.ndarray]]) -> list[str]:
@@ -200,6 +246,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-every-child", action="store_true", help="ablation: no held-out gain required (as bench_hitl)"
     )
+    parser.add_argument(
+        "--look",
+        choices=("purple", "blue", "pale", "white", "pink", "other"),
+        default=None,
+        help="only the DSB colour tissue images of this stain_look (a stand-in for one slide)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args(argv)
 
@@ -208,10 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (and optionally write) its JSON."""
     args = parse_args(argv)
     torch.set_num_threads(2)
+    if args.look and args.kind != "dsb_colour_tissue":
+        raise SystemExit("--look groups DSB colour tissue images only (--kind dsb_colour_tissue)")
     if args.keep_every_child:
         training_loop.required_held_out_gain = lambda nuclei: -1.0
     bundle = load_model(args.model)
-    found = kind_pairs(args.kind)
+    found = of_look(kind_pairs(args.kind), args.look)
     seen = trained_on(bundle, found)
     found = [item for item in found if item[0] not in seen]
     scored = [(image, labels) for _, image, labels in found[: args.scored]]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.bench_hitl import recipe_config
-from benchmarks.bench_pairs import panel_items, summary, trained_on, users_of
+from benchmarks.bench_pairs import main, of_look, panel_items, stain_look, summary, trained_on, users_of
 from napari_unet.core.data.synthetic import synthetic_nuclei
 from napari_unet.core.models.registry import load_model
 from napari_unet.core.train.inputs import image_checksums
@@ -61,3 +61,26 @@ def test_a_recipe_config_is_the_shipped_fine_tune_with_the_recipe_changes_and_a_
     assert (shipped.max_steps, shipped.max_seconds, shipped.seed) == (548, None, 3)
     assert no_replay.max_steps == 1 and no_replay.replay_fraction == 0.0
     assert shipped.replay_fraction > 0
+
+
+def crop(means: tuple[float, float, float], spreads: tuple[float, float, float], shape=(256, 320)) -> np.ndarray:
+    """A ``(*shape, 3)`` uint8 image whose channels have about these means and spreads."""
+    rng = np.random.default_rng(0)
+    return np.clip(rng.normal(means, spreads, (*shape, 3)), 0, 255).astype(np.uint8)
+
+
+def test_the_stain_look_sorts_crops_by_channel_means_and_spreads():
+    assert stain_look(crop((193, 82, 153), (23, 48, 42))) == "pink"
+    assert stain_look(crop((202, 197, 217), (24, 46, 12))) == "white"
+    assert stain_look(crop((175, 155, 207), (11, 15, 3))) == "pale"
+    assert stain_look(crop((150, 118, 196), (34, 49, 8))) == "blue"
+    assert stain_look(crop((180, 163, 201), (36, 64, 25))) == "purple"
+    assert stain_look(crop((180, 163, 201), (36, 64, 25), shape=(512, 680))) == "other"  # not a DSB crop
+    found = [("a", crop((150, 118, 196), (34, 49, 8)), None), ("b", crop((175, 155, 207), (11, 15, 3)), None)]
+    assert [key for key, _, _ in of_look(found, "blue")] == ["a"] and of_look(found, None) == found
+
+
+def test_a_look_is_refused_for_kinds_other_than_dsb_colour_tissue():
+    argv = ["--model", "default", "--kind", "s_bsst265_normal", "--look", "blue", "--steps-per-second", "1"]
+    with pytest.raises(SystemExit, match="DSB colour tissue images only"):
+        main(argv)

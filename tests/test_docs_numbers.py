@@ -1302,3 +1302,36 @@ def test_v1_correct_scored_bound_paragraph_is_its_results_files():
     assert min(shares, key=shares.get) == "s_bsst265_tumour" and 0.4 < shares["s_bsst265_tumour"] < 0.55  # "about half"
     assert max(shares, key=shares.get) == "synthetic_he" and 0.85 < shares["synthetic_he"] < 0.95  # "nine tenths"
     assert [rows[kind]["steps"] for kind in ("dsb_colour_tissue", "s_bsst265_tumour")] == [400, 500]
+
+
+def test_dsb_colour_looks_paragraph_is_its_results_files():
+    text = benchmarks_text()
+    looks = {}
+    for look in ("purple", "blue"):
+        report = results_json(f"pairs_v1_colour_{look}_every_child.json")
+        assert report["settings"]["look"] == look and report["settings"]["keep_every_child"]
+        looks[look] = (report, report["recipes"]["shipped"]["summary"])
+    (purple, p_summary), (blue, b_summary) = looks["purple"], looks["blue"]
+    p_users = purple["recipes"]["shipped"]["users"]
+    tens = sorted(user["kind_gain"] for user in p_users if user["kind_gain"] >= 0.10)
+    assert (
+        f"(v1 {purple['default_ap50']:.3f} on them), gained {p_summary['mean_gain']:+.3f} (standard error "
+        f"{p_summary['standard_error']:.3f}; `pairs_v1_colour_purple_every_child.json`, 2026-12-05, bfloat16), "
+        f"{len(tens)} of them +0.10 or more ({tens[0]:+.3f} to {tens[-1]:+.3f}), and {p_summary['parent_kept']} kept "
+        f"the start (their checks gained, but v1's check on the other kinds' replay crops refused the children)"
+    ) in text
+    for user in (user for user in p_users if user["kept_parent"]):  # the held-out rule passed: the guard refused
+        decision = user["held_out_decision"]
+        assert decision["last_validations"] > decision["start"] and not decision["flips"]
+    assert (
+        f"6 users of 2 blue-violet crops (v1 {blue['default_ap50']:.3f}) gained {b_summary['mean_gain']:+.3f} "
+        f"(standard error {b_summary['standard_error']:.3f}; `pairs_v1_colour_blue_every_child.json`), none +0.10"
+    ) in text
+    assert b_summary["users_gaining_0_10"] == 0 and p_summary["users"] == b_summary["users"] == 6
+    mixed = results_json("pairs_v1_colour_every_child_bfloat16.json")["recipes"]["shipped"]["summary"]
+    assert f"{mixed['users']} users of any 2 crops, scored on 40 of the kind, gained {mixed['mean_gain']:+.3f}" in text
+    assert f"(standard error {mixed['standard_error']:.3f}, in bfloat16" in text
+    assert (
+        f"Forgetting on the panel: {p_summary['mean_forgetting']:.3f} and {b_summary['mean_forgetting']:.3f} on "
+        f"average, {p_summary['worst_forgetting']:.3f} and {b_summary['worst_forgetting']:.3f} at worst"
+    ) in text
