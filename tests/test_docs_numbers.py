@@ -1332,6 +1332,20 @@ def test_dsb_colour_looks_paragraph_is_its_results_files():
     assert f"{mixed['users']} users of any 2 crops, scored on 40 of the kind, gained {mixed['mean_gain']:+.3f}" in text
     assert f"(standard error {mixed['standard_error']:.3f}, in bfloat16" in text
     assert (
+        f"users who corrected 2 of them gained {p_summary['mean_gain']:+.3f} on that stain "
+        f"(`pairs_v1_colour_purple_every_child.json`), against {mixed['mean_gain']:+.3f} for 2 crops of any stain"
+    ) in guide_text()
+    shipped = results_json("pairs_v1_colour_purple.json")
+    assert shipped["settings"]["look"] == "purple" and not shipped["settings"]["keep_every_child"]
+    rows, summary = shipped["recipes"]["shipped"]["users"], shipped["recipes"]["shipped"]["summary"]
+    kept = sorted(row["kind_gain"] for row in rows if not row["kept_parent"])
+    any_two = results_json("pairs_v1_colour_bfloat16.json")["recipes"]["shipped"]["summary"]
+    assert (
+        f"the purple users gained {summary['mean_gain']:+.3f} (standard error {summary['standard_error']:.3f}): "
+        f"{len(kept)} kept their children ({kept[0]:+.3f} and {kept[1]:+.3f}), {summary['parent_kept']} the start; "
+        f"users of any 2 crops gained {any_two['mean_gain']:+.3f}"
+    ) in text
+    assert (
         f"Forgetting on the panel: {p_summary['mean_forgetting']:.3f} and {b_summary['mean_forgetting']:.3f} on "
         f"average, {p_summary['worst_forgetting']:.3f} and {b_summary['worst_forgetting']:.3f} at worst"
     ) in text
