@@ -51,8 +51,17 @@ HELD_OUT_MESSAGE = re.compile(r"validating on (\d+) held-out nuclei")
 
 
 def every_child_reports(paths: list[Path]) -> list[Path]:
-    """The results files of ``paths`` made with the held-out rule off (``settings.keep_every_child``)."""
-    return [path for path in paths if json.loads(path.read_text()).get("settings", {}).get("keep_every_child")]
+    """The results files of ``paths`` made with the held-out rule off (``settings.keep_every_child``).
+
+    Bounds (``bench_hitl --correct-scored``) are not users: their children trained on the images they are
+    scored on, so they are left out.
+    """
+    found = []
+    for path in paths:
+        settings = json.loads(path.read_text()).get("settings", {})
+        if settings.get("keep_every_child") and not settings.get("correct_scored"):
+            found.append(path)
+    return found
 
 
 def report_rows(report: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:

@@ -1349,3 +1349,30 @@ def test_dsb_colour_looks_paragraph_is_its_results_files():
         f"Forgetting on the panel: {p_summary['mean_forgetting']:.3f} and {b_summary['mean_forgetting']:.3f} on "
         f"average, {p_summary['worst_forgetting']:.3f} and {b_summary['worst_forgetting']:.3f} at worst"
     ) in text
+
+
+def test_pale_look_sentences_are_their_results_files():
+    text = benchmarks_text()
+    every_child = results_json("pairs_v1_colour_pale_every_child.json")
+    ruled = results_json("pairs_v1_colour_pale.json")
+    assert (
+        every_child["settings"]["look"] == ruled["settings"]["look"] == "pale"
+        and not ruled["settings"]["keep_every_child"]
+    )
+    loose, strict = every_child["recipes"]["shipped"]["summary"], ruled["recipes"]["shipped"]["summary"]
+    assert (
+        f"The pale crops, sparse ones v1 already segments at {ruled['default_ap50']:.3f}, got worse: with every child "
+        f"kept {loose['users']} users lost {-loose['mean_gain']:.3f} on average "
+        f"(standard error {loose['standard_error']:.3f}; "
+        f"`pairs_v1_colour_pale_every_child.json`), and with the held-out rule (`pairs_v1_colour_pale.json`) "
+        f"{-strict['mean_gain']:.3f} ({strict['standard_error']:.3f})"
+    ) in text
+    kept = [user for user in ruled["recipes"]["shipped"]["users"] if not user["kept_parent"]]
+    nuclei = sorted(user["held_out_decision"]["nuclei"] for user in kept)
+    gains = sorted(u["held_out_decision"]["last_validations"] - u["held_out_decision"]["start"] for u in kept)
+    harmed = sorted(user["kind_gain"] for user in kept if user["kind_gain"] < -0.02)
+    assert (
+        f"{len(kept)} children passed it on {nuclei[0]} to {nuclei[-1]} held-out nuclei (their checks gained "
+        f"{gains[0]:+.3f} to {gains[-1]:+.3f}), and {len(harmed)} of those made the look worse by {-harmed[0]:.3f} "
+        f"and {-harmed[1]:.3f}, beyond the issue's 0.02"
+    ) in text

@@ -41,8 +41,9 @@ def test_children_are_read_from_hitl_and_pairs_runs_once_each(tmp_path):
     pairs = write(tmp_path / "pairs_x.json", {"shipped": {"users": [user]}}, model="out/v1", kind="s_bsst265_tumour")
     ruled = tmp_path / "hitl_rule.json"
     ruled.write_text(json.dumps({"settings": {"keep_every_child": False}, "recipes": {}}))
-    paths = every_child_reports([first, again, parent, pairs, ruled])
-    assert paths == [first, again, parent, pairs], "runs made with the rule on are not read"
+    bound = write(tmp_path / "hitl_bound.json", {"shipped": {"dsb_colour_tissue": row}}, correct_scored=True)
+    paths = every_child_reports([first, again, parent, pairs, ruled, bound])
+    assert paths == [first, again, parent, pairs], "runs made with the rule on, and bounds, are not read"
     found = children(paths)
     assert len(found) == 2, "the same run in two files counts once; a child that is the parent is left out"
     hitl, user_child = found
