@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.keep_rule_study import last_checks_rule
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = {"grey": "grey: fluorescence", "colour": "colour: H&E-like", "tissue": "tissue sections"}
@@ -1141,10 +1143,13 @@ def test_keep_rule_study_paragraph_is_its_results_file():
         f"({len(study['files'])} files, repeats dropped: {bundled} children of the bundled model on its real kinds, "
         f"{unseen} of v1 on kinds it never saw, {synthetic} on synthetic H&E)"
     ) in text
-    assert own["kept_harmful"] == 0 and new["kept_harmful"] == 1
+    assert own["kept_harmful"] == 0 and new["kept_harmful"] == 3
+    pale = [row for row in study["rows"] if row["files"] == ["pairs_v1_colour_pale_every_child.json"]]
+    assert sum(last_checks_rule(2.0)(row) and row["kind_gain"] < -0.02 for row in pale) == 2  # "2 on the pale crops"
     assert (
         f"keeps {own['kept']} of the bundled model's {bundled}, none that cost its kind more than 0.02, and "
-        f"{new['kept']} of v1's {unseen}, 1 of them harmful; v1's users gain {new['mean_gain']:+.3f} on average, "
+        f"{new['kept']} of v1's {unseen}, 3 of them harmful (2 on the pale DSB crops above); v1's users gain "
+        f"{new['mean_gain']:+.3f} on average, "
         f"against {every['v1, kinds it never saw']['mean_gain']:+.3f} with every child kept, and "
         f"{new['refused_helpful']} children that gained more than 0.02 are refused"
     ) in text
