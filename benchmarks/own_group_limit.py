@@ -59,6 +59,8 @@ def kept_children(paths: list[Path]) -> list[dict[str, Any]]:
     children: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path in paths:
         report = json.loads(path.read_text())
+        if report.get("settings", {}).get("correct_scored"):
+            continue  # a bound, not a user: its children trained on the images they are scored on
         model = report.get("settings", {}).get("model") or "default"
         for kinds in report.get("recipes", {}).values():
             for kind, row in kinds.items():

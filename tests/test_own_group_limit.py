@@ -34,3 +34,14 @@ def test_children_are_read_once_with_their_own_group_and_counted_by_limit(tmp_pa
     assert refusals(children, 0.02) == {"refused": 2, "harmful": 1, "helpful": 1, "neither": 0}
     assert refusals(children, 0.05) == {"refused": 1, "harmful": 0, "helpful": 1, "neither": 0}
     assert refusals(children, 0.10)["refused"] == 0
+
+
+def test_correct_scored_bounds_are_not_read_as_users(tmp_path):
+    bound = tmp_path / "hitl_bound.json"
+    bound.write_text(
+        json.dumps(
+            {"settings": {"correct_scored": True}, "recipes": {"shipped": {"synthetic_he": child(0.3, 0.7, 0.6)}}}
+        )
+    )
+    user = write_report(tmp_path / "hitl_user.json", {"dsb_colour_tissue": child(-0.05, 0.70, 0.67)})
+    assert [c["files"] for c in kept_children([bound, user])] == [["hitl_user.json"]]
