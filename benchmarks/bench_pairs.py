@@ -128,7 +128,9 @@ def stain_look(image: np.ndarray) -> str:
     return "blue" if blue_spread < 13 else "purple"
 
 
-def of_look(found: list[tuple[str, np.ndarray, np.ndarray]], look: str | None) -> list[tuple[str, Any, Any]]:
+def of_look(
+    found: list[tuple[str, np.ndarray, np.ndarray]], look: str | None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The items of ``found`` whose image has :func:`stain_look` ``look`` (all of them for None), in order."""
     return [item for item in found if look is None or stain_look(item[1]) == look]
 
