@@ -363,8 +363,7 @@ def load_kinds(args: argparse.Namespace, default: Any) -> dict[str, Any]:
         pairs = [(image, labels) for _, image, labels in items]
         pool = pairs[: max(args.k, args.pool)]
         rest = pairs[len(pool) :][: args.scored]
-        bound = scored_indices(len(pool), len(rest))
-        chosen = bound if args.correct_scored else choose_corrected(args, pool, default)
+        chosen = scored_indices(len(pool), len(rest)) if args.correct_scored else choose_corrected(args, pool, default)
         corrected = [pairs[i] for i in chosen]
         estimates, scale = kind_scale(args.scale, default, corrected)
         kinds[kind] = {

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import save
+from benchmarks.report import is_bound, save
 from napari_unet.core.train.loop import LASTING_VALIDATIONS
 from napari_unet.core.train.outcome import MIN_HELD_OUT_GAIN
 
@@ -58,8 +58,8 @@ def every_child_reports(paths: list[Path]) -> list[Path]:
     """
     found = []
     for path in paths:
-        settings = json.loads(path.read_text()).get("settings", {})
-        if settings.get("keep_every_child") and not settings.get("correct_scored"):
+        report = json.loads(path.read_text())
+        if report.get("settings", {}).get("keep_every_child") and not is_bound(report):
             found.append(path)
     return found
 

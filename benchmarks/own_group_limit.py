@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import save
+from benchmarks.report import is_bound, save
 
 RESULTS = Path(__file__).parent / "results"
 OWN_GROUP = {
@@ -59,8 +59,8 @@ def kept_children(paths: list[Path]) -> list[dict[str, Any]]:
     children: dict[tuple[Any, ...], dict[str, Any]] = {}
     for path in paths:
         report = json.loads(path.read_text())
-        if report.get("settings", {}).get("correct_scored"):
-            continue  # a bound, not a user: its children trained on the images they are scored on
+        if is_bound(report):
+            continue
         model = report.get("settings", {}).get("model") or "default"
         for kinds in report.get("recipes", {}).values():
             for kind, row in kinds.items():

@@ -18,3 +18,11 @@ def save(report: dict[str, Any], path: Path | None) -> str:
     if path:
         write_json(path, json.loads(text), overwrite=True)
     return text
+
+
+def is_bound(report: dict[str, Any]) -> bool:
+    """Whether a results ``report`` is a bound (``bench_hitl --correct-scored``), not a simulated user.
+
+    A bound's children trained on the images they are scored on, so analyses of users' fine-tunes leave it out.
+    """
+    return bool(report.get("settings", {}).get("correct_scored"))
